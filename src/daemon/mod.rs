@@ -1,0 +1,97 @@
+//! Wiring: one poll loop per target, the HTTP server, and shutdown.
+//!
+//! Every task hangs off one [`CancellationToken`] and one [`TaskTracker`]:
+//! on SIGTERM/SIGINT the token is cancelled, each loop finishes the step it
+//! is in (a poll is itself bounded by `poll_timeout`), and the process waits
+//! at most `server.shutdown_grace` for them.
+
+pub mod poller;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http;
+use crate::telemetry::metrics::Metrics;
+use state::SharedState;
+
+/// Runs the daemon until `shutdown` resolves, then drains within the grace period.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let local = listener.local_addr()?;
+
+    let state = Arc::new(SharedState::new(
+        config
+            .postgres
+            .iter()
+            .map(|t| (t.name.as_str(), "postgres")),
+    ));
+    let metrics = Arc::new(Metrics::new(state.clone()));
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    for target in &config.postgres {
+        tracker.spawn(poller::run(
+            target.clone(),
+            state.clone(),
+            metrics.clone(),
+            token.child_token(),
+        ));
+    }
+    let app = http::AppState {
+        state: state.clone(),
+        metrics: metrics.clone(),
+    };
+    let http_token = token.clone();
+    tracker.spawn(async move {
+        if let Err(e) = http::serve(listener, app, http_token.clone().cancelled_owned()).await {
+            tracing::error!(error = %e, "HTTP server failed");
+            http_token.cancel();
+        }
+    });
+    tracker.close();
+    tracing::info!(listen = %local, targets = config.postgres.len(), "dbwarden started");
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested: draining"),
+        _ = token.cancelled() => tracing::error!("a component failed: shutting down"),
+    }
+    token.cancel();
+    let grace = config.server.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(grace = %humantime::format_duration(grace), "tasks did not stop within the grace period; exiting anyway");
+    }
+    tracing::info!("dbwarden stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT will stop dbwarden");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,139 @@
+//! The latest state of every target, published by the poll loops and read by
+//! the HTTP surface. Readers take an `Arc` snapshot and never wait on a poll
+//! or a database.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::evaluate::{CheckResult, PgSummary};
+use crate::observe::{PgSnapshot, PollError};
+
+/// What is known about one target after its latest poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub kind: &'static str,
+    pub up: bool,
+    /// Polls finished so far, successful or not.
+    pub polls_completed: u64,
+    #[serde(serialize_with = "ser_time")]
+    pub last_poll_at: Option<SystemTime>,
+    pub last_poll_duration_seconds: Option<f64>,
+    #[serde(serialize_with = "ser_time")]
+    pub last_success_at: Option<SystemTime>,
+    pub last_error: Option<PollError>,
+    pub consecutive_failures: u32,
+    /// Connections dbwarden holds to this target right now.
+    pub open_connections: u32,
+    pub checks: Vec<CheckResult>,
+    pub summary: Option<PgSummary>,
+    /// The latest successful snapshot.
+    #[serde(skip)]
+    pub snapshot: Option<Arc<PgSnapshot>>,
+}
+
+impl TargetStatus {
+    pub fn new(target: &str, kind: &'static str) -> Self {
+        TargetStatus {
+            target: target.to_string(),
+            kind,
+            up: false,
+            polls_completed: 0,
+            last_poll_at: None,
+            last_poll_duration_seconds: None,
+            last_success_at: None,
+            last_error: None,
+            consecutive_failures: 0,
+            open_connections: 0,
+            checks: Vec::new(),
+            summary: None,
+            snapshot: None,
+        }
+    }
+}
+
+/// Shared between the poll loops (writers, one per target) and the HTTP
+/// handlers (readers).
+#[derive(Debug)]
+pub struct SharedState {
+    targets: RwLock<BTreeMap<String, Arc<TargetStatus>>>,
+    wakers: BTreeMap<String, Arc<Notify>>,
+}
+
+impl SharedState {
+    /// State for the named targets, none polled yet.
+    pub fn new<'a>(targets: impl IntoIterator<Item = (&'a str, &'static str)>) -> Self {
+        let mut map = BTreeMap::new();
+        let mut wakers = BTreeMap::new();
+        for (name, kind) in targets {
+            map.insert(name.to_string(), Arc::new(TargetStatus::new(name, kind)));
+            wakers.insert(name.to_string(), Arc::new(Notify::new()));
+        }
+        SharedState {
+            targets: RwLock::new(map),
+            wakers,
+        }
+    }
+
+    pub fn publish(&self, status: TargetStatus) {
+        let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(status.target.clone(), Arc::new(status));
+    }
+
+    pub fn get(&self, target: &str) -> Option<Arc<TargetStatus>> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .cloned()
+    }
+
+    /// Every target's latest status, by name.
+    pub fn all(&self) -> Vec<Arc<TargetStatus>> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Wakes the target's poll loop so it polls now instead of at its next tick.
+    /// Returns false for an unknown target.
+    pub fn wake(&self, target: &str) -> bool {
+        match self.wakers.get(target) {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn waker(&self, target: &str) -> Option<Arc<Notify>> {
+        self.wakers.get(target).cloned()
+    }
+
+    /// True once every target has finished at least one poll.
+    pub fn all_polled(&self) -> bool {
+        self.all().iter().all(|t| t.polls_completed > 0)
+    }
+}
+
+fn ser_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Seconds since the Unix epoch, for timestamp metrics.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}

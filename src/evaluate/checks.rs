@@ -1,0 +1,329 @@
+//! How each check measures a snapshot. Pure functions.
+
+use super::{CheckId, Measurement};
+use crate::config::Thresholds;
+use crate::observe::{PgSnapshot, Role, SessionState, XID_WRAP};
+
+/// Measures one check on a snapshot: its value and whether the condition is violated.
+pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
+    match check {
+        CheckId::Connection => Measurement {
+            value: 1.0,
+            violated: false,
+            detail: "connected".into(),
+        },
+        CheckId::DiskFree => disk_free(s, t.disk_free.value),
+        CheckId::ConnectionsUsed => {
+            let used = s.connections_used();
+            let usable = s.server.usable_connections();
+            let ratio = used as f64 / f64::from(usable);
+            Measurement {
+                value: ratio,
+                violated: ratio > t.connections_used.value,
+                detail: format!(
+                    "{used} of {usable} usable connections ({:.0}%), threshold {:.0}%",
+                    ratio * 100.0,
+                    t.connections_used.value * 100.0
+                ),
+            }
+        }
+        CheckId::ReplicationLag => replication_lag(s, t.replication_lag.value),
+        CheckId::ReplicationStreaming => replication_streaming(s, t.replication_streaming.value),
+        CheckId::ReplicationSlots => replication_slots(s, t.replication_slot_retained_wal.value),
+        CheckId::LongRunningQuery => longest(
+            s,
+            SessionState::Active,
+            |x| x.query_start_us,
+            t.long_running_query.value,
+            "active query running",
+        ),
+        CheckId::IdleSession => longest(
+            s,
+            SessionState::Idle,
+            |x| x.state_change_us,
+            t.idle_session.value,
+            "session idle",
+        ),
+        CheckId::IdleInTransaction => longest_idle_in_transaction(s, t.idle_in_transaction.value),
+        CheckId::ChecksumFailures => {
+            let n: i64 = s.databases.iter().filter_map(|d| d.checksum_failures).sum();
+            let detail = if !s.server.data_checksums {
+                "data checksums are disabled on this cluster: corruption cannot be detected"
+                    .to_string()
+            } else {
+                format!("{n} checksum failures")
+            };
+            Measurement {
+                value: n as f64,
+                violated: n > 0,
+                detail,
+            }
+        }
+        CheckId::WalArchiving => {
+            let a = &s.archiver;
+            let detail = if !a.archive_mode {
+                "archive_mode is off".to_string()
+            } else if a.failing {
+                format!(
+                    "the last archive attempt failed ({} failures in all)",
+                    a.failed_count
+                )
+            } else {
+                match a.last_archived_age_seconds {
+                    Some(age) => format!("last segment archived {} ago", fmt_secs(age)),
+                    None => "no segment archived yet".to_string(),
+                }
+            };
+            Measurement {
+                value: if a.failing { 1.0 } else { 0.0 },
+                violated: a.failing,
+                detail,
+            }
+        }
+        CheckId::Wraparound => {
+            let worst = s.databases.iter().max_by_key(|d| d.xid_age);
+            let age = worst.map_or(0, |d| d.xid_age);
+            let ratio = age as f64 / XID_WRAP;
+            Measurement {
+                value: ratio,
+                violated: ratio > t.wraparound.value,
+                detail: match worst {
+                    Some(d) => format!(
+                        "oldest XID age {age} in database {:?} ({:.1}% of wraparound), threshold {:.0}%",
+                        d.name,
+                        ratio * 100.0,
+                        t.wraparound.value * 100.0
+                    ),
+                    None => "no databases visible".to_string(),
+                },
+            }
+        }
+        CheckId::InvalidIndexes => Measurement {
+            value: s.invalid_indexes as f64,
+            violated: s.invalid_indexes > 0,
+            detail: format!(
+                "{} invalid indexes in database {:?}",
+                s.invalid_indexes, s.server.database
+            ),
+        },
+    }
+}
+
+fn disk_free(s: &PgSnapshot, min: f64) -> Measurement {
+    if s.disks.is_empty() {
+        return Measurement {
+            value: 1.0,
+            violated: false,
+            detail: "no paths configured to watch".into(),
+        };
+    }
+    let mut worst: Option<(f64, &str)> = None;
+    let mut errors = Vec::new();
+    for d in &s.disks {
+        match d.free_ratio() {
+            Some(r) if worst.is_none_or(|(w, _)| r < w) => worst = Some((r, &d.volume)),
+            Some(_) => {}
+            None => errors.push(
+                d.error
+                    .clone()
+                    .unwrap_or_else(|| format!("{}: size 0", d.volume)),
+            ),
+        }
+    }
+    let (value, mut detail) = match worst {
+        Some((r, vol)) => (
+            r,
+            format!(
+                "volume {vol:?} has {:.1}% free, threshold {:.0}%",
+                r * 100.0,
+                min * 100.0
+            ),
+        ),
+        None => (0.0, "no watched volume could be measured".to_string()),
+    };
+    if !errors.is_empty() {
+        detail.push_str(&format!("; {}", errors.join("; ")));
+    }
+    // A volume we cannot measure fails the check: silence is not free space.
+    Measurement {
+        value,
+        violated: value < min || !errors.is_empty(),
+        detail,
+    }
+}
+
+fn replication_lag(s: &PgSnapshot, max: f64) -> Measurement {
+    match s.server.role() {
+        Role::Standby => {
+            let r = s.recovery.as_ref();
+            match r.and_then(|r| r.replay_delay_seconds) {
+                Some(d) => Measurement {
+                    value: d,
+                    violated: d > max,
+                    detail: format!("replay delay {} (threshold {})", fmt_secs(d), fmt_secs(max)),
+                },
+                None => Measurement {
+                    value: 0.0,
+                    violated: false,
+                    detail: "nothing replayed yet: replay delay unknown".into(),
+                },
+            }
+        }
+        Role::Primary => {
+            let worst = s
+                .standbys
+                .iter()
+                .map(|x| (x.replay_lag_seconds.unwrap_or(0.0), x.name.as_str()))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            match worst {
+                Some((lag, name)) => Measurement {
+                    value: lag,
+                    violated: lag > max,
+                    detail: format!(
+                        "standby {name:?} replay lag {} (threshold {})",
+                        fmt_secs(lag),
+                        fmt_secs(max)
+                    ),
+                },
+                None => Measurement {
+                    value: 0.0,
+                    violated: false,
+                    detail: "no standbys connected".into(),
+                },
+            }
+        }
+    }
+}
+
+fn replication_streaming(s: &PgSnapshot, min_standbys: f64) -> Measurement {
+    match s.server.role() {
+        Role::Standby => {
+            let r = s.recovery.as_ref();
+            let streaming = r.is_some_and(|r| r.is_streaming());
+            let status = r
+                .and_then(|r| r.receiver_status.clone())
+                .unwrap_or_else(|| "no WAL receiver".into());
+            Measurement {
+                value: if streaming { 1.0 } else { 0.0 },
+                violated: !streaming,
+                detail: format!("WAL receiver: {status}"),
+            }
+        }
+        Role::Primary => {
+            let streaming = s.standbys.iter().filter(|x| x.state == "streaming").count();
+            let not: Vec<String> = s
+                .standbys
+                .iter()
+                .filter(|x| x.state != "streaming")
+                .map(|x| format!("{:?} is {}", x.name, x.state))
+                .collect();
+            let mut detail =
+                format!("{streaming} standbys streaming, at least {min_standbys} expected");
+            if !not.is_empty() {
+                detail.push_str(&format!("; {}", not.join(", ")));
+            }
+            Measurement {
+                value: streaming as f64,
+                violated: (streaming as f64) < min_standbys || !not.is_empty(),
+                detail,
+            }
+        }
+    }
+}
+
+fn replication_slots(s: &PgSnapshot, max_bytes: f64) -> Measurement {
+    let worst = s
+        .slots
+        .iter()
+        .map(|x| (x.retained_bytes.unwrap_or(0.0), x))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let inactive: Vec<&str> = s
+        .slots
+        .iter()
+        .filter(|x| !x.active)
+        .map(|x| x.name.as_str())
+        .collect();
+    match worst {
+        None => Measurement {
+            value: 0.0,
+            violated: false,
+            detail: "no replication slots".into(),
+        },
+        Some((bytes, slot)) => {
+            let mut detail = format!(
+                "slot {:?} retains {} bytes of WAL (threshold {max_bytes})",
+                slot.name, bytes
+            );
+            if !inactive.is_empty() {
+                detail.push_str(&format!("; inactive: {}", inactive.join(", ")));
+            }
+            Measurement {
+                value: bytes,
+                violated: bytes > max_bytes || !inactive.is_empty(),
+                detail,
+            }
+        }
+    }
+}
+
+fn longest(
+    s: &PgSnapshot,
+    state: SessionState,
+    since: impl Fn(&crate::observe::Session) -> Option<i64>,
+    max: f64,
+    what: &str,
+) -> Measurement {
+    let worst = s
+        .sessions
+        .iter()
+        .filter(|x| x.is_client_backend() && !x.is_self && x.state == state)
+        .filter_map(|x| s.age_seconds(since(x)).map(|a| (a, x)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match worst {
+        None => Measurement {
+            value: 0.0,
+            violated: false,
+            detail: format!("no {what}"),
+        },
+        Some((age, x)) => Measurement {
+            value: age,
+            violated: age > max,
+            detail: format!(
+                "longest {what} {} (pid {}, user {:?}, application {:?}), threshold {}",
+                fmt_secs(age),
+                x.pid,
+                x.user.as_deref().unwrap_or(""),
+                x.application_name,
+                fmt_secs(max)
+            ),
+        },
+    }
+}
+
+fn longest_idle_in_transaction(s: &PgSnapshot, max: f64) -> Measurement {
+    let a = longest(
+        s,
+        SessionState::IdleInTransaction,
+        |x| x.state_change_us,
+        max,
+        "session idle in transaction",
+    );
+    let b = longest(
+        s,
+        SessionState::IdleInTransactionAborted,
+        |x| x.state_change_us,
+        max,
+        "session idle in an aborted transaction",
+    );
+    if b.value > a.value { b } else { a }
+}
+
+/// Seconds as a short human duration ("5m 3s").
+pub fn fmt_secs(secs: f64) -> String {
+    let d = std::time::Duration::from_secs_f64(secs.max(0.0));
+    if d.as_secs() >= 1 {
+        humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -1,0 +1,301 @@
+//! The pure evaluation core: a snapshot and thresholds in, check results out.
+//!
+//! Architecture invariant: nothing in this module does I/O, reads a clock or
+//! can fail. Time comes in as arguments; the hold state (how long each
+//! condition has held, for the `for` durations) comes in and goes out as a
+//! value. The daemon, `dbwarden check` and the status API all call the same
+//! [`evaluate`].
+
+mod checks;
+mod summary;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use checks::{fmt_secs, measure};
+pub use summary::{PgSummary, summarize};
+
+use crate::config::{Limit, Thresholds};
+use crate::observe::PgSnapshot;
+
+/// The runbook's checks for a PostgreSQL target. The label value of each is
+/// its `snake_case` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckId {
+    /// Quick Diagnosis: "Test connection". Validation: "Connection successful".
+    Connection,
+    /// Prevention: "Disk space < 30%".
+    DiskFree,
+    /// Prevention: "Connection pool > 80%"; the exhaustion scenario.
+    ConnectionsUsed,
+    /// Prevention: "Replication lag > 5 seconds".
+    ReplicationLag,
+    /// Validation: "Replication working (if applicable)".
+    ReplicationStreaming,
+    /// Replication slots that retain WAL fill the disk.
+    ReplicationSlots,
+    /// Prevention: "Long-running queries"; mitigation kills those over 5 minutes.
+    LongRunningQuery,
+    /// Mitigation: idle connections over 10 minutes.
+    IdleSession,
+    /// Sessions idle in a transaction hold locks and snapshots.
+    IdleInTransaction,
+    /// Crash/corruption: checksum failures.
+    ChecksumFailures,
+    /// Backups: WAL archiving failing.
+    WalArchiving,
+    /// Transaction-ID wraparound approaching.
+    Wraparound,
+    /// Validation: "Indexes functional".
+    InvalidIndexes,
+}
+
+impl CheckId {
+    pub const ALL: [CheckId; 13] = [
+        CheckId::Connection,
+        CheckId::DiskFree,
+        CheckId::ConnectionsUsed,
+        CheckId::ReplicationLag,
+        CheckId::ReplicationStreaming,
+        CheckId::ReplicationSlots,
+        CheckId::LongRunningQuery,
+        CheckId::IdleSession,
+        CheckId::IdleInTransaction,
+        CheckId::ChecksumFailures,
+        CheckId::WalArchiving,
+        CheckId::Wraparound,
+        CheckId::InvalidIndexes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckId::Connection => "connection",
+            CheckId::DiskFree => "disk_free",
+            CheckId::ConnectionsUsed => "connections_used",
+            CheckId::ReplicationLag => "replication_lag",
+            CheckId::ReplicationStreaming => "replication_streaming",
+            CheckId::ReplicationSlots => "replication_slots",
+            CheckId::LongRunningQuery => "long_running_query",
+            CheckId::IdleSession => "idle_session",
+            CheckId::IdleInTransaction => "idle_in_transaction",
+            CheckId::ChecksumFailures => "checksum_failures",
+            CheckId::WalArchiving => "wal_archiving",
+            CheckId::Wraparound => "wraparound",
+            CheckId::InvalidIndexes => "invalid_indexes",
+        }
+    }
+
+    /// What the measured value and threshold mean, for people.
+    pub fn description(self) -> &'static str {
+        match self {
+            CheckId::Connection => "connection successful (1 = up)",
+            CheckId::DiskFree => "lowest free ratio of the watched volumes",
+            CheckId::ConnectionsUsed => {
+                "client connections / (max_connections - superuser_reserved_connections)"
+            }
+            CheckId::ReplicationLag => {
+                "replication lag in seconds (worst standby, or this standby's replay delay)"
+            }
+            CheckId::ReplicationStreaming => {
+                "standbys streaming (primary) or WAL receiver streaming (standby)"
+            }
+            CheckId::ReplicationSlots => "WAL bytes retained by the worst replication slot",
+            CheckId::LongRunningQuery => "seconds the longest active query has run",
+            CheckId::IdleSession => "seconds the longest idle session has been idle",
+            CheckId::IdleInTransaction => {
+                "seconds the longest idle-in-transaction session has been idle"
+            }
+            CheckId::ChecksumFailures => "data checksum failures counted since the stats reset",
+            CheckId::WalArchiving => "1 when the last WAL archive attempt failed",
+            CheckId::Wraparound => "oldest transaction-ID age as a ratio of 2^31",
+            CheckId::InvalidIndexes => "invalid indexes in the connected database",
+        }
+    }
+
+    fn limit(self, t: &Thresholds) -> Limit {
+        match self {
+            CheckId::Connection => Limit {
+                value: 1.0,
+                hold: Duration::ZERO,
+            },
+            CheckId::DiskFree => t.disk_free,
+            CheckId::ConnectionsUsed => t.connections_used,
+            CheckId::ReplicationLag => t.replication_lag,
+            CheckId::ReplicationStreaming => t.replication_streaming,
+            CheckId::ReplicationSlots => t.replication_slot_retained_wal,
+            CheckId::LongRunningQuery => t.long_running_query,
+            CheckId::IdleSession => t.idle_session,
+            CheckId::IdleInTransaction => t.idle_in_transaction,
+            CheckId::ChecksumFailures => t.checksum_failures,
+            CheckId::WalArchiving => t.wal_archiving,
+            CheckId::Wraparound => t.wraparound,
+            CheckId::InvalidIndexes => t.invalid_indexes,
+        }
+    }
+}
+
+/// Where a check stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    /// The condition holds but not yet for the check's `for` duration.
+    Pending,
+    Fail,
+    /// No fresh observation to judge by (the target is down).
+    Unknown,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Pending => "pending",
+            CheckStatus::Fail => "fail",
+            CheckStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// The result of one check on one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub check: CheckId,
+    pub status: CheckStatus,
+    /// The measured value, in the check's base unit; `None` when unknown.
+    pub value: Option<f64>,
+    pub threshold: f64,
+    /// How long the condition must hold before the check fails, in seconds.
+    pub for_seconds: f64,
+    /// Seconds the condition has held so far (0 when it does not hold).
+    pub held_seconds: f64,
+    /// A sentence for people: what was measured, against what.
+    pub detail: String,
+}
+
+/// A check's condition before hold times apply: what [`measure`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    pub value: f64,
+    /// The condition is violated right now.
+    pub violated: bool,
+    pub detail: String,
+}
+
+/// Since when (milliseconds on the caller's clock) each check's condition has
+/// held. Carried from one evaluation to the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldState(BTreeMap<CheckId, u64>);
+
+/// Evaluates every check on a fresh snapshot.
+///
+/// `now_ms` is the caller's monotonic clock in milliseconds; `hold` is the
+/// state returned by the previous evaluation of the same target.
+pub fn evaluate(
+    snapshot: &PgSnapshot,
+    thresholds: &Thresholds,
+    hold: &HoldState,
+    now_ms: u64,
+) -> (Vec<CheckResult>, HoldState) {
+    let mut next = HoldState::default();
+    let results = CheckId::ALL
+        .iter()
+        .map(|&check| {
+            let limit = check.limit(thresholds);
+            let m = measure(check, snapshot, thresholds);
+            let (status, held) = if m.violated {
+                let since = hold.0.get(&check).copied().unwrap_or(now_ms).min(now_ms);
+                next.0.insert(check, since);
+                let held = Duration::from_millis(now_ms - since);
+                (
+                    if held >= limit.hold {
+                        CheckStatus::Fail
+                    } else {
+                        CheckStatus::Pending
+                    },
+                    held,
+                )
+            } else {
+                (CheckStatus::Pass, Duration::ZERO)
+            };
+            CheckResult {
+                check,
+                status,
+                value: Some(m.value),
+                threshold: limit.value,
+                for_seconds: limit.hold.as_secs_f64(),
+                held_seconds: held.as_secs_f64(),
+                detail: m.detail,
+            }
+        })
+        .collect();
+    (results, next)
+}
+
+/// The results for a target whose poll failed: the connection check fails at
+/// once (no hold: the target is down), every other check is unknown, and the
+/// hold state is kept so a short outage does not restart the other holds.
+pub fn evaluate_down(thresholds: &Thresholds, error: &str) -> Vec<CheckResult> {
+    CheckId::ALL
+        .iter()
+        .map(|&check| {
+            let limit = check.limit(thresholds);
+            let (status, value, detail) = if check == CheckId::Connection {
+                (
+                    CheckStatus::Fail,
+                    Some(0.0),
+                    format!("cannot poll: {error}"),
+                )
+            } else {
+                (
+                    CheckStatus::Unknown,
+                    None,
+                    "no fresh observation: the target is down".to_string(),
+                )
+            };
+            CheckResult {
+                check,
+                status,
+                value,
+                threshold: limit.value,
+                for_seconds: limit.hold.as_secs_f64(),
+                held_seconds: 0.0,
+                detail,
+            }
+        })
+        .collect()
+}
+
+/// Evaluation for a single observation (`dbwarden check`): hold times do not
+/// apply, since there is no history; a violated condition fails.
+pub fn evaluate_once(snapshot: &PgSnapshot, thresholds: &Thresholds) -> Vec<CheckResult> {
+    let mut t = thresholds.clone();
+    for l in [
+        &mut t.disk_free,
+        &mut t.connections_used,
+        &mut t.replication_lag,
+        &mut t.replication_streaming,
+        &mut t.replication_slot_retained_wal,
+        &mut t.long_running_query,
+        &mut t.idle_session,
+        &mut t.idle_in_transaction,
+        &mut t.wraparound,
+        &mut t.checksum_failures,
+        &mut t.wal_archiving,
+        &mut t.invalid_indexes,
+    ] {
+        l.hold = Duration::ZERO;
+    }
+    let mut results = evaluate(snapshot, &t, &HoldState::default(), 0).0;
+    // Report the configured hold all the same, so the output shows the config.
+    for r in &mut results {
+        r.for_seconds = r.check.limit(thresholds).hold.as_secs_f64();
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,23 @@
+//! dbwarden watches PostgreSQL (and, later, Neo4j and Kubernetes), evaluates
+//! the runbook's thresholds, exports Prometheus metrics and, where a policy
+//! allows, remediates.
+//!
+//! Data flows one way (see ARCHITECTURE.md):
+//!
+//! - [`config`]: the TOML + environment configuration, validated into typed values.
+//! - [`observe`]: one task per target polls its server and produces a [`observe::Snapshot`].
+//! - [`evaluate`]: pure functions from a snapshot and thresholds to check results.
+//! - [`telemetry`]: every metric dbwarden exports, defined in one place, and logging setup.
+//! - [`http`]: `/metrics`, `/livez`, `/readyz` and `/api/v1/*`, served from the latest state.
+//! - [`daemon`]: the wiring: poll loops, the shared state, shutdown.
+//! - [`commands`]: the CLI subcommands (`run`, `check`, `config`).
+//! - [`scratch`]: throwaway PostgreSQL clusters for tests and the quick start.
+
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod evaluate;
+pub mod http;
+pub mod observe;
+pub mod scratch;
+pub mod telemetry;

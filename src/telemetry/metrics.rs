@@ -1,0 +1,655 @@
+//! Every metric dbwarden exports, defined in this one file.
+//!
+//! Two kinds live here:
+//! - live instruments the poll loops record through [`Metrics`]'s methods
+//!   (poll counts, durations, errors by kind);
+//! - state metrics rendered at scrape time by [`StateCollector`] from the
+//!   latest published [`TargetStatus`] of each target. A scrape reads memory
+//!   only: it never touches a database, and series of a standby or volume
+//!   that disappeared vanish with it instead of going stale.
+//!
+//! Names follow `dbwarden_<name>_<unit>[_total]`; prometheus-client appends
+//! the unit and `_total`, so names below are registered without them.
+//! [`METRIC_NAMES`] lists every exported family, for the tests that check
+//! alert rules and dashboards against what really exists.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::daemon::state::{SharedState, TargetStatus, unix_seconds};
+use crate::evaluate::CheckStatus;
+use crate::observe::{PgSnapshot, PollErrorKind};
+
+/// The OpenMetrics content type served on `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    target: String,
+    kind: &'static str,
+}
+
+/// The live instruments, and the registry that renders everything.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    polls: Family<TargetLabels, Counter>,
+    poll_errors: Family<ErrorLabels, Counter>,
+    poll_duration: Family<TargetLabels, Histogram>,
+}
+
+impl Metrics {
+    /// Registers every metric. Targets named in `state` get their counters
+    /// initialised at zero, so `rate()` and `increase()` see the first error.
+    pub fn new(state: Arc<SharedState>) -> Self {
+        let mut registry = Registry::with_prefix("dbwarden");
+        registry.register(
+            "build",
+            "dbwarden's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let polls = Family::<TargetLabels, Counter>::default();
+        registry.register("polls", "Polls finished, successful or not", polls.clone());
+        let poll_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "poll_errors",
+            "Polls that failed, by kind of failure",
+            poll_errors.clone(),
+        );
+        let poll_duration = Family::<TargetLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        registry.register_with_unit(
+            "poll_duration",
+            "How long polls took, including failed ones",
+            Unit::Seconds,
+            poll_duration.clone(),
+        );
+        for t in state.all() {
+            let l = TargetLabels {
+                target: t.target.clone(),
+            };
+            let _ = polls.get_or_create(&l);
+            let _ = poll_duration.get_or_create(&l);
+            for kind in PollErrorKind::ALL {
+                let _ = poll_errors.get_or_create(&ErrorLabels {
+                    target: t.target.clone(),
+                    kind: kind.as_str(),
+                });
+            }
+        }
+        registry.register_collector(Box::new(StateCollector { state }));
+        Metrics {
+            registry,
+            polls,
+            poll_errors,
+            poll_duration,
+        }
+    }
+
+    /// Records one finished poll.
+    pub fn record_poll(&self, target: &str, seconds: f64, error: Option<PollErrorKind>) {
+        let l = TargetLabels {
+            target: target.to_string(),
+        };
+        self.polls.get_or_create(&l).inc();
+        self.poll_duration.get_or_create(&l).observe(seconds);
+        if let Some(kind) = error {
+            self.poll_errors
+                .get_or_create(&ErrorLabels {
+                    target: target.to_string(),
+                    kind: kind.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail; an error here would be a bug in a collector.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "rendering metrics failed");
+        }
+        out
+    }
+}
+
+/// Every metric family dbwarden can export, by full name as it appears in
+/// the exposition (histograms and counters with their sample suffixes).
+pub const METRIC_NAMES: &[&str] = &[
+    "dbwarden_build_info",
+    "dbwarden_polls_total",
+    "dbwarden_poll_errors_total",
+    "dbwarden_poll_duration_seconds_bucket",
+    "dbwarden_poll_duration_seconds_sum",
+    "dbwarden_poll_duration_seconds_count",
+    "dbwarden_up",
+    "dbwarden_last_poll_success_timestamp_seconds",
+    "dbwarden_last_poll_timestamp_seconds",
+    "dbwarden_open_connections",
+    "dbwarden_check_failing",
+    "dbwarden_check_pending",
+    "dbwarden_check_value",
+    "dbwarden_check_threshold",
+    "dbwarden_check_for_seconds",
+    "dbwarden_postgres_info",
+    "dbwarden_postgres_in_recovery",
+    "dbwarden_postgres_sessions",
+    "dbwarden_postgres_backends",
+    "dbwarden_postgres_connections_used",
+    "dbwarden_postgres_connections_usable",
+    "dbwarden_postgres_connections_used_ratio",
+    "dbwarden_postgres_longest_active_query_seconds",
+    "dbwarden_postgres_longest_transaction_seconds",
+    "dbwarden_postgres_longest_idle_in_transaction_seconds",
+    "dbwarden_postgres_longest_idle_seconds",
+    "dbwarden_postgres_lock_waiting_sessions",
+    "dbwarden_postgres_lock_blocking_sessions",
+    "dbwarden_postgres_standby_streaming",
+    "dbwarden_postgres_standby_lag_seconds",
+    "dbwarden_postgres_standby_replay_lag_bytes",
+    "dbwarden_postgres_replication_slot_active",
+    "dbwarden_postgres_replication_slot_retained_bytes",
+    "dbwarden_postgres_wal_receiver_streaming",
+    "dbwarden_postgres_replay_paused",
+    "dbwarden_postgres_replay_delay_seconds",
+    "dbwarden_postgres_replay_pending_bytes",
+    "dbwarden_postgres_database_size_bytes",
+    "dbwarden_postgres_checksum_failures_total",
+    "dbwarden_postgres_deadlocks_total",
+    "dbwarden_postgres_xid_age",
+    "dbwarden_postgres_xid_wraparound_ratio",
+    "dbwarden_postgres_archiver_failing",
+    "dbwarden_postgres_archived_total",
+    "dbwarden_postgres_archive_failed_total",
+    "dbwarden_postgres_last_archive_age_seconds",
+    "dbwarden_postgres_invalid_indexes",
+    "dbwarden_disk_size_bytes",
+    "dbwarden_disk_free_bytes",
+    "dbwarden_disk_free_ratio",
+];
+
+/// Renders state metrics from the latest target statuses at scrape time.
+#[derive(Debug)]
+struct StateCollector {
+    state: Arc<SharedState>,
+}
+
+/// A family of samples for one metric name; `labels` are (name, value) pairs.
+struct Fam<'a> {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    kind: MetricType,
+    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl Fam<'_> {
+    fn new(name: &'static str, help: &'static str, unit: Option<Unit>, kind: MetricType) -> Self {
+        Fam {
+            name,
+            help,
+            unit,
+            kind,
+            samples: Vec::new(),
+            _p: std::marker::PhantomData,
+        }
+    }
+
+    fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, help, None, MetricType::Gauge)
+    }
+
+    fn gauge_unit(name: &'static str, help: &'static str, unit: Unit) -> Self {
+        Self::new(name, help, Some(unit), MetricType::Gauge)
+    }
+
+    fn counter(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, help, None, MetricType::Counter)
+    }
+
+    fn push(&mut self, labels: Vec<(&'static str, String)>, v: f64) {
+        self.samples.push((labels, v));
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
+        let mut m =
+            encoder.encode_descriptor(self.name, self.help, self.unit.as_ref(), self.kind)?;
+        for (labels, v) in &self.samples {
+            let fe = m.encode_family(labels)?;
+            match self.kind {
+                MetricType::Counter => ConstCounter::new(v.max(0.0)).encode(fe)?,
+                _ => ConstGauge::new(*v).encode(fe)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn t(target: &str) -> Vec<(&'static str, String)> {
+    vec![("target", target.to_string())]
+}
+
+fn t2(target: &str, k: &'static str, v: &str) -> Vec<(&'static str, String)> {
+    vec![("target", target.to_string()), (k, v.to_string())]
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let targets = self.state.all();
+        let mut up = Fam::gauge(
+            "up",
+            "1 when the latest poll of the target succeeded, 0 when it failed",
+        );
+        let mut last_ok = Fam::gauge_unit(
+            "last_poll_success_timestamp",
+            "Unix time of the latest successful poll",
+            Unit::Seconds,
+        );
+        let mut last = Fam::gauge_unit(
+            "last_poll_timestamp",
+            "Unix time of the latest finished poll",
+            Unit::Seconds,
+        );
+        let mut conns = Fam::gauge(
+            "open_connections",
+            "Connections dbwarden holds open to the target",
+        );
+        let mut failing = Fam::gauge(
+            "check_failing",
+            "1 when the check fails (its condition held for its `for` duration)",
+        );
+        let mut pending = Fam::gauge(
+            "check_pending",
+            "1 when the check's condition holds but not yet for its `for` duration",
+        );
+        let mut value = Fam::gauge(
+            "check_value",
+            "The value the check measured, in the check's base unit",
+        );
+        let mut threshold = Fam::gauge(
+            "check_threshold",
+            "The configured threshold of the check, in the check's base unit",
+        );
+        let mut hold = Fam::gauge_unit(
+            "check_for",
+            "How long the condition must hold before the check fails",
+            Unit::Seconds,
+        );
+        for s in &targets {
+            up.push(t(&s.target), if s.up { 1.0 } else { 0.0 });
+            if let Some(at) = s.last_success_at {
+                last_ok.push(t(&s.target), unix_seconds(at));
+            }
+            if let Some(at) = s.last_poll_at {
+                last.push(t(&s.target), unix_seconds(at));
+            }
+            conns.push(t(&s.target), f64::from(s.open_connections));
+            for c in &s.checks {
+                let l = || t2(&s.target, "check", c.check.as_str());
+                threshold.push(l(), c.threshold);
+                hold.push(l(), c.for_seconds);
+                if c.status == CheckStatus::Unknown {
+                    continue;
+                }
+                failing.push(
+                    l(),
+                    if c.status == CheckStatus::Fail {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                );
+                pending.push(
+                    l(),
+                    if c.status == CheckStatus::Pending {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                );
+                if let Some(v) = c.value {
+                    value.push(l(), v);
+                }
+            }
+        }
+        for f in [
+            &up, &last_ok, &last, &conns, &failing, &pending, &value, &threshold, &hold,
+        ] {
+            f.encode(&mut encoder)?;
+        }
+        encode_postgres(&targets, &mut encoder)
+    }
+}
+
+fn encode_postgres(
+    targets: &[Arc<TargetStatus>],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    // Only targets whose latest poll succeeded export server state: when a
+    // target is down its state is unknown, and `dbwarden_up` says so.
+    let live: Vec<(&TargetStatus, &PgSnapshot)> = targets
+        .iter()
+        .filter(|s| s.up)
+        .filter_map(|s| s.snapshot.as_deref().map(|snap| (s.as_ref(), snap)))
+        .collect();
+
+    {
+        let mut m = encoder.encode_descriptor(
+            "postgres",
+            "PostgreSQL server version and role",
+            None,
+            MetricType::Info,
+        )?;
+        for (s, snap) in &live {
+            let target = t(&s.target);
+            let fe = m.encode_family(&target)?;
+            let info = vec![
+                ("version", snap.server.version_num.to_string()),
+                ("role", snap.server.role().as_str().to_string()),
+            ];
+            let mut fe = fe;
+            fe.encode_info(&info)?;
+        }
+    }
+
+    let mut in_recovery = Fam::gauge(
+        "postgres_in_recovery",
+        "1 when the server is a standby in recovery",
+    );
+    let mut sessions = Fam::gauge(
+        "postgres_sessions",
+        "Client sessions by state (pg_stat_activity)",
+    );
+    let mut backends = Fam::gauge(
+        "postgres_backends",
+        "Server processes by backend_type (pg_stat_activity)",
+    );
+    let mut used = Fam::gauge(
+        "postgres_connections_used",
+        "Client connections counting against max_connections",
+    );
+    let mut usable = Fam::gauge(
+        "postgres_connections_usable",
+        "Connection slots ordinary roles can use: max_connections - superuser_reserved_connections",
+    );
+    let mut used_ratio = Fam::gauge(
+        "postgres_connections_used_ratio",
+        "Connections used over usable slots",
+    );
+    let mut q = Fam::gauge_unit(
+        "postgres_longest_active_query",
+        "Age of the longest-running active query",
+        Unit::Seconds,
+    );
+    let mut xact = Fam::gauge_unit(
+        "postgres_longest_transaction",
+        "Age of the oldest open transaction",
+        Unit::Seconds,
+    );
+    let mut iit = Fam::gauge_unit(
+        "postgres_longest_idle_in_transaction",
+        "Longest time a session has been idle in transaction",
+        Unit::Seconds,
+    );
+    let mut idle = Fam::gauge_unit(
+        "postgres_longest_idle",
+        "Longest time a session has been idle",
+        Unit::Seconds,
+    );
+    let mut waiting = Fam::gauge(
+        "postgres_lock_waiting_sessions",
+        "Sessions waiting on a lock",
+    );
+    let mut blocking = Fam::gauge(
+        "postgres_lock_blocking_sessions",
+        "Distinct sessions that other sessions wait on",
+    );
+    let mut sb_stream = Fam::gauge(
+        "postgres_standby_streaming",
+        "1 when the standby's state is streaming (seen from the primary)",
+    );
+    let mut sb_lag = Fam::gauge_unit(
+        "postgres_standby_lag",
+        "Standby lag by stage (write, flush, replay), seen from the primary; 0 when caught up",
+        Unit::Seconds,
+    );
+    let mut sb_bytes = Fam::gauge_unit(
+        "postgres_standby_replay_lag",
+        "WAL bytes written on the primary and not yet replayed by the standby",
+        Unit::Bytes,
+    );
+    let mut slot_active = Fam::gauge(
+        "postgres_replication_slot_active",
+        "1 when a replication slot is in use",
+    );
+    let mut slot_bytes = Fam::gauge_unit(
+        "postgres_replication_slot_retained",
+        "WAL bytes a replication slot keeps from being removed",
+        Unit::Bytes,
+    );
+    let mut rx = Fam::gauge(
+        "postgres_wal_receiver_streaming",
+        "On a standby: 1 when the WAL receiver is streaming",
+    );
+    let mut paused = Fam::gauge(
+        "postgres_replay_paused",
+        "On a standby: 1 when WAL replay is paused",
+    );
+    let mut delay = Fam::gauge_unit(
+        "postgres_replay_delay",
+        "On a standby: seconds behind the primary (0 when everything received is replayed and the receiver streams)",
+        Unit::Seconds,
+    );
+    let mut pending_b = Fam::gauge_unit(
+        "postgres_replay_pending",
+        "On a standby: WAL received but not yet replayed",
+        Unit::Bytes,
+    );
+    let mut db_size = Fam::gauge_unit(
+        "postgres_database_size",
+        "Database size on disk (read on a slower cadence)",
+        Unit::Bytes,
+    );
+    let mut cks = Fam::counter(
+        "postgres_checksum_failures",
+        "Data checksum failures (pg_stat_database)",
+    );
+    let mut dl = Fam::counter(
+        "postgres_deadlocks",
+        "Deadlocks detected (pg_stat_database)",
+    );
+    let mut xid = Fam::gauge(
+        "postgres_xid_age",
+        "Transactions since the database's oldest unfrozen XID (age(datfrozenxid))",
+    );
+    let mut wrap = Fam::gauge(
+        "postgres_xid_wraparound_ratio",
+        "Worst age(datfrozenxid) over 2^31",
+    );
+    let mut arch_fail = Fam::gauge(
+        "postgres_archiver_failing",
+        "1 when the last WAL archive attempt failed",
+    );
+    let mut archived = Fam::counter(
+        "postgres_archived",
+        "WAL segments archived (pg_stat_archiver)",
+    );
+    let mut arch_failed = Fam::counter(
+        "postgres_archive_failed",
+        "Failed WAL archive attempts (pg_stat_archiver)",
+    );
+    let mut arch_age = Fam::gauge_unit(
+        "postgres_last_archive_age",
+        "Time since the last WAL segment was archived",
+        Unit::Seconds,
+    );
+    let mut invalid = Fam::gauge(
+        "postgres_invalid_indexes",
+        "Invalid indexes in the connected database",
+    );
+    let mut disk_size = Fam::gauge_unit(
+        "disk_size",
+        "Size of a watched volume (statvfs)",
+        Unit::Bytes,
+    );
+    let mut disk_free = Fam::gauge_unit(
+        "disk_free",
+        "Bytes available to unprivileged users on a watched volume",
+        Unit::Bytes,
+    );
+    let mut disk_ratio = Fam::gauge("disk_free_ratio", "Available over size of a watched volume");
+
+    for (s, snap) in &live {
+        let n = s.target.as_str();
+        in_recovery.push(t(n), if snap.server.in_recovery { 1.0 } else { 0.0 });
+        if let Some(sum) = &s.summary {
+            for (state, count) in &sum.sessions_by_state {
+                sessions.push(t2(n, "state", state), *count as f64);
+            }
+            for (bt, count) in &sum.backends_by_type {
+                backends.push(t2(n, "backend_type", bt), *count as f64);
+            }
+            used.push(t(n), sum.connections_used as f64);
+            usable.push(t(n), sum.connections_usable as f64);
+            used_ratio.push(
+                t(n),
+                sum.connections_used as f64 / sum.connections_usable.max(1) as f64,
+            );
+            q.push(t(n), sum.longest_active_query_seconds);
+            xact.push(t(n), sum.longest_transaction_seconds);
+            iit.push(t(n), sum.longest_idle_in_transaction_seconds);
+            idle.push(t(n), sum.longest_idle_seconds);
+            waiting.push(t(n), sum.lock_waiters as f64);
+            blocking.push(t(n), sum.lock_blockers as f64);
+            wrap.push(t(n), sum.wraparound_ratio);
+        }
+        for sb in &snap.standbys {
+            sb_stream.push(
+                t2(n, "standby", &sb.name),
+                if sb.state == "streaming" { 1.0 } else { 0.0 },
+            );
+            for (stage, v) in [
+                ("write", sb.write_lag_seconds),
+                ("flush", sb.flush_lag_seconds),
+                ("replay", sb.replay_lag_seconds),
+            ] {
+                let mut l = t2(n, "standby", &sb.name);
+                l.push(("stage", stage.to_string()));
+                // NULL lag means the standby is caught up with an idle primary.
+                sb_lag.push(l, v.unwrap_or(0.0));
+            }
+            if let Some(b) = sb.replay_lag_bytes {
+                sb_bytes.push(t2(n, "standby", &sb.name), b);
+            }
+        }
+        for slot in &snap.slots {
+            slot_active.push(
+                t2(n, "slot", &slot.name),
+                if slot.active { 1.0 } else { 0.0 },
+            );
+            if let Some(b) = slot.retained_bytes {
+                slot_bytes.push(t2(n, "slot", &slot.name), b);
+            }
+        }
+        if let Some(r) = &snap.recovery {
+            rx.push(t(n), if r.is_streaming() { 1.0 } else { 0.0 });
+            paused.push(t(n), if r.replay_paused { 1.0 } else { 0.0 });
+            if let Some(d) = r.replay_delay_seconds {
+                delay.push(t(n), d);
+            }
+            if let Some(b) = r.replay_pending_bytes {
+                pending_b.push(t(n), b);
+            }
+        }
+        for db in &snap.databases {
+            let l = || t2(n, "database", &db.name);
+            if let Some(size) = db.size_bytes {
+                db_size.push(l(), size as f64);
+            }
+            if let Some(c) = db.checksum_failures {
+                cks.push(l(), c as f64);
+            }
+            dl.push(l(), db.deadlocks as f64);
+            xid.push(l(), db.xid_age as f64);
+        }
+        let a = &snap.archiver;
+        arch_fail.push(t(n), if a.failing { 1.0 } else { 0.0 });
+        archived.push(t(n), a.archived_count as f64);
+        arch_failed.push(t(n), a.failed_count as f64);
+        if let Some(age) = a.last_archived_age_seconds {
+            arch_age.push(t(n), age);
+        }
+        invalid.push(t(n), snap.invalid_indexes as f64);
+        for d in &snap.disks {
+            if d.error.is_some() {
+                continue;
+            }
+            disk_size.push(t2(n, "volume", &d.volume), d.size_bytes as f64);
+            disk_free.push(t2(n, "volume", &d.volume), d.free_bytes as f64);
+            if let Some(r) = d.free_ratio() {
+                disk_ratio.push(t2(n, "volume", &d.volume), r);
+            }
+        }
+    }
+    for f in [
+        &in_recovery,
+        &sessions,
+        &backends,
+        &used,
+        &usable,
+        &used_ratio,
+        &q,
+        &xact,
+        &iit,
+        &idle,
+        &waiting,
+        &blocking,
+        &sb_stream,
+        &sb_lag,
+        &sb_bytes,
+        &slot_active,
+        &slot_bytes,
+        &rx,
+        &paused,
+        &delay,
+        &pending_b,
+        &db_size,
+        &cks,
+        &dl,
+        &xid,
+        &wrap,
+        &arch_fail,
+        &archived,
+        &arch_failed,
+        &arch_age,
+        &invalid,
+        &disk_size,
+        &disk_free,
+        &disk_ratio,
+    ] {
+        f.encode(encoder)?;
+    }
+    Ok(())
+}
