@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, then runs every test.
+# Tests start their own scratch PostgreSQL clusters, Prometheus and Alertmanager.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_packages
+ensure_local_postgres || echo "note: no PostgreSQL on 127.0.0.1:5432; tests that need it will say so" >&2
+cargo test --locked --all-targets -- --test-threads=2
