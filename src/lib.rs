@@ -20,4 +20,6 @@ pub mod evaluate;
 pub mod http;
 pub mod observe;
 pub mod scratch;
+pub mod remediate;
 pub mod telemetry;
+mod util;

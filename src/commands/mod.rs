@@ -2,6 +2,7 @@
 //! [`main`] and exits with the code it returns.
 
 mod check;
+mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,17 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Evaluate the remediation policies against a recorded snapshot (from
+    /// `check --format json` or `GET /api/v1/status?snapshot=true`) and print
+    /// what would be done and why. Connects to nothing, changes nothing.
+    Replay {
+        #[arg(long, short, value_name = "FILE", env = "DBWARDEN_CONFIG")]
+        config: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        snapshot: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Validate the configuration without connecting anywhere and print the
     /// effective configuration, secrets redacted.
     Config {
@@ -72,6 +84,10 @@ pub fn main() -> ExitCode {
         },
         Command::Check { config, format } => match load(&config) {
             Ok(c) => runtime(check::run(c, format)),
+            Err(code) => code,
+        },
+        Command::Replay { config, snapshot, format } => match load(&config) {
+            Ok(c) => replay::run(&c, &snapshot, format),
             Err(code) => code,
         },
         Command::Run { config } => match load(&config) {

@@ -1,10 +1,16 @@
 //! Configuration: a TOML file overridden by `DBWARDEN_` environment variables,
-//! read in two stages. [`raw`] is what serde parses (unknown keys are errors);
-//! [`validate`] checks every value, collects *all* mistakes with their key
-//! paths, reads secrets, and yields the typed [`Config`] the rest of the
-//! program uses. Nothing here connects anywhere.
+//! read in two stages. [`raw`] reads the merged tree against the schema
+//! (unknown keys and wrong types are errors); [`validate`] checks every value,
+//! reads secrets, and yields the typed [`Config`] the rest of the program
+//! uses. Both stages collect *all* mistakes, each with its key path and the
+//! offending value, secrets redacted. [`render`] prints a `Config` back in the
+//! file's own shape. Nothing here connects anywhere.
+//!
+//! The reference for users is `docs/configuration.md`; every option is in
+//! `config/dbwarden.example.toml`.
 
 pub mod raw;
+mod render;
 pub mod secret;
 mod validate;
 
@@ -13,15 +19,19 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Format, Toml};
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 pub use secret::{Secret, redact_url};
 
 /// The environment variable prefix; nested keys are separated by `__`,
-/// e.g. `DBWARDEN_SERVER__LISTEN=0.0.0.0:9641`.
+/// e.g. `DBWARDEN_SERVER__LISTEN=0.0.0.0:9641`. Variables without `__` (such
+/// as `DBWARDEN_CONFIG`, the config file's path) are not overrides.
 pub const ENV_PREFIX: &str = "DBWARDEN_";
+
+/// Separates nested keys in an override's name.
+pub const ENV_SEPARATOR: &str = "__";
 
 /// Where dbwarden listens unless told otherwise. 9641 collides with none of
 /// postgres_exporter (9187), Neo4j metrics (2004) or the kubelet (10250).
@@ -37,6 +47,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub postgres: Vec<PostgresTarget>,
+    /// Present when a `[remediation]` section is configured.
+    #[serde(skip)]
+    pub remediation: Option<crate::remediate::RemediationSettings>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,12 +162,28 @@ impl Default for Thresholds {
     }
 }
 
+/// Where a target's password comes from. Names only: never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordSource {
+    /// None configured: trust or peer authentication, `~/.pgpass`, or `PGPASSWORD`.
+    None,
+    /// Written in the URL (shown redacted).
+    Url,
+    /// Read at startup from this environment variable.
+    Env(String),
+    /// Read at startup from this file.
+    File(PathBuf),
+}
+
 /// A PostgreSQL target, ready to connect to.
 #[derive(Debug, Clone, Serialize)]
 pub struct PostgresTarget {
     pub name: String,
     /// The URL with its password redacted; safe to print.
     pub url: String,
+    pub password_source: PasswordSource,
+    /// The effective sslmode: the `sslmode` key, else the URL's, else "prefer".
     pub sslmode: String,
     pub ssl_root_cert: Option<PathBuf>,
     /// Filesystem paths to watch with statvfs, by volume name (`data`, `wal`, ...).
@@ -219,84 +248,682 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml_with_env(&text, std::env::vars())
+        // `vars()` would panic on a variable that is not UTF-8; skip those.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::from_toml_with_env(&text, env)
     }
 
-    /// Parses `toml` with the given environment (only `DBWARDEN_` variables
-    /// are read), then validates. Tests pass their own environment.
+    /// Parses `toml` with the given environment (only `DBWARDEN_*__*`
+    /// overrides and the variables named by `password_env` are read), then
+    /// validates. Tests pass their own environment.
     pub fn from_toml_with_env(
         toml: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let overrides: Vec<(String, String)> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .cloned()
-            .collect();
-        let mut figment = Figment::from(Toml::string(toml));
-        // figment reads the process environment; feed it ours through a
-        // provider built from explicit pairs so tests stay hermetic.
-        figment = figment.merge(env_provider(&overrides));
-        let raw: raw::RawConfig = figment.extract().map_err(figment_issues)?;
-        validate::validate(raw, &env)
+        let mut root: toml::Table = toml
+            .parse()
+            .map_err(|e| ConfigError::Invalid(vec![syntax_issue(toml, &e)]))?;
+        let (env_paths, mut issues) = apply_env_overrides(&mut root, &env);
+
+        let mut reader = raw::Reader::new(&env_paths);
+        let raw = reader.read(&root);
+        let read_issues = reader.issues;
+        let validated = validate::validate(raw, &env);
+
+        issues.extend(read_issues.iter().cloned());
+        if let Err(more) = &validated {
+            // A key the reader rejected was treated as unset: drop what
+            // validation then said about it (e.g. "missing" after a type error).
+            let rejected = |p: &str| {
+                read_issues
+                    .iter()
+                    .any(|r| r.path == p || p.starts_with(&format!("{}.", r.path)))
+            };
+            issues.extend(more.iter().filter(|i| !rejected(&i.path)).cloned());
+        }
+        if issues.is_empty()
+            && let Ok(config) = validated
+        {
+            return Ok(config);
+        }
+        let mut seen = std::collections::HashSet::new();
+        issues.retain(|i| seen.insert((i.path.clone(), i.message.clone())));
+        // In the file's order of sections, then by key path.
+        issues.sort_by_cached_key(|i| {
+            let section = i.path.split('.').next().unwrap_or_default();
+            let rank = match i.path.as_str() {
+                "" => 0,
+                _ => {
+                    1 + raw::ROOT_KEYS
+                        .iter()
+                        .position(|k| *k == section)
+                        .unwrap_or(raw::ROOT_KEYS.len())
+                }
+            };
+            (rank, i.path.clone())
+        });
+        for issue in &mut issues {
+            let set_by = env_paths
+                .iter()
+                .find(|(p, _)| issue.path == **p || issue.path.starts_with(&format!("{p}.")));
+            if let Some((_, var)) = set_by {
+                issue
+                    .message
+                    .push_str(&format!(" (set by environment variable {var})"));
+            }
+        }
+        Err(ConfigError::Invalid(issues))
     }
 
-    /// The effective configuration as TOML, secrets redacted.
+    /// The effective configuration as TOML in the config file's own shape,
+    /// every default filled in, passwords redacted. It loads back into the
+    /// same configuration (given the same password sources).
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        render::to_toml(self)
     }
 }
 
-fn env_provider(pairs: &[(String, String)]) -> impl figment::Provider {
-    // `Env` can only read the real process environment, so we build the same
-    // nested dictionary it would from the explicit pairs.
-    let mut root = figment::value::Dict::new();
-    for (key, value) in pairs {
-        let key = key[ENV_PREFIX.len()..].to_ascii_lowercase();
-        let parts: Vec<&str> = key.split("__").filter(|p| !p.is_empty()).collect();
-        if parts.is_empty() {
+/// A TOML syntax error, located by line and column. toml's own message
+/// quotes the offending line, which may hold a password: we do not.
+fn syntax_issue(text: &str, e: &toml::de::Error) -> ConfigIssue {
+    let at = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rsplit('\n')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .count()
+                + 1;
+            format!(" at line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    let message = e.message().trim().replace('\n', "; ");
+    ConfigIssue {
+        path: String::new(),
+        message: format!("TOML syntax error{at}: {}", redact_url(&message)),
+    }
+}
+
+/// Merges `DBWARDEN_A__B__C=value` into `root` as `a.b.c = "value"`, the
+/// environment winning. Returns the key paths set, with their variables (the
+/// reader types those string values by the schema), and any malformed names.
+fn apply_env_overrides(
+    root: &mut toml::Table,
+    env: &[(String, String)],
+) -> (BTreeMap<String, String>, Vec<ConfigIssue>) {
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains(ENV_SEPARATOR))
+        .collect();
+    vars.sort();
+    let mut paths = BTreeMap::new();
+    let mut issues = Vec::new();
+    for (var, value) in vars {
+        let name = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let parts: Vec<&str> = name.split(ENV_SEPARATOR).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            issues.push(ConfigIssue {
+                path: String::new(),
+                message: format!(
+                    "environment variable {var} does not name a key: separate nested keys with one \"__\", e.g. DBWARDEN_SERVER__LISTEN"
+                ),
+            });
             continue;
         }
-        insert_nested(&mut root, &parts, parse_env_value(value));
+        let mut table = &mut *root;
+        for part in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            let toml::Value::Table(inner) = entry else {
+                unreachable!("just made a table")
+            };
+            table = inner;
+        }
+        table.insert(
+            parts[parts.len() - 1].to_string(),
+            toml::Value::String(value.clone()),
+        );
+        let path = parts
+            .iter()
+            .fold(String::new(), |path, part| raw::join(&path, part));
+        paths.insert(path, var.clone());
     }
-    figment::providers::Serialized::defaults(root)
-}
-
-/// The same typing figment's `Env` applies: "5" is an integer, "true" a bool, the rest strings.
-fn parse_env_value(v: &str) -> figment::value::Value {
-    v.parse::<figment::value::Value>()
-        .unwrap_or_else(|_| figment::value::Value::from(v.to_string()))
-}
-
-fn insert_nested(dict: &mut figment::value::Dict, parts: &[&str], value: figment::value::Value) {
-    use figment::value::{Dict, Value};
-    if parts.len() == 1 {
-        dict.insert(parts[0].to_string(), value);
-        return;
-    }
-    let entry = dict
-        .entry(parts[0].to_string())
-        .or_insert_with(|| Value::from(Dict::new()));
-    if !matches!(entry, Value::Dict(..)) {
-        *entry = Value::from(Dict::new());
-    }
-    if let Value::Dict(_, inner) = entry {
-        insert_nested(inner, &parts[1..], value);
-    }
-}
-
-fn figment_issues(err: figment::Error) -> ConfigError {
-    ConfigError::Invalid(
-        err.into_iter()
-            .map(|e| ConfigIssue {
-                path: e.path.join("."),
-                message: e.kind.to_string(),
-            })
-            .collect(),
-    )
+    (paths, issues)
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/dbwarden.example.toml");
+    const LOCAL: &str = include_str!("../../config/local.toml");
+    const EXAMPLE_ENV: [(&str, &str); 2] = [
+        ("PG_PRIMARY_PASSWORD", "primary-secret-1"),
+        ("PG_STANDBY_PASSWORD", "standby-secret-2"),
+    ];
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(toml, env(vars))
+    }
+
+    #[track_caller]
+    fn ok(toml: &str, vars: &[(&str, &str)]) -> Config {
+        load(toml, vars).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[track_caller]
+    fn issues(toml: &str, vars: &[(&str, &str)]) -> Vec<ConfigIssue> {
+        match load(toml, vars) {
+            Ok(c) => panic!("expected errors, got {c:#?}"),
+            Err(ConfigError::Invalid(issues)) => issues,
+            Err(e) => panic!("expected ConfigError::Invalid, got {e}"),
+        }
+    }
+
+    /// The one issue at `path`, whose message must contain every one of `needles`.
+    #[track_caller]
+    fn assert_issue(issues: &[ConfigIssue], path: &str, needles: &[&str]) {
+        let at: Vec<_> = issues.iter().filter(|i| i.path == path).collect();
+        assert_eq!(at.len(), 1, "one issue at {path} expected in {issues:#?}");
+        for n in needles {
+            assert!(at[0].message.contains(n), "{:?} lacks {n:?}", at[0].message);
+        }
+    }
+
+    const MIN: &str = "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\n";
+
+    #[test]
+    fn the_example_loads_with_the_runbook_defaults_and_its_overrides() {
+        let c = ok(EXAMPLE, &EXAMPLE_ENV);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9641");
+        let names: Vec<_> = c.postgres.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["primary", "standby"]);
+        let (primary, standby) = (&c.postgres[0], &c.postgres[1]);
+        assert_eq!(
+            primary.password_source,
+            PasswordSource::Env("PG_PRIMARY_PASSWORD".into())
+        );
+        assert_eq!(primary.sslmode, "verify-full");
+        assert_eq!(standby.sslmode, "require", "from the url");
+        assert_eq!(primary.settings.poll_interval, Duration::from_secs(5));
+        assert_eq!(standby.settings.poll_interval, Duration::from_secs(15));
+        assert_eq!(standby.settings.poll_timeout, Duration::from_secs(5));
+        assert_eq!(primary.settings.max_connections.get(), 3);
+        assert_eq!(primary.paths.len(), 2);
+
+        // The file's [thresholds] are the built-in defaults, which are the runbook's.
+        let d = Thresholds::default();
+        assert_eq!(d.disk_free.value, 0.30);
+        assert_eq!(d.connections_used.value, 0.80);
+        assert_eq!(d.replication_lag.value, 5.0);
+        assert_eq!(d.long_running_query.value, 5.0 * 60.0);
+        assert_eq!(d.idle_session.value, 10.0 * 60.0);
+        assert_eq!(ok(MIN, &[]).postgres[0].thresholds, d);
+        let mut standby_expected = d.clone();
+        standby_expected.replication_lag.hold = Duration::from_secs(300);
+        assert_eq!(standby.thresholds, standby_expected);
+        assert_eq!(primary.thresholds.disk_free.value, 0.15);
+        assert_eq!(primary.thresholds.disk_free.hold, d.disk_free.hold);
+        assert_eq!(primary.thresholds.replication_streaming.value, 1.0);
+    }
+
+    #[test]
+    fn the_printed_config_loads_back_into_the_same_config() {
+        for (name, text) in [("example", EXAMPLE), ("local", LOCAL)] {
+            let first = ok(text, &EXAMPLE_ENV).to_redacted_toml();
+            let second = load(&first, &EXAMPLE_ENV)
+                .unwrap_or_else(|e| {
+                    panic!("{name}: the printed config does not load: {e}\n{first}")
+                })
+                .to_redacted_toml();
+            assert_eq!(first, second, "{name}");
+            // The file's shape, not the internal structs.
+            assert!(!first.contains("[[postgres"), "{first}");
+            assert!(!first.contains("value ="), "{first}");
+            assert!(!first.contains("\n[defaults]"), "{first}");
+            assert!(!first.contains("\n[thresholds"), "{first}");
+            assert!(!first.contains(".settings]"), "{first}");
+        }
+        let printed = ok(EXAMPLE, &EXAMPLE_ENV).to_redacted_toml();
+        for needle in [
+            "[server]\n",
+            "[log]\n",
+            "[postgres.primary]\n",
+            "password_env = \"PG_PRIMARY_PASSWORD\"\n",
+            "poll_interval = \"5s\"\n",
+            "[postgres.primary.paths]\n",
+            "[postgres.primary.thresholds.disk_free]\nmin_ratio = 0.15\nfor = \"5m\"\n",
+            "[postgres.primary.thresholds.connections_used]\nmax_ratio = 0.8\n",
+            "[postgres.standby.thresholds.replication_lag]\nmax = \"5s\"\nfor = \"5m\"\n",
+            "[postgres.primary.thresholds.replication_streaming]\nmin_standbys = 1\n",
+            "max_bytes = 1073741824\n",
+            "[postgres.standby.thresholds.invalid_indexes]\nfor = \"0s\"\n",
+        ] {
+            assert!(printed.contains(needle), "{needle:?} not in\n{printed}");
+        }
+        for secret in ["primary-secret-1", "standby-secret-2"] {
+            assert!(!printed.contains(secret));
+        }
+    }
+
+    #[test]
+    fn a_password_file_is_printed_by_path_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "file-secret-3\n").unwrap();
+        let toml = format!("{MIN}password_file = {:?}\n", file.display().to_string());
+        let c = ok(&toml, &[]);
+        assert_eq!(
+            c.postgres[0].password_source,
+            PasswordSource::File(file.clone())
+        );
+        let printed = c.to_redacted_toml();
+        assert!(printed.contains(&format!("password_file = {:?}", file.display().to_string())));
+        assert!(!printed.contains("file-secret-3"));
+        assert_eq!(ok(&printed, &[]).to_redacted_toml(), printed);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_full_path() {
+        let toml = format!(
+            "[serverr]\nlisten = \"x\"\n{MIN}pol_interval = \"5s\"\n\
+             [postgres.main.thresholds.disk_free]\nmin_ratoi = 0.2\n\
+             [thresholds.bogus]\nfor = \"1s\"\n"
+        );
+        let issues = issues(&toml, &[]);
+        assert_issue(&issues, "serverr", &["unknown", "`server`"]);
+        assert_issue(
+            &issues,
+            "postgres.main.pol_interval",
+            &["unknown key", "poll_interval"],
+        );
+        assert_issue(
+            &issues,
+            "postgres.main.thresholds.disk_free.min_ratoi",
+            &["unknown key", "min_ratio"],
+        );
+        assert_issue(&issues, "thresholds.bogus", &["unknown table `bogus`"]);
+        assert_eq!(issues.len(), 4, "{issues:#?}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_path_and_value() {
+        let issues = issues(&format!("{MIN}poll_interval = \"5x\"\n"), &[]);
+        assert_issue(
+            &issues,
+            "postgres.main.poll_interval",
+            &["\"5x\"", "duration"],
+        );
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        let issues = self::issues(&format!("{MIN}poll_interval = 5\n"), &[]);
+        assert_issue(
+            &issues,
+            "postgres.main.poll_interval",
+            &["duration", "found 5"],
+        );
+    }
+
+    #[test]
+    fn a_ratio_out_of_range_is_an_error() {
+        let issues = issues(
+            &format!("{MIN}[postgres.main.thresholds.disk_free]\nmin_ratio = 1.5\n"),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "postgres.main.thresholds.disk_free.min_ratio",
+            &["1.5", "out of range"],
+        );
+        let issues = self::issues(
+            "[thresholds.connections_used]\nmax_ratio = -0.1\n[postgres.a]\nurl = \"postgres://h/d\"\n",
+            &[],
+        );
+        assert_issue(&issues, "thresholds.connections_used.max_ratio", &["-0.1"]);
+    }
+
+    #[test]
+    fn a_target_without_url_is_an_error() {
+        let issues = issues("[postgres.main]\nsslmode = \"require\"\n", &[]);
+        assert_issue(&issues, "postgres.main.url", &["missing"]);
+        let issues = self::issues("[server]\n", &[]);
+        assert_issue(&issues, "postgres", &["no targets"]);
+        let issues = self::issues("[postgres.main]\nurl = \"mysql://u@h/d\"\n", &[]);
+        assert_issue(&issues, "postgres.main.url", &["\"mysql://u@h/d\""]);
+    }
+
+    #[test]
+    fn two_password_sources_are_an_error() {
+        let toml =
+            "[postgres.main]\nurl = \"postgres://app:pw-in-url@db/app\"\npassword_env = \"PGPW\"\n";
+        let issues = issues(toml, &[("PGPW", "x")]);
+        assert_issue(
+            &issues,
+            "postgres.main",
+            &[
+                "more than one password source",
+                "url",
+                "password_env = \"PGPW\"",
+            ],
+        );
+        assert!(!format!("{issues:?}").contains("pw-in-url"));
+    }
+
+    #[test]
+    fn an_unset_password_env_is_an_error() {
+        let toml = format!("{MIN}password_env = \"MAIN_PW\"\n");
+        let issues = issues(&toml, &[]);
+        assert_issue(
+            &issues,
+            "postgres.main.password_env",
+            &["\"MAIN_PW\"", "not set"],
+        );
+        let issues = self::issues(&toml, &[("MAIN_PW", "")]);
+        assert_issue(
+            &issues,
+            "postgres.main.password_env",
+            &["\"MAIN_PW\"", "empty"],
+        );
+        let c = ok(&toml, &[("MAIN_PW", "pw")]);
+        assert_eq!(c.postgres[0].connect.0.get_username(), "app");
+    }
+
+    #[test]
+    fn a_missing_password_file_is_an_error() {
+        let toml = format!("{MIN}password_file = \"/nonexistent/dbwarden/pw\"\n");
+        let issues = issues(&toml, &[]);
+        assert_issue(
+            &issues,
+            "postgres.main.password_file",
+            &["\"/nonexistent/dbwarden/pw\"", "cannot read"],
+        );
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let c = ok(
+            MIN,
+            &[
+                ("DBWARDEN_POSTGRES__MAIN__POLL_INTERVAL", "2s"),
+                ("DBWARDEN_SERVER__LISTEN", "0.0.0.0:9999"),
+                ("DBWARDEN_POSTGRES__MAIN__MAX_CONNECTIONS", "3"),
+                ("DBWARDEN_THRESHOLDS__DISK_FREE__MIN_RATIO", "0.25"),
+                // The config file's path, read by the CLI: not an override.
+                ("DBWARDEN_CONFIG", "/etc/dbwarden.toml"),
+                ("OTHER__VAR", "x"),
+            ],
+        );
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:9999");
+        let t = &c.postgres[0];
+        assert_eq!(t.settings.poll_interval, Duration::from_secs(2));
+        // Unset, the timeouts shrink to fit a short interval.
+        assert_eq!(t.settings.poll_timeout, Duration::from_secs(2));
+        assert_eq!(t.settings.statement_timeout, Duration::from_secs(2));
+        assert_eq!(t.settings.max_connections.get(), 3);
+        assert_eq!(t.thresholds.disk_free.value, 0.25);
+        // An override replaces a value written in the file.
+        let c = ok(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[postgres.main]\nurl = \"postgres://h/d\"\n",
+            &[("DBWARDEN_SERVER__LISTEN", "127.0.0.1:2")],
+        );
+        assert_eq!(c.server.listen.port(), 2);
+    }
+
+    #[test]
+    fn a_bad_override_names_its_variable() {
+        let issues = issues(
+            MIN,
+            &[
+                ("DBWARDEN_POSTGRES__MAIN__POLL_INTERVAL", "5x"),
+                ("DBWARDEN_POSTGRES__MAIN__MAX_CONNECTIONS", "three"),
+                ("DBWARDEN_POSTGRES__MAIN__POL_INTERVAL", "5s"),
+            ],
+        );
+        assert_issue(
+            &issues,
+            "postgres.main.poll_interval",
+            &["\"5x\"", "DBWARDEN_POSTGRES__MAIN__POLL_INTERVAL"],
+        );
+        assert_issue(
+            &issues,
+            "postgres.main.max_connections",
+            &["\"three\"", "DBWARDEN_POSTGRES__MAIN__MAX_CONNECTIONS"],
+        );
+        assert_issue(
+            &issues,
+            "postgres.main.pol_interval",
+            &["unknown key", "DBWARDEN_POSTGRES__MAIN__POL_INTERVAL"],
+        );
+        assert_eq!(issues.len(), 3, "{issues:#?}");
+    }
+
+    #[test]
+    fn target_thresholds_merge_field_by_field_over_the_global_ones() {
+        let toml = "\
+            [thresholds.disk_free]\nmin_ratio = 0.2\nfor = \"10m\"\n\
+            [thresholds.replication_lag]\nmax = \"30s\"\n\
+            [postgres.a]\nurl = \"postgres://h/d\"\n\
+            [postgres.a.thresholds.disk_free]\nfor = \"1m\"\n\
+            [postgres.a.thresholds.replication_lag]\nfor = \"2m\"\n\
+            [postgres.b]\nurl = \"postgres://h/d\"\n\
+            [postgres.b.thresholds.disk_free]\nmin_ratio = 0.1\n";
+        let c = ok(toml, &[]);
+        let (a, b) = (&c.postgres[0].thresholds, &c.postgres[1].thresholds);
+        let d = Thresholds::default();
+        assert_eq!(
+            (a.disk_free.value, a.disk_free.hold),
+            (0.2, Duration::from_secs(60))
+        );
+        assert_eq!(
+            (b.disk_free.value, b.disk_free.hold),
+            (0.1, Duration::from_secs(600))
+        );
+        assert_eq!(
+            (a.replication_lag.value, a.replication_lag.hold),
+            (30.0, Duration::from_secs(120))
+        );
+        assert_eq!(b.replication_lag.value, 30.0);
+        assert_eq!(b.replication_lag.hold, d.replication_lag.hold);
+        assert_eq!(a.connections_used, d.connections_used);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_at_once() {
+        let toml = "\
+            [server]\nlisten = \"localhost\"\n\
+            [postgres.main]\nurl = \"postgres://h/d\"\npoll_interval = \"5x\"\n\
+            [postgres.main.thresholds.connections_used]\nmax_ratio = 1.5\n";
+        let issues = issues(toml, &[]);
+        assert_eq!(issues.len(), 3, "{issues:#?}");
+        assert_issue(&issues, "server.listen", &["\"localhost\""]);
+        assert_issue(&issues, "postgres.main.poll_interval", &["\"5x\""]);
+        assert_issue(
+            &issues,
+            "postgres.main.thresholds.connections_used.max_ratio",
+            &["1.5"],
+        );
+    }
+
+    #[test]
+    fn a_mistake_in_defaults_is_reported_once_where_it_was_written() {
+        let toml = "\
+            [defaults]\npoll_interval = \"10ms\"\npoll_timeout = \"20s\"\n\
+            [postgres.a]\nurl = \"postgres://h/d\"\n\
+            [postgres.b]\nurl = \"postgres://h/d\"\n";
+        let issues = issues(toml, &[]);
+        assert_issue(
+            &issues,
+            "defaults.poll_interval",
+            &["\"10ms\"", "too short"],
+        );
+        assert_issue(
+            &issues,
+            "defaults.poll_timeout",
+            &[
+                "\"20s\"",
+                "longer than poll_interval \"10ms\" (defaults.poll_interval)",
+            ],
+        );
+        assert_eq!(issues.len(), 2, "{issues:#?}");
+    }
+
+    #[test]
+    fn a_type_error_is_not_also_reported_as_missing() {
+        let issues = issues("[postgres.main]\nurl = 5\n", &[]);
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        assert_issue(
+            &issues,
+            "postgres.main.url",
+            &["expected a string, found 5"],
+        );
+        let issues = self::issues("[postgres]\nmain = \"postgres://u:pw9@h/d\"\n", &[]);
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        assert_issue(
+            &issues,
+            "postgres.main",
+            &["expected a table", "<redacted>"],
+        );
+        assert!(!format!("{issues:?}").contains("pw9"));
+    }
+
+    #[test]
+    fn sslmode_comes_from_the_key_or_the_url_and_they_must_agree() {
+        let c = ok(
+            "[postgres.a]\nurl = \"postgres://h/d?sslmode=verify-full\"\n",
+            &[],
+        );
+        assert_eq!(c.postgres[0].sslmode, "verify-full");
+        let c = ok(MIN, &[]);
+        assert_eq!(c.postgres[0].sslmode, "prefer");
+        let issues = issues(
+            "[postgres.a]\nurl = \"postgres://h/d?sslmode=verify-full\"\nsslmode = \"disable\"\n",
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "postgres.a.sslmode",
+            &["\"disable\"", "verify-full"],
+        );
+        let issues = self::issues(&format!("{MIN}sslmode = \"on\"\n"), &[]);
+        assert_issue(&issues, "postgres.main.sslmode", &["\"on\""]);
+    }
+
+    #[test]
+    fn url_parameters_sqlx_would_ignore_are_errors() {
+        let issues = issues(
+            "[postgres.a]\nurl = \"postgres://h/d?connect_timeout=10&passwd=pw-Lk3&sslmode=require\"\n\
+             [postgres.b]\nurl = \"postgres://h/d?application_name=x\"\n",
+            &[],
+        );
+        let a: Vec<_> = issues
+            .iter()
+            .filter(|i| i.path == "postgres.a.url")
+            .collect();
+        assert_eq!(a.len(), 2, "{issues:#?}");
+        assert!(a[0].message.contains("`connect_timeout`"), "{a:?}");
+        assert!(a[1].message.contains("`passwd`"), "{a:?}");
+        assert!(!format!("{issues:?}").contains("pw-Lk3"));
+        assert_issue(&issues, "postgres.b.url", &["application_name"]);
+        let c = ok(
+            "[postgres.a]\nurl = \"postgres://h/d?options[search_path]=x&sslrootcert=/x\"\n",
+            &[],
+        );
+        assert_eq!(c.postgres[0].sslmode, "prefer");
+    }
+
+    #[test]
+    fn the_redaction_placeholder_is_not_a_password() {
+        let issues = issues("[postgres.a]\nurl = \"postgres://u:<redacted>@h/d\"\n", &[]);
+        assert_issue(&issues, "postgres.a.url", &["placeholder"]);
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        let issues = issues("[postgres.a]\nurl = \"postgres://u:pw7@h/d\n", &[]);
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].message.contains("line 2"), "{issues:?}");
+        assert!(!issues[0].message.contains("pw7"), "{issues:?}");
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "secret-from-file\n").unwrap();
+        let toml = format!(
+            "[postgres.url]\nurl = \"postgres://u:secret-in-url@h/d\"\n\
+             [postgres.query]\nurl = \"postgres://u@h/d?password=secret-in-query\"\n\
+             [postgres.env]\nurl = \"postgres://u@h/d\"\npassword_env = \"PW\"\n\
+             [postgres.file]\nurl = \"postgres://u@h/d\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let vars = [("PW", "secret-from-env")];
+        let secrets = [
+            "secret-in-url",
+            "secret-in-query",
+            "secret-from-env",
+            "secret-from-file",
+        ];
+        let c = ok(&toml, &vars);
+        // The secrets did reach the connect options.
+        assert_eq!(c.postgres.len(), 4);
+        let shown = [
+            format!("{c:?}"),
+            format!("{c:#?}"),
+            c.to_redacted_toml(),
+            serde_json::to_string(&c).unwrap(),
+        ];
+        // And every error about these targets.
+        let broken = format!(
+            "{toml}poll_interval = \"5x\"\n[postgres.url.thresholds.disk_free]\nmin_ratio = 2.0\n"
+        );
+        let err = load(&broken, &vars).unwrap_err();
+        let errors = [err.to_string(), format!("{err:?}")];
+        for text in shown.iter().chain(&errors) {
+            for s in secrets {
+                assert!(!text.contains(s), "{s} printed in:\n{text}");
+            }
+        }
+        // Two sources for one target: the error names them, not the password.
+        let both = format!(
+            "{toml}[postgres.both]\nurl = \"postgres://u:secret-in-url@h/d\"\npassword_env = \"PW\"\n"
+        );
+        let err = load(&both, &vars).unwrap_err().to_string();
+        for s in secrets {
+            assert!(!err.contains(s), "{s} printed in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, MIN).unwrap();
+        assert_eq!(Config::load(&file).unwrap().postgres[0].name, "main");
+        let missing = dir.path().join("none.toml");
+        assert!(matches!(
+            Config::load(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
 }

@@ -1,181 +1,112 @@
-//! The configuration as serde reads it: every field optional where a default
-//! exists, unknown keys rejected. [`super::validate`] turns it into the typed
+//! The configuration as written: the merged TOML + environment tree read into
+//! plain structs, every field optional where a default exists.
+//!
+//! This is a hand-written reader rather than `#[derive(Deserialize)]`: serde
+//! stops at the first mistake, and the user should see *all* of them at once.
+//! [`Reader`] walks the tree against the schema below, reports every unknown
+//! key and every value of the wrong type with its full key path, and keeps
+//! going. [`super::validate`] then checks the values and builds the typed
 //! [`super::Config`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
 
-/// A duration written as a humantime string (`"5s"`, `"10m"`, `"1h 30m"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
+use super::ConfigIssue;
+use super::secret::redact_url;
 
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as \"5s\", \"10m\" or \"1h 30m\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(v.trim())
-                    .map(HumanDuration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid duration {v:?}: {e} (write e.g. \"5s\", \"10m\")"
-                        ))
-                    })
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawConfig {
-    #[serde(default)]
     pub server: RawServer,
-    #[serde(default)]
     pub log: RawLog,
-    #[serde(default)]
     pub defaults: RawTargetSettings,
-    #[serde(default)]
     pub thresholds: RawThresholds,
     /// PostgreSQL targets by name.
-    #[serde(default)]
     pub postgres: BTreeMap<String, RawPostgresTarget>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawServer {
     pub listen: Option<String>,
-    pub shutdown_grace: Option<HumanDuration>,
+    pub shutdown_grace: Option<Duration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
 }
 
 /// Settings a target may override; `[defaults]` sets them for every target.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone)]
 pub struct RawTargetSettings {
-    pub poll_interval: Option<HumanDuration>,
-    pub poll_timeout: Option<HumanDuration>,
-    pub connect_timeout: Option<HumanDuration>,
-    pub statement_timeout: Option<HumanDuration>,
-    pub lock_timeout: Option<HumanDuration>,
+    pub poll_interval: Option<Duration>,
+    pub poll_timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
+    pub lock_timeout: Option<Duration>,
     pub max_connections: Option<u32>,
-    pub database_sizes_interval: Option<HumanDuration>,
-    pub backoff_max: Option<HumanDuration>,
+    pub database_sizes_interval: Option<Duration>,
+    pub backoff_max: Option<Duration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawPostgresTarget {
+    /// The URL as written; it may hold a password. Never print it unredacted.
     pub url: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     pub sslmode: Option<String>,
     pub ssl_root_cert: Option<PathBuf>,
-    #[serde(default)]
     pub paths: BTreeMap<String, PathBuf>,
-    // The per-target overrides of `[defaults]`. Spelled out rather than
-    // `#[serde(flatten)]`ed: serde cannot combine flatten with deny_unknown_fields.
-    pub poll_interval: Option<HumanDuration>,
-    pub poll_timeout: Option<HumanDuration>,
-    pub connect_timeout: Option<HumanDuration>,
-    pub statement_timeout: Option<HumanDuration>,
-    pub lock_timeout: Option<HumanDuration>,
-    pub max_connections: Option<u32>,
-    pub database_sizes_interval: Option<HumanDuration>,
-    pub backoff_max: Option<HumanDuration>,
-    #[serde(default)]
+    /// The per-target overrides of `[defaults]`, written at target level.
+    pub settings: RawTargetSettings,
     pub thresholds: RawThresholds,
 }
 
-impl RawPostgresTarget {
-    pub fn settings(&self) -> RawTargetSettings {
-        RawTargetSettings {
-            poll_interval: self.poll_interval,
-            poll_timeout: self.poll_timeout,
-            connect_timeout: self.connect_timeout,
-            statement_timeout: self.statement_timeout,
-            lock_timeout: self.lock_timeout,
-            max_connections: self.max_connections,
-            database_sizes_interval: self.database_sizes_interval,
-            backoff_max: self.backoff_max,
-        }
-    }
-}
-
 /// A check that fails when a ratio drops below `min_ratio`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawMinRatioCheck {
     pub min_ratio: Option<f64>,
-    #[serde(rename = "for")]
-    pub hold: Option<HumanDuration>,
+    pub hold: Option<Duration>,
 }
 
 /// A check that fails when a ratio rises above `max_ratio`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawMaxRatioCheck {
     pub max_ratio: Option<f64>,
-    #[serde(rename = "for")]
-    pub hold: Option<HumanDuration>,
+    pub hold: Option<Duration>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A check that fails when an age or lag exceeds `max`.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawDurationCheck {
-    pub max: Option<HumanDuration>,
-    #[serde(rename = "for")]
-    pub hold: Option<HumanDuration>,
+    pub max: Option<Duration>,
+    pub hold: Option<Duration>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A check that fails when a byte count exceeds `max_bytes`.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawBytesCheck {
     pub max_bytes: Option<u64>,
-    #[serde(rename = "for")]
-    pub hold: Option<HumanDuration>,
+    pub hold: Option<Duration>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A check without a limit of its own: only its `for`.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawHoldOnly {
-    #[serde(rename = "for")]
-    pub hold: Option<HumanDuration>,
+    pub hold: Option<Duration>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawStreamingCheck {
     pub min_standbys: Option<u32>,
-    #[serde(rename = "for")]
-    pub hold: Option<HumanDuration>,
+    pub hold: Option<Duration>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawThresholds {
     pub disk_free: Option<RawMinRatioCheck>,
     pub connections_used: Option<RawMaxRatioCheck>,
@@ -189,4 +120,454 @@ pub struct RawThresholds {
     pub checksum_failures: Option<RawHoldOnly>,
     pub wal_archiving: Option<RawHoldOnly>,
     pub invalid_indexes: Option<RawHoldOnly>,
+}
+
+// The schema: the keys each table accepts. The reader below and these lists
+// must agree; `every_known_key_is_read` in the tests keeps them honest.
+pub(super) const ROOT_KEYS: &[&str] = &["server", "log", "defaults", "thresholds", "postgres"];
+pub(super) const SERVER_KEYS: &[&str] = &["listen", "shutdown_grace"];
+pub(super) const LOG_KEYS: &[&str] = &["format", "level"];
+pub(super) const SETTINGS_KEYS: &[&str] = &[
+    "poll_interval",
+    "poll_timeout",
+    "connect_timeout",
+    "statement_timeout",
+    "lock_timeout",
+    "max_connections",
+    "database_sizes_interval",
+    "backoff_max",
+];
+pub(super) const TARGET_OWN_KEYS: &[&str] = &[
+    "url",
+    "password_env",
+    "password_file",
+    "sslmode",
+    "ssl_root_cert",
+    "paths",
+    "thresholds",
+];
+pub(super) const THRESHOLD_KEYS: &[&str] = &[
+    "disk_free",
+    "connections_used",
+    "replication_lag",
+    "replication_streaming",
+    "replication_slot_retained_wal",
+    "long_running_query",
+    "idle_session",
+    "idle_in_transaction",
+    "wraparound",
+    "checksum_failures",
+    "wal_archiving",
+    "invalid_indexes",
+];
+
+/// Reads the merged tree, collecting every mistake.
+pub(super) struct Reader<'a> {
+    pub(super) issues: Vec<ConfigIssue>,
+    /// Key paths set by environment variables, with the variable's name.
+    /// Their values arrive as strings and are typed by the schema here.
+    env: &'a BTreeMap<String, String>,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(env: &'a BTreeMap<String, String>) -> Self {
+        Reader {
+            issues: Vec::new(),
+            env,
+        }
+    }
+
+    pub(super) fn read(&mut self, root: &Table) -> RawConfig {
+        self.known_keys(root, "", ROOT_KEYS);
+        let mut raw = RawConfig::default();
+        if let Some(t) = self.table(root, "", "server") {
+            self.known_keys(t, "server", SERVER_KEYS);
+            raw.server = RawServer {
+                listen: self.string(t, "server", "listen"),
+                shutdown_grace: self.duration(t, "server", "shutdown_grace"),
+            };
+        }
+        if let Some(t) = self.table(root, "", "log") {
+            self.known_keys(t, "log", LOG_KEYS);
+            raw.log = RawLog {
+                format: self.string(t, "log", "format"),
+                level: self.string(t, "log", "level"),
+            };
+        }
+        if let Some(t) = self.table(root, "", "defaults") {
+            self.known_keys(t, "defaults", SETTINGS_KEYS);
+            raw.defaults = self.settings(t, "defaults");
+        }
+        if let Some(t) = self.table(root, "", "thresholds") {
+            raw.thresholds = self.thresholds(t, "thresholds");
+        }
+        if let Some(targets) = self.table(root, "", "postgres") {
+            for name in targets.keys() {
+                let path = join("postgres", name);
+                // A target that is not a table is reported here and kept
+                // empty, so that validation knows it exists.
+                let target = match self.table(targets, "postgres", name) {
+                    Some(t) => self.target(t, &path),
+                    None => RawPostgresTarget::default(),
+                };
+                raw.postgres.insert(name.clone(), target);
+            }
+        }
+        raw
+    }
+
+    fn target(&mut self, t: &Table, path: &str) -> RawPostgresTarget {
+        let known: Vec<&str> = TARGET_OWN_KEYS
+            .iter()
+            .chain(SETTINGS_KEYS)
+            .copied()
+            .collect();
+        self.known_keys(t, path, &known);
+        let mut target = RawPostgresTarget {
+            url: self.string(t, path, "url"),
+            password_env: self.string(t, path, "password_env"),
+            password_file: self.string(t, path, "password_file").map(PathBuf::from),
+            sslmode: self.string(t, path, "sslmode"),
+            ssl_root_cert: self.string(t, path, "ssl_root_cert").map(PathBuf::from),
+            settings: self.settings(t, path),
+            ..RawPostgresTarget::default()
+        };
+        if let Some(paths) = self.table(t, path, "paths") {
+            let paths_path = join(path, "paths");
+            for volume in paths.keys() {
+                if let Some(p) = self.string(paths, &paths_path, volume) {
+                    target.paths.insert(volume.clone(), PathBuf::from(p));
+                }
+            }
+        }
+        if let Some(th) = self.table(t, path, "thresholds") {
+            target.thresholds = self.thresholds(th, &join(path, "thresholds"));
+        }
+        target
+    }
+
+    fn settings(&mut self, t: &Table, path: &str) -> RawTargetSettings {
+        RawTargetSettings {
+            poll_interval: self.duration(t, path, "poll_interval"),
+            poll_timeout: self.duration(t, path, "poll_timeout"),
+            connect_timeout: self.duration(t, path, "connect_timeout"),
+            statement_timeout: self.duration(t, path, "statement_timeout"),
+            lock_timeout: self.duration(t, path, "lock_timeout"),
+            max_connections: self.u32(t, path, "max_connections"),
+            database_sizes_interval: self.duration(t, path, "database_sizes_interval"),
+            backoff_max: self.duration(t, path, "backoff_max"),
+        }
+    }
+
+    fn thresholds(&mut self, t: &Table, path: &str) -> RawThresholds {
+        self.known_keys(t, path, THRESHOLD_KEYS);
+        let mut out = RawThresholds::default();
+
+        // Each check is a table of its limit (under the check's own key name) and `for`.
+        macro_rules! check {
+            ($field:ident, $ty:ident { $($key:ident: $read:ident),* }) => {
+                let key = stringify!($field);
+                if let Some(c) = self.table(t, path, key) {
+                    let p = join(path, key);
+                    self.known_keys(c, &p, &[$(stringify!($key),)* "for"]);
+                    out.$field = Some($ty {
+                        $($key: self.$read(c, &p, stringify!($key)),)*
+                        hold: self.duration(c, &p, "for"),
+                    });
+                }
+            };
+        }
+        check!(disk_free, RawMinRatioCheck { min_ratio: f64 });
+        check!(connections_used, RawMaxRatioCheck { max_ratio: f64 });
+        check!(replication_lag, RawDurationCheck { max: duration });
+        check!(
+            replication_streaming,
+            RawStreamingCheck { min_standbys: u32 }
+        );
+        check!(
+            replication_slot_retained_wal,
+            RawBytesCheck { max_bytes: u64 }
+        );
+        check!(long_running_query, RawDurationCheck { max: duration });
+        check!(idle_session, RawDurationCheck { max: duration });
+        check!(idle_in_transaction, RawDurationCheck { max: duration });
+        check!(wraparound, RawMaxRatioCheck { max_ratio: f64 });
+        check!(checksum_failures, RawHoldOnly {});
+        check!(wal_archiving, RawHoldOnly {});
+        check!(invalid_indexes, RawHoldOnly {});
+        out
+    }
+
+    /// Reports every key of `t` not in `known`, with a suggestion when one is close.
+    /// The value of an unknown key is never echoed: it might be a password.
+    fn known_keys(&mut self, t: &Table, path: &str, known: &[&str]) {
+        for (key, value) in t {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let hint = match (closest(key, known), misplaced(path, key)) {
+                (_, Some(home)) => format!("it belongs in {home}"),
+                (Some(k), None) => format!("did you mean `{k}`?"),
+                (None, None) => format!("expected one of: {}", known.join(", ")),
+            };
+            let what = if value.is_table() {
+                "unknown table"
+            } else {
+                "unknown key"
+            };
+            self.push(join(path, key), format!("{what} `{key}`: {hint}"));
+        }
+    }
+
+    fn push(&mut self, path: String, message: String) {
+        self.issues.push(ConfigIssue { path, message });
+    }
+
+    fn type_error(&mut self, path: String, expected: &str, found: &Value) {
+        let found = describe(found);
+        self.push(path, format!("expected {expected}, found {found}"));
+    }
+
+    fn table<'t>(&mut self, t: &'t Table, path: &str, key: &str) -> Option<&'t Table> {
+        match t.get(key)? {
+            Value::Table(inner) => Some(inner),
+            other => {
+                self.type_error(join(path, key), "a table", other);
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, t: &Table, path: &str, key: &str) -> Option<String> {
+        match t.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.type_error(join(path, key), "a string", other);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &Table, path: &str, key: &str) -> Option<Duration> {
+        let expected = "a duration string such as \"5s\", \"10m\" or \"1h 30m\"";
+        match t.get(key)? {
+            Value::String(s) => {
+                match humantime::parse_duration(s.trim()) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        self.push(
+                        join(path, key),
+                        format!("invalid duration {s:?}: {e}; write e.g. \"5s\", \"10m\" or \"1h 30m\""),
+                    );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.type_error(join(path, key), expected, other);
+                None
+            }
+        }
+    }
+
+    /// An integer, or a string of one when the key was set from the environment.
+    fn integer(
+        &mut self,
+        t: &Table,
+        path: &str,
+        key: &str,
+        expected: &str,
+    ) -> Option<(i128, Value)> {
+        let value = t.get(key)?;
+        let full = join(path, key);
+        let n = match value {
+            Value::Integer(n) => Some(i128::from(*n)),
+            Value::String(s) if self.env.contains_key(&full) => s.trim().parse::<i128>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) => Some((n, value.clone())),
+            None => {
+                self.type_error(full, expected, value);
+                None
+            }
+        }
+    }
+
+    fn u32(&mut self, t: &Table, path: &str, key: &str) -> Option<u32> {
+        let expected = "a whole number from 0 to 4294967295";
+        let (n, value) = self.integer(t, path, key, expected)?;
+        u32::try_from(n).ok().or_else(|| {
+            self.type_error(join(path, key), expected, &value);
+            None
+        })
+    }
+
+    fn u64(&mut self, t: &Table, path: &str, key: &str) -> Option<u64> {
+        let expected = "a whole number of at least 0";
+        let (n, value) = self.integer(t, path, key, expected)?;
+        u64::try_from(n).ok().or_else(|| {
+            self.type_error(join(path, key), expected, &value);
+            None
+        })
+    }
+
+    fn f64(&mut self, t: &Table, path: &str, key: &str) -> Option<f64> {
+        let value = t.get(key)?;
+        let full = join(path, key);
+        match value {
+            Value::Float(f) => Some(*f),
+            Value::Integer(n) => Some(*n as f64),
+            Value::String(s) if self.env.contains_key(&full) => {
+                s.trim().parse::<f64>().ok().or_else(|| {
+                    self.type_error(full, "a number", value);
+                    None
+                })
+            }
+            other => {
+                self.type_error(full, "a number", other);
+                None
+            }
+        }
+    }
+}
+
+/// `path.key`, quoting a key that would not read back as one bare TOML key.
+pub(super) fn join(path: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    };
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A value as an error message shows it: scalars verbatim (strings with any
+/// URL password redacted), tables and arrays by kind only.
+pub(super) fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{:?}", redact_url(s)),
+        Value::Integer(n) => n.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Datetime(d) => d.to_string(),
+        Value::Array(_) => "an array".to_string(),
+        Value::Table(_) => "a table".to_string(),
+    }
+}
+
+/// Where a known key written in the wrong table belongs, e.g. `listen` at
+/// the top level belongs in `[server]`.
+fn misplaced(path: &str, key: &str) -> Option<String> {
+    let is = |keys: &[&str]| keys.contains(&key);
+    let in_target = path.starts_with("postgres.") && path.matches('.').count() == 1;
+    match path {
+        "" if is(SERVER_KEYS) => Some("[server]".into()),
+        "" if is(LOG_KEYS) => Some("[log]".into()),
+        "" if is(SETTINGS_KEYS) => Some("[defaults] or a [postgres.<name>] table".into()),
+        "" if is(TARGET_OWN_KEYS) => Some("a [postgres.<name>] table".into()),
+        "" if is(THRESHOLD_KEYS) => Some(format!("[thresholds.{key}]")),
+        "defaults" if is(TARGET_OWN_KEYS) => Some("a [postgres.<name>] table".into()),
+        "defaults" if is(THRESHOLD_KEYS) => Some(format!("[thresholds.{key}]")),
+        _ if in_target && is(THRESHOLD_KEYS) => Some(format!("[{path}.thresholds.{key}]")),
+        _ => None,
+    }
+}
+
+/// The known key closest to a misspelt one, if any is close enough to be a typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_quote_keys_that_are_not_bare() {
+        assert_eq!(join("", "server"), "server");
+        assert_eq!(join("postgres", "main"), "postgres.main");
+        assert_eq!(join("postgres", "a.b"), "postgres.\"a.b\"");
+    }
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        assert_eq!(
+            closest("pol_interval", SETTINGS_KEYS),
+            Some("poll_interval")
+        );
+        assert_eq!(
+            closest("min_ratoi", &["min_ratio", "for"]),
+            Some("min_ratio")
+        );
+        assert_eq!(closest("zzz", SETTINGS_KEYS), None);
+    }
+
+    #[test]
+    fn misplaced_keys_are_pointed_home() {
+        assert_eq!(misplaced("", "listen").as_deref(), Some("[server]"));
+        assert_eq!(
+            misplaced("postgres.main", "disk_free").as_deref(),
+            Some("[postgres.main.thresholds.disk_free]")
+        );
+        assert_eq!(misplaced("postgres.main.thresholds", "url"), None);
+    }
+
+    #[test]
+    fn every_known_key_is_read() {
+        // A table with every key the schema lists, each with a value of the
+        // wrong type: each must be reported as a type error, none as unknown.
+        let mut target = Table::new();
+        for k in TARGET_OWN_KEYS.iter().chain(SETTINGS_KEYS) {
+            target.insert(k.to_string(), Value::Boolean(true));
+        }
+        let mut thresholds = Table::new();
+        for k in THRESHOLD_KEYS {
+            thresholds.insert(k.to_string(), Value::Boolean(true));
+        }
+        let mut root = Table::new();
+        root.insert("thresholds".into(), Value::Table(thresholds));
+        let mut pg = Table::new();
+        pg.insert("t".into(), Value::Table(target));
+        root.insert("postgres".into(), Value::Table(pg));
+        let env = BTreeMap::new();
+        let mut r = Reader::new(&env);
+        r.read(&root);
+        assert!(
+            r.issues.iter().all(|i| i.message.starts_with("expected ")),
+            "{:#?}",
+            r.issues
+        );
+        assert_eq!(
+            r.issues.len(),
+            TARGET_OWN_KEYS.len() + SETTINGS_KEYS.len() + THRESHOLD_KEYS.len()
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! From [`RawConfig`] to [`Config`]: every value checked, every mistake
 //! reported with its key path and the offending value, secrets read.
+//! Nothing here connects anywhere; the only I/O is reading password and
+//! certificate files.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -8,7 +10,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
-use super::raw::*;
+use super::raw::{self, *};
+use super::secret::{REDACTED, url_password};
 use super::*;
 
 /// Collects issues while validating, so the user sees every mistake at once.
@@ -24,17 +27,34 @@ impl Issues {
     }
 }
 
-const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
-const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
-const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_MAX_CONNECTIONS: u32 = 2;
-const DEFAULT_DATABASE_SIZES_INTERVAL: Duration = Duration::from_secs(300);
-const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 2;
+pub(super) const DEFAULT_DATABASE_SIZES_INTERVAL: Duration = Duration::from_secs(300);
+pub(super) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_SSLMODE: &str = "prefer";
 
-pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigError> {
+/// Bounds of every target-setting duration: below 100ms is a busy loop,
+/// above a day is a typo (and would overflow PostgreSQL's millisecond timeouts
+/// long before it overflowed anything of ours).
+const MIN_SETTING: Duration = Duration::from_millis(100);
+const MAX_SETTING: Duration = Duration::from_secs(24 * 3600);
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
+const MAX_CONNECTIONS_LIMIT: u32 = 10;
+
+/// `"5s"`: a duration as the user would write it, quoted.
+fn q(d: Duration) -> String {
+    format!("{:?}", humantime::format_duration(d).to_string())
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    env: &[(String, String)],
+) -> Result<Config, Vec<ConfigIssue>> {
     let mut issues = Issues::default();
 
     let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
@@ -44,17 +64,19 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
             issues.push(
                 "server.listen",
                 format!(
-                    "invalid address {listen_text:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\""
+                    "invalid address {listen_text:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\" or \"0.0.0.0:9641\" (host names are not resolved)"
                 ),
             );
             SocketAddr::from(([127, 0, 0, 1], 9641))
         }
     };
-    let shutdown_grace = raw
-        .server
-        .shutdown_grace
-        .map(|d| d.0)
-        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let shutdown_grace = raw.server.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    if shutdown_grace > MAX_SHUTDOWN_GRACE {
+        issues.push(
+            "server.shutdown_grace",
+            format!("{} is too long: at most \"1h\"", q(shutdown_grace)),
+        );
+    }
 
     let format = match raw.log.format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
@@ -69,9 +91,15 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
     };
     let level = raw.log.level.clone().unwrap_or_else(|| "info".to_string());
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-        issues.push("log.level", format!("invalid filter {level:?}: {e}"));
+        issues.push(
+            "log.level",
+            format!(
+                "invalid filter {level:?}: {e}; write e.g. \"info\" or \"info,dbwarden=debug\""
+            ),
+        );
     }
 
+    check_setting_ranges(&raw.defaults, "defaults", &mut issues);
     let global_thresholds = thresholds(
         Thresholds::default(),
         &raw.thresholds,
@@ -107,9 +135,10 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
             },
             log: LogConfig { format, level },
             postgres,
+            remediation: None,
         })
     } else {
-        Err(ConfigError::Invalid(issues.0))
+        Err(issues.0)
     }
 }
 
@@ -121,6 +150,52 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+fn sslmode_name(m: PgSslMode) -> &'static str {
+    match m {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// The query parameters sqlx reads from a URL (besides `options[name]`).
+/// It ignores any other with a warning; we refuse them.
+const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The keys of a URL's query string, as written (sqlx matches them exactly).
+fn query_keys(url: &str) -> Vec<String> {
+    let Some(q) = url.split_once('?').map(|(_, q)| q) else {
+        return Vec::new();
+    };
+    let q = q.split('#').next().unwrap_or_default();
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split('=').next().unwrap_or_default().to_string())
+        .collect()
+}
+
 fn postgres_target(
     name: &str,
     raw: &RawPostgresTarget,
@@ -129,7 +204,8 @@ fn postgres_target(
     env: &[(String, String)],
     issues: &mut Issues,
 ) -> Option<PostgresTarget> {
-    let path = format!("postgres.{name}");
+    let path = raw::join("postgres", name);
+    let key = |k: &str| raw::join(&path, k);
     let before = issues.0.len();
     if !valid_name(name) {
         issues.push(
@@ -138,99 +214,217 @@ fn postgres_target(
         );
     }
 
-    let settings = settings(&raw.settings(), defaults, &path, issues);
+    check_setting_ranges(&raw.settings, &path, issues);
+    let settings = settings(&raw.settings, defaults, &path, issues);
 
+    // The URL. sqlx reads it; we check the parts sqlx would accept silently.
+    let url = raw.url.as_deref();
+    let written_password = url.and_then(url_password).filter(|p| !p.is_empty());
     let mut options = None;
-    match raw.url.as_deref() {
-        None => issues.push(
-            format!("{path}.url"),
-            "missing: a postgres:// URL is required",
-        ),
-        Some(url) => match PgConnectOptions::from_str(url) {
-            Ok(o) => options = Some(o),
-            // sqlx's message may echo the URL: print only the redacted form.
-            Err(_) => issues.push(
-                format!("{path}.url"),
-                format!(
-                    "invalid URL {:?}: expected postgres://user[:password]@host[:port]/database",
-                    redact_url(url)
-                ),
-            ),
-        },
+    let mut url_sslmode = None;
+    match url {
+        None => issues.push(key("url"), "missing: a postgres:// URL is required"),
+        Some(url) => {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("postgres" | "postgresql")) {
+                issues.push(
+                    key("url"),
+                    format!(
+                        "invalid URL {:?}: expected postgres://user@host:port/database",
+                        redact_url(url)
+                    ),
+                );
+            } else {
+                match PgConnectOptions::from_str(url) {
+                    Ok(o) => {
+                        if query_keys(url)
+                            .iter()
+                            .any(|k| k == "sslmode" || k == "ssl-mode")
+                        {
+                            url_sslmode = Some(sslmode_name(o.get_ssl_mode()));
+                        }
+                        options = Some(o);
+                    }
+                    Err(e) => {
+                        // sqlx's messages do not echo the URL, but make sure.
+                        let mut reason = redact_url(&e.to_string());
+                        if written_password.is_some_and(|p| reason.contains(p)) {
+                            reason = "cannot parse it".to_string();
+                        }
+                        issues.push(
+                            key("url"),
+                            format!(
+                                "invalid URL {:?}: {reason}; expected postgres://user@host:port/database",
+                                redact_url(url)
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(p) = written_password
+                && (p == REDACTED || p.eq_ignore_ascii_case("%3Credacted%3E"))
+            {
+                issues.push(
+                    key("url"),
+                    format!(
+                        "{:?} holds the placeholder {REDACTED} that `dbwarden config` prints instead of a password: put the password back, or use password_env or password_file",
+                        redact_url(url)
+                    ),
+                );
+            }
+            let keys = query_keys(url);
+            for k in &keys {
+                let known = URL_PARAMETERS.contains(&k.as_str())
+                    || (k.starts_with("options[") && k.ends_with(']'));
+                if k == "application_name" {
+                    issues.push(
+                        key("url"),
+                        "has application_name=...: dbwarden sets it to \"dbwarden\" (remediation skips those sessions); remove it",
+                    );
+                } else if !known {
+                    // Not echoed: an unknown parameter's value may be a password.
+                    issues.push(
+                        key("url"),
+                        format!(
+                            "unknown parameter `{k}` (it would be ignored): the url accepts {}; timeouts are keys of [postgres.<name>]",
+                            URL_PARAMETERS
+                                .iter()
+                                .filter(|p| **p != "application_name")
+                                .copied()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
+            }
+            for k in ["sslrootcert", "ssl-root-cert", "ssl-ca"] {
+                if raw.ssl_root_cert.is_some() && keys.iter().any(|x| x == k) {
+                    issues.push(
+                        key("ssl_root_cert"),
+                        format!("set twice: the url also has {k}=...; keep one"),
+                    );
+                }
+            }
+        }
     }
 
-    let url_has_password = raw.url.as_deref().is_some_and(|u| redact_url(u) != u);
-    let sources = [
-        url_has_password,
-        raw.password_env.is_some(),
-        raw.password_file.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if sources > 1 {
+    // The password: in the URL, from an environment variable, or from a file.
+    let mut given = Vec::new();
+    if written_password.is_some() {
+        given.push("a password in the url".to_string());
+    }
+    if let Some(var) = &raw.password_env {
+        given.push(format!("password_env = {var:?}"));
+    }
+    if let Some(file) = &raw.password_file {
+        given.push(format!("password_file = {:?}", file.display().to_string()));
+    }
+    if given.len() > 1 {
         issues.push(
             &path,
-            "more than one password source: use only one of a password in the url, password_env, password_file",
+            format!(
+                "more than one password source ({}): use only one",
+                given.join(", ")
+            ),
         );
     }
     let mut password = None;
+    let mut password_source = if written_password.is_some() {
+        PasswordSource::Url
+    } else {
+        PasswordSource::None
+    };
     if let Some(var) = &raw.password_env {
+        password_source = PasswordSource::Env(var.clone());
         match env.iter().find(|(k, _)| k == var) {
             Some((_, v)) if !v.is_empty() => password = Some(Secret::new(v.clone())),
-            _ => issues.push(
-                format!("{path}.password_env"),
-                format!("environment variable {var:?} is not set or empty"),
+            Some(_) => issues.push(
+                key("password_env"),
+                format!("environment variable {var:?} is empty"),
+            ),
+            None => issues.push(
+                key("password_env"),
+                format!("environment variable {var:?} is not set"),
             ),
         }
     }
     if let Some(file) = &raw.password_file {
+        password_source = PasswordSource::File(file.clone());
         match std::fs::read_to_string(file) {
             Ok(v) => {
-                let v = v.trim_end_matches(['\n', '\r']);
+                // Only the line ending an editor or `echo` adds: passwords may end in spaces.
+                let v = v.strip_suffix('\n').unwrap_or(&v);
+                let v = v.strip_suffix('\r').unwrap_or(v);
                 if v.is_empty() {
                     issues.push(
-                        format!("{path}.password_file"),
-                        format!("file {} is empty", file.display()),
+                        key("password_file"),
+                        format!("file {:?} is empty", file.display().to_string()),
                     );
                 } else {
                     password = Some(Secret::new(v));
                 }
             }
             Err(e) => issues.push(
-                format!("{path}.password_file"),
-                format!("cannot read {}: {e}", file.display()),
+                key("password_file"),
+                format!("cannot read {:?}: {e}", file.display().to_string()),
             ),
         }
     }
 
-    let sslmode = raw.sslmode.clone().unwrap_or_else(|| "prefer".to_string());
-    let ssl_mode = match PgSslMode::from_str(&sslmode) {
-        Ok(m) => Some(m),
-        Err(_) => {
-            issues.push(
-                format!("{path}.sslmode"),
-                format!(
-                    "invalid value {sslmode:?}: expected one of disable, allow, prefer, require, verify-ca, verify-full"
-                ),
-            );
-            None
-        }
+    // TLS. The sslmode key and an sslmode in the URL must agree; without
+    // either, "prefer" (libpq's default), so PGSSLMODE never decides.
+    let sslmode = match (raw.sslmode.as_deref(), url_sslmode) {
+        (Some(k), _) => match PgSslMode::from_str(k) {
+            Ok(m) => {
+                let m = sslmode_name(m);
+                if url_sslmode.is_some_and(|u| u != m) {
+                    issues.push(
+                        key("sslmode"),
+                        format!(
+                            "{k:?} contradicts sslmode={} in the url: keep one",
+                            url_sslmode.unwrap_or_default()
+                        ),
+                    );
+                }
+                Some(m)
+            }
+            Err(_) => {
+                issues.push(
+                    key("sslmode"),
+                    format!(
+                        "invalid value {k:?}: expected one of disable, allow, prefer, require, verify-ca, verify-full"
+                    ),
+                );
+                None
+            }
+        },
+        (None, Some(u)) => Some(u),
+        (None, None) => Some(DEFAULT_SSLMODE),
     };
     if let Some(cert) = &raw.ssl_root_cert {
         if !cert.is_file() {
             issues.push(
-                format!("{path}.ssl_root_cert"),
-                format!("file {} does not exist", cert.display()),
+                key("ssl_root_cert"),
+                format!("file {:?} does not exist", cert.display().to_string()),
+            );
+        }
+        if sslmode == Some("disable") {
+            issues.push(
+                key("ssl_root_cert"),
+                format!(
+                    "{:?} is never used with sslmode \"disable\": use verify-full (or verify-ca)",
+                    cert.display().to_string()
+                ),
             );
         }
     }
 
     let mut paths = Vec::new();
     for (volume, p) in &raw.paths {
+        let vpath = raw::join(&key("paths"), volume);
         if !valid_name(volume) {
             issues.push(
-                format!("{path}.paths.{volume}"),
+                &vpath,
                 format!(
                     "invalid volume name {volume:?}: use lowercase letters, digits, '_' or '-'"
                 ),
@@ -238,8 +432,8 @@ fn postgres_target(
         }
         if !p.is_absolute() {
             issues.push(
-                format!("{path}.paths.{volume}"),
-                format!("path {} must be absolute", p.display()),
+                &vpath,
+                format!("{:?} must be an absolute path", p.display().to_string()),
             );
         }
         paths.push(WatchedPath {
@@ -248,12 +442,7 @@ fn postgres_target(
         });
     }
 
-    let thresholds = thresholds(
-        global.clone(),
-        &raw.thresholds,
-        &format!("{path}.thresholds"),
-        issues,
-    );
+    let thresholds = thresholds(global.clone(), &raw.thresholds, &key("thresholds"), issues);
 
     if issues.0.len() != before {
         return None;
@@ -262,7 +451,7 @@ fn postgres_target(
     if let Some(p) = &password {
         o = o.password(p.expose());
     }
-    if let Some(m) = ssl_mode {
+    if let Some(m) = sslmode.and_then(|m| PgSslMode::from_str(m).ok()) {
         o = o.ssl_mode(m);
     }
     if let Some(cert) = &raw.ssl_root_cert {
@@ -284,8 +473,9 @@ fn postgres_target(
 
     Some(PostgresTarget {
         name: name.to_string(),
-        url: redact_url(raw.url.as_deref().unwrap_or_default()),
-        sslmode,
+        url: redact_url(url.unwrap_or_default()),
+        password_source,
+        sslmode: sslmode.unwrap_or(DEFAULT_SSLMODE).to_string(),
         ssl_root_cert: raw.ssl_root_cert.clone(),
         paths,
         settings,
@@ -294,44 +484,9 @@ fn postgres_target(
     })
 }
 
-fn settings(
-    t: &RawTargetSettings,
-    d: &RawTargetSettings,
-    path: &str,
-    issues: &mut Issues,
-) -> TargetSettings {
-    let pick = |a: Option<HumanDuration>, b: Option<HumanDuration>, def: Duration| {
-        a.or(b).map(|x| x.0).unwrap_or(def)
-    };
-    let s = TargetSettings {
-        poll_interval: pick(t.poll_interval, d.poll_interval, DEFAULT_POLL_INTERVAL),
-        poll_timeout: pick(t.poll_timeout, d.poll_timeout, DEFAULT_POLL_TIMEOUT),
-        connect_timeout: pick(
-            t.connect_timeout,
-            d.connect_timeout,
-            DEFAULT_CONNECT_TIMEOUT,
-        ),
-        statement_timeout: pick(
-            t.statement_timeout,
-            d.statement_timeout,
-            DEFAULT_STATEMENT_TIMEOUT,
-        ),
-        lock_timeout: pick(t.lock_timeout, d.lock_timeout, DEFAULT_LOCK_TIMEOUT),
-        max_connections: NonZeroU32::new(
-            t.max_connections
-                .or(d.max_connections)
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-        )
-        .unwrap_or(NonZeroU32::MIN),
-        database_sizes_interval: pick(
-            t.database_sizes_interval,
-            d.database_sizes_interval,
-            DEFAULT_DATABASE_SIZES_INTERVAL,
-        ),
-        backoff_max: pick(t.backoff_max, d.backoff_max, DEFAULT_BACKOFF_MAX),
-    };
-    let fmt = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
-    let min = Duration::from_millis(100);
+/// The bounds of each setting, checked where it is written (`defaults.*` or
+/// `postgres.<name>.*`), so a mistake in `[defaults]` is reported once.
+fn check_setting_ranges(s: &RawTargetSettings, path: &str, issues: &mut Issues) {
     for (key, value) in [
         ("poll_interval", s.poll_interval),
         ("poll_timeout", s.poll_timeout),
@@ -341,50 +496,157 @@ fn settings(
         ("database_sizes_interval", s.database_sizes_interval),
         ("backoff_max", s.backoff_max),
     ] {
-        if value < min {
+        let Some(value) = value else { continue };
+        if value < MIN_SETTING {
             issues.push(
-                format!("{path}.{key}"),
-                format!("{} is too short: at least 100ms", fmt(value)),
+                raw::join(path, key),
+                format!("{} is too short: at least \"100ms\"", q(value)),
+            );
+        } else if value > MAX_SETTING {
+            issues.push(
+                raw::join(path, key),
+                format!("{} is too long: at most \"1day\"", q(value)),
             );
         }
     }
-    if s.poll_timeout > s.poll_interval {
+    if let Some(n) = s.max_connections
+        && (n == 0 || n > MAX_CONNECTIONS_LIMIT)
+    {
         issues.push(
-            format!("{path}.poll_timeout"),
-            format!(
-                "{} is longer than poll_interval {}: a poll must end before the next is due",
-                fmt(s.poll_timeout),
-                fmt(s.poll_interval)
-            ),
+            raw::join(path, "max_connections"),
+            format!("{n} is out of range: 1 to {MAX_CONNECTIONS_LIMIT}"),
         );
     }
-    if s.statement_timeout > s.poll_timeout {
-        issues.push(
-            format!("{path}.statement_timeout"),
-            format!(
-                "{} is longer than poll_timeout {}: the server would keep running statements the poll has abandoned",
-                fmt(s.statement_timeout),
-                fmt(s.poll_timeout)
-            ),
-        );
-    }
-    if let Some(n) = t.max_connections.or(d.max_connections) {
-        if n == 0 || n > 10 {
-            issues.push(
-                format!("{path}.max_connections"),
-                format!("{n} is out of range: 1 to 10"),
-            );
-        }
-    }
-    s
 }
 
+/// A resolved setting and where its value came from.
+struct Picked {
+    value: Duration,
+    /// The key path that set it, or `None` for the built-in default.
+    from: Option<String>,
+}
+
+fn settings(
+    t: &RawTargetSettings,
+    d: &RawTargetSettings,
+    path: &str,
+    issues: &mut Issues,
+) -> TargetSettings {
+    let pick = |key: &str, a: Option<Duration>, b: Option<Duration>, def: Duration| match (a, b) {
+        (Some(v), _) => Picked {
+            value: v,
+            from: Some(raw::join(path, key)),
+        },
+        (None, Some(v)) => Picked {
+            value: v,
+            from: Some(raw::join("defaults", key)),
+        },
+        (None, None) => Picked {
+            value: def,
+            from: None,
+        },
+    };
+    let poll_interval = pick(
+        "poll_interval",
+        t.poll_interval,
+        d.poll_interval,
+        DEFAULT_POLL_INTERVAL,
+    );
+    // Unset, the timeouts shrink to fit: poll_interval = "2s" alone is valid.
+    let poll_timeout = pick(
+        "poll_timeout",
+        t.poll_timeout,
+        d.poll_timeout,
+        DEFAULT_POLL_TIMEOUT.min(poll_interval.value),
+    );
+    let statement_timeout = pick(
+        "statement_timeout",
+        t.statement_timeout,
+        d.statement_timeout,
+        DEFAULT_STATEMENT_TIMEOUT.min(poll_timeout.value),
+    );
+
+    // "6s" is longer than poll_interval "5s" (defaults.poll_interval): ...
+    // reported where the longer value was written, or at the target when
+    // it is a built-in default.
+    let mut must_not_exceed =
+        |short: &Picked, short_key: &str, long: &Picked, long_key: &str, why: &str| {
+            if short.value <= long.value {
+                return;
+            }
+            let origin = |p: &Picked| match &p.from {
+                Some(f) => format!(" ({f})"),
+                None => " (the default)".to_string(),
+            };
+            let at = short
+                .from
+                .clone()
+                .unwrap_or_else(|| raw::join(path, short_key));
+            issues.push(
+                at,
+                format!(
+                    "{}{} is longer than {long_key} {}{}: {why}",
+                    q(short.value),
+                    if short.from.is_none() {
+                        origin(short)
+                    } else {
+                        String::new()
+                    },
+                    q(long.value),
+                    origin(long),
+                ),
+            );
+        };
+    must_not_exceed(
+        &poll_timeout,
+        "poll_timeout",
+        &poll_interval,
+        "poll_interval",
+        "a poll must end before the next is due",
+    );
+    must_not_exceed(
+        &statement_timeout,
+        "statement_timeout",
+        &poll_timeout,
+        "poll_timeout",
+        "the server would keep running statements the poll has abandoned",
+    );
+
+    let or = |a: Option<Duration>, b: Option<Duration>, def: Duration| a.or(b).unwrap_or(def);
+    TargetSettings {
+        poll_interval: poll_interval.value,
+        poll_timeout: poll_timeout.value,
+        connect_timeout: or(
+            t.connect_timeout,
+            d.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        statement_timeout: statement_timeout.value,
+        lock_timeout: or(t.lock_timeout, d.lock_timeout, DEFAULT_LOCK_TIMEOUT),
+        max_connections: NonZeroU32::new(
+            t.max_connections
+                .or(d.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        )
+        .unwrap_or(NonZeroU32::MIN),
+        database_sizes_interval: or(
+            t.database_sizes_interval,
+            d.database_sizes_interval,
+            DEFAULT_DATABASE_SIZES_INTERVAL,
+        ),
+        backoff_max: or(t.backoff_max, d.backoff_max, DEFAULT_BACKOFF_MAX),
+    }
+}
+
+/// Applies the thresholds written at `path` over `t`, field by field: a
+/// target that sets only `disk_free.for` keeps the global `min_ratio`.
 fn thresholds(
     mut t: Thresholds,
     raw: &RawThresholds,
     path: &str,
     issues: &mut Issues,
 ) -> Thresholds {
+    let check = |name: &str, key: &str| raw::join(&raw::join(path, name), key);
     fn ratio(v: Option<f64>, key: String, issues: &mut Issues) -> Option<f64> {
         let v = v?;
         if v.is_finite() && (0.0..=1.0).contains(&v) {
@@ -397,34 +659,30 @@ fn thresholds(
             None
         }
     }
-    let hold = |l: &mut Limit, h: Option<HumanDuration>| {
+    let hold = |l: &mut Limit, h: Option<Duration>| {
         if let Some(h) = h {
-            l.hold = h.0;
+            l.hold = h;
         }
     };
     if let Some(c) = raw.disk_free {
-        if let Some(v) = ratio(c.min_ratio, format!("{path}.disk_free.min_ratio"), issues) {
+        if let Some(v) = ratio(c.min_ratio, check("disk_free", "min_ratio"), issues) {
             t.disk_free.value = v;
         }
         hold(&mut t.disk_free, c.hold);
     }
     if let Some(c) = raw.connections_used {
-        if let Some(v) = ratio(
-            c.max_ratio,
-            format!("{path}.connections_used.max_ratio"),
-            issues,
-        ) {
+        if let Some(v) = ratio(c.max_ratio, check("connections_used", "max_ratio"), issues) {
             t.connections_used.value = v;
         }
         hold(&mut t.connections_used, c.hold);
     }
     if let Some(c) = raw.wraparound {
-        if let Some(v) = ratio(c.max_ratio, format!("{path}.wraparound.max_ratio"), issues) {
+        if let Some(v) = ratio(c.max_ratio, check("wraparound", "max_ratio"), issues) {
             t.wraparound.value = v;
         }
         hold(&mut t.wraparound, c.hold);
     }
-    for (key, limit, raw) in [
+    for (name, limit, raw) in [
         (
             "replication_lag",
             &mut t.replication_lag,
@@ -444,13 +702,13 @@ fn thresholds(
     ] {
         if let Some(c) = raw {
             if let Some(m) = c.max {
-                if m.0.is_zero() {
+                if m.is_zero() {
                     issues.push(
-                        format!("{path}.{key}.max"),
-                        "\"0s\" would fail on every session: use a positive duration",
+                        check(name, "max"),
+                        "\"0s\" would fail all the time: use a positive duration",
                     );
                 } else {
-                    limit.value = m.0.as_secs_f64();
+                    limit.value = m.as_secs_f64();
                 }
             }
             hold(limit, c.hold);

@@ -48,6 +48,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let app = http::AppState {
         state: state.clone(),
         metrics: metrics.clone(),
+        remediation: None,
     };
     let http_token = token.clone();
     tracker.spawn(async move {

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::evaluate::{CheckResult, PgSummary};
 use crate::observe::{PgSnapshot, PollError};
@@ -62,6 +62,8 @@ impl TargetStatus {
 pub struct SharedState {
     targets: RwLock<BTreeMap<String, Arc<TargetStatus>>>,
     wakers: BTreeMap<String, Arc<Notify>>,
+    /// Bumped on every publish, so followers (remediation) run after each poll.
+    published: BTreeMap<String, watch::Sender<u64>>,
 }
 
 impl SharedState {
@@ -69,19 +71,34 @@ impl SharedState {
     pub fn new<'a>(targets: impl IntoIterator<Item = (&'a str, &'static str)>) -> Self {
         let mut map = BTreeMap::new();
         let mut wakers = BTreeMap::new();
+        let mut published = BTreeMap::new();
         for (name, kind) in targets {
             map.insert(name.to_string(), Arc::new(TargetStatus::new(name, kind)));
             wakers.insert(name.to_string(), Arc::new(Notify::new()));
+            published.insert(name.to_string(), watch::channel(0).0);
         }
         SharedState {
             targets: RwLock::new(map),
             wakers,
+            published,
         }
     }
 
     pub fn publish(&self, status: TargetStatus) {
-        let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(status.target.clone(), Arc::new(status));
+        let name = status.target.clone();
+        let polls = status.polls_completed;
+        {
+            let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
+            map.insert(name.clone(), Arc::new(status));
+        }
+        if let Some(tx) = self.published.get(&name) {
+            tx.send_replace(polls);
+        }
+    }
+
+    /// A receiver that changes after every publish for `target`.
+    pub fn subscribe(&self, target: &str) -> Option<watch::Receiver<u64>> {
+        self.published.get(target).map(|tx| tx.subscribe())
     }
 
     pub fn get(&self, target: &str) -> Option<Arc<TargetStatus>> {

@@ -21,9 +21,9 @@ pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
                 value: ratio,
                 violated: ratio > t.connections_used.value,
                 detail: format!(
-                    "{used} of {usable} usable connections ({:.0}%), threshold {:.0}%",
-                    ratio * 100.0,
-                    t.connections_used.value * 100.0
+                    "{used} of {usable} usable connections ({}), threshold {}",
+                    fmt_pct(ratio, t.connections_used.value).0,
+                    fmt_pct(ratio, t.connections_used.value).1
                 ),
             }
         }
@@ -89,10 +89,10 @@ pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
                 violated: ratio > t.wraparound.value,
                 detail: match worst {
                     Some(d) => format!(
-                        "oldest XID age {age} in database {:?} ({:.1}% of wraparound), threshold {:.0}%",
+                        "oldest XID age {age} in database {:?} ({} of wraparound), threshold {}",
                         d.name,
-                        ratio * 100.0,
-                        t.wraparound.value * 100.0
+                        fmt_pct(ratio, t.wraparound.value).0,
+                        fmt_pct(ratio, t.wraparound.value).1
                     ),
                     None => "no databases visible".to_string(),
                 },
@@ -134,9 +134,9 @@ fn disk_free(s: &PgSnapshot, min: f64) -> Measurement {
         Some((r, vol)) => (
             r,
             format!(
-                "volume {vol:?} has {:.1}% free, threshold {:.0}%",
-                r * 100.0,
-                min * 100.0
+                "volume {vol:?} has {} free, threshold {}",
+                fmt_pct(r, min).0,
+                fmt_pct(r, min).1
             ),
         ),
         None => (0.0, "no watched volume could be measured".to_string()),
@@ -319,11 +319,31 @@ fn longest_idle_in_transaction(s: &PgSnapshot, max: f64) -> Measurement {
 }
 
 /// Seconds as a short human duration ("5m 3s").
+///
+/// Under a minute it keeps milliseconds, so a failing value never prints
+/// the same as its threshold ("5.5s", not "5s").
 pub fn fmt_secs(secs: f64) -> String {
-    let d = std::time::Duration::from_secs_f64(secs.max(0.0));
-    if d.as_secs() >= 1 {
+    let secs = if secs.is_nan() { 0.0 } else { secs.max(0.0) };
+    let d = std::time::Duration::try_from_secs_f64(secs).unwrap_or(std::time::Duration::MAX);
+    if d.as_secs() >= 60 {
         humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+    } else if d.as_millis() >= 1000 {
+        let s = format!("{secs:.3}");
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
     } else {
         format!("{}ms", d.as_millis())
     }
+}
+
+/// A ratio and its threshold as percentages, with as many decimals as it
+/// takes for different values to print differently ("80.4%" vs "80.0%").
+pub fn fmt_pct(value: f64, threshold: f64) -> (String, String) {
+    let mut out = (String::new(), String::new());
+    for prec in 1..=9 {
+        out = (format!("{:.*}%", prec, value * 100.0), format!("{:.*}%", prec, threshold * 100.0));
+        if out.0 != out.1 || value == threshold {
+            break;
+        }
+    }
+    out
 }

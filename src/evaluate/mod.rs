@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use checks::{fmt_secs, measure};
+pub use checks::{fmt_pct, fmt_secs, measure};
 pub use summary::{PgSummary, summarize};
 
 use crate::config::{Limit, Thresholds};

@@ -1,23 +1,37 @@
 //! The HTTP surface. Every handler reads the latest published state: none
 //! waits on a poll or touches a database.
+//!
+//! - `GET /metrics`, `/livez`, `/readyz`: for Prometheus and Kubernetes.
+//! - `GET /api/v1/status`, `/api/v1/actions`: read-only JSON ([`api`]).
+//! - `POST /api/v1/pause`, `/api/v1/resume`: the remediation kill switch,
+//!   behind a bearer token ([`auth`]).
+
+mod api;
+pub mod auth;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::daemon::state::SharedState;
+use crate::remediate::runner::Remediation;
 use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
+
+/// The largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
     pub state: Arc<SharedState>,
     pub metrics: Arc<Metrics>,
+    /// Present when remediation is configured.
+    pub remediation: Option<Arc<Remediation>>,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -25,8 +39,12 @@ pub fn router(app: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/api/v1/status", get(status))
+        .route("/api/v1/status", get(api::status))
+        .route("/api/v1/actions", get(api::actions))
+        .route("/api/v1/pause", post(api::pause))
+        .route("/api/v1/resume", post(api::resume))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
 }
 
@@ -36,9 +54,7 @@ pub async fn serve(
     app: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
@@ -60,23 +76,15 @@ async fn readyz(State(app): State<AppState>) -> Response {
         .map(|t| json!({"target": t.target, "polled": t.polls_completed > 0, "up": t.up}))
         .collect();
     let ready = app.state.all_polled();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({"ready": ready, "targets": targets}))).into_response()
 }
 
-async fn status(State(app): State<AppState>) -> Response {
-    let targets: Vec<_> = app.state.all().iter().map(|t| t.as_ref().clone()).collect();
-    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets})).into_response()
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
-async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": "no such endpoint"})),
-    )
-        .into_response()
+/// A JSON error body: `{"error": "..."}`.
+pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({"error": message.into()}))).into_response()
 }

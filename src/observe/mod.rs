@@ -91,6 +91,8 @@ impl PollError {
                 Some(c) if c.starts_with("28") => PollErrorKind::Auth,
                 // 53300 too_many_connections, 57P03 cannot_connect_now, 3D000 no such database
                 Some("53300") | Some("57P03") | Some("3D000") => PollErrorKind::Connect,
+                // 57P01 admin_shutdown, 57P02 crash_shutdown: the server ended our session.
+                Some("57P01") | Some("57P02") => PollErrorKind::Io,
                 Some(c) if c.starts_with("08") => PollErrorKind::Connect,
                 _ => PollErrorKind::Query,
             },

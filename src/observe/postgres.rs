@@ -107,12 +107,15 @@ pub async fn read_snapshot(
                 (extract(epoch FROM a.state_change) * 1000000)::int8 AS state_change_us,
                 a.wait_event_type,
                 CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END AS blocked_by,
+                (extract(epoch FROM w.waitstart) * 1000000)::int8 AS lock_wait_start_us,
                 left(a.query, $1) AS query,
                 coalesce(r.rolsuper, false) AS rolsuper,
                 coalesce(r.rolreplication, false) AS rolreplication,
                 a.pid = pg_backend_pid() AS is_self
          FROM pg_stat_activity a
-         LEFT JOIN pg_roles r ON r.oid = a.usesysid",
+         LEFT JOIN pg_roles r ON r.oid = a.usesysid
+         LEFT JOIN (SELECT pid, min(waitstart) AS waitstart FROM pg_locks WHERE NOT granted GROUP BY pid) w
+                ON w.pid = a.pid",
     )
     .bind(QUERY_TEXT_MAX_CHARS)
     .fetch_all(&mut *tx)
@@ -134,6 +137,7 @@ pub async fn read_snapshot(
             state_change_us: get(r, "state_change_us")?,
             wait_event_type: get(r, "wait_event_type")?,
             blocked_by: get::<Option<Vec<i32>>>(r, "blocked_by")?.unwrap_or_default(),
+            lock_wait_start_us: get(r, "lock_wait_start_us")?,
             query: get::<Option<String>>(r, "query")?.unwrap_or_default(),
             is_superuser: get(r, "rolsuper")?,
             is_replication_role: get(r, "rolreplication")?,

@@ -139,6 +139,9 @@ pub struct Session {
     pub wait_event_type: Option<String>,
     /// Pids this session waits for (`pg_blocking_pids`), read only for lock waiters.
     pub blocked_by: Vec<i32>,
+    /// When this session started waiting for a lock (`pg_locks.waitstart`).
+    #[serde(default)]
+    pub lock_wait_start_us: Option<i64>,
     /// The query text, truncated on the server.
     pub query: String,
     pub is_superuser: bool,

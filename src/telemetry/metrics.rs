@@ -20,7 +20,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
@@ -38,6 +38,32 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    target: String,
+    policy: String,
+    action: String,
+    outcome: String,
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    target: String,
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabels {
+    target: String,
+    holder: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     target: String,
     kind: &'static str,
@@ -50,6 +76,16 @@ pub struct Metrics {
     polls: Family<TargetLabels, Counter>,
     poll_errors: Family<ErrorLabels, Counter>,
     poll_duration: Family<TargetLabels, Histogram>,
+    actions: Family<ActionLabels, Counter>,
+    candidates: Family<PolicyLabels, Gauge>,
+    budget_remaining: Family<ScopeLabels, Gauge>,
+    budget_exhausted: Family<ScopeLabels, Gauge>,
+    paused: Gauge,
+    actor: Family<TargetLabels, Gauge>,
+    actor_holder: Family<HolderLabels, Gauge>,
+    /// The holder last exported per target, so its series can be removed on change.
+    last_holder: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    audit_errors: Counter,
 }
 
 impl Metrics {
@@ -94,13 +130,126 @@ impl Metrics {
                 });
             }
         }
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "remediation_actions",
+            "Remediation decisions by target, policy, action (cancel/terminate), outcome and mode",
+            actions.clone(),
+        );
+        let candidates = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "remediation_candidates",
+            "Sessions that meet a policy's conditions in the latest poll (protected sessions excluded)",
+            candidates.clone(),
+        );
+        let budget_remaining = Family::<ScopeLabels, Gauge>::default();
+        registry.register(
+            "remediation_budget_remaining",
+            "Actions still allowed in the current window, per target and `global`",
+            budget_remaining.clone(),
+        );
+        let budget_exhausted = Family::<ScopeLabels, Gauge>::default();
+        registry.register(
+            "remediation_budget_exhausted",
+            "1 while the budget of the scope is exhausted and dbwarden does not act there",
+            budget_exhausted.clone(),
+        );
+        let paused = Gauge::default();
+        registry.register(
+            "remediation_paused",
+            "1 while remediation is paused (API or sentinel file)",
+            paused.clone(),
+        );
+        let actor = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "remediation_actor",
+            "1 when this instance holds the actor lock of the target and may act on it",
+            actor.clone(),
+        );
+        let actor_holder = Family::<HolderLabels, Gauge>::default();
+        registry.register(
+            "remediation_actor_holder",
+            "The instance holding the actor lock of the target, as seen by this instance (value 1)",
+            actor_holder.clone(),
+        );
+        let audit_errors = Counter::default();
+        registry.register(
+            "remediation_audit_errors",
+            "Audit records that could not be written; dbwarden does not act without one",
+            audit_errors.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { state }));
         Metrics {
             registry,
             polls,
             poll_errors,
             poll_duration,
+            actions,
+            candidates,
+            budget_remaining,
+            budget_exhausted,
+            paused,
+            actor,
+            actor_holder,
+            last_holder: Default::default(),
+            audit_errors,
         }
+    }
+
+    /// Counts one remediation decision.
+    pub fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                target: target.to_string(),
+                policy: policy.to_string(),
+                action: action.to_string(),
+                outcome: outcome.to_string(),
+                mode: mode.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn set_candidates(&self, target: &str, policy: &str, n: usize) {
+        self.candidates
+            .get_or_create(&PolicyLabels { target: target.to_string(), policy: policy.to_string() })
+            .set(n as i64);
+    }
+
+    pub fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
+        let l = ScopeLabels { scope: scope.to_string() };
+        self.budget_remaining.get_or_create(&l).set(i64::from(remaining));
+        self.budget_exhausted.get_or_create(&l).set(i64::from(exhausted));
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.set(i64::from(paused));
+    }
+
+    /// Records who holds the actor lock of `target`.
+    pub fn set_actor(&self, target: &str, holder: &crate::remediate::executor::Holder, instance: &str) {
+        use crate::remediate::executor::Holder;
+        let us = matches!(holder, Holder::Us);
+        self.actor.get_or_create(&TargetLabels { target: target.to_string() }).set(i64::from(us));
+        let name = match holder {
+            Holder::Us => Some(instance.to_string()),
+            Holder::Other(n) => Some(n.clone()),
+            Holder::Nobody => None,
+        };
+        // One series per target: drop the previous holder's before setting the new one.
+        let mut last = self.last_holder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prev) = last.remove(target) {
+            self.actor_holder.remove(&HolderLabels { target: target.to_string(), holder: prev });
+        }
+        if let Some(holder) = name {
+            self.actor_holder
+                .get_or_create(&HolderLabels { target: target.to_string(), holder: holder.clone() })
+                .set(1);
+            last.insert(target.to_string(), holder);
+        }
+    }
+
+    pub fn audit_error(&self) {
+        self.audit_errors.inc();
     }
 
     /// Records one finished poll.
@@ -184,6 +333,14 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_disk_size_bytes",
     "dbwarden_disk_free_bytes",
     "dbwarden_disk_free_ratio",
+    "dbwarden_remediation_actions_total",
+    "dbwarden_remediation_candidates",
+    "dbwarden_remediation_budget_remaining",
+    "dbwarden_remediation_budget_exhausted",
+    "dbwarden_remediation_paused",
+    "dbwarden_remediation_actor",
+    "dbwarden_remediation_actor_holder",
+    "dbwarden_remediation_audit_errors_total",
 ];
 
 /// Renders state metrics from the latest target statuses at scrape time.

@@ -1,0 +1,281 @@
+//! The audit trail: one JSON line per decision, appended to a file and
+//! flushed to disk before the action it announces.
+//!
+//! Invariant: no signal is sent unless its intent record was written and
+//! `fsync`ed first. If the audit cannot be written, dbwarden does not act.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+use std::time::SystemTime;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use super::policy::Candidate;
+use crate::observe::SessionState;
+
+/// How many recent records `GET /api/v1/actions` can show.
+pub const RECENT_CAPACITY: usize = 1000;
+
+/// The mode remediation runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Evaluate and export candidates; no audit, no signal.
+    Observe,
+    /// Also log and audit what would be done; no signal.
+    DryRun,
+    /// Act.
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::DryRun => "dry-run",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// What a record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Dry-run: this signal would have been sent.
+    WouldAct,
+    /// Enforce: about to send the signal (written and flushed before it).
+    Intent,
+    /// The signal was sent.
+    Acted,
+    /// The session changed or ended between the poll and the signal: nothing sent.
+    Skipped,
+    /// The server refused the signal (e.g. a superuser's session, without superuser rights).
+    Refused,
+    /// The signal could not be sent (connection error, ...).
+    Failed,
+    /// The budget was exhausted: nothing sent.
+    BudgetExhausted,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::WouldAct => "would_act",
+            Decision::Intent => "intent",
+            Decision::Acted => "acted",
+            Decision::Skipped => "skipped",
+            Decision::Refused => "refused",
+            Decision::Failed => "failed",
+            Decision::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
+/// The session as the decision saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditSession {
+    pub pid: i32,
+    pub backend_start_us: Option<i64>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: SessionState,
+    pub idle_seconds: Option<f64>,
+    pub query_seconds: Option<f64>,
+    pub transaction_seconds: Option<f64>,
+    pub connected_seconds: Option<f64>,
+    pub query: String,
+}
+
+/// One line of the audit file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// RFC 3339 time of the record.
+    pub time: String,
+    /// The same time in milliseconds since the epoch (budgets are rebuilt from it).
+    pub time_ms: u64,
+    /// Ties an intent to its outcome.
+    pub action_id: String,
+    pub instance: String,
+    pub target: String,
+    pub policy: String,
+    pub mode: Mode,
+    /// `cancel` or `terminate`: the signal this record is about.
+    pub action: String,
+    pub decision: Decision,
+    /// Why the session was selected.
+    pub reason: String,
+    /// What happened, in a sentence.
+    pub outcome: String,
+    pub session: AuditSession,
+}
+
+impl AuditRecord {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        now: SystemTime,
+        action_id: &str,
+        instance: &str,
+        target: &str,
+        mode: Mode,
+        action: &str,
+        decision: Decision,
+        candidate: &Candidate,
+        outcome: impl Into<String>,
+        query_max_chars: usize,
+        redact: bool,
+    ) -> Self {
+        let f = &candidate.facts;
+        let mut query = if redact { redact_literals(&f.query) } else { f.query.clone() };
+        if query.chars().count() > query_max_chars {
+            query = query.chars().take(query_max_chars).collect::<String>() + "…";
+        }
+        AuditRecord {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            time_ms: now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            action_id: action_id.to_string(),
+            instance: instance.to_string(),
+            target: target.to_string(),
+            policy: candidate.policy.clone(),
+            mode,
+            action: action.to_string(),
+            decision,
+            reason: candidate.reason.clone(),
+            outcome: outcome.into(),
+            session: AuditSession {
+                pid: f.pid,
+                backend_start_us: f.backend_start_us,
+                user: f.user.clone(),
+                database: f.database.clone(),
+                application_name: f.application_name.clone(),
+                client_addr: f.client_addr.clone(),
+                state: f.state,
+                idle_seconds: f.idle_seconds,
+                query_seconds: f.query_seconds,
+                transaction_seconds: f.transaction_seconds,
+                connected_seconds: f.connected_seconds,
+                query,
+            },
+        }
+    }
+}
+
+/// Replaces string and numeric literals with `?`, so audit files hold the
+/// shape of a query and not the data in it.
+pub fn redact_literals(q: &str) -> String {
+    static STRINGS: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"(?s)(?:[eE])?'(?:[^']|'')*'|\$([A-Za-z_][A-Za-z0-9_]*)?\$.*?\$([A-Za-z_][A-Za-z0-9_]*)?\$").unwrap());
+    static NUMBERS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\b").unwrap());
+    let s = STRINGS.replace_all(q, "?");
+    NUMBERS.replace_all(&s, "?").into_owned()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit file {path}: {source}")]
+pub struct AuditError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The append-only audit file plus a ring of recent records for the API.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+    recent: Mutex<VecDeque<AuditRecord>>,
+}
+
+impl AuditLog {
+    /// Opens (creating it and its directory if needed) the audit file for appending.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let err = |source| AuditError { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(path).map_err(err)?;
+        Ok(AuditLog { path: path.to_path_buf(), file: Mutex::new(file), recent: Mutex::new(VecDeque::new()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record and flushes it to disk (`fsync`) before returning.
+    /// Blocking: call from a blocking context.
+    pub fn append(&self, record: &AuditRecord) -> Result<(), AuditError> {
+        let err = |source| AuditError { path: self.path.clone(), source };
+        let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        {
+            let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            // One write call per line: O_APPEND keeps lines whole even with other writers.
+            f.write_all(&line).map_err(err)?;
+            f.sync_data().map_err(err)?;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_CAPACITY {
+            recent.pop_front();
+        }
+        recent.push_back(record.clone());
+        Ok(())
+    }
+
+    /// The most recent records, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<AuditRecord> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().take(limit).cloned().collect()
+    }
+
+    /// Reads every record of an audit file. Lines that do not parse (a torn
+    /// last line after a crash) are skipped and counted.
+    pub fn read_all(path: &Path) -> Result<(Vec<AuditRecord>, usize), AuditError> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(source) => return Err(AuditError { path: path.to_path_buf(), source }),
+        };
+        let mut records = Vec::new();
+        let mut bad = 0;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|source| AuditError { path: path.to_path_buf(), source })?;
+            match serde_json::from_str::<AuditRecord>(&line) {
+                Ok(r) => records.push(r),
+                Err(_) => bad += 1,
+            }
+        }
+        Ok((records, bad))
+    }
+
+    /// Seeds the recent-records ring from records read at start-up.
+    pub fn seed_recent(&self, records: &[AuditRecord]) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for r in records.iter().rev().take(RECENT_CAPACITY).rev() {
+            recent.push_back(r.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_redacted() {
+        assert_eq!(
+            redact_literals("SELECT * FROM t WHERE name = 'O''Brien' AND id = 42 AND x > 1.5e3"),
+            "SELECT * FROM t WHERE name = ? AND id = ? AND x > ?"
+        );
+        assert_eq!(redact_literals("SELECT $$secret$$, t1.c2"), "SELECT ?, t1.c2");
+    }
+}

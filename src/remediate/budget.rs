@@ -1,0 +1,127 @@
+//! Action budgets: at most `max` actions in any sliding `window`. Pure: the
+//! caller passes the time. Rebuilt at start-up from the audit trail, so a
+//! restart does not hand out a fresh budget.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Budget {
+    max: u32,
+    window_ms: u64,
+    /// Times (ms on the caller's clock) of the actions still inside the window, oldest first.
+    spent: VecDeque<u64>,
+}
+
+impl Budget {
+    pub fn new(max: u32, window: Duration) -> Self {
+        Budget { max, window_ms: window.as_millis() as u64, spent: VecDeque::new() }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        while self.spent.front().is_some_and(|&t| t + self.window_ms <= now_ms) {
+            self.spent.pop_front();
+        }
+    }
+
+    /// Actions still allowed now.
+    pub fn remaining(&mut self, now_ms: u64) -> u32 {
+        self.expire(now_ms);
+        self.max.saturating_sub(self.spent.len() as u32)
+    }
+
+    /// Spends one action if the budget allows it; returns whether it did.
+    pub fn try_spend(&mut self, now_ms: u64) -> bool {
+        if self.remaining(now_ms) == 0 {
+            return false;
+        }
+        self.spent.push_back(now_ms);
+        true
+    }
+
+    /// Records an action taken at `at_ms` (e.g. read back from the audit trail).
+    pub fn record(&mut self, at_ms: u64) {
+        let pos = self.spent.iter().position(|&t| t > at_ms).unwrap_or(self.spent.len());
+        self.spent.insert(pos, at_ms);
+    }
+
+    /// When the next action will be allowed, if the budget is exhausted now.
+    pub fn next_allowed_ms(&mut self, now_ms: u64) -> Option<u64> {
+        if self.remaining(now_ms) > 0 {
+            return None;
+        }
+        let idx = self.spent.len() - self.max as usize;
+        self.spent.get(idx).map(|t| t + self.window_ms)
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn spends_until_exhausted_then_refills_with_the_window() {
+        let mut b = Budget::new(2, Duration::from_secs(10));
+        assert!(b.try_spend(0));
+        assert!(b.try_spend(1_000));
+        assert!(!b.try_spend(2_000));
+        assert_eq!(b.next_allowed_ms(2_000), Some(10_000));
+        assert!(!b.try_spend(9_999));
+        assert!(b.try_spend(10_000));
+        assert_eq!(b.remaining(10_000), 0);
+        assert_eq!(b.remaining(11_000), 1);
+    }
+
+    #[test]
+    fn zero_budget_never_allows() {
+        let mut b = Budget::new(0, Duration::from_secs(1));
+        assert!(!b.try_spend(0));
+        assert!(!b.try_spend(1_000_000));
+    }
+
+    proptest! {
+        /// Whatever the request times, no window ever holds more than `max` actions.
+        #[test]
+        fn never_exceeds_max_in_any_window(
+            max in 0u32..6,
+            window_ms in 1u64..5_000,
+            mut times in proptest::collection::vec(0u64..20_000, 0..200),
+        ) {
+            times.sort();
+            let mut b = Budget::new(max, Duration::from_millis(window_ms));
+            let mut granted = Vec::new();
+            for t in times {
+                if b.try_spend(t) {
+                    granted.push(t);
+                }
+            }
+            for (i, &start) in granted.iter().enumerate() {
+                let in_window = granted[i..].iter().take_while(|&&t| t < start + window_ms).count();
+                prop_assert!(in_window as u32 <= max, "{in_window} actions within {window_ms} ms from {start}");
+            }
+        }
+
+        /// A request is refused only when the window is really full.
+        #[test]
+        fn refuses_only_when_full(
+            max in 1u32..6,
+            window_ms in 1u64..5_000,
+            mut times in proptest::collection::vec(0u64..20_000, 0..200),
+        ) {
+            times.sort();
+            let mut b = Budget::new(max, Duration::from_millis(window_ms));
+            let mut granted: Vec<u64> = Vec::new();
+            for t in times {
+                let live = granted.iter().filter(|&&g| g + window_ms > t).count() as u32;
+                let ok = b.try_spend(t);
+                prop_assert_eq!(ok, live < max);
+                if ok { granted.push(t); }
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Which sessions a policy selects, and why. Pure: a snapshot and policies
+//! in, decisions out; no I/O, no clock.
+//!
+//! A policy's conditions combine with AND: a session is a candidate only when
+//! every condition the policy sets holds. (pt-kill combines its criteria with
+//! OR, a known trap; dbwarden does not.) An ignore always wins over a match.
+//!
+//! Some sessions are never candidates, whatever the policy says:
+//! dbwarden's own sessions and every backend that is not a client backend
+//! (walsenders, autovacuum, background and parallel workers, ...). Superusers
+//! and roles with REPLICATION are protected too, unless the policy names them
+//! in `match_users`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use regex::Regex;
+use serde::Serialize;
+
+use crate::config::APPLICATION_NAME;
+use crate::evaluate::CheckId;
+use crate::observe::{PgSnapshot, Session, SessionState};
+
+/// What to do to a selected session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Action {
+    /// `pg_cancel_backend`: stop the running query, keep the session.
+    Cancel,
+    /// `pg_terminate_backend`: end the session.
+    Terminate,
+    /// Cancel, then terminate if the same query is still there after `grace`.
+    CancelThenTerminate {
+        #[serde(serialize_with = "crate::util::ser_duration")]
+        grace: Duration,
+    },
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Cancel => "cancel",
+            Action::Terminate => "terminate",
+            Action::CancelThenTerminate { .. } => "cancel_then_terminate",
+        }
+    }
+}
+
+/// Which of the candidates to act on in one cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Victims {
+    /// Every candidate, oldest first, up to `max_per_cycle`.
+    All,
+    /// Only the oldest candidate.
+    Oldest,
+}
+
+/// Matches a text by exact names or by full-match regular expressions.
+#[derive(Debug, Clone, Default)]
+pub struct NameSet {
+    pub exact: Vec<String>,
+    pub patterns: Vec<Regex>,
+}
+
+impl NameSet {
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.patterns.is_empty()
+    }
+
+    pub fn contains(&self, value: &str) -> bool {
+        self.exact.iter().any(|e| e == value) || self.patterns.iter().any(|p| p.is_match(value))
+    }
+}
+
+/// The conditions of a policy. Every `Some` / non-empty field must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// The session's state must be one of these (empty: any state).
+    pub states: Vec<SessionState>,
+    /// Idle (any non-active state) for at least this long (since `state_change`).
+    pub idle_for: Option<Duration>,
+    /// Active, with the current query running for at least this long.
+    pub query_running_for: Option<Duration>,
+    /// A transaction open for at least this long.
+    pub transaction_open_for: Option<Duration>,
+    /// Connected for at least this long.
+    pub connected_for: Option<Duration>,
+    pub match_users: Vec<String>,
+    pub ignore_users: Vec<String>,
+    pub match_databases: Vec<String>,
+    pub ignore_databases: Vec<String>,
+    pub match_applications: NameSet,
+    pub ignore_applications: NameSet,
+    pub match_client_addrs: Vec<IpNet>,
+    pub ignore_client_addrs: Vec<IpNet>,
+    /// Searched in the query text (not anchored).
+    pub match_query: Option<Regex>,
+    pub ignore_query: Option<Regex>,
+    /// The session is the root of a lock chain.
+    pub blocking: Option<Blocking>,
+}
+
+/// The session blocks at least `min_waiters` sessions (directly or through a
+/// chain), each of which has waited at least `waited_for`; and it waits on
+/// no lock itself (it is the root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    pub min_waiters: u32,
+    pub waited_for: Duration,
+}
+
+/// A validated remediation policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// The targets it applies to; empty means every target.
+    pub targets: Vec<String>,
+    pub action: Action,
+    pub victims: Victims,
+    pub max_per_cycle: u32,
+    pub conditions: Conditions,
+    /// Pressure gate: act only while all of these checks fail on the target
+    /// (e.g. `connections_used`, the runbook's exhaustion scenario). Empty: always.
+    pub only_while_failing: Vec<CheckId>,
+}
+
+impl Policy {
+    pub fn applies_to(&self, target: &str) -> bool {
+        self.targets.is_empty() || self.targets.iter().any(|t| t == target)
+    }
+}
+
+/// Why a session that met a policy's conditions is not touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protection {
+    /// One of dbwarden's own sessions.
+    Own,
+    /// Not a client backend (walsender, autovacuum, worker, ...).
+    NotClientBackend,
+    /// A superuser not named in the policy's `match_users`.
+    Superuser,
+    /// A role with REPLICATION not named in the policy's `match_users`.
+    ReplicationRole,
+    /// The policy conditions on query text, which this role may not read.
+    QueryTextHidden,
+}
+
+/// The facts a decision rests on, in seconds at the snapshot's server time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionFacts {
+    pub pid: i32,
+    pub backend_start_us: Option<i64>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: SessionState,
+    pub idle_seconds: Option<f64>,
+    pub query_seconds: Option<f64>,
+    pub transaction_seconds: Option<f64>,
+    pub connected_seconds: Option<f64>,
+    /// Sessions waiting behind this one (directly or transitively), long enough for the policy.
+    pub blocked_waiters: u32,
+    pub query_start_us: Option<i64>,
+    pub xact_start_us: Option<i64>,
+    pub state_change_us: Option<i64>,
+    pub query: String,
+}
+
+/// A session a policy selected, and the sentence that explains why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    pub policy: String,
+    pub action: Action,
+    pub facts: SessionFacts,
+    pub reason: String,
+    /// How old the session is by the policy's own measure; victims are ordered by it.
+    pub age_seconds: f64,
+}
+
+/// Everything one policy decided about one snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyEvaluation {
+    pub policy: String,
+    /// False when the pressure gate is closed; then nothing is selected.
+    pub gate_open: bool,
+    pub gate_reason: String,
+    /// Sessions meeting every condition, oldest first (protected ones excluded).
+    pub candidates: Vec<Candidate>,
+    /// Sessions meeting every condition but protected, with why.
+    pub protected: Vec<(SessionFacts, Protection)>,
+    /// The candidates chosen for this cycle (victim choice and cap applied).
+    pub selected: Vec<Candidate>,
+}
+
+/// Evaluates one policy on one snapshot. `failing` lists the checks whose
+/// status is Fail on this target (for the pressure gate).
+pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, failing: &[CheckId]) -> PolicyEvaluation {
+    let missing: Vec<&str> =
+        policy.only_while_failing.iter().filter(|c| !failing.contains(c)).map(|c| c.as_str()).collect();
+    let gate_open = missing.is_empty();
+    let gate_reason = if policy.only_while_failing.is_empty() {
+        "always".to_string()
+    } else if gate_open {
+        format!(
+            "under pressure: {} failing",
+            policy.only_while_failing.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    } else {
+        format!("not under pressure: {} not failing", missing.join(", "))
+    };
+
+    let waiters = blocked_waiters(snapshot, policy.conditions.blocking.map(|b| b.waited_for));
+    let mut candidates = Vec::new();
+    let mut protected = Vec::new();
+    for s in &snapshot.sessions {
+        let facts = facts(snapshot, s, waiters.get(&s.pid).copied().unwrap_or(0));
+        let Some(reason) = matches(&policy.conditions, s, &facts) else {
+            continue;
+        };
+        if let Some(p) = protection(policy, s) {
+            protected.push((facts, p));
+            continue;
+        }
+        let age = policy_age(&policy.conditions, &facts);
+        candidates.push(Candidate {
+            policy: policy.name.clone(),
+            action: policy.action,
+            facts,
+            reason,
+            age_seconds: age,
+        });
+    }
+    // Oldest first; pid breaks ties so the order is total and stable.
+    candidates.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds).then(a.facts.pid.cmp(&b.facts.pid)));
+    let selected = if !gate_open {
+        Vec::new()
+    } else {
+        let cap = match policy.victims {
+            Victims::Oldest => 1,
+            Victims::All => policy.max_per_cycle as usize,
+        };
+        candidates.iter().take(cap).cloned().collect()
+    };
+    PolicyEvaluation { policy: policy.name.clone(), gate_open, gate_reason, candidates, protected, selected }
+}
+
+/// Evaluates every policy that applies to `target`, in configuration order,
+/// and returns the sessions to act on this cycle: a session selected by two
+/// policies is acted on once, by the first.
+pub fn select(
+    policies: &[Policy],
+    target: &str,
+    snapshot: &PgSnapshot,
+    failing: &[CheckId],
+) -> (Vec<PolicyEvaluation>, Vec<Candidate>) {
+    let evaluations: Vec<PolicyEvaluation> = policies
+        .iter()
+        .filter(|p| p.applies_to(target))
+        .map(|p| evaluate_policy(p, snapshot, failing))
+        .collect();
+    let mut chosen: Vec<Candidate> = Vec::new();
+    for e in &evaluations {
+        for c in &e.selected {
+            if !chosen.iter().any(|x| x.facts.pid == c.facts.pid) {
+                chosen.push(c.clone());
+            }
+        }
+    }
+    (evaluations, chosen)
+}
+
+/// True for sessions dbwarden opened (its application_name, or any name it derives from it).
+pub fn is_own(s: &Session) -> bool {
+    s.is_self || s.application_name == APPLICATION_NAME || s.application_name.starts_with("dbwarden-")
+}
+
+fn protection(policy: &Policy, s: &Session) -> Option<Protection> {
+    if is_own(s) {
+        return Some(Protection::Own);
+    }
+    if !s.is_client_backend() {
+        return Some(Protection::NotClientBackend);
+    }
+    let named = s.user.as_ref().is_some_and(|u| policy.conditions.match_users.contains(u));
+    if s.is_superuser && !named {
+        return Some(Protection::Superuser);
+    }
+    if s.is_replication_role && !named {
+        return Some(Protection::ReplicationRole);
+    }
+    let c = &policy.conditions;
+    if (c.match_query.is_some() || c.ignore_query.is_some()) && !query_visible(&s.query) {
+        return Some(Protection::QueryTextHidden);
+    }
+    None
+}
+
+/// pg_stat_activity shows this instead of the text to roles without pg_read_all_stats.
+fn query_visible(q: &str) -> bool {
+    q != "<insufficient privilege>"
+}
+
+fn facts(snap: &PgSnapshot, s: &Session, blocked_waiters: u32) -> SessionFacts {
+    let idle = if matches!(
+        s.state,
+        SessionState::Idle | SessionState::IdleInTransaction | SessionState::IdleInTransactionAborted
+    ) {
+        snap.age_seconds(s.state_change_us)
+    } else {
+        None
+    };
+    let query = if s.state == SessionState::Active { snap.age_seconds(s.query_start_us) } else { None };
+    SessionFacts {
+        pid: s.pid,
+        backend_start_us: s.backend_start_us,
+        user: s.user.clone(),
+        database: s.database.clone(),
+        application_name: s.application_name.clone(),
+        client_addr: s.client_addr.clone(),
+        state: s.state,
+        idle_seconds: idle,
+        query_seconds: query,
+        transaction_seconds: snap.age_seconds(s.xact_start_us),
+        connected_seconds: snap.age_seconds(s.backend_start_us),
+        blocked_waiters,
+        query_start_us: s.query_start_us,
+        xact_start_us: s.xact_start_us,
+        state_change_us: s.state_change_us,
+        query: s.query.clone(),
+    }
+}
+
+/// The measure victims are ordered by: the duration the policy conditions
+/// on (the first set of query, transaction, idle, connected), else connected time.
+fn policy_age(c: &Conditions, f: &SessionFacts) -> f64 {
+    let pick = if c.query_running_for.is_some() {
+        f.query_seconds
+    } else if c.transaction_open_for.is_some() {
+        f.transaction_seconds
+    } else if c.idle_for.is_some() {
+        f.idle_seconds
+    } else {
+        f.connected_seconds
+    };
+    pick.or(f.connected_seconds).unwrap_or(0.0)
+}
+
+/// Returns the reason sentence when every condition holds, `None` otherwise.
+fn matches(c: &Conditions, s: &Session, f: &SessionFacts) -> Option<String> {
+    let mut why = Vec::new();
+    if !c.states.is_empty() {
+        if !c.states.contains(&s.state) {
+            return None;
+        }
+        why.push(format!("state {}", s.state.as_str()));
+    }
+    let at_least = |value: Option<f64>, min: Option<Duration>, what: &str, why: &mut Vec<String>| -> bool {
+        match min {
+            None => true,
+            Some(min) => match value {
+                Some(v) if v >= min.as_secs_f64() => {
+                    why.push(format!("{what} {:.0}s ≥ {}s", v, min.as_secs()));
+                    true
+                }
+                _ => false,
+            },
+        }
+    };
+    if !at_least(f.idle_seconds, c.idle_for, "idle", &mut why)
+        || !at_least(f.query_seconds, c.query_running_for, "query running", &mut why)
+        || !at_least(f.transaction_seconds, c.transaction_open_for, "transaction open", &mut why)
+        || !at_least(f.connected_seconds, c.connected_for, "connected", &mut why)
+    {
+        return None;
+    }
+    // Identity filters: an ignore always wins over a match.
+    let user = s.user.as_deref().unwrap_or("");
+    if c.ignore_users.iter().any(|u| u == user) || (!c.match_users.is_empty() && !c.match_users.iter().any(|u| u == user)) {
+        return None;
+    }
+    let db = s.database.as_deref().unwrap_or("");
+    if c.ignore_databases.iter().any(|d| d == db)
+        || (!c.match_databases.is_empty() && !c.match_databases.iter().any(|d| d == db))
+    {
+        return None;
+    }
+    if c.ignore_applications.contains(&s.application_name)
+        || (!c.match_applications.is_empty() && !c.match_applications.contains(&s.application_name))
+    {
+        return None;
+    }
+    let addr: Option<IpAddr> = s.client_addr.as_deref().and_then(|a| a.parse().ok());
+    if addr.is_some_and(|a| c.ignore_client_addrs.iter().any(|n| n.contains(&a))) {
+        return None;
+    }
+    if !c.match_client_addrs.is_empty() && !addr.is_some_and(|a| c.match_client_addrs.iter().any(|n| n.contains(&a))) {
+        return None;
+    }
+    if c.ignore_query.as_ref().is_some_and(|r| r.is_match(&s.query)) {
+        return None;
+    }
+    if let Some(r) = &c.match_query {
+        if !r.is_match(&s.query) {
+            return None;
+        }
+        why.push(format!("query matches /{}/", r.as_str()));
+    }
+    if let Some(b) = c.blocking {
+        if s.waits_on_lock() || f.blocked_waiters < b.min_waiters {
+            return None;
+        }
+        why.push(format!(
+            "blocks {} sessions waiting ≥ {}s (lock chain root)",
+            f.blocked_waiters,
+            b.waited_for.as_secs()
+        ));
+    }
+    if why.is_empty() {
+        why.push("no conditions".to_string());
+    }
+    Some(why.join(", "))
+}
+
+/// For each pid, how many sessions wait behind it (directly or through a
+/// chain) and have waited at least `min_wait`. Computed once per snapshot.
+fn blocked_waiters(snap: &PgSnapshot, min_wait: Option<Duration>) -> std::collections::HashMap<i32, u32> {
+    use std::collections::{HashMap, HashSet};
+    let mut out: HashMap<i32, u32> = HashMap::new();
+    let Some(min_wait) = min_wait else {
+        return out;
+    };
+    // Edges waiter -> blockers; walk up from every long-enough waiter.
+    let edges: HashMap<i32, &[i32]> =
+        snap.sessions.iter().filter(|s| !s.blocked_by.is_empty()).map(|s| (s.pid, s.blocked_by.as_slice())).collect();
+    for w in snap.sessions.iter().filter(|s| s.waits_on_lock()) {
+        let waited = snap.age_seconds(w.lock_wait_start_us.or(w.query_start_us)).unwrap_or(0.0);
+        if waited < min_wait.as_secs_f64() {
+            continue;
+        }
+        let mut seen = HashSet::new();
+        let mut stack: Vec<i32> = w.blocked_by.clone();
+        while let Some(p) = stack.pop() {
+            if p == w.pid || !seen.insert(p) {
+                continue;
+            }
+            *out.entry(p).or_default() += 1;
+            if let Some(next) = edges.get(&p) {
+                stack.extend_from_slice(next);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,292 @@
+//! The remediation loop of one target: after each poll, select (pure), then
+//! act within the bounds: mode, pause switch, actor lock, budgets, pacing,
+//! and the write-ahead audit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::audit::{AuditLog, AuditRecord, Decision, Mode};
+use super::budget::Budget;
+use super::executor::{self, Actor, Holder, Outcome, Signal};
+use super::pause::PauseSwitch;
+use super::policy::{self, Action, Candidate, Policy};
+use super::RemediationSettings;
+use crate::config::PostgresTarget;
+use crate::daemon::state::SharedState;
+use crate::evaluate::CheckStatus;
+use crate::telemetry::metrics::Metrics;
+
+/// State shared by every target's remediation loop.
+#[derive(Debug)]
+pub struct Remediation {
+    pub settings: RemediationSettings,
+    pub audit: Option<Arc<AuditLog>>,
+    pub pause: PauseSwitch,
+    global: Mutex<Budget>,
+    targets: Mutex<HashMap<String, Budget>>,
+    metrics: Arc<Metrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Remediation {
+    /// Opens the audit file (except in observe mode), rebuilds the budgets
+    /// from the actions it records, and loads the pause switch.
+    pub fn start(settings: RemediationSettings, metrics: Arc<Metrics>) -> Result<Arc<Self>, super::audit::AuditError> {
+        let mut global = Budget::new(settings.global_budget.0, settings.global_budget.1);
+        let mut targets: HashMap<String, Budget> = HashMap::new();
+        let audit = if settings.mode == Mode::Observe {
+            None
+        } else {
+            let log = AuditLog::open(&settings.audit_file)?;
+            let (records, bad) = AuditLog::read_all(&settings.audit_file)?;
+            if bad > 0 {
+                tracing::warn!(lines = bad, file = %settings.audit_file.display(), "audit file has unreadable lines (a torn write?); they are kept, not counted");
+            }
+            // A restart must not hand out a fresh budget: count what this mode spent.
+            let spends = |r: &&AuditRecord| {
+                r.mode == settings.mode && matches!(r.decision, Decision::Intent | Decision::WouldAct)
+                    // The terminate after a cancel is part of the same action.
+                    && !r.action_id.ends_with("/t")
+            };
+            for r in records.iter().filter(spends) {
+                global.record(r.time_ms);
+                targets
+                    .entry(r.target.clone())
+                    .or_insert_with(|| Budget::new(settings.target_budget.0, settings.target_budget.1))
+                    .record(r.time_ms);
+            }
+            log.seed_recent(&records);
+            Some(Arc::new(log))
+        };
+        let pause = PauseSwitch::load(&settings.pause_state_file, settings.sentinel_file.as_deref());
+        Ok(Arc::new(Remediation {
+            settings,
+            audit,
+            pause,
+            global: Mutex::new(global),
+            targets: Mutex::new(targets),
+            metrics,
+        }))
+    }
+
+    pub fn applies_to(&self, target: &str) -> bool {
+        self.settings.policies.iter().any(|p| p.applies_to(target))
+    }
+
+    /// Remaining actions (target, global) right now.
+    fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let tb = t
+            .entry(target.to_string())
+            .or_insert_with(|| Budget::new(self.settings.target_budget.0, self.settings.target_budget.1));
+        let g = self.global.lock().unwrap_or_else(|e| e.into_inner()).remaining(now);
+        (tb.remaining(now), g)
+    }
+
+    /// Spends one action from both budgets, or neither.
+    fn try_spend(&self, target: &str, now: u64) -> bool {
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let tb = t
+            .entry(target.to_string())
+            .or_insert_with(|| Budget::new(self.settings.target_budget.0, self.settings.target_budget.1));
+        let mut g = self.global.lock().unwrap_or_else(|e| e.into_inner());
+        if tb.remaining(now) == 0 || g.remaining(now) == 0 {
+            return false;
+        }
+        tb.try_spend(now) && g.try_spend(now)
+    }
+
+    fn publish_budgets(&self, target: &str) {
+        let (t, g) = self.remaining(target, now_ms());
+        self.metrics.set_budget(target, t, t == 0);
+        self.metrics.set_budget("global", g, g == 0);
+    }
+
+    /// Writes a record through a blocking task; false when it could not be written.
+    async fn audit(&self, record: AuditRecord) -> bool {
+        let Some(log) = self.audit.clone() else { return false };
+        let r = tokio::task::spawn_blocking(move || log.append(&record)).await;
+        match r {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                self.metrics.audit_error();
+                tracing::error!(error = %e, "cannot write the audit record: not acting");
+                false
+            }
+            Err(e) => {
+                self.metrics.audit_error();
+                tracing::error!(error = %e, "audit task failed: not acting");
+                false
+            }
+        }
+    }
+}
+
+pub async fn run(rem: Arc<Remediation>, target: PostgresTarget, state: Arc<SharedState>, cancel: CancellationToken) {
+    let span = tracing::info_span!("remediation", target = %target.name);
+    run_inner(rem, target, state, cancel).instrument(span).await
+}
+
+async fn run_inner(rem: Arc<Remediation>, target: PostgresTarget, state: Arc<SharedState>, cancel: CancellationToken) {
+    let Some(mut updates) = state.subscribe(&target.name) else { return };
+    let mut actor = Actor::new(target.connect.0.clone(), &rem.settings.instance);
+    let policies: Vec<Policy> = rem.settings.policies.iter().filter(|p| p.applies_to(&target.name)).cloned().collect();
+    let mut was_paused = false;
+    let mut exhausted = false;
+    rem.publish_budgets(&target.name);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = updates.changed() => if changed.is_err() { break },
+        }
+        let Some(status) = state.get(&target.name) else { continue };
+        let Some(snapshot) = status.snapshot.clone().filter(|_| status.up) else { continue };
+        let failing: Vec<_> = status.checks.iter().filter(|c| c.status == CheckStatus::Fail).map(|c| c.check).collect();
+        let (evaluations, chosen) = policy::select(&policies, &target.name, &snapshot, &failing);
+        for e in &evaluations {
+            rem.metrics.set_candidates(&target.name, &e.policy, e.candidates.len());
+        }
+        let paused = rem.pause.is_paused();
+        rem.metrics.set_paused(paused);
+        rem.publish_budgets(&target.name);
+        if rem.settings.mode == Mode::Observe || chosen.is_empty() {
+            continue;
+        }
+        if paused {
+            if !was_paused {
+                tracing::warn!(candidates = chosen.len(), "remediation is paused: not acting");
+            }
+            was_paused = true;
+            continue;
+        }
+        was_paused = false;
+        let holder = actor.ensure().await;
+        rem.metrics.set_actor(&target.name, &holder, &rem.settings.instance);
+        if holder != Holder::Us {
+            tracing::debug!(?holder, "not the actor for this target: observing only");
+            continue;
+        }
+        let mut follow_ups: Vec<(Candidate, tokio::time::Instant)> = Vec::new();
+        for c in &chosen {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if !rem.try_spend(&target.name, now_ms()) {
+                if !exhausted {
+                    let (t, g) = rem.remaining(&target.name, now_ms());
+                    tracing::error!(
+                        target_remaining = t,
+                        global_remaining = g,
+                        "remediation budget exhausted: no more actions until the window allows"
+                    );
+                }
+                exhausted = true;
+                rem.metrics.action(&target.name, &c.policy, c.action.as_str(), "budget_exhausted", rem.settings.mode.as_str());
+                continue;
+            }
+            exhausted = false;
+            let first = match c.action {
+                Action::Cancel | Action::CancelThenTerminate { .. } => Signal::Cancel,
+                Action::Terminate => Signal::Terminate,
+            };
+            let id = format!("{}-{}-{}", rem.settings.instance, c.facts.pid, now_ms());
+            let outcome = act(&rem, &mut actor, &target.name, &id, first, c, &policies).await;
+            if let (Some(Outcome::Signalled), Action::CancelThenTerminate { grace }) = (&outcome, c.action) {
+                follow_ups.push((c.clone(), tokio::time::Instant::now() + grace));
+            }
+            if outcome.is_none() && rem.settings.mode == Mode::Enforce {
+                // The audit failed: act on nothing more this cycle.
+                break;
+            }
+            if rem.settings.mode == Mode::Enforce && !rem.settings.pacing.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(rem.settings.pacing) => {}
+                }
+            }
+        }
+        for (c, due) in follow_ups {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            let id = format!("{}-{}-{}/t", rem.settings.instance, c.facts.pid, now_ms());
+            act(&rem, &mut actor, &target.name, &id, Signal::Terminate, &c, &policies).await;
+        }
+        rem.publish_budgets(&target.name);
+    }
+    actor.close().await;
+}
+
+/// One decision: audit, then (in enforce mode) the guarded signal and its
+/// outcome. Returns the outcome, or `None` when nothing was sent because the
+/// audit could not be written (or in dry-run).
+async fn act(
+    rem: &Remediation,
+    actor: &mut Actor,
+    target: &str,
+    id: &str,
+    signal: Signal,
+    c: &Candidate,
+    policies: &[Policy],
+) -> Option<Outcome> {
+    let s = &rem.settings;
+    let record = |decision: Decision, outcome: String| {
+        AuditRecord::new(
+            SystemTime::now(),
+            id,
+            &s.instance,
+            target,
+            s.mode,
+            signal.as_str(),
+            decision,
+            c,
+            outcome,
+            s.query_max_chars,
+            s.redact_queries,
+        )
+    };
+    if s.mode == Mode::DryRun {
+        let written = rem.audit(record(Decision::WouldAct, format!("would {}", signal.as_str()))).await;
+        tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "dry-run: would act");
+        rem.metrics.action(target, &c.policy, signal.as_str(), if written { "would_act" } else { "audit_failed" }, s.mode.as_str());
+        return None;
+    }
+    // Write-ahead: the intent is on disk before the signal is sent.
+    if !rem.audit(record(Decision::Intent, format!("about to {}", signal.as_str()))).await {
+        rem.metrics.action(target, &c.policy, signal.as_str(), "audit_failed", s.mode.as_str());
+        return None;
+    }
+    let cond = &policies.iter().find(|p| p.name == c.policy).map(|p| p.conditions.clone()).unwrap_or_default();
+    let outcome = match actor.connection() {
+        Some(conn) => executor::signal(conn, signal, c, cond).await,
+        None => Outcome::Failed("lost the actor connection".into()),
+    };
+    if matches!(outcome, Outcome::Failed(_)) {
+        actor.reset();
+    }
+    let (decision, label) = match &outcome {
+        Outcome::Signalled => (Decision::Acted, "acted"),
+        Outcome::Gone | Outcome::Changed(_) => (Decision::Skipped, "skipped"),
+        Outcome::Refused(_) => (Decision::Refused, "refused"),
+        Outcome::Failed(_) => (Decision::Failed, "failed"),
+    };
+    let sentence = outcome.sentence(signal);
+    match decision {
+        Decision::Acted => tracing::warn!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "acted on a session"),
+        _ => tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), outcome = %sentence, "did not act"),
+    }
+    rem.audit(record(decision, sentence)).await;
+    rem.metrics.action(target, &c.policy, signal.as_str(), label, s.mode.as_str());
+    Some(outcome)
+}
+
+/// How long after a poll a candidate must wait at most; exported for docs and tests.
+pub const MAX_REACTION_AFTER_POLL: Duration = Duration::from_millis(250);
