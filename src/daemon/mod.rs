@@ -17,6 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http;
+use crate::observe::PostgresObserver;
+use crate::remediate::Mode;
+use crate::remediate::runner::{self, Remediation};
 use crate::telemetry::metrics::Metrics;
 use state::SharedState;
 
@@ -37,18 +40,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let remediation = match config.remediation.clone() {
+        Some(settings) => Some(
+            Remediation::start(settings, metrics.clone()).context("cannot start remediation")?,
+        ),
+        None => None,
+    };
+    if let Some(rem) = &remediation {
+        tracing::info!(
+            mode = rem.settings.mode.as_str(),
+            policies = rem.settings.policies.len(),
+            paused = rem.pause.is_paused(),
+            "remediation configured"
+        );
+    }
+
     for target in &config.postgres {
+        // A target remediation may act on keeps one connection of its budget
+        // for the actor (lock holder and signal sender); polls get the rest.
+        let acting = remediation
+            .as_ref()
+            .filter(|r| r.settings.mode != Mode::Observe && r.applies_to(&target.name));
+        let observer = PostgresObserver::new(target.clone(), u32::from(acting.is_some()));
         tracker.spawn(poller::run(
-            target.clone(),
+            observer,
             state.clone(),
             metrics.clone(),
             token.child_token(),
         ));
+        if let Some(rem) = remediation.as_ref().filter(|r| r.applies_to(&target.name)) {
+            tracker.spawn(runner::run(
+                rem.clone(),
+                target.clone(),
+                state.clone(),
+                token.child_token(),
+            ));
+        }
     }
     let app = http::AppState {
         state: state.clone(),
         metrics: metrics.clone(),
-        remediation: None,
+        remediation: remediation.clone(),
     };
     let http_token = token.clone();
     tracker.spawn(async move {

@@ -11,35 +11,34 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::state::{SharedState, TargetStatus};
-use crate::config::PostgresTarget;
 use crate::evaluate::{self, CheckStatus, HoldState};
 use crate::observe::{self, PostgresObserver};
 use crate::telemetry::metrics::Metrics;
 
 pub async fn run(
-    target: PostgresTarget,
+    observer: PostgresObserver,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let span = tracing::info_span!("poller", target = %target.name);
-    run_inner(target, state, metrics, cancel)
+    let span = tracing::info_span!("poller", target = %observer.target().name);
+    run_inner(observer, state, metrics, cancel)
         .instrument(span)
         .await
 }
 
 async fn run_inner(
-    target: PostgresTarget,
+    mut observer: PostgresObserver,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    let target = observer.target().clone();
     let name = target.name.clone();
     let interval = target.settings.poll_interval;
     let backoff_max = target.settings.backoff_max;
     let thresholds = target.thresholds.clone();
     let waker = state.waker(&name).unwrap_or_default();
-    let mut observer = PostgresObserver::new(target);
     let mut status = TargetStatus::new(&name, "postgres");
     let mut hold = HoldState::default();
     let clock = Instant::now();

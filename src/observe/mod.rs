@@ -122,8 +122,10 @@ pub struct PostgresObserver {
 }
 
 impl PostgresObserver {
-    pub fn new(target: PostgresTarget) -> Self {
-        let pool = postgres::pool(&target);
+    /// `reserved`: connections of the target's budget that something else
+    /// (the remediation actor) holds, so the pool keeps below the budget.
+    pub fn new(target: PostgresTarget, reserved: u32) -> Self {
+        let pool = postgres::pool(&target, reserved);
         PostgresObserver {
             target,
             pool,

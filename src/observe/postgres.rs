@@ -26,9 +26,12 @@ macro_rules! current_lsn {
 pub const QUERY_TEXT_MAX_CHARS: i32 = 1024;
 
 /// A lazily connecting pool bounded by the target's connection budget.
-pub fn pool(target: &PostgresTarget) -> PgPool {
+///
+/// `reserved` connections of the budget are kept for other uses (the
+/// remediation actor's dedicated connection); the pool gets the rest, at least one.
+pub fn pool(target: &PostgresTarget, reserved: u32) -> PgPool {
     PgPoolOptions::new()
-        .max_connections(target.settings.max_connections.get())
+        .max_connections(target.settings.max_connections.get().saturating_sub(reserved).max(1))
         .min_connections(0)
         .acquire_timeout(target.settings.connect_timeout)
         // The poll itself proves the connection; skip the extra round trip.
