@@ -1,0 +1,819 @@
+//! dbwarden's interface to the rest of the monitoring stack, tested: the
+//! Prometheus alert rules and their promtool unit tests, the Grafana
+//! dashboards, the metrics reference, the runbook and the generated
+//! Kubernetes manifests.
+//!
+//! The central test starts the daemon in-process against real servers (the
+//! machine's PostgreSQL on 127.0.0.1:5432, plus a scratch primary with a
+//! streaming standby, a replication slot, data checksums and WAL archiving,
+//! so that every family dbwarden can export shows up) and checks every
+//! metric named in a rule, a rule test or a dashboard against the names of
+//! its real `/metrics`. That prevents the two classic defects of shipped
+//! rules: alerting on a metric the exporter no longer emits, and `rate()`
+//! of a gauge.
+//!
+//! Needs the Debian packages `prometheus` (promtool) and `postgresql-15`;
+//! fails, never skips, without them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use dbwarden::config::Config;
+use dbwarden::evaluate::CheckId;
+use dbwarden::scratch::{ClusterOptions, ScratchCluster};
+use dbwarden::telemetry::metrics::METRIC_NAMES;
+use serde_json::Value;
+
+const RULES: &str = "deploy/prometheus/dbwarden-rules.yaml";
+const RULE_TESTS: &str = "deploy/prometheus/dbwarden-rules.test.yaml";
+const METRICS_DOC: &str = "docs/metrics.md";
+const RUNBOOK_DOC: &str = "docs/runbook.md";
+const RUNBOOK_URL: &str = "https://github.com/dbwarden/dbwarden/blob/main/docs/runbook.md#";
+const DATASOURCE_UID: &str = "${datasource}";
+const SCHEMA_VERSION: u64 = 39;
+
+/// How long the daemon may take to become ready, and then to export every
+/// family the rules and dashboards use.
+const DEADLINE: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(250);
+
+// ------------------------------------------------------------------ helpers
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    let path = root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Every dashboard, as (path relative to the crate, text).
+fn dashboards() -> Vec<(String, String)> {
+    let dir = root().join("dashboards");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("dashboards/ entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let rel = format!("dashboards/{}", p.file_name().unwrap().to_string_lossy());
+            let text = read(&rel);
+            (rel, text)
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no dashboards in {}", dir.display());
+    out
+}
+
+fn parse_json(rel: &str, text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{rel} is not valid JSON: {e}"))
+}
+
+/// Every PromQL expression of a dashboard: panel targets (also of panels
+/// nested in rows) and the queries of template variables.
+fn dashboard_exprs(dash: &Value) -> Vec<String> {
+    fn panels(list: &Value, out: &mut Vec<String>) {
+        for p in list.as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    out.push(e.to_string());
+                }
+            }
+            panels(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    panels(&dash["panels"], &mut out);
+    for v in dash["templating"]["list"].as_array().into_iter().flatten() {
+        if v["type"] == "query" {
+            for q in [&v["definition"], &v["query"], &v["query"]["query"]] {
+                if let Some(q) = q.as_str() {
+                    out.push(q.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs promtool, failing with the package to install when it is missing.
+fn promtool(args: &[&str]) -> Output {
+    Command::new("promtool")
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): install the Debian package `prometheus` \
+                 (apt-get install prometheus), which provides /usr/bin/promtool"
+            )
+        })
+}
+
+fn assert_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Identifiers matching `dbwarden_[a-z0-9_]+` that start a word.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    const PREFIX: &str = "dbwarden_";
+    let b = text.as_bytes();
+    let mut out = BTreeSet::new();
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(PREFIX) {
+        let start = from + pos;
+        let word_start =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let mut end = start + PREFIX.len();
+        while end < b.len()
+            && (b[end].is_ascii_lowercase() || b[end].is_ascii_digit() || b[end] == b'_')
+        {
+            end += 1;
+        }
+        if word_start && end > start + PREFIX.len() {
+            out.insert(text[start..end].to_string());
+        }
+        from = end;
+    }
+    out
+}
+
+/// The argument text of every call to `rate(`, `irate(` or `increase(`
+/// (balanced parentheses), for checks on what they are applied to.
+fn rate_arguments(expr: &str) -> Vec<String> {
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    for func in ["rate(", "increase("] {
+        let mut from = 0;
+        while let Some(pos) = expr[from..].find(func) {
+            let open = from + pos + func.len() - 1;
+            let mut depth = 0usize;
+            let mut close = open;
+            let (mut quoted, mut escaped) = (false, false);
+            for (i, &c) in b.iter().enumerate().skip(open) {
+                if quoted {
+                    match c {
+                        _ if escaped => escaped = false,
+                        b'\\' => escaped = true,
+                        b'"' => quoted = false,
+                        _ => {}
+                    }
+                    continue;
+                }
+                match c {
+                    b'"' => quoted = true,
+                    b'(' => depth += 1,
+                    b')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            close = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                close > open,
+                "unbalanced parentheses after {func} in {expr:?}"
+            );
+            out.push(expr[open + 1..close].to_string());
+            from = close;
+        }
+    }
+    out
+}
+
+/// Values of `check="..."` matchers in a text.
+fn check_matchers(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in text.match_indices("check=\"") {
+        let rest = &text[i + "check=\"".len()..];
+        if let Some(end) = rest.find('"') {
+            out.insert(rest[..end].to_string());
+        }
+    }
+    out
+}
+
+/// Alert names of the rule file, in order.
+fn alert_names(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- alert:"))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// An OpenMetrics exposition: sample names, and the type of each family.
+struct Exposition {
+    samples: BTreeSet<String>,
+    /// Family name (as in `# TYPE`) -> type.
+    families: BTreeMap<String, String>,
+}
+
+impl Exposition {
+    fn parse(text: &str) -> Self {
+        let mut samples = BTreeSet::new();
+        let mut families = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split_whitespace();
+                if let (Some(name), Some(kind)) = (it.next(), it.next()) {
+                    families.insert(name.to_string(), kind.to_string());
+                }
+            } else if !line.starts_with('#') && !line.trim().is_empty() {
+                let end = line.find(['{', ' ']).unwrap_or(line.len());
+                samples.insert(line[..end].to_string());
+            }
+        }
+        Exposition { samples, families }
+    }
+
+    /// The type of the family a sample name belongs to.
+    fn kind_of(&self, sample: &str) -> Option<&str> {
+        if let Some(k) = self.families.get(sample) {
+            return Some(k);
+        }
+        ["_total", "_bucket", "_sum", "_count", "_info", "_created"]
+            .iter()
+            .filter_map(|s| sample.strip_suffix(s))
+            .find_map(|fam| self.families.get(fam).map(String::as_str))
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+fn toml_str(s: &str) -> String {
+    format!("{s:?}")
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn promtool_checks_and_tests_the_rules() {
+    assert_success(
+        &format!("promtool check rules {RULES}"),
+        &promtool(&["check", "rules", RULES]),
+    );
+    assert_success(
+        &format!("promtool test rules {RULE_TESTS}"),
+        &promtool(&["test", "rules", RULE_TESTS]),
+    );
+}
+
+#[test]
+fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
+    let rules = read(RULES);
+    let tests = read(RULE_TESTS);
+    let runbook = read(RUNBOOK_DOC);
+    let alerts = alert_names(&rules);
+    assert!(
+        alerts.len() >= 15,
+        "too few alerts found in {RULES}: {alerts:?}"
+    );
+    let unique: BTreeSet<_> = alerts.iter().collect();
+    assert_eq!(
+        unique.len(),
+        alerts.len(),
+        "duplicate alert names in {RULES}"
+    );
+    for a in &alerts {
+        assert!(
+            a.starts_with("DbWarden"),
+            "alert {a} lacks the DbWarden prefix"
+        );
+        assert!(
+            tests.contains(&format!("alertname: {a}\n")),
+            "{RULE_TESTS} has no alert_rule_test for {a}"
+        );
+        assert!(
+            tests.contains(&format!(
+                "ALERTS{{alertname=\"{a}\",alertstate=\"pending\"}}"
+            )),
+            "{RULE_TESTS} does not test {a} pending"
+        );
+        assert!(
+            rules.contains(&format!("runbook_url: {RUNBOOK_URL}{}\n", a.to_lowercase())),
+            "{a}: runbook_url must be {RUNBOOK_URL}{}",
+            a.to_lowercase()
+        );
+        assert!(
+            runbook.contains(&format!("\n## {a}\n")),
+            "{RUNBOOK_DOC} has no section `## {a}` (the anchor of its runbook_url)"
+        );
+    }
+    // Each rule: a severity among the three, a static summary, a description.
+    let per_rule: Vec<&str> = rules.split("- alert:").skip(1).collect();
+    for (a, body) in alerts.iter().zip(&per_rule) {
+        assert!(
+            ["critical", "warning", "info"]
+                .iter()
+                .any(|s| body.contains(&format!("severity: {s}\n"))),
+            "{a}: severity must be critical, warning or info"
+        );
+        let summary = body
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("summary:"))
+            .unwrap_or_else(|| panic!("{a}: no summary annotation"));
+        assert!(!summary.contains("{{"), "{a}: summary must be static");
+        assert!(
+            body.contains("description:"),
+            "{a}: no description annotation"
+        );
+        assert!(
+            body.contains("$labels.target"),
+            "{a}: description must name the target"
+        );
+        assert!(body.contains("$value"), "{a}: description must show $value");
+        assert!(body.contains("for:"), "{a}: no `for`");
+    }
+    // Check names in matchers are real checks.
+    let checks: BTreeSet<&str> = CheckId::ALL.iter().map(|c| c.as_str()).collect();
+    let mut texts = vec![
+        (RULES.to_string(), rules.clone()),
+        (RULE_TESTS.to_string(), tests),
+    ];
+    for (rel, text) in dashboards() {
+        texts.push((
+            rel.clone(),
+            dashboard_exprs(&parse_json(&rel, &text)).join("\n"),
+        ));
+    }
+    for (rel, text) in &texts {
+        for c in check_matchers(text) {
+            assert!(
+                checks.contains(c.as_str()),
+                "{rel}: check=\"{c}\" is not a dbwarden check ({checks:?})"
+            );
+        }
+    }
+    // Every check is either alerted on or is the connection check (dbwarden_up).
+    for c in &checks {
+        assert!(
+            *c == "connection" || rules.contains(&format!("check=\"{c}\"")),
+            "{RULES}: no alert on check {c}"
+        );
+    }
+}
+
+#[test]
+fn generated_deploy_files_are_up_to_date() {
+    let out = Command::new("bash")
+        .arg("scripts/generate-deploy.sh")
+        .arg("--check")
+        .current_dir(root())
+        .output()
+        .expect("run bash scripts/generate-deploy.sh --check");
+    assert_success(
+        "scripts/generate-deploy.sh --check (run scripts/generate-deploy.sh to regenerate)",
+        &out,
+    );
+}
+
+#[test]
+fn metric_names_are_documented_and_follow_conventions() {
+    let doc = read(METRICS_DOC);
+    let mut seen = BTreeSet::new();
+    for name in METRIC_NAMES {
+        assert!(seen.insert(*name), "METRIC_NAMES lists {name} twice");
+        assert!(
+            name.starts_with("dbwarden_"),
+            "{name}: missing the dbwarden_ prefix"
+        );
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "{name}: only lowercase letters, digits and underscores"
+        );
+        assert!(!name.contains("__"), "{name}: double underscore");
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{METRICS_DOC} does not document {name} (write it in backticks)"
+        );
+    }
+    for c in CheckId::ALL {
+        assert!(
+            doc.contains(&format!("`{}`", c.as_str())),
+            "{METRICS_DOC} does not document check {}",
+            c.as_str()
+        );
+    }
+}
+
+#[test]
+fn dashboards_follow_the_conventions() {
+    let mut uids = BTreeSet::new();
+    let mut records = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
+    for (rel, text) in dashboards() {
+        assert!(
+            !text.contains("__inputs"),
+            "{rel}: no __inputs (breaks provisioning)"
+        );
+        assert!(
+            !text.contains("${DS_"),
+            "{rel}: no ${{DS_...}} datasource placeholders"
+        );
+        let d = parse_json(&rel, &text);
+        let uid = d["uid"].as_str().unwrap_or_default();
+        assert!(
+            !uid.is_empty() && uid.len() <= 40,
+            "{rel}: a stable uid of at most 40 characters"
+        );
+        assert!(uids.insert(uid.to_string()), "{rel}: uid {uid} used twice");
+        assert_eq!(
+            d["schemaVersion"].as_u64(),
+            Some(SCHEMA_VERSION),
+            "{rel}: schemaVersion"
+        );
+        assert!(
+            d["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "dbwarden")),
+            "{rel}: tag `dbwarden`"
+        );
+        let vars = d["templating"]["list"].as_array().expect("templating.list");
+        let first = &vars[0];
+        assert!(
+            first["name"] == "datasource"
+                && first["type"] == "datasource"
+                && first["query"] == "prometheus",
+            "{rel}: the first variable must be datasource (type datasource, query prometheus)"
+        );
+        let target = vars
+            .iter()
+            .find(|v| v["name"] == "target")
+            .unwrap_or_else(|| panic!("{rel}: no `target` variable"));
+        assert_eq!(target["type"], "query", "{rel}: target variable type");
+        assert_eq!(target["multi"], true, "{rel}: target variable multi");
+        assert_eq!(
+            target["includeAll"], true,
+            "{rel}: target variable include all"
+        );
+        assert!(
+            target["definition"].as_str().is_some_and(|q| q
+                .starts_with("label_values(dbwarden_up")
+                && q.ends_with(", target)")),
+            "{rel}: target variable must be label_values(dbwarden_up..., target)"
+        );
+        let ds = serde_json::json!({"type": "prometheus", "uid": DATASOURCE_UID});
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            assert_eq!(
+                v["datasource"], ds,
+                "{rel}: variable {} datasource",
+                v["name"]
+            );
+        }
+        let mut ids = BTreeSet::new();
+        let mut panels: Vec<&Value> = Vec::new();
+        for p in d["panels"].as_array().expect("panels") {
+            panels.push(p);
+            panels.extend(p["panels"].as_array().into_iter().flatten());
+        }
+        for p in panels {
+            let title = p["title"].as_str().unwrap_or("?");
+            assert!(
+                ids.insert(p["id"].as_u64().expect("panel id")),
+                "{rel}: duplicate panel id in {title}"
+            );
+            assert!(
+                p["gridPos"].is_object(),
+                "{rel}: panel {title} has no gridPos"
+            );
+            if p["type"] == "row" {
+                continue;
+            }
+            assert_eq!(p["datasource"], ds, "{rel}: panel {title} datasource");
+            assert!(
+                p["description"]
+                    .as_str()
+                    .is_some_and(|s| !s.trim().is_empty()),
+                "{rel}: panel {title} has no description"
+            );
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{rel}: panel {title} has no unit"
+            );
+            let targets = p["targets"].as_array().filter(|t| !t.is_empty());
+            let targets = targets.unwrap_or_else(|| panic!("{rel}: panel {title} has no query"));
+            for t in targets {
+                assert_eq!(t["datasource"], ds, "{rel}: panel {title} query datasource");
+                let expr = t["expr"].as_str().unwrap_or_default();
+                assert!(!expr.is_empty(), "{rel}: panel {title} has an empty query");
+                for arg in rate_arguments(expr) {
+                    assert!(
+                        arg.contains("[$__rate_interval]"),
+                        "{rel}: panel {title}: rate()/increase() must use $__rate_interval: {expr}"
+                    );
+                }
+            }
+        }
+        // Every query must parse: promtool checks them as recording rules.
+        for (i, expr) in dashboard_exprs(&d).iter().enumerate() {
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("${datasource}", "")
+                .replace("$job", ".*")
+                .replace("$instance", ".*")
+                .replace("$target", ".*");
+            // A variable's label_values(selector, label) becomes its selector.
+            let expr = match expr.strip_prefix("label_values(") {
+                Some(rest) => rest
+                    .rsplit_once(',')
+                    .map_or(rest.to_string(), |(sel, _)| sel.to_string()),
+                None => expr,
+            };
+            records.push_str(&format!(
+                "      - record: dashboard:{}:q{i}\n        expr: {}\n",
+                uid.replace('-', "_"),
+                serde_json::to_string(&expr).unwrap()
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dashboard-queries.yaml");
+    std::fs::write(&file, &records).expect("write dashboard-queries.yaml");
+    assert_success(
+        "promtool check rules on the dashboards' queries",
+        &promtool(&["check", "rules", file.to_str().unwrap()]),
+    );
+}
+
+/// Scratch servers that make every family dbwarden can export appear: a
+/// primary with data checksums, WAL archiving (to nowhere) and a physical
+/// replication slot, and its streaming standby.
+struct Replicated {
+    primary: ScratchCluster,
+    standby: ScratchCluster,
+}
+
+fn start_replicated() -> Replicated {
+    let primary = ScratchCluster::start_primary(ClusterOptions {
+        extra_conf: vec![
+            "archive_mode = on".into(),
+            "archive_command = 'true'".into(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("scratch primary: {e}"));
+    let psql = |sql: &str| {
+        primary
+            .psql("postgres", sql)
+            .unwrap_or_else(|e| panic!("psql {sql:?}: {e}"))
+    };
+    psql("SELECT pg_create_physical_replication_slot('dbwarden_interface_test', true)");
+    // Write something and switch segments, so one is archived.
+    psql("CREATE TABLE interface_test (id int)");
+    psql("SELECT pg_switch_wal()");
+    let standby =
+        ScratchCluster::start_standby(&primary).unwrap_or_else(|e| panic!("scratch standby: {e}"));
+    Replicated { primary, standby }
+}
+
+fn config(port: u16, r: &Replicated) -> Config {
+    let target = |name: &str, url: &str, data: &Path| {
+        format!(
+            "[postgres.{name}]\nurl = {}\nsslmode = \"disable\"\n[postgres.{name}.paths]\ndata = {}\n\n",
+            toml_str(url),
+            toml_str(&data.to_string_lossy())
+        )
+    };
+    let mut toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"10s\"\n\n\
+         [defaults]\npoll_interval = \"2s\"\npoll_timeout = \"2s\"\nstatement_timeout = \"2s\"\n\
+         database_sizes_interval = \"2s\"\n\n"
+    );
+    toml.push_str(&target(
+        "local",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        Path::new("/tmp"),
+    ));
+    toml.push_str(&target(
+        "scratch-primary",
+        &r.primary.url("postgres"),
+        r.primary.data_dir(),
+    ));
+    toml.push_str(&target(
+        "scratch-standby",
+        &r.standby.url("postgres"),
+        r.standby.data_dir(),
+    ));
+    Config::from_toml_with_env(&toml, std::iter::empty())
+        .unwrap_or_else(|e| panic!("invalid test configuration: {e}\n{toml}"))
+}
+
+/// Every `dbwarden_*` name used by the rules, their tests and the dashboards,
+/// with where it is used.
+fn used_metric_names() -> BTreeMap<String, BTreeSet<String>> {
+    let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut add = |rel: &str, text: &str| {
+        for n in metric_names_in(text) {
+            used.entry(n).or_default().insert(rel.to_string());
+        }
+    };
+    add(RULES, &read(RULES));
+    add(RULE_TESTS, &read(RULE_TESTS));
+    for (rel, text) in dashboards() {
+        add(&rel, &text);
+    }
+    used
+}
+
+#[test]
+fn every_metric_in_rules_and_dashboards_is_really_exported() {
+    let used = used_metric_names();
+    assert!(
+        used.len() > 20,
+        "suspiciously few metric names found: {used:?}"
+    );
+
+    let replicated = start_replicated();
+    let port = free_port();
+    let config = config(port, &replicated);
+    let base = format!("http://127.0.0.1:{port}");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (exposition, missing) = rt.block_on(async {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(dbwarden::daemon::run(config, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+
+        let started = Instant::now();
+        loop {
+            let last = match client.get(format!("{base}/readyz")).send().await {
+                Ok(r) if r.status() == 200 => break,
+                Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => e.to_string(),
+            };
+            if daemon.is_finished() {
+                panic!("the daemon stopped before it was ready: {:?}", daemon.await);
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "/readyz not 200 within {DEADLINE:?}; last answer: {last}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+
+        // Some families appear a poll or two later (standby feedback, the
+        // archiver): wait until all used names are there, or the deadline.
+        let started = Instant::now();
+        let (text, missing) = loop {
+            let text = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .expect("GET /metrics")
+                .text()
+                .await
+                .expect("/metrics body");
+            let names = Exposition::parse(&text).samples;
+            let missing: BTreeMap<String, BTreeSet<String>> = used
+                .iter()
+                .filter(|(n, _)| !names.contains(*n))
+                .map(|(n, w)| (n.clone(), w.clone()))
+                .collect();
+            if missing.is_empty() || started.elapsed() >= DEADLINE {
+                break (text, missing);
+            }
+            tokio::time::sleep(POLL).await;
+        };
+
+        let _ = stop.send(());
+        let result = tokio::time::timeout(Duration::from_secs(30), daemon)
+            .await
+            .expect("the daemon did not stop within 30s of the shutdown signal")
+            .expect("the daemon task panicked");
+        result.expect("the daemon failed");
+        (text, missing)
+    });
+    drop(replicated);
+
+    let exp = Exposition::parse(&exposition);
+    assert!(
+        missing.is_empty(),
+        "metrics used by rules/tests/dashboards that the daemon does not export \
+         (name: where it is used):\n{}\n--- /metrics ---\n{exposition}",
+        missing
+            .iter()
+            .map(|(n, w)| format!(
+                "  {n}: {}",
+                w.iter().cloned().collect::<Vec<_>>().join(", ")
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // METRIC_NAMES is complete: every exported sample name is listed.
+    let listed: BTreeSet<&str> = METRIC_NAMES.iter().copied().collect();
+    for s in &exp.samples {
+        assert!(
+            listed.contains(s.as_str()),
+            "{s} is exported but missing from METRIC_NAMES"
+        );
+    }
+
+    // Naming conventions of the real exposition.
+    for (fam, kind) in &exp.families {
+        assert!(
+            fam.starts_with("dbwarden_"),
+            "family {fam}: missing the dbwarden_ prefix"
+        );
+        assert!(
+            fam.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "family {fam}: only lowercase letters, digits and underscores"
+        );
+        if kind != "counter" {
+            assert!(
+                !fam.ends_with("_total"),
+                "{fam} is a {kind}: only counters end in _total"
+            );
+        }
+    }
+    for s in &exp.samples {
+        let kind = exp
+            .kind_of(s)
+            .unwrap_or_else(|| panic!("sample {s} belongs to no # TYPE family"));
+        match kind {
+            "counter" => assert!(s.ends_with("_total"), "counter {s} must end in _total"),
+            "info" => assert!(s.ends_with("_info"), "info {s} must end in _info"),
+            "histogram" => assert!(
+                s.ends_with("_bucket") || s.ends_with("_sum") || s.ends_with("_count"),
+                "histogram sample {s}"
+            ),
+            _ => assert!(!s.ends_with("_total"), "{kind} {s} must not end in _total"),
+        }
+    }
+
+    // rate()/increase() only of counters and histogram samples, never a gauge.
+    let mut exprs: Vec<(String, String)> = vec![(RULES.to_string(), read(RULES))];
+    for (rel, text) in dashboards() {
+        for e in dashboard_exprs(&parse_json(&rel, &text)) {
+            exprs.push((rel.clone(), e));
+        }
+    }
+    for (rel, expr) in &exprs {
+        for arg in rate_arguments(expr) {
+            for n in metric_names_in(&arg) {
+                let kind = exp.kind_of(&n).unwrap_or("unknown");
+                assert!(
+                    kind == "counter" || kind == "histogram",
+                    "{rel}: rate()/increase() of {n}, a {kind}: only counters may be rated"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn helpers_extract_what_they_should() {
+    let names = metric_names_in(
+        r#"x:dbwarden_up == 0 and rate(dbwarden_polls_total[5m]) + xdbwarden_no "dbwarden_" DbWarden_no"#,
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec![
+            "dbwarden_polls_total".to_string(),
+            "dbwarden_up".to_string()
+        ]
+    );
+    assert_eq!(
+        rate_arguments("sum(rate(a{x=\"(\"}[1m])) / increase(b[2m])")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        vec!["a{x=\"(\"}[1m]", "b[2m]"]
+    );
+    let e = Exposition::parse(
+        "# TYPE dbwarden_polls counter\ndbwarden_polls_total{target=\"a\"} 1\n\
+         # TYPE dbwarden_up gauge\ndbwarden_up{target=\"a\"} 1.0\n# EOF\n",
+    );
+    assert_eq!(e.kind_of("dbwarden_polls_total"), Some("counter"));
+    assert_eq!(e.kind_of("dbwarden_up"), Some("gauge"));
+    assert_eq!(e.samples.len(), 2);
+}
