@@ -40,6 +40,8 @@ async fn run_inner(
     let thresholds = target.thresholds.clone();
     let waker = state.waker(&name).unwrap_or_default();
     let mut status = TargetStatus::new(&name, "postgres");
+    status.poll_interval_seconds = interval.as_secs_f64();
+    status.poll_timeout_seconds = target.settings.poll_timeout.as_secs_f64();
     let mut hold = HoldState::default();
     let clock = Instant::now();
 

@@ -29,6 +29,9 @@ pub struct TargetStatus {
     pub consecutive_failures: u32,
     /// Connections dbwarden holds to this target right now.
     pub open_connections: u32,
+    /// The configured cadence, exported so alert rules can say "N polls missed".
+    pub poll_interval_seconds: f64,
+    pub poll_timeout_seconds: f64,
     pub checks: Vec<CheckResult>,
     pub summary: Option<PgSummary>,
     /// The latest successful snapshot.
@@ -49,6 +52,8 @@ impl TargetStatus {
             last_error: None,
             consecutive_failures: 0,
             open_connections: 0,
+            poll_interval_seconds: 0.0,
+            poll_timeout_seconds: 0.0,
             checks: Vec::new(),
             summary: None,
             snapshot: None,

@@ -298,6 +298,11 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_check_value",
     "dbwarden_check_threshold",
     "dbwarden_check_for_seconds",
+    "dbwarden_check_held_seconds",
+    "dbwarden_poll_interval_seconds",
+    "dbwarden_poll_timeout_seconds",
+    "dbwarden_postgres_data_checksums_enabled",
+    "dbwarden_postgres_archive_mode",
     "dbwarden_postgres_info",
     "dbwarden_postgres_in_recovery",
     "dbwarden_postgres_sessions",
@@ -454,7 +459,24 @@ impl Collector for StateCollector {
             "How long the condition must hold before the check fails",
             Unit::Seconds,
         );
+        let mut held = Fam::gauge_unit(
+            "check_held",
+            "How long the check's condition has held so far (0 when it does not hold)",
+            Unit::Seconds,
+        );
+        let mut interval = Fam::gauge_unit(
+            "poll_interval",
+            "The configured interval between polls of the target",
+            Unit::Seconds,
+        );
+        let mut timeout = Fam::gauge_unit(
+            "poll_timeout",
+            "The configured limit after which a poll is abandoned",
+            Unit::Seconds,
+        );
         for s in &targets {
+            interval.push(t(&s.target), s.poll_interval_seconds);
+            timeout.push(t(&s.target), s.poll_timeout_seconds);
             up.push(t(&s.target), if s.up { 1.0 } else { 0.0 });
             if let Some(at) = s.last_success_at {
                 last_ok.push(t(&s.target), unix_seconds(at));
@@ -486,13 +508,15 @@ impl Collector for StateCollector {
                         0.0
                     },
                 );
+                held.push(l(), c.held_seconds);
                 if let Some(v) = c.value {
                     value.push(l(), v);
                 }
             }
         }
         for f in [
-            &up, &last_ok, &last, &conns, &failing, &pending, &value, &threshold, &hold,
+            &up, &last_ok, &last, &conns, &failing, &pending, &value, &threshold, &hold, &held,
+            &interval, &timeout,
         ] {
             f.encode(&mut encoder)?;
         }
@@ -531,6 +555,14 @@ fn encode_postgres(
         }
     }
 
+    let mut checksums_on = Fam::gauge(
+        "postgres_data_checksums_enabled",
+        "1 when the cluster has data checksums (without them corruption goes undetected)",
+    );
+    let mut arch_mode = Fam::gauge(
+        "postgres_archive_mode",
+        "1 when WAL archiving is enabled (archive_mode is not off)",
+    );
     let mut in_recovery = Fam::gauge(
         "postgres_in_recovery",
         "1 when the server is a standby in recovery",
@@ -681,6 +713,7 @@ fn encode_postgres(
     for (s, snap) in &live {
         let n = s.target.as_str();
         in_recovery.push(t(n), if snap.server.in_recovery { 1.0 } else { 0.0 });
+        checksums_on.push(t(n), if snap.server.data_checksums { 1.0 } else { 0.0 });
         if let Some(sum) = &s.summary {
             for (state, count) in &sum.sessions_by_state {
                 sessions.push(t2(n, "state", state), *count as f64);
@@ -753,6 +786,7 @@ fn encode_postgres(
         }
         let a = &snap.archiver;
         arch_fail.push(t(n), if a.failing { 1.0 } else { 0.0 });
+        arch_mode.push(t(n), if a.archive_mode { 1.0 } else { 0.0 });
         archived.push(t(n), a.archived_count as f64);
         arch_failed.push(t(n), a.failed_count as f64);
         if let Some(age) = a.last_archived_age_seconds {
@@ -772,6 +806,8 @@ fn encode_postgres(
     }
     for f in [
         &in_recovery,
+        &checksums_on,
+        &arch_mode,
         &sessions,
         &backends,
         &used,
