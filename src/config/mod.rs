@@ -57,6 +57,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
+    /// Bearer token Alertmanager must present on `POST /api/v1/alertmanager`;
+    /// without one the receiver is disabled.
+    #[serde(skip)]
+    pub alertmanager_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

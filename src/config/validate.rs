@@ -132,6 +132,7 @@ pub(super) fn validate(
             server: ServerConfig {
                 listen,
                 shutdown_grace,
+                alertmanager_token: None,
             },
             log: LogConfig { format, level },
             postgres,

@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         state: state.clone(),
         metrics: metrics.clone(),
         remediation: remediation.clone(),
+        alertmanager_token: config.server.alertmanager_token.clone(),
     };
     let http_token = token.clone();
     tracker.spawn(async move {

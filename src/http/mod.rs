@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Present when remediation is configured.
     pub remediation: Option<Arc<Remediation>>,
+    /// The bearer token of the Alertmanager receiver; `None` disables it.
+    pub alertmanager_token: Option<crate::config::Secret>,
 }
 
 pub fn router(app: AppState) -> Router {
