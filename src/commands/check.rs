@@ -69,7 +69,7 @@ pub async fn run(config: Config, format: Format) -> u8 {
 }
 
 async fn observe_once(target: &PostgresTarget) -> TargetReport {
-    let mut observer = PostgresObserver::new(target.clone(), 0);
+    let mut observer = PostgresObserver::new(target.clone());
     let result = observer.poll().await;
     observer.close().await;
     match result {

@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http;
 use crate::observe::PostgresObserver;
-use crate::remediate::Mode;
 use crate::remediate::runner::{self, Remediation};
 use crate::telemetry::metrics::Metrics;
 use state::SharedState;
@@ -56,12 +55,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 
     for target in &config.postgres {
-        // A target remediation may act on keeps one connection of its budget
-        // for the actor (lock holder and signal sender); polls get the rest.
-        let acting = remediation
-            .as_ref()
-            .filter(|r| r.settings.mode != Mode::Observe && r.applies_to(&target.name));
-        let observer = PostgresObserver::new(target.clone(), u32::from(acting.is_some()));
+        // Polls use one connection; a target remediation acts on uses a second
+        // one, the actor's (lock holder and signal sender). Validation keeps
+        // both within the target's max_connections.
+        let observer = PostgresObserver::new(target.clone());
         tracker.spawn(poller::run(
             observer,
             state.clone(),

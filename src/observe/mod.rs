@@ -9,7 +9,8 @@ pub mod snapshot;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
+use tokio::task::JoinHandle;
 
 pub use snapshot::*;
 
@@ -92,7 +93,7 @@ impl PollError {
                 // 53300 too_many_connections, 57P03 cannot_connect_now, 3D000 no such database
                 Some("53300") | Some("57P03") | Some("3D000") => PollErrorKind::Connect,
                 // 57P01 admin_shutdown, 57P02 crash_shutdown: the server ended our session.
-                Some("57P01") | Some("57P02") => PollErrorKind::Io,
+                Some("57P01") | Some("57P02") | Some("57P05") => PollErrorKind::Io,
                 Some(c) if c.starts_with("08") => PollErrorKind::Connect,
                 _ => PollErrorKind::Query,
             },
@@ -113,55 +114,87 @@ impl PollError {
     }
 }
 
-/// Polls one PostgreSQL target: owns its connection pool (bounded by the
-/// target's budget) and the slow cadence of database sizes.
+/// Polls one PostgreSQL target over one connection of its own, and keeps
+/// the slow cadence of database sizes.
+///
+/// Connection discipline (the budget must hold even when the server hangs):
+/// there is at most one connection and at most one connection attempt at a
+/// time. An attempt a poll gave up waiting for is *kept*, not dropped and
+/// replaced: a backend stuck in start-up (e.g. behind a lock on
+/// `pg_database`) lives on the server until the server answers, whether or
+/// not our socket is still open, so starting another attempt each poll
+/// would pile backends up. The next poll waits on the same attempt.
 pub struct PostgresObserver {
     target: PostgresTarget,
-    pool: PgPool,
+    conn: Option<PgConnection>,
+    connecting: Option<JoinHandle<Result<PgConnection, sqlx::Error>>>,
     sizes: Option<(Instant, postgres::DatabaseSizes)>,
 }
 
 impl PostgresObserver {
-    /// `reserved`: connections of the target's budget that something else
-    /// (the remediation actor) holds, so the pool keeps below the budget.
-    pub fn new(target: PostgresTarget, reserved: u32) -> Self {
-        let pool = postgres::pool(&target, reserved);
-        PostgresObserver {
-            target,
-            pool,
-            sizes: None,
-        }
+    pub fn new(target: PostgresTarget) -> Self {
+        PostgresObserver { target, conn: None, connecting: None, sizes: None }
     }
 
     pub fn target(&self) -> &PostgresTarget {
         &self.target
     }
 
-    /// The pool, for other components that need a connection within the same budget.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Connections this observer holds open right now.
+    /// Connections (open or being opened) this observer holds right now: 0 or 1.
     pub fn open_connections(&self) -> u32 {
-        self.pool.size()
+        u32::from(self.conn.is_some() || self.connecting.is_some())
     }
 
-    /// One poll, bounded by `poll_timeout`. On timeout the work is dropped
-    /// (and its connection discarded); the server's own `statement_timeout`
-    /// stops whatever was still running there.
+    /// One poll, bounded by `poll_timeout`. A poll that overruns is abandoned
+    /// (its connection is kept: the server stops the statement at its
+    /// `statement_timeout`, and the next use of the connection waits for that).
     pub async fn poll(&mut self) -> Result<PgSnapshot, PollError> {
         let timeout = self.target.settings.poll_timeout;
         match tokio::time::timeout(timeout, self.poll_inner()).await {
             Ok(r) => r,
-            Err(_) => Err(PollError::new(
-                PollErrorKind::Timeout,
+            // Still no connection when time ran out: the server is not reachable.
+            Err(_) if self.conn.is_none() => Err(PollError::new(
+                PollErrorKind::Connect,
                 format!(
-                    "poll did not finish within poll_timeout {}",
+                    "could not connect within poll_timeout {} (the attempt continues)",
                     humantime::format_duration(timeout)
                 ),
             )),
+            Err(_) => Err(PollError::new(
+                PollErrorKind::Timeout,
+                format!("poll did not finish within poll_timeout {}", humantime::format_duration(timeout)),
+            )),
         }
+    }
+
+    /// The connection, opening it if needed (waiting on an earlier attempt
+    /// if one is still under way).
+    async fn connection(&mut self) -> Result<&mut PgConnection, PollError> {
+        if self.conn.is_none() {
+            let options = self.target.connect.0.clone();
+            let attempt = self
+                .connecting
+                .get_or_insert_with(|| tokio::spawn(async move { PgConnection::connect_with(&options).await }));
+            let joined = tokio::time::timeout(self.target.settings.connect_timeout, attempt).await;
+            let joined = match joined {
+                Ok(j) => j,
+                Err(_) => {
+                    return Err(PollError::new(
+                        PollErrorKind::Connect,
+                        format!(
+                            "could not connect within connect_timeout {} (the attempt continues)",
+                            humantime::format_duration(self.target.settings.connect_timeout)
+                        ),
+                    ));
+                }
+            };
+            self.connecting = None;
+            let conn = joined
+                .map_err(|e| PollError::new(PollErrorKind::Connect, format!("connect task failed: {e}")))?
+                .map_err(PollError::from_sqlx)?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
     }
 
     async fn poll_inner(&mut self) -> Result<PgSnapshot, PollError> {
@@ -169,11 +202,11 @@ impl PostgresObserver {
             .sizes
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() >= self.target.settings.database_sizes_interval);
-        let mut conn = self.pool.acquire().await.map_err(PollError::from_sqlx)?;
-        let result = postgres::read_snapshot(&mut conn, sizes_due).await;
-        if matches!(&result, Err(e) if e.kind == PollErrorKind::Io) {
-            // A connection that broke mid-poll is not returned to the pool.
-            conn.detach();
+        let conn = self.connection().await?;
+        let result = postgres::read_snapshot(conn, sizes_due).await;
+        if matches!(&result, Err(e) if matches!(e.kind, PollErrorKind::Io | PollErrorKind::Connect)) {
+            // The connection broke: drop it; the next poll opens a new one.
+            self.conn = None;
         }
         let (mut snapshot, sizes) = result?;
         if let Some(s) = sizes {
@@ -189,16 +222,19 @@ impl PostgresObserver {
             // statvfs can block (a hung network mount): keep it off the runtime threads.
             snapshot.disks = tokio::task::spawn_blocking(move || disk::usage(&paths))
                 .await
-                .map_err(|e| {
-                    PollError::new(PollErrorKind::Io, format!("disk usage task failed: {e}"))
-                })?;
+                .map_err(|e| PollError::new(PollErrorKind::Io, format!("disk usage task failed: {e}")))?;
         }
         Ok(snapshot)
     }
 
-    /// Closes every connection; used at shutdown.
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// Closes the connection; used at shutdown. A pending attempt is aborted.
+    pub async fn close(&mut self) {
+        if let Some(h) = self.connecting.take() {
+            h.abort();
+        }
+        if let Some(c) = self.conn.take() {
+            let _ = c.close().await;
+        }
     }
 }
 

@@ -7,12 +7,11 @@
 //! time (see `config::validate`), so a poll can never queue behind a lock for
 //! long nor leave a transaction open.
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::snapshot::*;
 use super::{PollError, PollErrorKind};
-use crate::config::PostgresTarget;
 
 /// The newest WAL position this server knows: on a (cascading) standby
 /// `pg_current_wal_lsn()` errors, so measure against what it received.
@@ -24,23 +23,6 @@ macro_rules! current_lsn {
 
 /// Longest query text kept per session, in characters.
 pub const QUERY_TEXT_MAX_CHARS: i32 = 1024;
-
-/// A lazily connecting pool bounded by the target's connection budget.
-///
-/// `reserved` connections of the budget are kept for other uses (the
-/// remediation actor's dedicated connection); the pool gets the rest, at least one.
-pub fn pool(target: &PostgresTarget, reserved: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(target.settings.max_connections.get().saturating_sub(reserved).max(1))
-        .min_connections(0)
-        .acquire_timeout(target.settings.connect_timeout)
-        // The poll itself proves the connection; skip the extra round trip.
-        .test_before_acquire(false)
-        .idle_timeout(Some(
-            target.settings.poll_interval * 3 + std::time::Duration::from_secs(60),
-        ))
-        .connect_lazy_with(target.connect.0.clone())
-}
 
 /// What the slow cadence reads: database sizes, by name.
 pub type DatabaseSizes = Vec<(String, i64)>;
