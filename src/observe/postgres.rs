@@ -27,251 +27,242 @@ pub const QUERY_TEXT_MAX_CHARS: i32 = 1024;
 /// What the slow cadence reads: database sizes, by name.
 pub type DatabaseSizes = Vec<(String, i64)>;
 
-/// Reads a snapshot over `conn`. `with_sizes` also reads database sizes,
-/// which can be slow on clusters with many databases.
+/// The oldest PostgreSQL major version dbwarden reads (`pg_locks.waitstart` is 14+).
+pub const MIN_SERVER_VERSION: i32 = 140000;
+
+/// Everything scalar about the server in one round trip: settings, role,
+/// recovery status, archiver, invalid indexes and replication slots (as
+/// parallel arrays). On 15+ it also switches cumulative statistics to
+/// snapshot consistency for the rest of the transaction.
+const SERVER_SQL: &str = concat!(
+    "SELECT current_setting('server_version_num')::int4,
+            version(),
+            current_setting('max_connections')::int4,
+            current_setting('superuser_reserved_connections')::int4,
+            pg_is_in_recovery(),
+            current_setting('data_checksums') = 'on',
+            current_database()::text,
+            (extract(epoch FROM now()) * 1000000)::int8,
+            CASE WHEN current_setting('server_version_num')::int4 >= 150000
+                 THEN set_config('stats_fetch_consistency', 'snapshot', true) END,
+            (SELECT count(*) FROM pg_index WHERE NOT indisvalid),
+            current_setting('archive_mode') <> 'off',
+            ar.archived_count,
+            ar.failed_count,
+            extract(epoch FROM now() - ar.last_archived_time)::float8,
+            coalesce(ar.last_failed_time > coalesce(ar.last_archived_time, '-infinity'), false),
+            CASE WHEN pg_is_in_recovery() THEN (SELECT status FROM pg_stat_wal_receiver LIMIT 1) END,
+            CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,
+            CASE WHEN pg_is_in_recovery()
+                 THEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() END,
+            CASE WHEN pg_is_in_recovery()
+                 THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+            CASE WHEN pg_is_in_recovery()
+                 THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END,
+            sl.names, sl.types, sl.active, sl.retained
+     FROM pg_stat_archiver ar,
+          (SELECT coalesce(array_agg(slot_name::text ORDER BY slot_name), '{}') AS names,
+                  coalesce(array_agg(slot_type ORDER BY slot_name), '{}') AS types,
+                  coalesce(array_agg(active ORDER BY slot_name), '{}') AS active,
+                  coalesce(array_agg(pg_wal_lsn_diff(",
+    current_lsn!(),
+    ", restart_lsn)::float8 ORDER BY slot_name), '{}') AS retained
+           FROM pg_replication_slots) sl"
+);
+
+/// Every backend: the heaviest statement of a poll, so it reads only what
+/// checks and policies use, and decodes by position.
+const SESSIONS_SQL: &str = "SELECT a.pid,
+            coalesce(a.backend_type, ''),
+            a.state,
+            a.usename::text,
+            a.datname::text,
+            coalesce(a.application_name, ''),
+            host(a.client_addr),
+            (extract(epoch FROM a.backend_start) * 1000000)::int8,
+            (extract(epoch FROM a.xact_start) * 1000000)::int8,
+            (extract(epoch FROM a.query_start) * 1000000)::int8,
+            (extract(epoch FROM a.state_change) * 1000000)::int8,
+            a.wait_event_type,
+            CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END,
+            left(a.query, $1),
+            coalesce(r.rolsuper, false),
+            coalesce(r.rolreplication, false),
+            a.pid = pg_backend_pid()
+     FROM pg_stat_activity a
+     LEFT JOIN pg_roles r ON r.oid = a.usesysid";
+
+const STANDBYS_SQL: &str = concat!(
+    "SELECT coalesce(application_name, ''),
+            host(client_addr),
+            coalesce(state, ''),
+            coalesce(sync_state, ''),
+            extract(epoch FROM write_lag)::float8,
+            extract(epoch FROM flush_lag)::float8,
+            extract(epoch FROM replay_lag)::float8,
+            pg_wal_lsn_diff(",
+    current_lsn!(),
+    ", replay_lsn)::float8
+     FROM pg_stat_replication
+     ORDER BY 1, pid"
+);
+
+const DATABASES_SQL: &str = "SELECT d.datname::text, s.checksum_failures, coalesce(s.deadlocks, 0), age(d.datfrozenxid)::int8
+     FROM pg_database d
+     LEFT JOIN pg_stat_database s ON s.datid = d.oid
+     ORDER BY 1";
+
+const LOCK_WAITS_SQL: &str =
+    "SELECT pid, (extract(epoch FROM min(waitstart)) * 1000000)::int8 FROM pg_locks WHERE NOT granted GROUP BY pid";
+
+const SIZES_SQL: &str = "SELECT datname::text, pg_database_size(oid)
+     FROM pg_database
+     WHERE datallowconn AND has_database_privilege(oid, 'CONNECT')";
+
+/// Reads a snapshot over `conn`, in one read-only transaction and as few
+/// round trips as the answers allow (typically five: BEGIN, server,
+/// sessions, databases, ROLLBACK; standbys and lock waits only when the
+/// sessions show walsenders or lock waiters). `with_sizes` also reads
+/// database sizes, which can be slow on clusters with many databases.
 pub async fn read_snapshot(
     conn: &mut PgConnection,
     with_sizes: bool,
 ) -> Result<(PgSnapshot, Option<DatabaseSizes>), PollError> {
-    let mut tx = conn.begin().await.map_err(PollError::from_sqlx)?;
-    sqlx::query("SET TRANSACTION READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(PollError::from_sqlx)?;
+    let mut tx = conn.begin_with("BEGIN READ ONLY").await.map_err(PollError::from_sqlx)?;
 
-    let row = sqlx::query(
-        "SELECT current_setting('server_version_num')::int4 AS version_num,
-                version() AS version,
-                current_setting('max_connections')::int4 AS max_connections,
-                current_setting('superuser_reserved_connections')::int4 AS reserved,
-                pg_is_in_recovery() AS in_recovery,
-                current_setting('data_checksums') = 'on' AS data_checksums,
-                current_database()::text AS database,
-                (extract(epoch FROM now()) * 1000000)::int8 AS now_us",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(PollError::from_sqlx)?;
+    let r = sqlx::query(SERVER_SQL).fetch_one(&mut *tx).await.map_err(PollError::from_sqlx)?;
     let server = ServerInfo {
-        version_num: get(&row, "version_num")?,
-        version: get(&row, "version")?,
-        max_connections: get(&row, "max_connections")?,
-        superuser_reserved_connections: get(&row, "reserved")?,
-        in_recovery: get(&row, "in_recovery")?,
-        data_checksums: get(&row, "data_checksums")?,
-        database: get(&row, "database")?,
+        version_num: col(&r, 0, "server_version_num")?,
+        version: col(&r, 1, "version")?,
+        max_connections: col(&r, 2, "max_connections")?,
+        superuser_reserved_connections: col(&r, 3, "superuser_reserved_connections")?,
+        in_recovery: col(&r, 4, "pg_is_in_recovery")?,
+        data_checksums: col(&r, 5, "data_checksums")?,
+        database: col(&r, 6, "current_database")?,
     };
-    let server_now_us: i64 = get(&row, "now_us")?;
-    if server.version_num < 130000 {
+    if server.version_num < MIN_SERVER_VERSION {
         return Err(PollError::new(
             PollErrorKind::Unsupported,
-            format!(
-                "PostgreSQL {} is not supported: dbwarden needs 13 or later",
-                server.version_num
-            ),
+            format!("PostgreSQL {} is not supported: dbwarden needs 14 or later", server.version_num),
         ));
     }
-    if server.version_num >= 150000 {
-        sqlx::query("SET LOCAL stats_fetch_consistency = snapshot")
-            .execute(&mut *tx)
-            .await
-            .map_err(PollError::from_sqlx)?;
-    }
-
-    let sessions = sqlx::query(
-        "SELECT a.pid,
-                coalesce(a.backend_type, '') AS backend_type,
-                a.state,
-                a.usename::text AS usename,
-                a.datname::text AS datname,
-                coalesce(a.application_name, '') AS application_name,
-                host(a.client_addr) AS client_addr,
-                (extract(epoch FROM a.backend_start) * 1000000)::int8 AS backend_start_us,
-                (extract(epoch FROM a.xact_start) * 1000000)::int8 AS xact_start_us,
-                (extract(epoch FROM a.query_start) * 1000000)::int8 AS query_start_us,
-                (extract(epoch FROM a.state_change) * 1000000)::int8 AS state_change_us,
-                a.wait_event_type,
-                CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END AS blocked_by,
-                (extract(epoch FROM w.waitstart) * 1000000)::int8 AS lock_wait_start_us,
-                left(a.query, $1) AS query,
-                coalesce(r.rolsuper, false) AS rolsuper,
-                coalesce(r.rolreplication, false) AS rolreplication,
-                a.pid = pg_backend_pid() AS is_self
-         FROM pg_stat_activity a
-         LEFT JOIN pg_roles r ON r.oid = a.usesysid
-         LEFT JOIN (SELECT pid, min(waitstart) AS waitstart FROM pg_locks WHERE NOT granted GROUP BY pid) w
-                ON w.pid = a.pid",
-    )
-    .bind(QUERY_TEXT_MAX_CHARS)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(PollError::from_sqlx)?
-    .iter()
-    .map(|r| {
-        Ok(Session {
-            pid: get(r, "pid")?,
-            backend_type: get(r, "backend_type")?,
-            state: SessionState::parse(get::<Option<String>>(r, "state")?.as_deref()),
-            user: get(r, "usename")?,
-            database: get(r, "datname")?,
-            application_name: get(r, "application_name")?,
-            client_addr: get(r, "client_addr")?,
-            backend_start_us: get(r, "backend_start_us")?,
-            xact_start_us: get(r, "xact_start_us")?,
-            query_start_us: get(r, "query_start_us")?,
-            state_change_us: get(r, "state_change_us")?,
-            wait_event_type: get(r, "wait_event_type")?,
-            blocked_by: get::<Option<Vec<i32>>>(r, "blocked_by")?.unwrap_or_default(),
-            lock_wait_start_us: get(r, "lock_wait_start_us")?,
-            query: get::<Option<String>>(r, "query")?.unwrap_or_default(),
-            is_superuser: get(r, "rolsuper")?,
-            is_replication_role: get(r, "rolreplication")?,
-            is_self: get(r, "is_self")?,
-        })
-    })
-    .collect::<Result<Vec<_>, PollError>>()?;
-
-    let standbys = sqlx::query(concat!(
-        "SELECT coalesce(application_name, '') AS name,
-                host(client_addr) AS client_addr,
-                coalesce(state, '') AS state,
-                coalesce(sync_state, '') AS sync_state,
-                extract(epoch FROM write_lag)::float8 AS write_lag,
-                extract(epoch FROM flush_lag)::float8 AS flush_lag,
-                extract(epoch FROM replay_lag)::float8 AS replay_lag,
-                pg_wal_lsn_diff(",
-        current_lsn!(),
-        ", replay_lsn)::float8 AS lag_bytes
-         FROM pg_stat_replication
-         ORDER BY 1, pid"
-    ))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(PollError::from_sqlx)?
-    .iter()
-    .map(|r| {
-        Ok(Standby {
-            name: get(r, "name")?,
-            client_addr: get(r, "client_addr")?,
-            state: get(r, "state")?,
-            sync_state: get(r, "sync_state")?,
-            write_lag_seconds: get(r, "write_lag")?,
-            flush_lag_seconds: get(r, "flush_lag")?,
-            replay_lag_seconds: get(r, "replay_lag")?,
-            replay_lag_bytes: get(r, "lag_bytes")?,
-        })
-    })
-    .collect::<Result<Vec<_>, PollError>>()?;
-
-    let slots = sqlx::query(concat!(
-        "SELECT slot_name::text AS name, slot_type, active,
-                pg_wal_lsn_diff(",
-        current_lsn!(),
-        ", restart_lsn)::float8 AS retained
-         FROM pg_replication_slots
-         ORDER BY 1"
-    ))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(PollError::from_sqlx)?
-    .iter()
-    .map(|r| {
-        Ok(ReplicationSlot {
-            name: get(r, "name")?,
-            slot_type: get(r, "slot_type")?,
-            active: get(r, "active")?,
-            retained_bytes: get(r, "retained")?,
-        })
-    })
-    .collect::<Result<Vec<_>, PollError>>()?;
-
+    let server_now_us: i64 = col(&r, 7, "now")?;
+    let invalid_indexes: i64 = col(&r, 9, "invalid indexes")?;
+    let archiver = Archiver {
+        archive_mode: col(&r, 10, "archive_mode")?,
+        archived_count: col(&r, 11, "archived_count")?,
+        failed_count: col(&r, 12, "failed_count")?,
+        last_archived_age_seconds: col(&r, 13, "last_archived_time")?,
+        failing: col(&r, 14, "last_failed_time")?,
+    };
     let recovery = if server.in_recovery {
-        let r = sqlx::query(
-            "SELECT (SELECT status FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
-                    pg_is_wal_replay_paused() AS paused,
-                    pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() AS caught_up,
-                    extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age,
-                    pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 AS pending",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(PollError::from_sqlx)?;
-        let receiver_status: Option<String> = get(&r, "receiver_status")?;
-        let caught_up: bool = get(&r, "caught_up")?;
-        let replay_age: Option<f64> = get(&r, "replay_age")?;
+        let receiver_status: Option<String> = col(&r, 15, "pg_stat_wal_receiver.status")?;
+        let caught_up: Option<bool> = col(&r, 17, "caught up")?;
+        let replay_age: Option<f64> = col(&r, 18, "pg_last_xact_replay_timestamp")?;
         let streaming = receiver_status.as_deref() == Some("streaming");
         Some(RecoveryStatus {
-            replay_delay_seconds: replay_delay(streaming, caught_up, replay_age),
+            replay_delay_seconds: replay_delay(streaming, caught_up.unwrap_or(false), replay_age),
             receiver_status,
-            replay_paused: get(&r, "paused")?,
-            replay_pending_bytes: get(&r, "pending")?,
+            replay_paused: col::<Option<bool>>(&r, 16, "pg_is_wal_replay_paused")?.unwrap_or(false),
+            replay_pending_bytes: col(&r, 19, "replay pending bytes")?,
         })
     } else {
         None
     };
+    let names: Vec<String> = col(&r, 20, "slot_name")?;
+    let types: Vec<String> = col(&r, 21, "slot_type")?;
+    let active: Vec<bool> = col(&r, 22, "active")?;
+    let retained: Vec<Option<f64>> = col(&r, 23, "retained bytes")?;
+    let slots = names
+        .into_iter()
+        .zip(types)
+        .zip(active)
+        .zip(retained)
+        .map(|(((name, slot_type), active), retained_bytes)| ReplicationSlot { name, slot_type, active, retained_bytes })
+        .collect();
 
-    let databases = sqlx::query(
-        "SELECT d.datname::text AS name,
-                s.checksum_failures,
-                coalesce(s.deadlocks, 0) AS deadlocks,
-                age(d.datfrozenxid)::int8 AS xid_age
-         FROM pg_database d
-         LEFT JOIN pg_stat_database s ON s.datid = d.oid
-         ORDER BY 1",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(PollError::from_sqlx)?
-    .iter()
-    .map(|r| {
-        Ok(DatabaseStats {
-            name: get(r, "name")?,
-            checksum_failures: get(r, "checksum_failures")?,
-            deadlocks: get(r, "deadlocks")?,
-            xid_age: get(r, "xid_age")?,
-            size_bytes: None,
-        })
-    })
-    .collect::<Result<Vec<_>, PollError>>()?;
-
-    let r = sqlx::query(
-        "SELECT current_setting('archive_mode') <> 'off' AS archive_mode,
-                archived_count, failed_count,
-                extract(epoch FROM now() - last_archived_time)::float8 AS last_archived_age,
-                coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) AS failing
-         FROM pg_stat_archiver",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(PollError::from_sqlx)?;
-    let archiver = Archiver {
-        archive_mode: get(&r, "archive_mode")?,
-        archived_count: get(&r, "archived_count")?,
-        failed_count: get(&r, "failed_count")?,
-        last_archived_age_seconds: get(&r, "last_archived_age")?,
-        failing: get(&r, "failing")?,
-    };
-
-    let invalid_indexes: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(PollError::from_sqlx)?;
-
-    let sizes = if with_sizes {
-        let rows = sqlx::query(
-            "SELECT datname::text AS name, pg_database_size(oid) AS size
-             FROM pg_database
-             WHERE datallowconn AND has_database_privilege(oid, 'CONNECT')",
-        )
+    let rows = sqlx::query(SESSIONS_SQL)
+        .bind(QUERY_TEXT_MAX_CHARS)
         .fetch_all(&mut *tx)
         .await
         .map_err(PollError::from_sqlx)?;
-        Some(
-            rows.iter()
-                .map(|r| Ok((get(r, "name")?, get(r, "size")?)))
-                .collect::<Result<Vec<_>, PollError>>()?,
-        )
+    let mut sessions = Vec::with_capacity(rows.len());
+    for r in &rows {
+        sessions.push(Session {
+            pid: col(r, 0, "pid")?,
+            backend_type: col(r, 1, "backend_type")?,
+            state: SessionState::parse(col::<Option<&str>>(r, 2, "state")?),
+            user: col(r, 3, "usename")?,
+            database: col(r, 4, "datname")?,
+            application_name: col(r, 5, "application_name")?,
+            client_addr: col(r, 6, "client_addr")?,
+            backend_start_us: col(r, 7, "backend_start")?,
+            xact_start_us: col(r, 8, "xact_start")?,
+            query_start_us: col(r, 9, "query_start")?,
+            state_change_us: col(r, 10, "state_change")?,
+            wait_event_type: col(r, 11, "wait_event_type")?,
+            blocked_by: col::<Option<Vec<i32>>>(r, 12, "pg_blocking_pids")?.unwrap_or_default(),
+            lock_wait_start_us: None,
+            query: col::<Option<String>>(r, 13, "query")?.unwrap_or_default(),
+            is_superuser: col(r, 14, "rolsuper")?,
+            is_replication_role: col(r, 15, "rolreplication")?,
+            is_self: col(r, 16, "is_self")?,
+        });
+    }
+    drop(rows);
+
+    // pg_locks is read only when someone waits on a lock: one scan, then matched by pid.
+    if sessions.iter().any(|s| s.waits_on_lock()) {
+        let waits = sqlx::query(LOCK_WAITS_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+        let mut by_pid = std::collections::HashMap::with_capacity(waits.len());
+        for w in &waits {
+            by_pid.insert(col::<i32>(w, 0, "pid")?, col::<Option<i64>>(w, 1, "waitstart")?);
+        }
+        for s in sessions.iter_mut().filter(|s| s.waits_on_lock()) {
+            s.lock_wait_start_us = by_pid.get(&s.pid).copied().flatten();
+        }
+    }
+
+    // pg_stat_replication scans every backend: skip it when no walsender runs.
+    let standbys = if sessions.iter().any(|s| s.backend_type == "walsender") {
+        let rows = sqlx::query(STANDBYS_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(Standby {
+                name: col(r, 0, "application_name")?,
+                client_addr: col(r, 1, "client_addr")?,
+                state: col(r, 2, "state")?,
+                sync_state: col(r, 3, "sync_state")?,
+                write_lag_seconds: col(r, 4, "write_lag")?,
+                flush_lag_seconds: col(r, 5, "flush_lag")?,
+                replay_lag_seconds: col(r, 6, "replay_lag")?,
+                replay_lag_bytes: col(r, 7, "replay lag bytes")?,
+            });
+        }
+        out
+    } else {
+        Vec::new()
+    };
+
+    let rows = sqlx::query(DATABASES_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+    let mut databases = Vec::with_capacity(rows.len());
+    for r in &rows {
+        databases.push(DatabaseStats {
+            name: col(r, 0, "datname")?,
+            checksum_failures: col(r, 1, "checksum_failures")?,
+            deadlocks: col(r, 2, "deadlocks")?,
+            xid_age: col(r, 3, "age(datfrozenxid)")?,
+            size_bytes: None,
+        });
+    }
+
+    let sizes = if with_sizes {
+        let rows = sqlx::query(SIZES_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((col(r, 0, "datname")?, col(r, 1, "pg_database_size")?));
+        }
+        Some(out)
     } else {
         None
     };
@@ -306,17 +297,14 @@ pub fn replay_delay(streaming: bool, caught_up: bool, last_replay_age: Option<f6
     }
 }
 
-/// Reads a column, naming it in the error when the server's answer has an
-/// unexpected type or shape.
-fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, PollError>
+/// Reads column `index`, naming it in the error when the server's answer
+/// has an unexpected type or shape.
+fn col<'r, T>(row: &'r PgRow, index: usize, name: &str) -> Result<T, PollError>
 where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
-    row.try_get(column).map_err(|e| {
-        PollError::new(
-            PollErrorKind::Decode,
-            format!("unexpected value in column {column:?}: {e}"),
-        )
+    row.try_get(index).map_err(|e| {
+        PollError::new(PollErrorKind::Decode, format!("unexpected value in column {name:?}: {e}"))
     })
 }
 
