@@ -5,6 +5,7 @@
 //! is in (a poll is itself bounded by `poll_timeout`), and the process waits
 //! at most `server.shutdown_grace` for them.
 
+pub mod alerts;
 pub mod poller;
 pub mod state;
 
@@ -74,11 +75,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             ));
         }
     }
+    // What Alertmanager reports firing: fed by the receiver; remediation's
+    // second gate ("act only while the named alert fires") reads it.
+    let firing_alerts = Arc::new(alerts::FiringAlerts::new());
     let app = http::AppState {
         state: state.clone(),
         metrics: metrics.clone(),
         remediation: remediation.clone(),
         alertmanager_token: config.server.alertmanager_token.clone(),
+        alerts: firing_alerts,
     };
     let http_token = token.clone();
     tracker.spawn(async move {

@@ -5,7 +5,10 @@
 //! - `GET /api/v1/status`, `/api/v1/actions`: read-only JSON ([`api`]).
 //! - `POST /api/v1/pause`, `/api/v1/resume`: the remediation kill switch,
 //!   behind a bearer token ([`auth`]).
+//! - `POST /api/v1/alertmanager`: Alertmanager's webhook receiver, behind
+//!   its own bearer token; `GET` lists the alerts it reports firing ([`alertmanager`]).
 
+mod alertmanager;
 mod api;
 pub mod auth;
 
@@ -34,6 +37,8 @@ pub struct AppState {
     pub remediation: Option<Arc<Remediation>>,
     /// The bearer token of the Alertmanager receiver; `None` disables it.
     pub alertmanager_token: Option<crate::config::Secret>,
+    /// The alerts Alertmanager reports firing, and its dedupe memory.
+    pub alerts: Arc<crate::daemon::alerts::FiringAlerts>,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -45,6 +50,10 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/actions", get(api::actions))
         .route("/api/v1/pause", post(api::pause))
         .route("/api/v1/resume", post(api::resume))
+        .route(
+            "/api/v1/alertmanager",
+            post(alertmanager::receive).get(alertmanager::firing),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)

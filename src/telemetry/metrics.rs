@@ -64,6 +64,20 @@ struct HolderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertStatusLabels {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
+/// The `code` label values of `dbwarden_alertmanager_requests_total`: the
+/// receiver's own answers, and `other` for anything else.
+pub const ALERTMANAGER_CODES: [&str; 7] = ["202", "400", "401", "403", "413", "500", "other"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     target: String,
     kind: &'static str,
@@ -86,6 +100,9 @@ pub struct Metrics {
     /// The holder last exported per target, so its series can be removed on change.
     last_holder: std::sync::Mutex<std::collections::HashMap<String, String>>,
     audit_errors: Counter,
+    am_alerts: Family<AlertStatusLabels, Counter>,
+    am_duplicates: Counter,
+    am_requests: Family<CodeLabels, Counter>,
 }
 
 impl Metrics {
@@ -178,6 +195,28 @@ impl Metrics {
             "Audit records that could not be written; dbwarden does not act without one",
             audit_errors.clone(),
         );
+        let am_alerts = Family::<AlertStatusLabels, Counter>::default();
+        registry.register(
+            "alertmanager_alerts_received",
+            "Alerts received from Alertmanager's webhook, duplicates included, by status (firing/resolved)",
+            am_alerts.clone(),
+        );
+        for status in ["firing", "resolved"] {
+            let _ = am_alerts.get_or_create(&AlertStatusLabels { status });
+        }
+        let am_duplicates = Counter::default();
+        registry.register(
+            "alertmanager_duplicates",
+            "Alerts received again (same fingerprint, startsAt and status) and not acted on again",
+            am_duplicates.clone(),
+        );
+        let am_requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "alertmanager_requests",
+            "Requests to the Alertmanager receiver by HTTP status code",
+            am_requests.clone(),
+        );
+        let _ = am_requests.get_or_create(&CodeLabels { code: "202" });
         registry.register_collector(Box::new(StateCollector { state }));
         Metrics {
             registry,
@@ -193,6 +232,9 @@ impl Metrics {
             actor_holder,
             last_holder: Default::default(),
             audit_errors,
+            am_alerts,
+            am_duplicates,
+            am_requests,
         }
     }
 
@@ -250,6 +292,25 @@ impl Metrics {
 
     pub fn audit_error(&self) {
         self.audit_errors.inc();
+    }
+
+    /// Records one request to the Alertmanager receiver: its status code and
+    /// the alerts it carried.
+    pub fn record_alertmanager(&self, code: u16, firing: u64, resolved: u64, duplicates: u64) {
+        let code = ALERTMANAGER_CODES
+            .iter()
+            .find(|c| c.parse::<u16>().ok() == Some(code))
+            .copied()
+            .unwrap_or("other");
+        self.am_requests.get_or_create(&CodeLabels { code }).inc();
+        for (status, n) in [("firing", firing), ("resolved", resolved)] {
+            if n > 0 {
+                self.am_alerts.get_or_create(&AlertStatusLabels { status }).inc_by(n);
+            }
+        }
+        if duplicates > 0 {
+            self.am_duplicates.inc_by(duplicates);
+        }
     }
 
     /// Records one finished poll.
@@ -346,6 +407,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_remediation_actor",
     "dbwarden_remediation_actor_holder",
     "dbwarden_remediation_audit_errors_total",
+    "dbwarden_alertmanager_alerts_received_total",
+    "dbwarden_alertmanager_duplicates_total",
+    "dbwarden_alertmanager_requests_total",
 ];
 
 /// Renders state metrics from the latest target statuses at scrape time.
