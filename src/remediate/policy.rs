@@ -58,13 +58,24 @@ pub enum Victims {
 }
 
 /// Matches a text by exact names or by full-match regular expressions.
+/// Built only through [`NameSet::new`], which anchors every pattern, so
+/// `psql` never matches `billing-psql-loader`.
 #[derive(Debug, Clone, Default)]
 pub struct NameSet {
-    pub exact: Vec<String>,
-    pub patterns: Vec<Regex>,
+    exact: Vec<String>,
+    patterns: Vec<Regex>,
 }
 
 impl NameSet {
+    /// Exact names and regular expressions; each expression must match the whole name.
+    pub fn new<S: AsRef<str>>(exact: Vec<String>, patterns: &[S]) -> Result<Self, regex::Error> {
+        let patterns = patterns
+            .iter()
+            .map(|p| Regex::new(&format!("^(?:{})$", p.as_ref())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NameSet { exact, patterns })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.patterns.is_empty()
     }
@@ -79,7 +90,8 @@ impl NameSet {
 pub struct Conditions {
     /// The session's state must be one of these (empty: any state).
     pub states: Vec<SessionState>,
-    /// Idle (any non-active state) for at least this long (since `state_change`).
+    /// Idle (state idle, idle in transaction or idle in transaction (aborted))
+    /// for at least this long (since `state_change`).
     pub idle_for: Option<Duration>,
     /// Active, with the current query running for at least this long.
     pub query_running_for: Option<Duration>,
@@ -198,16 +210,29 @@ pub struct PolicyEvaluation {
 
 /// Evaluates one policy on one snapshot. `failing` lists the checks whose
 /// status is Fail on this target (for the pressure gate).
-pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, failing: &[CheckId]) -> PolicyEvaluation {
-    let missing: Vec<&str> =
-        policy.only_while_failing.iter().filter(|c| !failing.contains(c)).map(|c| c.as_str()).collect();
+pub fn evaluate_policy(
+    policy: &Policy,
+    snapshot: &PgSnapshot,
+    failing: &[CheckId],
+) -> PolicyEvaluation {
+    let missing: Vec<&str> = policy
+        .only_while_failing
+        .iter()
+        .filter(|c| !failing.contains(c))
+        .map(|c| c.as_str())
+        .collect();
     let gate_open = missing.is_empty();
     let gate_reason = if policy.only_while_failing.is_empty() {
         "always".to_string()
     } else if gate_open {
         format!(
             "under pressure: {} failing",
-            policy.only_while_failing.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+            policy
+                .only_while_failing
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     } else {
         format!("not under pressure: {} not failing", missing.join(", "))
@@ -235,7 +260,11 @@ pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, failing: &[CheckI
         });
     }
     // Oldest first; pid breaks ties so the order is total and stable.
-    candidates.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds).then(a.facts.pid.cmp(&b.facts.pid)));
+    candidates.sort_by(|a, b| {
+        b.age_seconds
+            .total_cmp(&a.age_seconds)
+            .then(a.facts.pid.cmp(&b.facts.pid))
+    });
     let selected = if !gate_open {
         Vec::new()
     } else {
@@ -245,7 +274,14 @@ pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, failing: &[CheckI
         };
         candidates.iter().take(cap).cloned().collect()
     };
-    PolicyEvaluation { policy: policy.name.clone(), gate_open, gate_reason, candidates, protected, selected }
+    PolicyEvaluation {
+        policy: policy.name.clone(),
+        gate_open,
+        gate_reason,
+        candidates,
+        protected,
+        selected,
+    }
 }
 
 /// Evaluates every policy that applies to `target`, in configuration order,
@@ -275,7 +311,9 @@ pub fn select(
 
 /// True for sessions dbwarden opened (its application_name, or any name it derives from it).
 pub fn is_own(s: &Session) -> bool {
-    s.is_self || s.application_name == APPLICATION_NAME || s.application_name.starts_with("dbwarden-")
+    s.is_self
+        || s.application_name == APPLICATION_NAME
+        || s.application_name.starts_with("dbwarden-")
 }
 
 fn protection(policy: &Policy, s: &Session) -> Option<Protection> {
@@ -285,7 +323,10 @@ fn protection(policy: &Policy, s: &Session) -> Option<Protection> {
     if !s.is_client_backend() {
         return Some(Protection::NotClientBackend);
     }
-    let named = s.user.as_ref().is_some_and(|u| policy.conditions.match_users.contains(u));
+    let named = s
+        .user
+        .as_ref()
+        .is_some_and(|u| policy.conditions.match_users.contains(u));
     if s.is_superuser && !named {
         return Some(Protection::Superuser);
     }
@@ -307,13 +348,19 @@ fn query_visible(q: &str) -> bool {
 fn facts(snap: &PgSnapshot, s: &Session, blocked_waiters: u32) -> SessionFacts {
     let idle = if matches!(
         s.state,
-        SessionState::Idle | SessionState::IdleInTransaction | SessionState::IdleInTransactionAborted
+        SessionState::Idle
+            | SessionState::IdleInTransaction
+            | SessionState::IdleInTransactionAborted
     ) {
         snap.age_seconds(s.state_change_us)
     } else {
         None
     };
-    let query = if s.state == SessionState::Active { snap.age_seconds(s.query_start_us) } else { None };
+    let query = if s.state == SessionState::Active {
+        snap.age_seconds(s.query_start_us)
+    } else {
+        None
+    };
     SessionFacts {
         pid: s.pid,
         backend_start_us: s.backend_start_us,
@@ -358,28 +405,41 @@ fn matches(c: &Conditions, s: &Session, f: &SessionFacts) -> Option<String> {
         }
         why.push(format!("state {}", s.state.as_str()));
     }
-    let at_least = |value: Option<f64>, min: Option<Duration>, what: &str, why: &mut Vec<String>| -> bool {
-        match min {
-            None => true,
-            Some(min) => match value {
-                Some(v) if v >= min.as_secs_f64() => {
-                    why.push(format!("{what} {:.0}s ≥ {}s", v, min.as_secs()));
-                    true
-                }
-                _ => false,
-            },
-        }
-    };
+    let at_least =
+        |value: Option<f64>, min: Option<Duration>, what: &str, why: &mut Vec<String>| -> bool {
+            match min {
+                None => true,
+                Some(min) => match value {
+                    Some(v) if v >= min.as_secs_f64() => {
+                        why.push(format!("{what} {:.0}s ≥ {}s", v, min.as_secs()));
+                        true
+                    }
+                    _ => false,
+                },
+            }
+        };
     if !at_least(f.idle_seconds, c.idle_for, "idle", &mut why)
-        || !at_least(f.query_seconds, c.query_running_for, "query running", &mut why)
-        || !at_least(f.transaction_seconds, c.transaction_open_for, "transaction open", &mut why)
+        || !at_least(
+            f.query_seconds,
+            c.query_running_for,
+            "query running",
+            &mut why,
+        )
+        || !at_least(
+            f.transaction_seconds,
+            c.transaction_open_for,
+            "transaction open",
+            &mut why,
+        )
         || !at_least(f.connected_seconds, c.connected_for, "connected", &mut why)
     {
         return None;
     }
     // Identity filters: an ignore always wins over a match.
     let user = s.user.as_deref().unwrap_or("");
-    if c.ignore_users.iter().any(|u| u == user) || (!c.match_users.is_empty() && !c.match_users.iter().any(|u| u == user)) {
+    if c.ignore_users.iter().any(|u| u == user)
+        || (!c.match_users.is_empty() && !c.match_users.iter().any(|u| u == user))
+    {
         return None;
     }
     let db = s.database.as_deref().unwrap_or("");
@@ -393,14 +453,39 @@ fn matches(c: &Conditions, s: &Session, f: &SessionFacts) -> Option<String> {
     {
         return None;
     }
-    let addr: Option<IpAddr> = s.client_addr.as_deref().and_then(|a| a.parse().ok());
+    // Canonical form: an IPv4-mapped IPv6 address matches IPv4 networks.
+    let addr: Option<IpAddr> = s
+        .client_addr
+        .as_deref()
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .map(|a| a.to_canonical());
     if addr.is_some_and(|a| c.ignore_client_addrs.iter().any(|n| n.contains(&a))) {
         return None;
     }
-    if !c.match_client_addrs.is_empty() && !addr.is_some_and(|a| c.match_client_addrs.iter().any(|n| n.contains(&a))) {
+    if !c.match_client_addrs.is_empty()
+        && !addr.is_some_and(|a| c.match_client_addrs.iter().any(|n| n.contains(&a)))
+    {
         return None;
     }
-    if c.ignore_query.as_ref().is_some_and(|r| r.is_match(&s.query)) {
+    // Name each identity condition that held, so the audit says why.
+    if !c.match_users.is_empty() {
+        why.push(format!("user {user}"));
+    }
+    if !c.match_databases.is_empty() {
+        why.push(format!("database {db}"));
+    }
+    if !c.match_applications.is_empty() {
+        why.push(format!("application {}", s.application_name));
+    }
+    if let Some(a) = addr {
+        if let Some(n) = c.match_client_addrs.iter().find(|n| n.contains(&a)) {
+            why.push(format!("client {a} in {n}"));
+        }
+    }
+    if c.ignore_query
+        .as_ref()
+        .is_some_and(|r| r.is_match(&s.query))
+    {
         return None;
     }
     if let Some(r) = &c.match_query {
@@ -427,17 +512,26 @@ fn matches(c: &Conditions, s: &Session, f: &SessionFacts) -> Option<String> {
 
 /// For each pid, how many sessions wait behind it (directly or through a
 /// chain) and have waited at least `min_wait`. Computed once per snapshot.
-fn blocked_waiters(snap: &PgSnapshot, min_wait: Option<Duration>) -> std::collections::HashMap<i32, u32> {
+fn blocked_waiters(
+    snap: &PgSnapshot,
+    min_wait: Option<Duration>,
+) -> std::collections::HashMap<i32, u32> {
     use std::collections::{HashMap, HashSet};
     let mut out: HashMap<i32, u32> = HashMap::new();
     let Some(min_wait) = min_wait else {
         return out;
     };
     // Edges waiter -> blockers; walk up from every long-enough waiter.
-    let edges: HashMap<i32, &[i32]> =
-        snap.sessions.iter().filter(|s| !s.blocked_by.is_empty()).map(|s| (s.pid, s.blocked_by.as_slice())).collect();
+    let edges: HashMap<i32, &[i32]> = snap
+        .sessions
+        .iter()
+        .filter(|s| !s.blocked_by.is_empty())
+        .map(|s| (s.pid, s.blocked_by.as_slice()))
+        .collect();
     for w in snap.sessions.iter().filter(|s| s.waits_on_lock()) {
-        let waited = snap.age_seconds(w.lock_wait_start_us.or(w.query_start_us)).unwrap_or(0.0);
+        let waited = snap
+            .age_seconds(w.lock_wait_start_us.or(w.query_start_us))
+            .unwrap_or(0.0);
         if waited < min_wait.as_secs_f64() {
             continue;
         }
@@ -455,3 +549,7 @@ fn blocked_waiters(snap: &PgSnapshot, min_wait: Option<Duration>) -> std::collec
     }
     out
 }
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
