@@ -50,7 +50,33 @@ pub struct Config {
     /// Present when a `[remediation]` section is configured.
     #[serde(skip)]
     pub remediation: Option<crate::remediate::RemediationSettings>,
+    /// What `remediation` cannot say in the file's own words, for
+    /// [`Config::to_redacted_toml`].
+    #[serde(skip)]
+    remediation_written: RemediationWritten,
 }
+
+/// Where the remediation API token comes from. Names only: never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenSource {
+    /// Read at startup from this environment variable.
+    Env(String),
+    /// Read at startup from this file.
+    File(PathBuf),
+}
+
+/// The parts of `[remediation]` as written that the validated
+/// [`crate::remediate::RemediationSettings`] does not keep: the token's
+/// source, and the application patterns (kept compiled and anchored).
+#[derive(Debug, Clone, Default)]
+struct RemediationWritten {
+    api_token: Option<TokenSource>,
+    /// Per policy name: its application patterns as written.
+    applications: BTreeMap<String, Applications>,
+}
+
+/// A policy's `match_applications` and `ignore_applications` as written.
+type Applications = (Vec<String>, Vec<String>);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {
@@ -259,8 +285,9 @@ impl Config {
     }
 
     /// Parses `toml` with the given environment (only `DBWARDEN_*__*`
-    /// overrides and the variables named by `password_env` are read), then
-    /// validates. Tests pass their own environment.
+    /// overrides, the variables named by `password_env` and
+    /// `remediation.api_token_env`, and `HOSTNAME` are read), then validates.
+    /// Tests pass their own environment.
     pub fn from_toml_with_env(
         toml: &str,
         env: impl IntoIterator<Item = (String, String)>,
@@ -272,6 +299,7 @@ impl Config {
         let (env_paths, mut issues) = apply_env_overrides(&mut root, &env);
 
         let mut reader = raw::Reader::new(&env_paths);
+        reader.policy_order = raw::policy_order(toml);
         let raw = reader.read(&root);
         let read_issues = reader.issues;
         let validated = validate::validate(raw, &env);
@@ -412,6 +440,10 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evaluate::CheckId;
+    use crate::observe::SessionState;
+    use crate::remediate::Mode;
+    use crate::remediate::policy::{Action, Blocking, Victims};
 
     const EXAMPLE: &str = include_str!("../../config/dbwarden.example.toml");
     const LOCAL: &str = include_str!("../../config/local.toml");
@@ -490,13 +522,79 @@ mod tests {
         assert_eq!(primary.thresholds.disk_free.value, 0.15);
         assert_eq!(primary.thresholds.disk_free.hold, d.disk_free.hold);
         assert_eq!(primary.thresholds.replication_streaming.value, 1.0);
+
+        // Remediation: the runbook's two mitigations, ready, in dry-run.
+        let r = c
+            .remediation
+            .as_ref()
+            .expect("the example configures remediation");
+        assert_eq!(r.mode, crate::remediate::Mode::DryRun);
+        assert_eq!(
+            r.instance, "dbwarden",
+            "no HOSTNAME in the test's environment"
+        );
+        assert_eq!(r.audit_file, Path::new("/var/lib/dbwarden/audit.jsonl"));
+        assert_eq!(
+            r.pause_state_file,
+            Path::new("/var/lib/dbwarden/paused.json")
+        );
+        assert_eq!(
+            (r.sentinel_file.as_ref(), r.api_token.as_ref()),
+            (None, None)
+        );
+        assert_eq!(r.target_budget, (10, Duration::from_secs(600)));
+        assert_eq!(r.global_budget, (30, Duration::from_secs(600)));
+        let names: Vec<_> = r.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "runbook-idle-sessions",
+                "runbook-long-queries",
+                "lock-chain-roots"
+            ]
+        );
+        let (idle, long, roots) = (&r.policies[0], &r.policies[1], &r.policies[2]);
+        assert_eq!(idle.conditions.states, [SessionState::Idle]);
+        assert_eq!(idle.conditions.idle_for, Some(Duration::from_secs(600)));
+        assert_eq!(idle.action, Action::Terminate);
+        assert_eq!(long.conditions.states, [SessionState::Active]);
+        assert_eq!(
+            long.conditions.query_running_for,
+            Some(Duration::from_secs(300))
+        );
+        assert!(idle.targets.is_empty() && long.targets.is_empty());
+        assert_eq!(idle.only_while_failing, [CheckId::ConnectionsUsed]);
+        assert_eq!(
+            roots.conditions.blocking,
+            Some(Blocking {
+                min_waiters: 3,
+                waited_for: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(roots.victims, Victims::Oldest);
+        assert!(ok(LOCAL, &[]).remediation.is_none());
+        assert!(!LOCAL.contains("remediation"));
     }
 
     #[test]
     fn the_printed_config_loads_back_into_the_same_config() {
-        for (name, text) in [("example", EXAMPLE), ("local", LOCAL)] {
-            let first = ok(text, &EXAMPLE_ENV).to_redacted_toml();
-            let second = load(&first, &EXAMPLE_ENV)
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  tok-file-Wd4\n").unwrap();
+        let every_remediation_key = format!(
+            "{MIN}max_connections = 2\n[postgres.other]\nurl = \"postgres://h/d\"\n{}",
+            every_remediation_key(&token)
+        );
+        let mut vars = EXAMPLE_ENV.to_vec();
+        vars.push(("HOSTNAME", "host-7.example"));
+        for (name, text) in [
+            ("example", EXAMPLE),
+            ("local", LOCAL),
+            ("remediation", every_remediation_key.as_str()),
+        ] {
+            let first = ok(text, &vars).to_redacted_toml();
+            assert!(!first.contains("tok-file-Wd4"), "{first}");
+            let second = load(&first, &vars)
                 .unwrap_or_else(|e| {
                     panic!("{name}: the printed config does not load: {e}\n{first}")
                 })
@@ -508,7 +606,42 @@ mod tests {
             assert!(!first.contains("\n[defaults]"), "{first}");
             assert!(!first.contains("\n[thresholds"), "{first}");
             assert!(!first.contains(".settings]"), "{first}");
+            // The same remediation, not only the same text.
+            let (a, b) = (ok(text, &vars), ok(&first, &vars));
+            assert_eq!(
+                format!("{:?}", a.remediation),
+                format!("{:?}", b.remediation),
+                "{name}"
+            );
         }
+        let printed = ok(&every_remediation_key, &vars).to_redacted_toml();
+        for needle in [
+            "[remediation]\nmode = \"enforce\"\ninstance = \"dbwarden-1\"\n",
+            "state_dir = \"/srv/dbwarden\"\n",
+            "sentinel_file = \"/etc/dbwarden/PAUSE\"\n",
+            &format!("api_token_file = {:?}\n", token.display().to_string()),
+            "query_max_chars = 100\nredact_queries = true\npacing = \"0s\"\n",
+            "[remediation.budget]\nper_target = 0\nglobal = 5\nwindow = \"1h\"\n",
+            "[remediation.policies.zz-first]\ntargets = [\"main\"]\naction = \"cancel_then_terminate\"\ngrace = \"15s\"\nvictims = \"oldest\"\nmax_per_cycle = 3\n",
+            "match_applications = [\"web-.*\"]\n",
+            "\"10.0.0.0/8\",\n    \"192.168.1.5/32\",\n",
+            "match_query = \"(?i)^select\"\n",
+            "blocking_waiters = 2\nblocking_for = \"30s\"\n",
+            "[remediation.policies.aa-second]\naction = \"cancel\"\n",
+        ] {
+            assert!(printed.contains(needle), "{needle:?} not in\n{printed}");
+        }
+        assert!(
+            printed.find("[remediation.policies.zz-first]")
+                < printed.find("[remediation.policies.aa-second]"),
+            "{printed}"
+        );
+        // An unset condition is no condition: not printed.
+        let second = printed
+            .split("[remediation.policies.aa-second.when]")
+            .nth(1)
+            .unwrap();
+        assert_eq!(second.trim(), "connected_for = \"1day\"", "{printed}");
         let printed = ok(EXAMPLE, &EXAMPLE_ENV).to_redacted_toml();
         for needle in [
             "[server]\n",
@@ -929,5 +1062,703 @@ mod tests {
             Config::load(&missing),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    // Remediation.
+
+    /// Every `[remediation]` key, with values other than the defaults.
+    fn every_remediation_key(token: &Path) -> String {
+        format!(
+            "[remediation]\n\
+             mode = \"enforce\"\ninstance = \"dbwarden-1\"\n\
+             audit_file = \"/srv/dbwarden/audit.jsonl\"\nstate_dir = \"/srv/dbwarden\"\n\
+             sentinel_file = \"/etc/dbwarden/PAUSE\"\napi_token_file = {:?}\n\
+             query_max_chars = 100\nredact_queries = true\npacing = \"0s\"\n\
+             [remediation.budget]\nper_target = 0\nglobal = 5\nwindow = \"1h\"\n\
+             [remediation.policies.zz-first]\n\
+             targets = [\"main\"]\naction = \"cancel_then_terminate\"\ngrace = \"15s\"\n\
+             victims = \"oldest\"\nmax_per_cycle = 3\n\
+             only_while_failing = [\"connections_used\", \"long_running_query\"]\n\
+             [remediation.policies.zz-first.when]\n\
+             state = [\"active\", \"idle_in_transaction\"]\n\
+             query_running_for = \"5m\"\ntransaction_open_for = \"1h\"\nconnected_for = \"1day\"\n\
+             match_users = [\"app\"]\nignore_users = [\"batch\"]\n\
+             match_databases = [\"intelgraph\"]\nignore_databases = [\"postgres\"]\n\
+             match_applications = [\"web-.*\"]\nignore_applications = [\"pg_dump\", \"psql\"]\n\
+             match_client_addrs = [\"10.0.0.0/8\", \"192.168.1.5\"]\n\
+             ignore_client_addrs = [\"10.1.0.0/16\"]\n\
+             match_query = \"(?i)^select\"\nignore_query = \"(?i)vacuum\"\n\
+             blocking_waiters = 2\nblocking_for = \"30s\"\n\
+             [remediation.policies.aa-second]\naction = \"cancel\"\n\
+             [remediation.policies.aa-second.when]\nconnected_for = \"1day\"\n",
+            token.display().to_string()
+        )
+    }
+
+    /// MIN with `[remediation]` and one policy `p` whose extra policy keys
+    /// and `when` keys are given.
+    fn with_policy(policy: &str, when: &str) -> String {
+        format!(
+            "{MIN}[remediation]\n[remediation.policies.p]\naction = \"terminate\"\n{policy}\
+             [remediation.policies.p.when]\n{when}"
+        )
+    }
+
+    fn policy(c: &Config) -> &Policy {
+        &c.remediation.as_ref().unwrap().policies[0]
+    }
+
+    use crate::remediate::Policy;
+
+    #[test]
+    fn without_a_remediation_section_there_is_no_remediation() {
+        assert!(ok(MIN, &[]).remediation.is_none());
+        assert!(!ok(MIN, &[]).to_redacted_toml().contains("[remediation"));
+    }
+
+    #[test]
+    fn an_empty_remediation_section_takes_the_defaults() {
+        let c = ok(&format!("{MIN}[remediation]\n"), &[]);
+        let r = c.remediation.unwrap();
+        assert_eq!(r.mode, Mode::DryRun);
+        assert_eq!(r.instance, "dbwarden");
+        assert_eq!(r.audit_file, Path::new("/var/lib/dbwarden/audit.jsonl"));
+        assert_eq!(
+            r.pause_state_file,
+            Path::new("/var/lib/dbwarden/paused.json")
+        );
+        assert_eq!(r.sentinel_file, None);
+        assert!(r.api_token.is_none());
+        assert_eq!(r.query_max_chars, 256);
+        assert!(!r.redact_queries);
+        assert_eq!(r.pacing, Duration::from_secs(1));
+        assert_eq!(r.target_budget, (10, Duration::from_secs(600)));
+        assert_eq!(r.global_budget, (30, Duration::from_secs(600)));
+        assert!(r.policies.is_empty());
+        // The instance defaults to HOSTNAME, when that is a valid name.
+        let c = ok(
+            &format!("{MIN}[remediation]\n"),
+            &[("HOSTNAME", "dbwarden-7f9c")],
+        );
+        assert_eq!(c.remediation.unwrap().instance, "dbwarden-7f9c");
+        let long = "a".repeat(41);
+        let issues = issues(&format!("{MIN}[remediation]\n"), &[("HOSTNAME", &long)]);
+        assert_issue(
+            &issues,
+            "remediation.instance",
+            &["not set", "HOSTNAME", &long],
+        );
+        let issues = self::issues(&format!("{MIN}[remediation]\ninstance = \"a b\"\n"), &[]);
+        assert_issue(&issues, "remediation.instance", &["\"a b\"", "1-40"]);
+    }
+
+    #[test]
+    fn every_remediation_mistake_is_reported_at_once() {
+        let toml = format!(
+            "{MIN}[remediation]\n\
+             mode = \"dry_run\"\naudit_file = \"audit.jsonl\"\nquery_max_chars = 0\n\
+             redact_queries = \"yes\"\nstate = [\"idle\"]\npacing = \"1x\"\n\
+             [remediation.budget]\nwindow = \"0s\"\nper_targte = 1\n\
+             [remediation.policies.a]\naction = \"kill\"\ntargets = [\"main\", \"nope\"]\n\
+             max_per_cycle = 0\nonly_while_failing = [\"pool\"]\nidle_for = \"1m\"\n\
+             [remediation.policies.a.when]\nstate = [\"idle\", \"sleeping\"]\n\
+             match_applications = [\"web-(\"]\nmatch_client_addrs = [\"10.0.0.0/33\"]\n\
+             match_query = \"[\"\nblocking_for = \"5s\"\n\
+             [remediation.policies.B]\naction = \"cancel_then_terminate\"\n\
+             [remediation.policies.B.when]\nmatch_users = [\"app\"]\n\
+             [remediation.policies.c]\naction = \"terminate\"\ngrace = \"5s\"\nvictims = \"some\"\n\
+             [remediation.policies.c.when]\nstate = [\"active\"]\nidle_for = \"10m\"\n\
+             [remediation.policies.d]\naction = \"cancel\"\n\
+             [remediation.policies.d.when]\nstate = [\"active\"]\nquery_running_for = \"0s\"\n"
+        );
+        let issues = issues(&toml, &[]);
+        let expect: &[(&str, &[&str])] = &[
+            ("remediation.mode", &["\"dry_run\"", "\"dry-run\""]),
+            ("remediation.audit_file", &["\"audit.jsonl\"", "absolute"]),
+            ("remediation.query_max_chars", &["0", "1 to 10000"]),
+            ("remediation.redact_queries", &["true or false", "\"yes\""]),
+            (
+                "remediation.state",
+                &["unknown key", "a [remediation.policies.<name>.when] table"],
+            ),
+            ("remediation.pacing", &["\"1x\""]),
+            ("remediation.budget.window", &["\"0s\"", "at least \"1s\""]),
+            (
+                "remediation.budget.per_targte",
+                &["did you mean `per_target`?"],
+            ),
+            (
+                "remediation.policies.a.action",
+                &["\"kill\"", "cancel_then_terminate"],
+            ),
+            (
+                "remediation.policies.a.targets",
+                &["\"nope\" is not a configured target", "\"main\""],
+            ),
+            ("remediation.policies.a.max_per_cycle", &["0", "1 to 1000"]),
+            (
+                "remediation.policies.a.only_while_failing",
+                &["\"pool\"", "connections_used"],
+            ),
+            (
+                "remediation.policies.a.idle_for",
+                &["it belongs in [remediation.policies.a.when]"],
+            ),
+            (
+                "remediation.policies.a.when.state",
+                &["\"sleeping\"", "idle_in_transaction_aborted"],
+            ),
+            (
+                "remediation.policies.a.when.match_applications",
+                &["\"web-(\"", "unclosed group"],
+            ),
+            (
+                "remediation.policies.a.when.match_client_addrs",
+                &["\"10.0.0.0/33\"", "CIDR"],
+            ),
+            (
+                "remediation.policies.a.when.match_query",
+                &["\"[\"", "unclosed character class"],
+            ),
+            (
+                "remediation.policies.a.when.blocking_for",
+                &["\"5s\"", "without blocking_waiters"],
+            ),
+            ("remediation.policies.B", &["\"B\"", "lowercase"]),
+            (
+                "remediation.policies.B.grace",
+                &["missing", "cancel_then_terminate"],
+            ),
+            (
+                "remediation.policies.B.when",
+                &["no condition", "every client session"],
+            ),
+            (
+                "remediation.policies.c.grace",
+                &["\"5s\"", "only used with", "\"terminate\""],
+            ),
+            (
+                "remediation.policies.c.victims",
+                &["\"some\"", "\"oldest\""],
+            ),
+            (
+                "remediation.policies.c.when.idle_for",
+                &["\"10m\"", "never hold", "[\"active\"]"],
+            ),
+            (
+                "remediation.policies.d.when.query_running_for",
+                &["\"0s\"", "positive"],
+            ),
+        ];
+        for (path, needles) in expect {
+            assert_issue(&issues, path, needles);
+        }
+        assert_eq!(issues.len(), expect.len(), "{issues:#?}");
+        // A regex error is one line, not the regex crate's diagram.
+        assert!(
+            issues.iter().all(|i| !i.message.contains('\n')),
+            "{issues:#?}"
+        );
+        // The other sections' issues come first, remediation's last, in key order.
+        let paths: Vec<_> = issues.iter().map(|i| i.path.clone()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted);
+    }
+
+    #[test]
+    fn a_policy_must_select_by_state_duration_or_blocking() {
+        // Identity filters alone would select every session of a user.
+        for when in [
+            "match_users = [\"app\"]\nmatch_databases = [\"x\"]\n",
+            "state = []\nmatch_query = \"x\"\n",
+            "",
+        ] {
+            let issues = issues(&with_policy("", when), &[]);
+            assert_issue(&issues, "remediation.policies.p.when", &["no condition"]);
+            assert_eq!(issues.len(), 1, "{issues:#?}");
+        }
+        // Without a when table at all.
+        let toml = format!("{MIN}[remediation.policies.p]\naction = \"cancel\"\n");
+        assert_issue(
+            &issues(&toml, &[]),
+            "remediation.policies.p.when",
+            &["no condition"],
+        );
+        // A when that is not a table is a type error, not also "no condition".
+        let issues = issues(
+            &with_policy("when = 5\n", "").replace("[remediation.policies.p.when]\n", ""),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.when",
+            &["expected a table, found 5"],
+        );
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        // So is a condition written in the policy's table instead of its when.
+        let issues = self::issues(
+            &format!("{MIN}[remediation.policies.p]\naction = \"cancel\"\nidle_for = \"10m\"\n"),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.idle_for",
+            &["it belongs in [remediation.policies.p.when]"],
+        );
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        // A rejected condition is reported once, as itself.
+        let issues = self::issues(&with_policy("", "idle_for = \"10x\"\n"), &[]);
+        assert_issue(
+            &issues,
+            "remediation.policies.p.when.idle_for",
+            &["\"10x\""],
+        );
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        // Each selecting condition is enough on its own.
+        for when in [
+            "state = [\"idle\"]\n",
+            "idle_for = \"10m\"\n",
+            "query_running_for = \"5m\"\n",
+            "transaction_open_for = \"1h\"\n",
+            "connected_for = \"1day\"\n",
+            "blocking_waiters = 1\n",
+        ] {
+            ok(&with_policy("", when), &[]);
+        }
+        let issues = self::issues(&with_policy("", "blocking_waiters = 0\n"), &[]);
+        assert_issue(
+            &issues,
+            "remediation.policies.p.when.blocking_waiters",
+            &["0", "at least 1"],
+        );
+    }
+
+    #[test]
+    fn durations_must_fit_the_states() {
+        let issues = issues(
+            &with_policy("", "state = [\"active\"]\nidle_for = \"10m\"\n"),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.when.idle_for",
+            &["never hold"],
+        );
+        let issues = self::issues(
+            &with_policy(
+                "",
+                "state = [\"idle\", \"idle_in_transaction\"]\nquery_running_for = \"5m\"\n",
+            ),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.when.query_running_for",
+            &[
+                "\"5m\"",
+                "[\"idle\", \"idle_in_transaction\"]",
+                "add \"active\"",
+            ],
+        );
+        let issues = self::issues(
+            &with_policy("", "idle_for = \"1m\"\nquery_running_for = \"5m\"\n"),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.when",
+            &["never hold together"],
+        );
+        // Fitting combinations load.
+        let c = ok(
+            &with_policy(
+                "",
+                "state = [\"active\", \"idle_in_transaction\"]\nidle_for = \"1m\"\n",
+            ),
+            &[],
+        );
+        assert_eq!(
+            policy(&c).conditions.states,
+            [SessionState::Active, SessionState::IdleInTransaction]
+        );
+        ok(
+            &with_policy("", "state = [\"active\"]\nquery_running_for = \"5m\"\n"),
+            &[],
+        );
+        ok(&with_policy("", "query_running_for = \"5m\"\n"), &[]);
+    }
+
+    #[test]
+    fn actions_victims_and_gates_map_to_the_policy() {
+        let c = ok(
+            &with_policy(
+                "grace = \"20s\"\nvictims = \"oldest\"\nmax_per_cycle = 1000\n\
+                 only_while_failing = [\"connections_used\", \"idle_session\"]\n",
+                "idle_for = \"10m\"\nblocking_waiters = 3\n",
+            )
+            .replace("\"terminate\"", "\"cancel_then_terminate\""),
+            &[],
+        );
+        let p = policy(&c);
+        assert_eq!(p.name, "p");
+        assert_eq!(
+            p.action,
+            Action::CancelThenTerminate {
+                grace: Duration::from_secs(20)
+            }
+        );
+        assert_eq!(p.victims, Victims::Oldest);
+        assert_eq!(p.max_per_cycle, 1000);
+        assert_eq!(
+            p.only_while_failing,
+            [CheckId::ConnectionsUsed, CheckId::IdleSession]
+        );
+        assert_eq!(
+            p.conditions.blocking,
+            Some(Blocking {
+                min_waiters: 3,
+                waited_for: Duration::ZERO
+            })
+        );
+        let c = ok(&with_policy("", "state = [\"idle\"]\n"), &[]);
+        let p = policy(&c);
+        assert_eq!(
+            (p.action, p.victims, p.max_per_cycle),
+            (Action::Terminate, Victims::All, 10)
+        );
+        assert!(p.only_while_failing.is_empty() && p.targets.is_empty());
+        let issues = issues(
+            &format!("{MIN}[remediation.policies.p.when]\nstate = [\"idle\"]\n"),
+            &[],
+        );
+        assert_issue(&issues, "remediation.policies.p.action", &["missing"]);
+    }
+
+    #[test]
+    fn application_patterns_match_whole_names() {
+        let c = ok(
+            &with_policy(
+                "",
+                "state = [\"idle\"]\nmatch_applications = [\"web-.*\", \"api\"]\n\
+                 ignore_applications = [\"psql\", \"pg_dump|pg_basebackup\"]\n",
+            ),
+            &[],
+        );
+        let w = &policy(&c).conditions;
+        assert!(w.match_applications.contains("web-1"));
+        assert!(w.match_applications.contains("api"));
+        assert!(!w.match_applications.contains("legacy-web-1"));
+        assert!(!w.match_applications.contains("api-2"));
+        assert!(w.ignore_applications.contains("psql"));
+        assert!(!w.ignore_applications.contains("billing-psql-loader"));
+        assert!(w.ignore_applications.contains("pg_basebackup"));
+        assert!(!w.ignore_applications.contains("pg_dumpall"));
+        // The query regexes search.
+        let c = ok(
+            &with_policy(
+                "",
+                "state = [\"active\"]\nmatch_query = \"(?i)select\"\nignore_query = \"vacuum\"\n",
+            ),
+            &[],
+        );
+        let w = &policy(&c).conditions;
+        assert!(
+            w.match_query
+                .as_ref()
+                .unwrap()
+                .is_match("with x as (SELECT 1) select")
+        );
+        assert!(
+            w.ignore_query
+                .as_ref()
+                .unwrap()
+                .is_match("analyze; vacuum t")
+        );
+        // Each bad pattern is named with the regex crate's reason.
+        let issues = issues(
+            &with_policy(
+                "",
+                "state = [\"idle\"]\nignore_applications = [\"ok\", \"a)\", \"(?x)b # c\"]\n",
+            ),
+            &[],
+        );
+        let at: Vec<_> = issues
+            .iter()
+            .filter(|i| i.path == "remediation.policies.p.when.ignore_applications")
+            .collect();
+        assert_eq!(at.len(), 1, "{issues:#?}");
+        assert!(
+            at[0].message.contains("\"a)\"") && at[0].message.contains("unopened group"),
+            "{at:?}"
+        );
+        // A pattern valid alone that anchoring would break is refused too.
+        let issues = self::issues(
+            &with_policy(
+                "",
+                "state = [\"idle\"]\nignore_applications = [\"(?x)b # c\"]\n",
+            ),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.when.ignore_applications",
+            &["(?x)b # c", "whole name"],
+        );
+    }
+
+    #[test]
+    fn client_addresses_are_networks_or_single_addresses() {
+        let c = ok(
+            &with_policy(
+                "",
+                "state = [\"idle\"]\nmatch_client_addrs = [\"10.0.0.0/8\", \"192.168.1.5\", \"fd00::/8\", \"::1\"]\n\
+                 ignore_client_addrs = [\"::ffff:10.1.0.0/112\"]\n",
+            ),
+            &[],
+        );
+        let w = &policy(&c).conditions;
+        let shown: Vec<String> = w.match_client_addrs.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["10.0.0.0/8", "192.168.1.5/32", "fd00::/8", "::1/128"]
+        );
+        // Sessions' addresses are compared canonically: a mapped network is its IPv4 one.
+        assert_eq!(w.ignore_client_addrs[0].to_string(), "10.1.0.0/16");
+        for bad in ["10.0.0.0/33", "10.0.0", "db.internal", "10.0.0.0/8 "] {
+            let issues = issues(
+                &with_policy(
+                    "",
+                    &format!("state = [\"idle\"]\nignore_client_addrs = [{bad:?}]\n"),
+                ),
+                &[],
+            );
+            assert_issue(
+                &issues,
+                "remediation.policies.p.when.ignore_client_addrs",
+                &[&format!("{bad:?}"), "CIDR"],
+            );
+        }
+    }
+
+    #[test]
+    fn policies_keep_the_order_of_the_file() {
+        let toml = format!(
+            "{MIN}[remediation.policies.zeta]\naction = \"cancel\"\n\
+             [remediation.policies.zeta.when]\nstate = [\"idle\"]\n\
+             [remediation.policies.alpha.when]\nstate = [\"idle\"]\n\
+             [remediation.policies.alpha]\naction = \"cancel\"\n\
+             [remediation.policies.mid]\naction = \"cancel\"\nwhen.state = [\"idle\"]\n"
+        );
+        let names = |c: &Config| -> Vec<String> {
+            c.remediation
+                .as_ref()
+                .unwrap()
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        let c = ok(&toml, &[]);
+        assert_eq!(names(&c), ["zeta", "alpha", "mid"]);
+        // And the printed configuration keeps it.
+        let printed = c.to_redacted_toml();
+        assert_eq!(names(&ok(&printed, &[])), ["zeta", "alpha", "mid"]);
+        // A policy only the environment adds comes last.
+        let c = ok(
+            &toml,
+            &[
+                ("DBWARDEN_REMEDIATION__POLICIES__ENV__ACTION", "cancel"),
+                ("DBWARDEN_REMEDIATION__POLICIES__ENV__WHEN__STATE", "idle"),
+                ("DBWARDEN_REMEDIATION__POLICIES__ALPHA__ACTION", "terminate"),
+            ],
+        );
+        assert_eq!(names(&c), ["zeta", "alpha", "mid", "env"]);
+        assert_eq!(c.remediation.unwrap().policies[1].action, Action::Terminate);
+    }
+
+    #[test]
+    fn remediation_keys_can_be_overridden_from_the_environment() {
+        let c = ok(
+            &with_policy("", "state = [\"idle\"]\n"),
+            &[
+                ("DBWARDEN_REMEDIATION__MODE", "enforce"),
+                ("DBWARDEN_REMEDIATION__REDACT_QUERIES", "true"),
+                ("DBWARDEN_REMEDIATION__QUERY_MAX_CHARS", "100"),
+                ("DBWARDEN_REMEDIATION__BUDGET__GLOBAL", "3"),
+                (
+                    "DBWARDEN_REMEDIATION__POLICIES__P__WHEN__STATE",
+                    "[\"idle\", \"active\"]",
+                ),
+                ("DBWARDEN_REMEDIATION__POLICIES__P__TARGETS", "main"),
+            ],
+        );
+        let r = c.remediation.unwrap();
+        assert_eq!(r.mode, Mode::Enforce);
+        assert!(r.redact_queries);
+        assert_eq!(r.query_max_chars, 100);
+        assert_eq!(r.global_budget.0, 3);
+        assert_eq!(
+            r.policies[0].conditions.states,
+            [SessionState::Idle, SessionState::Active]
+        );
+        assert_eq!(r.policies[0].targets, ["main"]);
+        let issues = issues(
+            &with_policy("", "state = [\"idle\"]\n"),
+            &[("DBWARDEN_REMEDIATION__REDACT_QUERIES", "yes")],
+        );
+        assert_issue(
+            &issues,
+            "remediation.redact_queries",
+            &["\"yes\"", "DBWARDEN_REMEDIATION__REDACT_QUERIES"],
+        );
+    }
+
+    #[test]
+    fn acted_on_targets_need_two_connections() {
+        let two = "[postgres.other]\nurl = \"postgres://h/d\"\nmax_connections = 1\n";
+        let toml = format!(
+            "{MIN}max_connections = 1\n{two}{}",
+            &with_policy("", "state = [\"idle\"]\n")[MIN.len()..]
+        );
+        let issues = issues(&toml, &[]);
+        for target in ["main", "other"] {
+            assert_issue(
+                &issues,
+                &format!("postgres.{target}.max_connections"),
+                &[
+                    "1 is too few",
+                    &format!("target {target:?}"),
+                    "policy p, remediation.policies.p.targets",
+                    "\"dry-run\"",
+                    "actor lock",
+                ],
+            );
+        }
+        assert_eq!(issues.len(), 2, "{issues:#?}");
+        // A target no policy acts on may keep one connection.
+        let only_main = toml.replace(
+            "action = \"terminate\"\n",
+            "action = \"terminate\"\ntargets = [\"other\"]\n",
+        );
+        let issues = self::issues(&only_main, &[]);
+        assert_issue(&issues, "postgres.other.max_connections", &["1 is too few"]);
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        // In observe mode nothing acts.
+        ok(
+            &toml.replace("[remediation]\n", "[remediation]\nmode = \"observe\"\n"),
+            &[],
+        );
+        // Set in [defaults], it is reported there, for each target.
+        let toml = format!(
+            "[defaults]\nmax_connections = 1\n{}",
+            with_policy("", "state = [\"idle\"]\n")
+        );
+        let issues = self::issues(&toml, &[]);
+        assert_issue(&issues, "defaults.max_connections", &["target \"main\""]);
+        // Targets named by a policy must exist; an empty list is refused.
+        let issues = self::issues(
+            &with_policy("targets = [\"mian\"]\n", "state = [\"idle\"]\n"),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.targets",
+            &["\"mian\"", "configured are \"main\""],
+        );
+        let issues = self::issues(&with_policy("targets = []\n", "state = [\"idle\"]\n"), &[]);
+        assert_issue(&issues, "remediation.policies.p.targets", &["empty"]);
+    }
+
+    #[test]
+    fn the_api_token_is_read_from_env_or_file_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "\n tok-from-file-Q8 \r\n").unwrap();
+        let from_file = format!(
+            "{MIN}[remediation]\napi_token_file = {:?}\n",
+            file.display().to_string()
+        );
+        let from_env = format!("{MIN}[remediation]\napi_token_env = \"API_TOKEN\"\n");
+        let vars = [("API_TOKEN", " tok-from-env-R3\n")];
+        let secrets = ["tok-from-file-Q8", "tok-from-env-R3", "tok-inline-Z1"];
+
+        let a = ok(&from_file, &[]);
+        let b = ok(&from_env, &vars);
+        let token = |c: &Config| c.remediation.as_ref().unwrap().api_token.clone().unwrap();
+        assert_eq!(token(&a).expose(), "tok-from-file-Q8");
+        assert_eq!(token(&b).expose(), "tok-from-env-R3");
+        assert!(a.to_redacted_toml().contains(&format!(
+            "api_token_file = {:?}",
+            file.display().to_string()
+        )));
+        assert!(
+            b.to_redacted_toml()
+                .contains("api_token_env = \"API_TOKEN\"")
+        );
+        // Printed by source, the configuration loads back with the same token.
+        assert_eq!(
+            token(&ok(&b.to_redacted_toml(), &vars)).expose(),
+            "tok-from-env-R3"
+        );
+
+        let both = format!(
+            "{from_env}api_token_file = {:?}\n",
+            file.display().to_string()
+        );
+        let issues = issues(&both, &vars);
+        assert_issue(
+            &issues,
+            "remediation",
+            &["two token sources", "api_token_file", "\"API_TOKEN\""],
+        );
+        let issues = self::issues(&from_env, &[]);
+        assert_issue(
+            &issues,
+            "remediation.api_token_env",
+            &["\"API_TOKEN\"", "not set"],
+        );
+        let issues = self::issues(&from_env, &[("API_TOKEN", " \n")]);
+        assert_issue(&issues, "remediation.api_token_env", &["empty"]);
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let issues = self::issues(&from_file.replace("token\"", "empty\""), &[]);
+        assert_issue(&issues, "remediation.api_token_file", &["is empty"]);
+        let issues = self::issues(&from_file.replace("token\"", "missing\""), &[]);
+        assert_issue(
+            &issues,
+            "remediation.api_token_file",
+            &["cannot read", "missing"],
+        );
+        // The token itself written where a name belongs, or as a key of its
+        // own: an error that does not quote it.
+        let inline = [
+            format!("{MIN}[remediation]\napi_token_env = \"tok-inline-Z1\"\n"),
+            format!("{MIN}[remediation]\napi_token = \"tok-inline-Z1\"\n"),
+            format!(
+                "{MIN}[remediation]\napi_token_env = \"tok-inline-Z1\"\napi_token_file = \"/x\"\n"
+            ),
+        ];
+        let mut shown = vec![
+            format!("{a:?}"),
+            format!("{b:#?}"),
+            a.to_redacted_toml(),
+            b.to_redacted_toml(),
+            serde_json::to_string(&b).unwrap(),
+        ];
+        for toml in &inline {
+            let err = load(toml, &vars).unwrap_err();
+            shown.push(err.to_string());
+            shown.push(format!("{err:?}"));
+        }
+        let err = load(&inline[1], &vars).unwrap_err().to_string();
+        assert!(
+            err.contains("api_token_file") && err.contains("api_token_env"),
+            "{err}"
+        );
+        for text in &shown {
+            for s in secrets {
+                assert!(!text.contains(s), "{s} printed in:\n{text}");
+            }
+        }
     }
 }

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub thresholds: RawThresholds,
     /// PostgreSQL targets by name.
     pub postgres: BTreeMap<String, RawPostgresTarget>,
+    /// `None` when there is no `[remediation]` section.
+    pub remediation: Option<RawRemediation>,
 }
 
 #[derive(Debug, Default)]
@@ -122,9 +124,82 @@ pub struct RawThresholds {
     pub invalid_indexes: Option<RawHoldOnly>,
 }
 
+/// `[remediation]` as written.
+#[derive(Debug, Default)]
+pub struct RawRemediation {
+    pub mode: Option<String>,
+    pub instance: Option<String>,
+    pub audit_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub sentinel_file: Option<PathBuf>,
+    pub api_token_file: Option<PathBuf>,
+    /// The *name* of the variable holding the token, never the token.
+    pub api_token_env: Option<String>,
+    pub query_max_chars: Option<u32>,
+    pub redact_queries: Option<bool>,
+    pub pacing: Option<Duration>,
+    pub budget: RawBudget,
+    /// Policies by name, in the order the file has them (see `policy_order`);
+    /// policies only the environment adds come last, by name.
+    pub policies: Vec<(String, RawPolicy)>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawBudget {
+    pub per_target: Option<u32>,
+    pub global: Option<u32>,
+    pub window: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+pub struct RawPolicy {
+    pub targets: Option<Vec<String>>,
+    pub action: Option<String>,
+    pub grace: Option<Duration>,
+    pub victims: Option<String>,
+    pub max_per_cycle: Option<u32>,
+    pub only_while_failing: Option<Vec<String>>,
+    pub when: RawWhen,
+    /// Condition keys written in the policy's table instead of its `when`
+    /// (reported as misplaced): the user did mean a condition.
+    pub stray_conditions: bool,
+}
+
+/// `[remediation.policies.<name>.when]`: the conditions, all AND-ed.
+#[derive(Debug, Default)]
+pub struct RawWhen {
+    pub state: Option<Vec<String>>,
+    pub idle_for: Option<Duration>,
+    pub query_running_for: Option<Duration>,
+    pub transaction_open_for: Option<Duration>,
+    pub connected_for: Option<Duration>,
+    pub match_users: Option<Vec<String>>,
+    pub ignore_users: Option<Vec<String>>,
+    pub match_databases: Option<Vec<String>>,
+    pub ignore_databases: Option<Vec<String>>,
+    pub match_applications: Option<Vec<String>>,
+    pub ignore_applications: Option<Vec<String>>,
+    pub match_client_addrs: Option<Vec<String>>,
+    pub ignore_client_addrs: Option<Vec<String>>,
+    pub match_query: Option<String>,
+    pub ignore_query: Option<String>,
+    pub blocking_waiters: Option<u32>,
+    pub blocking_for: Option<Duration>,
+    /// Every key written in the table, valid or not: a condition whose value
+    /// was rejected is still a condition the user meant to set.
+    pub written: Vec<String>,
+}
+
 // The schema: the keys each table accepts. The reader below and these lists
 // must agree; `every_known_key_is_read` in the tests keeps them honest.
-pub(super) const ROOT_KEYS: &[&str] = &["server", "log", "defaults", "thresholds", "postgres"];
+pub(super) const ROOT_KEYS: &[&str] = &[
+    "server",
+    "log",
+    "defaults",
+    "thresholds",
+    "postgres",
+    "remediation",
+];
 pub(super) const SERVER_KEYS: &[&str] = &["listen", "shutdown_grace"];
 pub(super) const LOG_KEYS: &[&str] = &["format", "level"];
 pub(super) const SETTINGS_KEYS: &[&str] = &[
@@ -161,12 +236,104 @@ pub(super) const THRESHOLD_KEYS: &[&str] = &[
     "invalid_indexes",
 ];
 
+pub(super) const REMEDIATION_KEYS: &[&str] = &[
+    "mode",
+    "instance",
+    "audit_file",
+    "state_dir",
+    "sentinel_file",
+    "api_token_file",
+    "api_token_env",
+    "query_max_chars",
+    "redact_queries",
+    "pacing",
+    "budget",
+    "policies",
+];
+pub(super) const BUDGET_KEYS: &[&str] = &["per_target", "global", "window"];
+pub(super) const POLICY_KEYS: &[&str] = &[
+    "targets",
+    "action",
+    "grace",
+    "victims",
+    "max_per_cycle",
+    "only_while_failing",
+    "when",
+];
+pub(super) const WHEN_KEYS: &[&str] = &[
+    "state",
+    "idle_for",
+    "query_running_for",
+    "transaction_open_for",
+    "connected_for",
+    "match_users",
+    "ignore_users",
+    "match_databases",
+    "ignore_databases",
+    "match_applications",
+    "ignore_applications",
+    "match_client_addrs",
+    "ignore_client_addrs",
+    "match_query",
+    "ignore_query",
+    "blocking_waiters",
+    "blocking_for",
+];
+
+/// The names of `[remediation.policies.*]` in the order the document has
+/// them: the position of each policy's own `[remediation.policies.<name>]`
+/// header (or of its first sub-table when it has none). The `toml` crate's
+/// `Table` is sorted by key (it is built without `preserve_order`), but its
+/// deserializer visits keys in document order; this captures that order.
+/// Empty when the text does not have that shape (the reader reports why).
+pub(super) fn policy_order(text: &str) -> Vec<String> {
+    use serde::Deserialize;
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+
+    struct Keys(Vec<String>);
+    impl<'de> Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a table")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some(k) = map.next_key::<String>()? {
+                        map.next_value::<IgnoredAny>()?;
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    #[derive(Deserialize)]
+    struct Remediation {
+        policies: Option<Keys>,
+    }
+    #[derive(Deserialize)]
+    struct Doc {
+        remediation: Option<Remediation>,
+    }
+    toml::from_str::<Doc>(text)
+        .ok()
+        .and_then(|d| d.remediation?.policies)
+        .map(|k| k.0)
+        .unwrap_or_default()
+}
+
 /// Reads the merged tree, collecting every mistake.
 pub(super) struct Reader<'a> {
     pub(super) issues: Vec<ConfigIssue>,
     /// Key paths set by environment variables, with the variable's name.
     /// Their values arrive as strings and are typed by the schema here.
     env: &'a BTreeMap<String, String>,
+    /// The file's order of `[remediation.policies.*]` ([`policy_order`]).
+    pub(super) policy_order: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -174,6 +341,7 @@ impl<'a> Reader<'a> {
         Reader {
             issues: Vec::new(),
             env,
+            policy_order: Vec::new(),
         }
     }
 
@@ -213,7 +381,100 @@ impl<'a> Reader<'a> {
                 raw.postgres.insert(name.clone(), target);
             }
         }
+        if let Some(t) = self.table(root, "", "remediation") {
+            raw.remediation = Some(self.remediation(t));
+        }
         raw
+    }
+
+    fn remediation(&mut self, t: &Table) -> RawRemediation {
+        let path = "remediation";
+        self.known_keys(t, path, REMEDIATION_KEYS);
+        let mut out = RawRemediation {
+            mode: self.string(t, path, "mode"),
+            instance: self.string(t, path, "instance"),
+            audit_file: self.string(t, path, "audit_file").map(PathBuf::from),
+            state_dir: self.string(t, path, "state_dir").map(PathBuf::from),
+            sentinel_file: self.string(t, path, "sentinel_file").map(PathBuf::from),
+            api_token_file: self.string(t, path, "api_token_file").map(PathBuf::from),
+            api_token_env: self.string(t, path, "api_token_env"),
+            query_max_chars: self.u32(t, path, "query_max_chars"),
+            redact_queries: self.bool(t, path, "redact_queries"),
+            pacing: self.duration(t, path, "pacing"),
+            ..RawRemediation::default()
+        };
+        if let Some(b) = self.table(t, path, "budget") {
+            let p = join(path, "budget");
+            self.known_keys(b, &p, BUDGET_KEYS);
+            out.budget = RawBudget {
+                per_target: self.u32(b, &p, "per_target"),
+                global: self.u32(b, &p, "global"),
+                window: self.duration(b, &p, "window"),
+            };
+        }
+        if let Some(policies) = self.table(t, path, "policies") {
+            let pp = join(path, "policies");
+            // The file's order first, then any the environment added, by name.
+            let mut names: Vec<&String> = self
+                .policy_order
+                .iter()
+                .filter_map(|n| policies.get_key_value(n).map(|(k, _)| k))
+                .collect();
+            for name in policies.keys() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            for name in names {
+                // Like a target: one that is not a table is reported here
+                // and kept empty, so that validation knows it exists.
+                let policy = match self.table(policies, &pp, name) {
+                    Some(p) => self.policy(p, &join(&pp, name)),
+                    None => RawPolicy::default(),
+                };
+                out.policies.push((name.clone(), policy));
+            }
+        }
+        out
+    }
+
+    fn policy(&mut self, t: &Table, path: &str) -> RawPolicy {
+        self.known_keys(t, path, POLICY_KEYS);
+        let mut out = RawPolicy {
+            targets: self.strings(t, path, "targets"),
+            action: self.string(t, path, "action"),
+            grace: self.duration(t, path, "grace"),
+            victims: self.string(t, path, "victims"),
+            max_per_cycle: self.u32(t, path, "max_per_cycle"),
+            only_while_failing: self.strings(t, path, "only_while_failing"),
+            stray_conditions: t.keys().any(|k| WHEN_KEYS.contains(&k.as_str())),
+            ..RawPolicy::default()
+        };
+        if let Some(w) = self.table(t, path, "when") {
+            let p = join(path, "when");
+            self.known_keys(w, &p, WHEN_KEYS);
+            out.when = RawWhen {
+                state: self.strings(w, &p, "state"),
+                idle_for: self.duration(w, &p, "idle_for"),
+                query_running_for: self.duration(w, &p, "query_running_for"),
+                transaction_open_for: self.duration(w, &p, "transaction_open_for"),
+                connected_for: self.duration(w, &p, "connected_for"),
+                match_users: self.strings(w, &p, "match_users"),
+                ignore_users: self.strings(w, &p, "ignore_users"),
+                match_databases: self.strings(w, &p, "match_databases"),
+                ignore_databases: self.strings(w, &p, "ignore_databases"),
+                match_applications: self.strings(w, &p, "match_applications"),
+                ignore_applications: self.strings(w, &p, "ignore_applications"),
+                match_client_addrs: self.strings(w, &p, "match_client_addrs"),
+                ignore_client_addrs: self.strings(w, &p, "ignore_client_addrs"),
+                match_query: self.string(w, &p, "match_query"),
+                ignore_query: self.string(w, &p, "ignore_query"),
+                blocking_waiters: self.u32(w, &p, "blocking_waiters"),
+                blocking_for: self.duration(w, &p, "blocking_for"),
+                written: w.keys().cloned().collect(),
+            };
+        }
+        out
     }
 
     fn target(&mut self, t: &Table, path: &str) -> RawPostgresTarget {
@@ -306,6 +567,11 @@ impl<'a> Reader<'a> {
                 continue;
             }
             let hint = match (closest(key, known), misplaced(path, key)) {
+                _ if path == "remediation" && matches!(key.as_str(), "api_token" | "token") => {
+                    "the token is never written in the file: name the file holding it \
+                     (api_token_file) or the environment variable (api_token_env)"
+                        .to_string()
+                }
                 (_, Some(home)) => format!("it belongs in {home}"),
                 (Some(k), None) => format!("did you mean `{k}`?"),
                 (None, None) => format!("expected one of: {}", known.join(", ")),
@@ -343,6 +609,74 @@ impl<'a> Reader<'a> {
             Value::String(s) => Some(s.clone()),
             other => {
                 self.type_error(join(path, key), "a string", other);
+                None
+            }
+        }
+    }
+
+    /// An array of strings. Set from the environment, a TOML array
+    /// (`["a", "b"]`) or a single value (`a`, a one-element list).
+    fn strings(&mut self, t: &Table, path: &str, key: &str) -> Option<Vec<String>> {
+        let expected = "an array of strings, e.g. [\"a\", \"b\"]";
+        let value = t.get(key)?;
+        let full = join(path, key);
+        let parsed;
+        let array = match value {
+            Value::Array(a) => a,
+            Value::String(s) if self.env.contains_key(&full) => {
+                let s = s.trim();
+                if !s.starts_with('[') {
+                    return Some(vec![s.to_string()]);
+                }
+                parsed = format!("v = {s}")
+                    .parse::<Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"));
+                match &parsed {
+                    Some(Value::Array(a)) => a,
+                    _ => {
+                        self.type_error(full, expected, value);
+                        return None;
+                    }
+                }
+            }
+            other => {
+                self.type_error(full, expected, other);
+                return None;
+            }
+        };
+        let mut out = Vec::with_capacity(array.len());
+        for (i, item) in array.iter().enumerate() {
+            match item {
+                Value::String(s) => out.push(s.clone()),
+                other => {
+                    let found = describe(other);
+                    self.push(
+                        full,
+                        format!("expected {expected}, found {found} (item {})", i + 1),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn bool(&mut self, t: &Table, path: &str, key: &str) -> Option<bool> {
+        let value = t.get(key)?;
+        let full = join(path, key);
+        match value {
+            Value::Boolean(b) => Some(*b),
+            Value::String(s) if self.env.contains_key(&full) => match s.trim() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => {
+                    self.type_error(full, "true or false", value);
+                    None
+                }
+            },
+            other => {
+                self.type_error(full, "true or false", other);
                 None
             }
         }
@@ -469,12 +803,37 @@ pub(super) fn describe(v: &Value) -> String {
 fn misplaced(path: &str, key: &str) -> Option<String> {
     let is = |keys: &[&str]| keys.contains(&key);
     let in_target = path.starts_with("postgres.") && path.matches('.').count() == 1;
+    let policy = path
+        .strip_prefix("remediation.policies.")
+        .filter(|rest| !rest.contains('.'));
+    let when = path
+        .strip_prefix("remediation.policies.")
+        .and_then(|rest| rest.strip_suffix(".when"))
+        .filter(|name| !name.contains('.'));
+    if let Some(name) = policy
+        && is(WHEN_KEYS)
+    {
+        return Some(format!("[remediation.policies.{name}.when]"));
+    }
+    if let Some(name) = when
+        && is(POLICY_KEYS)
+    {
+        return Some(format!("[remediation.policies.{name}]"));
+    }
     match path {
         "" if is(SERVER_KEYS) => Some("[server]".into()),
         "" if is(LOG_KEYS) => Some("[log]".into()),
         "" if is(SETTINGS_KEYS) => Some("[defaults] or a [postgres.<name>] table".into()),
         "" if is(TARGET_OWN_KEYS) => Some("a [postgres.<name>] table".into()),
         "" if is(THRESHOLD_KEYS) => Some(format!("[thresholds.{key}]")),
+        "" if is(REMEDIATION_KEYS) => Some("[remediation]".into()),
+        "" | "remediation" if is(BUDGET_KEYS) => Some("[remediation.budget]".into()),
+        "" | "remediation" if is(POLICY_KEYS) => {
+            Some("a [remediation.policies.<name>] table".into())
+        }
+        "" | "remediation" if is(WHEN_KEYS) => {
+            Some("a [remediation.policies.<name>.when] table".into())
+        }
         "defaults" if is(TARGET_OWN_KEYS) => Some("a [postgres.<name>] table".into()),
         "defaults" if is(THRESHOLD_KEYS) => Some(format!("[thresholds.{key}]")),
         _ if in_target && is(THRESHOLD_KEYS) => Some(format!("[{path}.thresholds.{key}]")),
@@ -538,6 +897,23 @@ mod tests {
             Some("[postgres.main.thresholds.disk_free]")
         );
         assert_eq!(misplaced("postgres.main.thresholds", "url"), None);
+        assert_eq!(misplaced("", "mode").as_deref(), Some("[remediation]"));
+        assert_eq!(
+            misplaced("remediation", "window").as_deref(),
+            Some("[remediation.budget]")
+        );
+        assert_eq!(
+            misplaced("remediation.policies.p", "idle_for").as_deref(),
+            Some("[remediation.policies.p.when]")
+        );
+        assert_eq!(
+            misplaced("remediation.policies.p.when", "action").as_deref(),
+            Some("[remediation.policies.p]")
+        );
+        assert_eq!(
+            misplaced("remediation", "action").as_deref(),
+            Some("a [remediation.policies.<name>] table")
+        );
     }
 
     #[test]
@@ -557,17 +933,92 @@ mod tests {
         let mut pg = Table::new();
         pg.insert("t".into(), Value::Table(target));
         root.insert("postgres".into(), Value::Table(pg));
+        // No remediation key takes a float.
+        let wrong = |keys: &[&str]| -> Table {
+            keys.iter()
+                .map(|k| (k.to_string(), Value::Float(1.5)))
+                .collect()
+        };
+        let mut policy = wrong(POLICY_KEYS);
+        policy.insert("when".into(), Value::Table(wrong(WHEN_KEYS)));
+        let mut remediation = wrong(REMEDIATION_KEYS);
+        remediation.insert("budget".into(), Value::Table(wrong(BUDGET_KEYS)));
+        let mut policies = Table::new();
+        policies.insert("p".into(), Value::Table(policy));
+        remediation.insert("policies".into(), Value::Table(policies));
+        root.insert("remediation".into(), Value::Table(remediation));
         let env = BTreeMap::new();
         let mut r = Reader::new(&env);
-        r.read(&root);
+        let raw = r.read(&root);
         assert!(
             r.issues.iter().all(|i| i.message.starts_with("expected ")),
             "{:#?}",
             r.issues
         );
+        // Tables read as tables ("budget", "policies", "when") are not type errors.
         assert_eq!(
             r.issues.len(),
-            TARGET_OWN_KEYS.len() + SETTINGS_KEYS.len() + THRESHOLD_KEYS.len()
+            TARGET_OWN_KEYS.len()
+                + SETTINGS_KEYS.len()
+                + THRESHOLD_KEYS.len()
+                + (REMEDIATION_KEYS.len() - 2)
+                + BUDGET_KEYS.len()
+                + (POLICY_KEYS.len() - 1)
+                + WHEN_KEYS.len()
         );
+        let rem = raw.remediation.unwrap();
+        assert_eq!(rem.policies.len(), 1);
+        // Every condition written counts as written, valid or not.
+        assert_eq!(rem.policies[0].1.when.written.len(), WHEN_KEYS.len());
+    }
+
+    #[test]
+    fn policy_order_follows_the_document() {
+        let text = "\
+            [remediation]\nmode = \"observe\"\npolicies.zeta.action = \"cancel\"\n\
+            [remediation.policies.mid.when]\nstate = [\"idle\"]\n\
+            [remediation.policies.alpha]\naction = \"cancel\"\n\
+            [remediation.policies.mid]\naction = \"cancel\"\n\
+            [remediation.policies.\"b.c\"]\n";
+        // A policy's position is its own header's, when it has one.
+        assert_eq!(policy_order(text), ["zeta", "alpha", "mid", "b.c"]);
+        assert!(policy_order("[remediation]\npolicies = 5\n").is_empty());
+        assert!(policy_order("[server]\n").is_empty());
+    }
+
+    #[test]
+    fn environment_values_of_lists_and_booleans_are_typed() {
+        let mut t = Table::new();
+        for (k, v) in [
+            ("a", "[\"x\", \"y\"]"),
+            ("b", "single"),
+            ("c", "[1]"),
+            ("d", "true"),
+            ("e", "yes"),
+            ("f", "[\"unclosed\""),
+        ] {
+            t.insert(k.into(), Value::String(v.into()));
+        }
+        let env: BTreeMap<String, String> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|k| (join("p", k), format!("DBWARDEN_P__{}", k.to_uppercase())))
+            .collect();
+        let mut r = Reader::new(&env);
+        assert_eq!(r.strings(&t, "p", "a").unwrap(), ["x", "y"]);
+        assert_eq!(r.strings(&t, "p", "b").unwrap(), ["single"]);
+        assert_eq!(r.strings(&t, "p", "c"), None);
+        assert_eq!(r.bool(&t, "p", "d"), Some(true));
+        assert_eq!(r.bool(&t, "p", "e"), None);
+        assert_eq!(r.strings(&t, "p", "f"), None);
+        let paths: Vec<_> = r.issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["p.c", "p.e", "p.f"], "{:#?}", r.issues);
+        assert!(r.issues[0].message.contains("(item 1)"), "{:?}", r.issues);
+        // Written in the file, a string is not a list.
+        let none = BTreeMap::new();
+        let mut r = Reader::new(&none);
+        let mut t = Table::new();
+        t.insert("a".into(), Value::String("x".into()));
+        assert_eq!(r.strings(&t, "p", "a"), None);
+        assert!(r.issues[0].message.contains("expected an array of strings"));
     }
 }

@@ -2,19 +2,27 @@
 //! `dbwarden config` prints. Every default is filled in, `[defaults]` and
 //! `[thresholds]` are applied to each target, and passwords never appear:
 //! a URL's password is redacted, `password_env`/`password_file` show only the
-//! variable's name or the file's path.
+//! variable's name or the file's path. So do `api_token_env`/`api_token_file`:
+//! the remediation API token is never printed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Config, Limit, LogFormat, PasswordSource, PostgresTarget, Thresholds};
+use super::validate::{DEFAULT_STATE_DIR, PAUSE_STATE_FILE};
+use super::{
+    Applications, Config, Limit, LogFormat, PasswordSource, PostgresTarget, RemediationWritten,
+    Thresholds, TokenSource,
+};
+use crate::remediate::RemediationSettings;
+use crate::remediate::policy::{Action, Policy, Victims};
 
 const HEADER: &str = "\
 # dbwarden effective configuration: every default filled in, [defaults],
 # [thresholds] and DBWARDEN_* overrides applied to each target.
 # Passwords are never printed: a password written in a url shows as <redacted>.
+# Neither is the remediation API token: only its file or variable is named.
 ";
 
 pub(super) fn to_toml(config: &Config) -> String {
@@ -35,6 +43,10 @@ pub(super) fn to_toml(config: &Config) -> String {
             .iter()
             .map(|t| (t.name.as_str(), target(t)))
             .collect(),
+        remediation: config
+            .remediation
+            .as_ref()
+            .map(|r| remediation(r, &config.remediation_written)),
     };
     match toml::to_string_pretty(&file) {
         Ok(body) if body.ends_with('\n') => format!("{HEADER}\n{body}"),
@@ -128,6 +140,89 @@ fn thresholds(t: &Thresholds) -> ThresholdTables {
     }
 }
 
+fn remediation<'a>(r: &'a RemediationSettings, written: &'a RemediationWritten) -> Remediation<'a> {
+    let state_dir = r
+        .pause_state_file
+        .parent()
+        .filter(|_| r.pause_state_file.file_name() == Some(PAUSE_STATE_FILE.as_ref()))
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_string());
+    let (api_token_file, api_token_env) = match &written.api_token {
+        Some(TokenSource::File(p)) => (Some(p.to_string_lossy().into_owned()), None),
+        Some(TokenSource::Env(var)) => (None, Some(var.as_str())),
+        None => (None, None),
+    };
+    Remediation {
+        mode: r.mode.as_str(),
+        instance: &r.instance,
+        audit_file: r.audit_file.to_string_lossy().into_owned(),
+        state_dir,
+        sentinel_file: r
+            .sentinel_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        api_token_file,
+        api_token_env,
+        query_max_chars: r.query_max_chars,
+        redact_queries: r.redact_queries,
+        pacing: human(r.pacing),
+        budget: Budget {
+            per_target: r.target_budget.0,
+            global: r.global_budget.0,
+            window: human(r.target_budget.1),
+        },
+        policies: Ordered(
+            r.policies
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.as_str(),
+                        policy(p, written.applications.get(&p.name)),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn policy<'a>(p: &'a Policy, applications: Option<&'a Applications>) -> PolicyTable<'a> {
+    let c = &p.conditions;
+    let networks = |n: &[ipnet::IpNet]| n.iter().map(|n| n.to_string()).collect();
+    PolicyTable {
+        targets: &p.targets,
+        action: p.action.as_str(),
+        grace: match p.action {
+            Action::CancelThenTerminate { grace } => Some(human(grace)),
+            Action::Cancel | Action::Terminate => None,
+        },
+        victims: match p.victims {
+            Victims::All => "all",
+            Victims::Oldest => "oldest",
+        },
+        max_per_cycle: p.max_per_cycle,
+        only_while_failing: p.only_while_failing.iter().map(|c| c.as_str()).collect(),
+        when: When {
+            state: c.states.iter().map(|s| s.as_str()).collect(),
+            idle_for: c.idle_for.map(human),
+            query_running_for: c.query_running_for.map(human),
+            transaction_open_for: c.transaction_open_for.map(human),
+            connected_for: c.connected_for.map(human),
+            match_users: &c.match_users,
+            ignore_users: &c.ignore_users,
+            match_databases: &c.match_databases,
+            ignore_databases: &c.ignore_databases,
+            match_applications: applications.map(|a| a.0.as_slice()).unwrap_or_default(),
+            ignore_applications: applications.map(|a| a.1.as_slice()).unwrap_or_default(),
+            match_client_addrs: networks(&c.match_client_addrs),
+            ignore_client_addrs: networks(&c.ignore_client_addrs),
+            match_query: c.match_query.as_ref().map(|r| r.as_str()),
+            ignore_query: c.ignore_query.as_ref().map(|r| r.as_str()),
+            blocking_waiters: c.blocking.map(|b| b.min_waiters),
+            blocking_for: c.blocking.map(|b| human(b.waited_for)),
+        },
+    }
+}
+
 // The file's shape. Field order is the order printed.
 
 #[derive(Serialize)]
@@ -135,6 +230,106 @@ struct File<'a> {
     server: Server,
     log: Log<'a>,
     postgres: BTreeMap<&'a str, Target<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remediation: Option<Remediation<'a>>,
+}
+
+/// A table whose keys keep the given order (policies are evaluated in it).
+struct Ordered<'a, T>(Vec<(&'a str, T)>);
+
+impl<T: Serialize> Serialize for Ordered<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Remediation<'a> {
+    mode: &'static str,
+    instance: &'a str,
+    audit_file: String,
+    state_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sentinel_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_token_env: Option<&'a str>,
+    query_max_chars: usize,
+    redact_queries: bool,
+    pacing: String,
+    budget: Budget,
+    #[serde(skip_serializing_if = "is_empty_ordered")]
+    policies: Ordered<'a, PolicyTable<'a>>,
+}
+
+fn is_empty_ordered<T>(o: &Ordered<'_, T>) -> bool {
+    o.0.is_empty()
+}
+
+#[derive(Serialize)]
+struct Budget {
+    per_target: u32,
+    global: u32,
+    window: String,
+}
+
+#[derive(Serialize)]
+struct PolicyTable<'a> {
+    /// Empty: every target, written by leaving the key out.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    targets: &'a [String],
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace: Option<String>,
+    victims: &'static str,
+    max_per_cycle: u32,
+    only_while_failing: Vec<&'static str>,
+    when: When<'a>,
+}
+
+/// Only the conditions the policy sets: an unset condition is no condition.
+#[derive(Serialize)]
+struct When<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    state: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_running_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_open_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connected_for: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    match_users: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    ignore_users: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    match_databases: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    ignore_databases: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    match_applications: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    ignore_applications: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    match_client_addrs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ignore_client_addrs: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    match_query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignore_query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocking_waiters: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocking_for: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -3,12 +3,20 @@
 //! Nothing here connects anywhere; the only I/O is reading password and
 //! certificate files.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::{IpNet, Ipv4Net};
+use regex::Regex;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+use crate::evaluate::CheckId;
+use crate::observe::SessionState;
+use crate::remediate::policy::{Action, Blocking, Conditions, NameSet, Policy, Victims};
+use crate::remediate::{Mode, RemediationSettings};
 
 use super::raw::{self, *};
 use super::secret::{REDACTED, url_password};
@@ -37,6 +45,25 @@ pub(super) const DEFAULT_DATABASE_SIZES_INTERVAL: Duration = Duration::from_secs
 pub(super) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub(super) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_SSLMODE: &str = "prefer";
+
+pub(super) const DEFAULT_MODE: Mode = Mode::DryRun;
+pub(super) const DEFAULT_INSTANCE: &str = "dbwarden";
+pub(super) const DEFAULT_AUDIT_FILE: &str = "/var/lib/dbwarden/audit.jsonl";
+pub(super) const DEFAULT_STATE_DIR: &str = "/var/lib/dbwarden";
+/// The pause state's file name in `state_dir`.
+pub(super) const PAUSE_STATE_FILE: &str = "paused.json";
+pub(super) const DEFAULT_QUERY_MAX_CHARS: u32 = 256;
+const MAX_QUERY_MAX_CHARS: u32 = 10_000;
+pub(super) const DEFAULT_PACING: Duration = Duration::from_secs(1);
+pub(super) const DEFAULT_BUDGET_PER_TARGET: u32 = 10;
+pub(super) const DEFAULT_BUDGET_GLOBAL: u32 = 30;
+pub(super) const DEFAULT_BUDGET_WINDOW: Duration = Duration::from_secs(600);
+const MIN_BUDGET_WINDOW: Duration = Duration::from_secs(1);
+pub(super) const DEFAULT_MAX_PER_CYCLE: u32 = 10;
+const MAX_PER_CYCLE_LIMIT: u32 = 1000;
+/// A target remediation acts on needs one connection to poll and one for
+/// the actor (its advisory lock and the signals).
+const REMEDIATION_MIN_CONNECTIONS: u32 = 2;
 
 /// Bounds of every target-setting duration: below 100ms is a busy loop,
 /// above a day is a typo (and would overflow PostgreSQL's millisecond timeouts
@@ -127,7 +154,16 @@ pub(super) fn validate(
         }
     }
 
+    let remediation = raw
+        .remediation
+        .as_ref()
+        .and_then(|r| remediation(r, &raw, env, &mut issues));
+
     if issues.0.is_empty() {
+        let (remediation, remediation_written) = match remediation {
+            Some((settings, written)) => (Some(settings), written),
+            None => (None, RemediationWritten::default()),
+        };
         Ok(Config {
             server: ServerConfig {
                 listen,
@@ -136,7 +172,8 @@ pub(super) fn validate(
             },
             log: LogConfig { format, level },
             postgres,
-            remediation: None,
+            remediation,
+            remediation_written,
         })
     } else {
         Err(issues.0)
@@ -737,4 +774,637 @@ fn thresholds(
         }
     }
     t
+}
+
+/// `[remediation]`: its settings, its policies, and the connection budget of
+/// every target a policy may act on. `None` when anything is wrong (all of
+/// it reported).
+fn remediation(
+    raw: &RawRemediation,
+    config: &RawConfig,
+    env: &[(String, String)],
+    issues: &mut Issues,
+) -> Option<(RemediationSettings, RemediationWritten)> {
+    let before = issues.0.len();
+    let key = |k: &str| raw::join("remediation", k);
+
+    let mode = match raw.mode.as_deref() {
+        None => Some(DEFAULT_MODE),
+        Some("observe") => Some(Mode::Observe),
+        Some("dry-run") => Some(Mode::DryRun),
+        Some("enforce") => Some(Mode::Enforce),
+        Some(other) => {
+            issues.push(
+                key("mode"),
+                format!(
+                    "invalid value {other:?}: expected \"observe\", \"dry-run\" (the default) or \"enforce\""
+                ),
+            );
+            None
+        }
+    };
+
+    let instance = match &raw.instance {
+        Some(i) => {
+            if !valid_instance(i) {
+                issues.push(
+                    key("instance"),
+                    format!(
+                        "invalid instance name {i:?}: use 1-40 letters, digits, '.', '_' or '-'"
+                    ),
+                );
+            }
+            i.clone()
+        }
+        None => match env.iter().find(|(k, _)| k == "HOSTNAME") {
+            Some((_, h)) if valid_instance(h) => h.clone(),
+            Some((_, h)) if !h.is_empty() => {
+                issues.push(
+                    key("instance"),
+                    format!(
+                        "not set, and its default, the HOSTNAME {h:?}, is not a valid instance name (1-40 letters, digits, '.', '_' or '-'): set remediation.instance (or DBWARDEN_REMEDIATION__INSTANCE)"
+                    ),
+                );
+                h.clone()
+            }
+            _ => DEFAULT_INSTANCE.to_string(),
+        },
+    };
+
+    let mut absolute = |k: &str, p: &Path| {
+        if !p.is_absolute() {
+            issues.push(
+                key(k),
+                format!("{:?} must be an absolute path", p.display().to_string()),
+            );
+        }
+    };
+    let audit_file = raw
+        .audit_file
+        .clone()
+        .unwrap_or_else(|| DEFAULT_AUDIT_FILE.into());
+    absolute("audit_file", &audit_file);
+    let state_dir = raw
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    absolute("state_dir", &state_dir);
+    if let Some(sentinel) = &raw.sentinel_file {
+        absolute("sentinel_file", sentinel);
+    }
+
+    // The pause API's token: from a file or an environment variable, never
+    // from the configuration itself, and never echoed.
+    if let (Some(file), Some(var)) = (&raw.api_token_file, &raw.api_token_env) {
+        let var = if valid_env_name(var) {
+            format!(" = {var:?}")
+        } else {
+            String::new()
+        };
+        issues.push(
+            "remediation",
+            format!(
+                "two token sources (api_token_file = {:?}, api_token_env{var}): use only one",
+                file.display().to_string()
+            ),
+        );
+    }
+    let mut api_token = None;
+    let mut token_source = None;
+    if let Some(var) = &raw.api_token_env {
+        token_source = Some(TokenSource::Env(var.clone()));
+        if !valid_env_name(var) {
+            // Not echoed: it may be the token itself, written in the wrong place.
+            issues.push(
+                key("api_token_env"),
+                "is not an environment variable name (letters, digits and '_', not starting with a digit): write the name of the variable that holds the token, never the token itself",
+            );
+        } else {
+            match env.iter().find(|(k, _)| k == var) {
+                Some((_, v)) if !v.trim().is_empty() => api_token = Some(Secret::new(v.trim())),
+                Some(_) => issues.push(
+                    key("api_token_env"),
+                    format!("environment variable {var:?} is empty"),
+                ),
+                None => issues.push(
+                    key("api_token_env"),
+                    format!("environment variable {var:?} is not set"),
+                ),
+            }
+        }
+    }
+    if let Some(file) = &raw.api_token_file {
+        token_source = Some(TokenSource::File(file.clone()));
+        let shown = file.display().to_string();
+        match std::fs::read_to_string(file) {
+            Ok(v) if !v.trim().is_empty() => api_token = Some(Secret::new(v.trim())),
+            Ok(_) => issues.push(key("api_token_file"), format!("file {shown:?} is empty")),
+            Err(e) => issues.push(key("api_token_file"), format!("cannot read {shown:?}: {e}")),
+        }
+    }
+
+    let query_max_chars = raw.query_max_chars.unwrap_or(DEFAULT_QUERY_MAX_CHARS);
+    if !(1..=MAX_QUERY_MAX_CHARS).contains(&query_max_chars) {
+        issues.push(
+            key("query_max_chars"),
+            format!("{query_max_chars} is out of range: 1 to {MAX_QUERY_MAX_CHARS}"),
+        );
+    }
+    let window = raw.budget.window.unwrap_or(DEFAULT_BUDGET_WINDOW);
+    if window < MIN_BUDGET_WINDOW {
+        issues.push(
+            raw::join(&key("budget"), "window"),
+            format!("{} is too short: at least \"1s\"", q(window)),
+        );
+    }
+
+    let mut policies = Vec::new();
+    let mut applications = BTreeMap::new();
+    for (name, p) in &raw.policies {
+        if let Some((policy, apps)) = policy(name, p, config, issues) {
+            applications.insert(name.clone(), apps);
+            policies.push(policy);
+        }
+    }
+
+    // Every target a policy acts on needs a second connection, for the actor.
+    if mode.is_some_and(|m| m != Mode::Observe) {
+        for (target, t) in &config.postgres {
+            let acting: Vec<&str> = raw
+                .policies
+                .iter()
+                .filter(|(_, p)| {
+                    p.targets
+                        .as_ref()
+                        .is_none_or(|ts| ts.iter().any(|x| x == target))
+                })
+                .map(|(name, _)| name.as_str())
+                .collect();
+            let (n, at) = match (t.settings.max_connections, config.defaults.max_connections) {
+                (Some(n), _) => (
+                    n,
+                    raw::join(&raw::join("postgres", target), "max_connections"),
+                ),
+                (None, Some(n)) => (n, raw::join("defaults", "max_connections")),
+                (None, None) => continue,
+            };
+            // 0 is already out of range; only 1 is too few here.
+            if acting.is_empty() || n == 0 || n >= REMEDIATION_MIN_CONNECTIONS {
+                continue;
+            }
+            let by = acting
+                .iter()
+                .map(|p| {
+                    let at = raw::join(&raw::join("remediation.policies", p), "targets");
+                    format!("policy {p}, {at}")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            issues.push(
+                at,
+                format!(
+                    "{n} is too few for target {target:?}: in mode {:?}, remediation acts on it ({by}) and needs {REMEDIATION_MIN_CONNECTIONS} connections: one to poll, one dedicated to the actor lock and the signals; set max_connections = {REMEDIATION_MIN_CONNECTIONS} or more, or leave {target:?} out of the policy's targets",
+                    mode.map(Mode::as_str).unwrap_or_default()
+                ),
+            );
+        }
+    }
+
+    if issues.0.len() != before {
+        return None;
+    }
+    let budget_per_target = raw.budget.per_target.unwrap_or(DEFAULT_BUDGET_PER_TARGET);
+    let budget_global = raw.budget.global.unwrap_or(DEFAULT_BUDGET_GLOBAL);
+    Some((
+        RemediationSettings {
+            mode: mode?,
+            instance,
+            audit_file,
+            pause_state_file: state_dir.join(PAUSE_STATE_FILE),
+            sentinel_file: raw.sentinel_file.clone(),
+            api_token,
+            query_max_chars: query_max_chars as usize,
+            redact_queries: raw.redact_queries.unwrap_or(false),
+            pacing: raw.pacing.unwrap_or(DEFAULT_PACING),
+            target_budget: (budget_per_target, window),
+            global_budget: (budget_global, window),
+            policies,
+        },
+        RemediationWritten {
+            api_token: token_source,
+            applications,
+        },
+    ))
+}
+
+/// An instance name: it appears in audit records and as the actor lock's holder.
+fn valid_instance(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_env_name(name: &str) -> bool {
+    name.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The states a policy may name, by their names in the configuration.
+const POLICY_STATES: [SessionState; 4] = [
+    SessionState::Active,
+    SessionState::Idle,
+    SessionState::IdleInTransaction,
+    SessionState::IdleInTransactionAborted,
+];
+
+/// The keys of `when` that select sessions by themselves; a policy needs one.
+const SELECTING_CONDITIONS: [&str; 6] = [
+    "state",
+    "idle_for",
+    "query_running_for",
+    "transaction_open_for",
+    "connected_for",
+    "blocking_waiters",
+];
+
+/// The regex crate's message without its multi-line diagram: the line
+/// after `error: `, e.g. "unclosed group".
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// A CIDR network, or a bare address as a single-host network (/32, /128).
+/// An IPv4-mapped IPv6 network is stored as the IPv4 network it maps, since
+/// sessions' addresses are compared in canonical form.
+fn network(text: &str) -> Option<IpNet> {
+    let net = text
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return Some(IpNet::V4(n));
+    }
+    Some(net)
+}
+
+fn policy(
+    name: &str,
+    p: &RawPolicy,
+    config: &RawConfig,
+    issues: &mut Issues,
+) -> Option<(Policy, Applications)> {
+    let before = issues.0.len();
+    let path = raw::join("remediation.policies", name);
+    let key = |k: &str| raw::join(&path, k);
+    let when_path = key("when");
+    let wkey = |k: &str| raw::join(&when_path, k);
+    if !valid_name(name) {
+        issues.push(
+            &path,
+            format!("invalid policy name {name:?}: use 1-63 lowercase letters, digits, '_' or '-'"),
+        );
+    }
+
+    match &p.targets {
+        Some(t) if t.is_empty() => issues.push(
+            key("targets"),
+            "empty: name the targets, or leave targets out to apply the policy to every target",
+        ),
+        Some(t) => {
+            let unknown: Vec<String> = t
+                .iter()
+                .filter(|x| !config.postgres.contains_key(*x))
+                .map(|x| format!("{x:?}"))
+                .collect();
+            if !unknown.is_empty() {
+                let known: Vec<String> = config.postgres.keys().map(|k| format!("{k:?}")).collect();
+                issues.push(
+                    key("targets"),
+                    format!(
+                        "{} {} not a configured target: configured are {}",
+                        unknown.join(", "),
+                        if unknown.len() == 1 { "is" } else { "are" },
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        None => {}
+    }
+
+    let action = match p.action.as_deref() {
+        None => {
+            issues.push(
+                key("action"),
+                "missing: \"cancel\", \"terminate\" or \"cancel_then_terminate\" (with a grace)",
+            );
+            None
+        }
+        Some("cancel") => Some(Action::Cancel),
+        Some("terminate") => Some(Action::Terminate),
+        Some("cancel_then_terminate") => match p.grace {
+            Some(grace) if !grace.is_zero() => Some(Action::CancelThenTerminate { grace }),
+            Some(_) => {
+                issues.push(
+                    key("grace"),
+                    "\"0s\" leaves the query no time to end after the cancel: use a positive duration, e.g. \"10s\"",
+                );
+                None
+            }
+            None => {
+                issues.push(
+                    key("grace"),
+                    "missing: action = \"cancel_then_terminate\" needs a grace, how long to wait after the cancel before terminating, e.g. \"10s\"",
+                );
+                None
+            }
+        },
+        Some(other) => {
+            issues.push(
+                key("action"),
+                format!(
+                    "invalid value {other:?}: expected \"cancel\", \"terminate\" or \"cancel_then_terminate\""
+                ),
+            );
+            None
+        }
+    };
+    if let (Some(grace), Some(a @ ("cancel" | "terminate"))) = (p.grace, p.action.as_deref()) {
+        issues.push(
+            key("grace"),
+            format!(
+                "{} is only used with action = \"cancel_then_terminate\", not {a:?}: remove it",
+                q(grace)
+            ),
+        );
+    }
+
+    let victims = match p.victims.as_deref() {
+        None | Some("all") => Victims::All,
+        Some("oldest") => Victims::Oldest,
+        Some(other) => {
+            issues.push(
+                key("victims"),
+                format!("invalid value {other:?}: expected \"all\" (the default) or \"oldest\""),
+            );
+            Victims::All
+        }
+    };
+    let max_per_cycle = p.max_per_cycle.unwrap_or(DEFAULT_MAX_PER_CYCLE);
+    if !(1..=MAX_PER_CYCLE_LIMIT).contains(&max_per_cycle) {
+        issues.push(
+            key("max_per_cycle"),
+            format!("{max_per_cycle} is out of range: 1 to {MAX_PER_CYCLE_LIMIT}"),
+        );
+    }
+    let mut only_while_failing = Vec::new();
+    for check in p.only_while_failing.iter().flatten() {
+        match CheckId::ALL.iter().find(|c| c.as_str() == check) {
+            Some(c) => only_while_failing.push(*c),
+            None => issues.push(
+                key("only_while_failing"),
+                format!(
+                    "unknown check {check:?}: expected one of {}",
+                    CheckId::ALL.map(CheckId::as_str).join(", ")
+                ),
+            ),
+        }
+    }
+
+    // The conditions.
+    let w = &p.when;
+    let mut states = Vec::new();
+    let mut states_valid = true;
+    for s in w.state.iter().flatten() {
+        match POLICY_STATES.iter().find(|x| x.as_str() == s) {
+            Some(x) => states.push(*x),
+            None => {
+                states_valid = false;
+                issues.push(
+                    wkey("state"),
+                    format!(
+                        "invalid state {s:?}: expected {}",
+                        POLICY_STATES.map(SessionState::as_str).join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    for (k, d) in [
+        ("idle_for", w.idle_for),
+        ("query_running_for", w.query_running_for),
+        ("transaction_open_for", w.transaction_open_for),
+        ("connected_for", w.connected_for),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            issues.push(
+                wkey(k),
+                "\"0s\" always holds, so it is no condition: use a positive duration (to select by state alone, use state)",
+            );
+        }
+    }
+    let written_states = || {
+        format!(
+            "[{}]",
+            w.state
+                .iter()
+                .flatten()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    if states_valid && !states.is_empty() {
+        let idle_states = [
+            SessionState::Idle,
+            SessionState::IdleInTransaction,
+            SessionState::IdleInTransactionAborted,
+        ];
+        if let Some(d) = w.idle_for
+            && !states.iter().any(|s| idle_states.contains(s))
+        {
+            issues.push(
+                wkey("idle_for"),
+                format!(
+                    "{} can never hold with state = {}: idle_for measures idle sessions (idle, idle_in_transaction, idle_in_transaction_aborted)",
+                    q(d),
+                    written_states()
+                ),
+            );
+        }
+        if let Some(d) = w.query_running_for
+            && !states.contains(&SessionState::Active)
+        {
+            issues.push(
+                wkey("query_running_for"),
+                format!(
+                    "{} can never hold with state = {}: query_running_for measures active sessions; add \"active\"",
+                    q(d),
+                    written_states()
+                ),
+            );
+        }
+    }
+    if w.idle_for.is_some() && w.query_running_for.is_some() {
+        issues.push(
+            &when_path,
+            "idle_for and query_running_for can never hold together (a session is either idle or running a query): write two policies",
+        );
+    }
+    // A condition whose value was rejected still counts: it is reported already.
+    let selects = w.written.iter().any(|k| {
+        SELECTING_CONDITIONS.contains(&k.as_str())
+            && !(k == "state" && w.state.as_ref().is_some_and(Vec::is_empty))
+    });
+    if !selects && !p.stray_conditions {
+        issues.push(
+            &when_path,
+            format!(
+                "no condition: the policy would select every client session; set at least one of {}",
+                SELECTING_CONDITIONS.join(", ")
+            ),
+        );
+    }
+
+    let mut names = |k: &str, list: &Option<Vec<String>>| -> NameSet {
+        let list = list.clone().unwrap_or_default();
+        let mut valid = true;
+        for pattern in &list {
+            if let Err(e) = Regex::new(pattern) {
+                valid = false;
+                issues.push(
+                    wkey(k),
+                    format!("invalid regex {pattern:?}: {}", regex_reason(&e)),
+                );
+            }
+        }
+        if !valid {
+            return NameSet::default();
+        }
+        NameSet::new(Vec::new(), &list).unwrap_or_else(|e| {
+            issues.push(
+                wkey(k),
+                format!(
+                    "{} cannot be matched as a whole name: {}",
+                    list.iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    regex_reason(&e)
+                ),
+            );
+            NameSet::default()
+        })
+    };
+    let match_applications = names("match_applications", &w.match_applications);
+    let ignore_applications = names("ignore_applications", &w.ignore_applications);
+
+    let mut networks = |k: &str, list: &Option<Vec<String>>| -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for text in list.iter().flatten() {
+            match network(text) {
+                Some(n) => out.push(n),
+                None => issues.push(
+                    wkey(k),
+                    format!(
+                        "invalid network {text:?}: expected CIDR notation such as \"10.0.0.0/8\" or \"fd00::/8\", or an IP address"
+                    ),
+                ),
+            }
+        }
+        out
+    };
+    let match_client_addrs = networks("match_client_addrs", &w.match_client_addrs);
+    let ignore_client_addrs = networks("ignore_client_addrs", &w.ignore_client_addrs);
+
+    let mut query = |k: &str, text: &Option<String>| -> Option<Regex> {
+        let text = text.as_ref()?;
+        Regex::new(text)
+            .map_err(|e| {
+                issues.push(
+                    wkey(k),
+                    format!("invalid regex {text:?}: {}", regex_reason(&e)),
+                )
+            })
+            .ok()
+    };
+    let match_query = query("match_query", &w.match_query);
+    let ignore_query = query("ignore_query", &w.ignore_query);
+
+    let blocking = match (w.blocking_waiters, w.blocking_for) {
+        (Some(0), _) => {
+            issues.push(
+                wkey("blocking_waiters"),
+                "0 is out of range: at least 1 (the number of sessions the lock-chain root must block)",
+            );
+            None
+        }
+        (Some(n), waited_for) => Some(Blocking {
+            min_waiters: n,
+            waited_for: waited_for.unwrap_or(Duration::ZERO),
+        }),
+        (None, Some(d)) => {
+            if !w.written.iter().any(|k| k == "blocking_waiters") {
+                issues.push(
+                    wkey("blocking_for"),
+                    format!(
+                        "{} without blocking_waiters: set blocking_waiters, how many sessions the lock-chain root must block",
+                        q(d)
+                    ),
+                );
+            }
+            None
+        }
+        (None, None) => None,
+    };
+
+    if issues.0.len() != before {
+        return None;
+    }
+    let policy = Policy {
+        name: name.to_string(),
+        targets: p.targets.clone().unwrap_or_default(),
+        action: action?,
+        victims,
+        max_per_cycle,
+        conditions: Conditions {
+            states,
+            idle_for: w.idle_for,
+            query_running_for: w.query_running_for,
+            transaction_open_for: w.transaction_open_for,
+            connected_for: w.connected_for,
+            match_users: w.match_users.clone().unwrap_or_default(),
+            ignore_users: w.ignore_users.clone().unwrap_or_default(),
+            match_databases: w.match_databases.clone().unwrap_or_default(),
+            ignore_databases: w.ignore_databases.clone().unwrap_or_default(),
+            match_applications,
+            ignore_applications,
+            match_client_addrs,
+            ignore_client_addrs,
+            match_query,
+            ignore_query,
+            blocking,
+        },
+        only_while_failing,
+    };
+    let apps = (
+        w.match_applications.clone().unwrap_or_default(),
+        w.ignore_applications.clone().unwrap_or_default(),
+    );
+    Some((policy, apps))
 }
