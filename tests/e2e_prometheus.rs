@@ -51,6 +51,11 @@ const EXPECTED_EMPTY: &[(&str, &str)] = &[
         "increase(dbwarden_postgres_deadlocks_total",
         "`> 0` keeps only databases with new deadlocks: nothing deadlocks here",
     ),
+    (
+        "outcome=~\"refused|failed|audit_failed|budget_exhausted\"",
+        "`> 0` keeps only decisions held back or failed: the dry-run policy's \
+         decisions are would_act until its budget runs out",
+    ),
 ];
 
 fn root() -> PathBuf {
@@ -453,9 +458,23 @@ fn watched(name: &str, c: &ScratchCluster, interval: &str) -> String {
 async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     let started = Instant::now();
     let (primary, standby) = replicated();
+    // Remediation in dry-run mode (it audits what it would do and signals
+    // nothing), with an idle session its policy selects held open, so that
+    // the remediation families have data.
+    psql(&primary, "CREATE ROLE e2e_idle LOGIN");
+    let idle = connect_as(&primary, "e2e_idle", "e2e-idle").await;
+    let remediation_dir = tempfile::tempdir().expect("tempdir");
+    let remediation = format!(
+        "[remediation]\nmode = \"dry-run\"\ninstance = \"e2e\"\naudit_file = {:?}\nstate_dir = {:?}\n\n\
+         [remediation.policies.idle]\ntargets = [\"primary\"]\naction = \"terminate\"\n\
+         [remediation.policies.idle.when]\nstate = [\"idle\"]\nidle_for = \"1s\"\n\
+         match_users = [\"e2e_idle\"]\n",
+        remediation_dir.path().join("audit.jsonl").to_string_lossy(),
+        remediation_dir.path().join("state").to_string_lossy(),
+    );
     let daemon = Daemon::start(
         &format!(
-            "{}{}",
+            "{}{}{remediation}",
             watched("primary", &primary, "1s"),
             watched("standby", &standby, "1s")
         ),
@@ -609,6 +628,7 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     println!("done after {:.1?}", started.elapsed());
     drop(prom);
     drop(daemon);
+    drop(idle);
     drop((primary, standby));
 }
 

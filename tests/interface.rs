@@ -6,7 +6,9 @@
 //! The central test starts the daemon in-process against real servers (the
 //! machine's PostgreSQL on 127.0.0.1:5432, plus a scratch primary with a
 //! streaming standby, a replication slot, data checksums and WAL archiving,
-//! so that every family dbwarden can export shows up) and checks every
+//! and remediation in dry-run mode with a policy that selects an idle session
+//! the test holds open on the scratch primary, so that every family dbwarden
+//! can export shows up) and checks every
 //! metric named in a rule, a rule test or a dashboard against the names of
 //! its real `/metrics`. That prevents the two classic defects of shipped
 //! rules: alerting on a metric the exporter no longer emits, and `rate()`
@@ -26,6 +28,8 @@ use dbwarden::evaluate::CheckId;
 use dbwarden::scratch::{ClusterOptions, ScratchCluster};
 use dbwarden::telemetry::metrics::METRIC_NAMES;
 use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
 
 const RULES: &str = "deploy/prometheus/dbwarden-rules.yaml";
 const RULE_TESTS: &str = "deploy/prometheus/dbwarden-rules.test.yaml";
@@ -555,8 +559,9 @@ fn dashboards_follow_the_conventions() {
 }
 
 /// Scratch servers that make every family dbwarden can export appear: a
-/// primary with data checksums, WAL archiving (to nowhere) and a physical
-/// replication slot, and its streaming standby.
+/// primary with data checksums, WAL archiving (to nowhere), a physical
+/// replication slot and the role of the session remediation selects, and its
+/// streaming standby.
 struct Replicated {
     primary: ScratchCluster,
     standby: ScratchCluster,
@@ -577,6 +582,7 @@ fn start_replicated() -> Replicated {
             .unwrap_or_else(|e| panic!("psql {sql:?}: {e}"))
     };
     psql("SELECT pg_create_physical_replication_slot('dbwarden_interface_test', true)");
+    psql(&format!("CREATE ROLE {IDLE_ROLE} LOGIN"));
     // Write something and switch segments, so one is archived.
     psql("CREATE TABLE interface_test (id int)");
     psql("SELECT pg_switch_wal()");
@@ -585,7 +591,29 @@ fn start_replicated() -> Replicated {
     Replicated { primary, standby }
 }
 
-fn config(port: u16, r: &Replicated) -> Config {
+/// The role of the idle session the test holds open on the scratch primary
+/// for the remediation policy to select.
+const IDLE_ROLE: &str = "interface_idle";
+
+/// An idle session of [`IDLE_ROLE`] on the scratch primary, held open while
+/// the daemon runs.
+async fn idle_session(r: &Replicated) -> PgConnection {
+    let url = r.primary.url("postgres");
+    let opts: PgConnectOptions = url
+        .parse::<PgConnectOptions>()
+        .unwrap_or_else(|e| panic!("scratch primary URL {url}: {e}"))
+        .username(IDLE_ROLE)
+        .application_name("interface-test-idle");
+    PgConnection::connect_with(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("idle session as {IDLE_ROLE}: {e}"))
+}
+
+/// The daemon's configuration: the machine's PostgreSQL and the scratch pair,
+/// and remediation in dry-run mode (it audits what it would do and signals
+/// nothing) on the scratch primary only, so that its decision, actor and
+/// budget families appear; `dir` holds its audit file and pause state.
+fn config(port: u16, r: &Replicated, dir: &Path) -> Config {
     let target = |name: &str, url: &str, data: &Path| {
         format!(
             "[postgres.{name}]\nurl = {}\nsslmode = \"disable\"\n[postgres.{name}.paths]\ndata = {}\n\n",
@@ -612,6 +640,15 @@ fn config(port: u16, r: &Replicated) -> Config {
         "scratch-standby",
         &r.standby.url("postgres"),
         r.standby.data_dir(),
+    ));
+    toml.push_str(&format!(
+        "[remediation]\nmode = \"dry-run\"\ninstance = \"interface-test\"\n\
+         audit_file = {}\nstate_dir = {}\n\n\
+         [remediation.policies.idle]\ntargets = [\"scratch-primary\"]\naction = \"terminate\"\n\
+         [remediation.policies.idle.when]\nstate = [\"idle\"]\nidle_for = \"1s\"\n\
+         match_users = [\"{IDLE_ROLE}\"]\n",
+        toml_str(&dir.join("audit.jsonl").to_string_lossy()),
+        toml_str(&dir.join("state").to_string_lossy()),
     ));
     Config::from_toml_with_env(&toml, std::iter::empty())
         .unwrap_or_else(|e| panic!("invalid test configuration: {e}\n{toml}"))
@@ -644,7 +681,8 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
 
     let replicated = start_replicated();
     let port = free_port();
-    let config = config(port, &replicated);
+    let remediation_dir = tempfile::tempdir().expect("tempdir");
+    let config = config(port, &replicated, remediation_dir.path());
     let base = format!("http://127.0.0.1:{port}");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -653,6 +691,9 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
         .build()
         .expect("tokio runtime");
     let (exposition, missing) = rt.block_on(async {
+        // Selected by the dry-run policy: nothing is signalled, the decision
+        // is audited and counted, and dbwarden takes the actor lock.
+        let idle = idle_session(&replicated).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let daemon = tokio::spawn(dbwarden::daemon::run(config, async {
             let _ = stopped.await;
@@ -709,6 +750,7 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
             .expect("the daemon did not stop within 30s of the shutdown signal")
             .expect("the daemon task panicked");
         result.expect("the daemon failed");
+        let _ = idle.close().await;
         (text, missing)
     });
     drop(replicated);

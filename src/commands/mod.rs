@@ -56,6 +56,10 @@ pub enum Command {
         snapshot: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Treat this alert as firing on every target (for policies with
+        /// `only_while_alerts`); repeat for several.
+        #[arg(long = "assume-firing", value_name = "ALERTNAME")]
+        assume_firing: Vec<String>,
     },
     /// Validate the configuration without connecting anywhere and print the
     /// effective configuration, secrets redacted.
@@ -86,8 +90,8 @@ pub fn main() -> ExitCode {
             Ok(c) => runtime(check::run(c, format)),
             Err(code) => code,
         },
-        Command::Replay { config, snapshot, format } => match load(&config) {
-            Ok(c) => replay::run(&c, &snapshot, format),
+        Command::Replay { config, snapshot, format, assume_firing } => match load(&config) {
+            Ok(c) => replay::run(&c, &snapshot, format, &assume_firing),
             Err(code) => code,
         },
         Command::Run { config } => match load(&config) {

@@ -29,7 +29,9 @@ struct RecordedTarget {
     snapshot: Option<PgSnapshot>,
 }
 
-pub fn run(config: &Config, snapshot_file: &Path, format: Format) -> u8 {
+/// `assume_firing`: alert names to treat as firing on every target, for
+/// policies gated on alerts (a recorded snapshot does not hold alerts).
+pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing: &[String]) -> u8 {
     let Some(rem) = &config.remediation else {
         eprintln!("dbwarden: no [remediation] policies in the configuration: nothing to replay");
         return exit::USAGE;
@@ -58,7 +60,8 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format) -> u8 {
             continue;
         };
         let failing: Vec<_> = t.checks.iter().filter(|c| c.status == CheckStatus::Fail).map(|c| c.check).collect();
-        let (evaluations, chosen) = policy::select(&rem.policies, &t.target, snapshot, &failing);
+        let gates = policy::Gates { failing: &failing, firing_alerts: assume_firing };
+        let (evaluations, chosen) = policy::select(&rem.policies, &t.target, snapshot, gates);
         results.push((t.target.clone(), evaluations, chosen));
     }
     if results.is_empty() {

@@ -1436,6 +1436,19 @@ mod tests {
     }
 
     #[test]
+    fn alert_gate_is_read_and_alert_names_are_checked() {
+        let c = ok(
+            &with_policy("only_while_alerts = [\"DbWardenConnectionsHigh\"]\n", "idle_for = \"10m\"\n"),
+            &[],
+        );
+        assert_eq!(policy(&c).only_while_alerts, ["DbWardenConnectionsHigh"]);
+        let printed = c.to_redacted_toml();
+        assert!(printed.contains("only_while_alerts = [\"DbWardenConnectionsHigh\"]"), "{printed}");
+        let issues = issues(&with_policy("only_while_alerts = [\"not an alert\"]\n", "idle_for = \"10m\"\n"), &[]);
+        assert_issue(&issues, "remediation.policies.p.only_while_alerts", &["\"not an alert\"", "alert name"]);
+    }
+
+    #[test]
     fn application_patterns_match_whole_names() {
         let c = ok(
             &with_policy(

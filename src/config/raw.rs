@@ -159,6 +159,7 @@ pub struct RawPolicy {
     pub victims: Option<String>,
     pub max_per_cycle: Option<u32>,
     pub only_while_failing: Option<Vec<String>>,
+    pub only_while_alerts: Option<Vec<String>>,
     pub when: RawWhen,
     /// Condition keys written in the policy's table instead of its `when`
     /// (reported as misplaced): the user did mean a condition.
@@ -258,6 +259,7 @@ pub(super) const POLICY_KEYS: &[&str] = &[
     "victims",
     "max_per_cycle",
     "only_while_failing",
+    "only_while_alerts",
     "when",
 ];
 pub(super) const WHEN_KEYS: &[&str] = &[
@@ -447,6 +449,7 @@ impl<'a> Reader<'a> {
             victims: self.string(t, path, "victims"),
             max_per_cycle: self.u32(t, path, "max_per_cycle"),
             only_while_failing: self.strings(t, path, "only_while_failing"),
+            only_while_alerts: self.strings(t, path, "only_while_alerts"),
             stray_conditions: t.keys().any(|k| WHEN_KEYS.contains(&k.as_str())),
             ..RawPolicy::default()
         };

@@ -201,6 +201,7 @@ fn policy<'a>(p: &'a Policy, applications: Option<&'a Applications>) -> PolicyTa
         },
         max_per_cycle: p.max_per_cycle,
         only_while_failing: p.only_while_failing.iter().map(|c| c.as_str()).collect(),
+        only_while_alerts: p.only_while_alerts.iter().map(String::as_str).collect(),
         when: When {
             state: c.states.iter().map(|s| s.as_str()).collect(),
             idle_for: c.idle_for.map(human),
@@ -290,6 +291,8 @@ struct PolicyTable<'a> {
     victims: &'static str,
     max_per_cycle: u32,
     only_while_failing: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    only_while_alerts: Vec<&'a str>,
     when: When<'a>,
 }
 

@@ -251,6 +251,12 @@ fn postgres_target(
             format!("invalid target name {name:?}: use 1-63 lowercase letters, digits, '_' or '-'"),
         );
     }
+    if name == "global" {
+        issues.push(
+            &path,
+            "the target name \"global\" is reserved: it names the global remediation budget in metrics",
+        );
+    }
 
     check_setting_ranges(&raw.settings, &path, issues);
     let settings = settings(&raw.settings, defaults, &path, issues);
@@ -1186,6 +1192,21 @@ fn policy(
         }
     }
 
+    let mut only_while_alerts = Vec::new();
+    for name in p.only_while_alerts.iter().flatten() {
+        // Prometheus alert names: [a-zA-Z_][a-zA-Z0-9_]*.
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            only_while_alerts.push(name.clone());
+        } else {
+            issues.push(
+                key("only_while_alerts"),
+                format!("{name:?} is not an alert name (letters, digits and '_', e.g. \"DbWardenConnectionsHigh\")"),
+            );
+        }
+    }
+
     // The conditions.
     let w = &p.when;
     let mut states = Vec::new();
@@ -1401,6 +1422,7 @@ fn policy(
             blocking,
         },
         only_while_failing,
+        only_while_alerts,
     };
     let apps = (
         w.match_applications.clone().unwrap_or_default(),

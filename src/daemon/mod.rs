@@ -55,6 +55,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
     }
 
+    // Alerts Alertmanager reports, shared by the receiver and the alert gate of policies.
+    let firing_alerts = Arc::new(alerts::FiringAlerts::new());
     for target in &config.postgres {
         // Polls use one connection; a target remediation acts on uses a second
         // one, the actor's (lock holder and signal sender). Validation keeps
@@ -71,13 +73,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 rem.clone(),
                 target.clone(),
                 state.clone(),
+                firing_alerts.clone(),
                 token.child_token(),
             ));
         }
     }
     // What Alertmanager reports firing: fed by the receiver; remediation's
     // second gate ("act only while the named alert fires") reads it.
-    let firing_alerts = Arc::new(alerts::FiringAlerts::new());
     let app = http::AppState {
         state: state.clone(),
         metrics: metrics.clone(),

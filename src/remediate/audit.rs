@@ -176,6 +176,31 @@ pub fn redact_literals(q: &str) -> String {
     NUMBERS.replace_all(&s, "?").into_owned()
 }
 
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)
+}
+
+/// True when `path` no longer names the open file (renamed, removed or replaced).
+#[cfg(unix)]
+fn rotated(open: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (open.metadata(), std::fs::metadata(path)) {
+        // Devices (e.g. /dev/full in tests) are what they are.
+        (Ok(a), Ok(b)) => a.is_file() && (a.dev(), a.ino()) != (b.dev(), b.ino()),
+        (Ok(a), Err(_)) => a.is_file(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn rotated(_: &File, _: &Path) -> bool {
+    false
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("audit file {path}: {source}")]
 pub struct AuditError {
@@ -199,11 +224,7 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let mut opts = OpenOptions::new();
-        opts.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(path).map_err(err)?;
+        let file = open_append(path).map_err(err)?;
         Ok(AuditLog { path: path.to_path_buf(), file: Mutex::new(file), recent: Mutex::new(VecDeque::new()) })
     }
 
@@ -219,6 +240,11 @@ impl AuditLog {
         line.push(b'\n');
         {
             let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            // Rotated away (renamed or removed, e.g. by logrotate)? Reopen the
+            // path, so records keep going to the file operators read.
+            if rotated(&f, &self.path) {
+                *f = open_append(&self.path).map_err(err)?;
+            }
             // One write call per line: O_APPEND keeps lines whole even with other writers.
             f.write_all(&line).map_err(err)?;
             f.sync_data().map_err(err)?;
@@ -245,6 +271,13 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(source) => return Err(AuditError { path: path.to_path_buf(), source }),
         };
+        // Only a regular file can be read back: a device or a pipe
+        // (`/dev/stdout`, `/dev/full`) would block, or never end and fill memory.
+        let meta = file.metadata().map_err(|source| AuditError { path: path.to_path_buf(), source })?;
+        if !meta.is_file() {
+            tracing::warn!(file = %path.display(), "the audit file is not a regular file: past actions cannot be read back, so budgets start afresh");
+            return Ok((Vec::new(), 0));
+        }
         let mut records = Vec::new();
         let mut bad = 0;
         for line in BufReader::new(file).lines() {
@@ -277,5 +310,55 @@ mod tests {
             "SELECT * FROM t WHERE name = ? AND id = ? AND x > ?"
         );
         assert_eq!(redact_literals("SELECT $$secret$$, t1.c2"), "SELECT ?, t1.c2");
+    }
+
+    #[test]
+    fn a_rotated_audit_file_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        let rec = |n: u64| AuditRecord {
+            time: "t".into(),
+            time_ms: n,
+            action_id: format!("a{n}"),
+            instance: "i".into(),
+            target: "t".into(),
+            policy: "p".into(),
+            mode: Mode::Enforce,
+            action: "terminate".into(),
+            decision: Decision::Intent,
+            reason: "r".into(),
+            outcome: "o".into(),
+            session: AuditSession {
+                pid: 1,
+                backend_start_us: None,
+                user: None,
+                database: None,
+                application_name: String::new(),
+                client_addr: None,
+                state: SessionState::Idle,
+                idle_seconds: None,
+                query_seconds: None,
+                transaction_seconds: None,
+                connected_seconds: None,
+                query: String::new(),
+            },
+        };
+        log.append(&rec(1)).unwrap();
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        log.append(&rec(2)).unwrap();
+        let (now, _) = AuditLog::read_all(&path).unwrap();
+        let (old, _) = AuditLog::read_all(&dir.path().join("audit.jsonl.1")).unwrap();
+        assert_eq!(now.iter().map(|r| r.time_ms).collect::<Vec<_>>(), [2]);
+        assert_eq!(old.iter().map(|r| r.time_ms).collect::<Vec<_>>(), [1]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_device_is_not_read_back() {
+        // /dev/full reads as endless NUL bytes: one line that never ends.
+        let (records, bad) = AuditLog::read_all(Path::new("/dev/full")).unwrap();
+        assert!(records.is_empty());
+        assert_eq!(bad, 0);
     }
 }

@@ -136,6 +136,10 @@ pub struct Policy {
     /// Pressure gate: act only while all of these checks fail on the target
     /// (e.g. `connections_used`, the runbook's exhaustion scenario). Empty: always.
     pub only_while_failing: Vec<CheckId>,
+    /// Second gate, for teams that want a human-visible alert before any
+    /// action: act only while all of these alerts fire for the target, as
+    /// Alertmanager reports them to `POST /api/v1/alertmanager`. Empty: no gate.
+    pub only_while_alerts: Vec<String>,
 }
 
 impl Policy {
@@ -208,35 +212,47 @@ pub struct PolicyEvaluation {
     pub selected: Vec<Candidate>,
 }
 
-/// Evaluates one policy on one snapshot. `failing` lists the checks whose
-/// status is Fail on this target (for the pressure gate).
-pub fn evaluate_policy(
-    policy: &Policy,
-    snapshot: &PgSnapshot,
-    failing: &[CheckId],
-) -> PolicyEvaluation {
+/// What the gates of a policy look at on one target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gates<'a> {
+    /// Checks whose status is Fail on this target (the pressure gate).
+    pub failing: &'a [CheckId],
+    /// Alert names Alertmanager reports firing for this target (the alert gate).
+    pub firing_alerts: &'a [String],
+}
+
+/// Evaluates one policy on one snapshot.
+pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, gates: Gates<'_>) -> PolicyEvaluation {
     let missing: Vec<&str> = policy
         .only_while_failing
         .iter()
-        .filter(|c| !failing.contains(c))
+        .filter(|c| !gates.failing.contains(c))
         .map(|c| c.as_str())
         .collect();
-    let gate_open = missing.is_empty();
-    let gate_reason = if policy.only_while_failing.is_empty() {
-        "always".to_string()
-    } else if gate_open {
-        format!(
-            "under pressure: {} failing",
-            policy
-                .only_while_failing
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    } else {
-        format!("not under pressure: {} not failing", missing.join(", "))
-    };
+    let silent: Vec<&str> = policy
+        .only_while_alerts
+        .iter()
+        .filter(|a| !gates.firing_alerts.contains(a))
+        .map(String::as_str)
+        .collect();
+    let gate_open = missing.is_empty() && silent.is_empty();
+    let mut reasons = Vec::new();
+    if !policy.only_while_failing.is_empty() {
+        reasons.push(if missing.is_empty() {
+            let names: Vec<&str> = policy.only_while_failing.iter().map(|c| c.as_str()).collect();
+            format!("under pressure: {} failing", names.join(", "))
+        } else {
+            format!("not under pressure: {} not failing", missing.join(", "))
+        });
+    }
+    if !policy.only_while_alerts.is_empty() {
+        reasons.push(if silent.is_empty() {
+            format!("alert firing: {}", policy.only_while_alerts.join(", "))
+        } else {
+            format!("alert not firing: {}", silent.join(", "))
+        });
+    }
+    let gate_reason = if reasons.is_empty() { "always".to_string() } else { reasons.join("; ") };
 
     let waiters = blocked_waiters(snapshot, policy.conditions.blocking.map(|b| b.waited_for));
     let mut candidates = Vec::new();
@@ -291,12 +307,12 @@ pub fn select(
     policies: &[Policy],
     target: &str,
     snapshot: &PgSnapshot,
-    failing: &[CheckId],
+    gates: Gates<'_>,
 ) -> (Vec<PolicyEvaluation>, Vec<Candidate>) {
     let evaluations: Vec<PolicyEvaluation> = policies
         .iter()
         .filter(|p| p.applies_to(target))
-        .map(|p| evaluate_policy(p, snapshot, failing))
+        .map(|p| evaluate_policy(p, snapshot, gates))
         .collect();
     let mut chosen: Vec<Candidate> = Vec::new();
     for e in &evaluations {

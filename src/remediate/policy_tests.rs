@@ -4,6 +4,7 @@
 //! the module's decisions with an independent oracle written here, never with
 //! the module's private helpers.
 
+use crate::remediate::policy::Gates;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -223,6 +224,7 @@ fn policy(name: &str, conditions: Conditions) -> Policy {
         max_per_cycle: 100,
         conditions,
         only_while_failing: Vec::new(),
+        only_while_alerts: Vec::new(),
     }
 }
 
@@ -251,7 +253,7 @@ fn protected(e: &PolicyEvaluation) -> Vec<(i32, Protection)> {
 }
 
 fn eval(p: &Policy, snap: &PgSnapshot) -> PolicyEvaluation {
-    evaluate_policy(p, snap, &[])
+    evaluate_policy(p, snap, gates(&[]))
 }
 
 // ---------------------------------------------------------------------------
@@ -782,7 +784,7 @@ fn closed_gate_selects_nothing_but_reports_candidates() {
     p.only_while_failing = vec![CheckId::ConnectionsUsed, CheckId::IdleSession];
     let snap = snapshot([client(1).idle(700.0), client(2).idle(900.0)]);
 
-    let e = evaluate_policy(&p, &snap, &[CheckId::IdleSession]);
+    let e = evaluate_policy(&p, &snap, gates(&[CheckId::IdleSession]));
     assert!(!e.gate_open);
     assert!(e.selected.is_empty());
     assert_eq!(pids(&e.candidates), vec![2, 1]);
@@ -791,7 +793,7 @@ fn closed_gate_selects_nothing_but_reports_candidates() {
         "not under pressure: connections_used not failing"
     );
 
-    let e = evaluate_policy(&p, &snap, &[]);
+    let e = evaluate_policy(&p, &snap, gates(&[]));
     assert!(!e.gate_open && e.selected.is_empty() && e.candidates.len() == 2);
     assert_eq!(
         e.gate_reason,
@@ -801,11 +803,11 @@ fn closed_gate_selects_nothing_but_reports_candidates() {
     let e = evaluate_policy(
         &p,
         &snap,
-        &[
+        gates(&[
             CheckId::IdleSession,
             CheckId::LongRunningQuery,
             CheckId::ConnectionsUsed,
-        ],
+        ]),
     );
     assert!(e.gate_open);
     assert_eq!(pids(&e.selected), vec![2, 1]);
@@ -815,7 +817,7 @@ fn closed_gate_selects_nothing_but_reports_candidates() {
     );
 
     // The gate closes select too.
-    let (evals, chosen) = select(&[p], "db1", &snap, &[CheckId::ConnectionsUsed]);
+    let (evals, chosen) = select(&[p], "db1", &snap, gates(&[CheckId::ConnectionsUsed]));
     assert_eq!(evals.len(), 1);
     assert!(chosen.is_empty());
 }
@@ -975,7 +977,7 @@ fn select_acts_on_a_session_once_first_policy_wins() {
         &[first.clone(), everything.clone(), elsewhere.clone()],
         "db1",
         &snap,
-        &[],
+        gates(&[]),
     );
     assert_eq!(
         evals.iter().map(|e| e.policy.as_str()).collect::<Vec<_>>(),
@@ -994,12 +996,12 @@ fn select_acts_on_a_session_once_first_policy_wins() {
         ]
     );
 
-    let (evals, chosen) = select(&[everything, first], "db2", &snap, &[]);
+    let (evals, chosen) = select(&[everything, first], "db2", &snap, gates(&[]));
     assert_eq!(evals.len(), 2);
     assert!(chosen.iter().all(|c| c.policy == "everything"));
     assert_eq!(chosen.len(), 4);
 
-    let (evals, chosen) = select(&[elsewhere], "db1", &snap, &[]);
+    let (evals, chosen) = select(&[elsewhere], "db1", &snap, gates(&[]));
     assert!(evals.is_empty() && chosen.is_empty());
 }
 
@@ -1254,6 +1256,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
                 max_per_cycle,
                 conditions,
                 only_while_failing: gate,
+                only_while_alerts: Vec::new(),
             },
         )
 }
@@ -1465,7 +1468,7 @@ proptest! {
     /// (a) No protected session is ever selected, nor even listed as a candidate.
     #[test]
     fn never_selects_a_protected_session(snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing()) {
-        let e = evaluate_policy(&p, &snap, &f);
+        let e = evaluate_policy(&p, &snap, gates(&f));
         for c in e.candidates.iter().chain(&e.selected) {
             let s = session(&snap, c.facts.pid);
             prop_assert!(!must_not_touch(&p, s), "protected session {:?} is a candidate of {:?}", s, p);
@@ -1480,7 +1483,7 @@ proptest! {
     /// (b) The cap and the gate bound the selection.
     #[test]
     fn selection_respects_cap_and_gate(snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing()) {
-        let e = evaluate_policy(&p, &snap, &f);
+        let e = evaluate_policy(&p, &snap, gates(&f));
         let gate_open = p.only_while_failing.iter().all(|c| f.contains(c));
         prop_assert_eq!(e.gate_open, gate_open);
         let cap = match p.victims { Victims::All => p.max_per_cycle as usize, Victims::Oldest => 1 };
@@ -1495,7 +1498,7 @@ proptest! {
     /// (c) An ignore always wins, whatever the matches say.
     #[test]
     fn an_ignore_always_wins(snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing()) {
-        let e = evaluate_policy(&p, &snap, &f);
+        let e = evaluate_policy(&p, &snap, gates(&f));
         let c = &p.conditions;
         for cand in e.candidates.iter().chain(&e.selected) {
             let s = session(&snap, cand.facts.pid);
@@ -1514,7 +1517,7 @@ proptest! {
     fn candidates_are_exactly_the_unprotected_sessions_meeting_every_condition(
         snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing(),
     ) {
-        let e = evaluate_policy(&p, &snap, &f);
+        let e = evaluate_policy(&p, &snap, gates(&f));
         for cand in &e.candidates {
             let s = session(&snap, cand.facts.pid);
             prop_assert!(meets(&p.conditions, s, &snap), "candidate {:?} fails a condition of {:?}", s, p.conditions);
@@ -1534,7 +1537,7 @@ proptest! {
     /// policy's age (descending), then pid (ascending).
     #[test]
     fn victims_are_the_oldest_candidates(snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing()) {
-        let e = evaluate_policy(&p, &snap, &f);
+        let e = evaluate_policy(&p, &snap, gates(&f));
         prop_assert!(e.selected.len() <= e.candidates.len());
         prop_assert_eq!(&e.selected[..], &e.candidates[..e.selected.len()]);
         for c in &e.candidates {
@@ -1558,7 +1561,7 @@ proptest! {
         f in failing(),
     ) {
         let ps: Vec<Policy> = ps.into_iter().enumerate().map(|(i, mut p)| { p.name = format!("p{i}"); p }).collect();
-        let (evals, chosen) = select(&ps, TARGET, &snap, &f);
+        let (evals, chosen) = select(&ps, TARGET, &snap, gates(&f));
         let applicable: Vec<&str> = ps.iter().filter(|p| p.applies_to(TARGET)).map(|p| p.name.as_str()).collect();
         prop_assert_eq!(evals.iter().map(|e| e.policy.as_str()).collect::<Vec<_>>(), applicable);
         let mut seen = HashSet::new();
@@ -1585,8 +1588,8 @@ proptest! {
         f in failing(),
     ) {
         let (strict, added_match_users) = add_condition(&p, &q, field);
-        let loose_e = evaluate_policy(&p, &snap, &f);
-        let strict_e = evaluate_policy(&strict, &snap, &f);
+        let loose_e = evaluate_policy(&p, &snap, gates(&f));
+        let strict_e = evaluate_policy(&strict, &snap, gates(&f));
         let matched = |e: &PolicyEvaluation| -> BTreeSet<i32> {
             e.candidates.iter().map(|c| c.facts.pid).chain(e.protected.iter().map(|(f, _)| f.pid)).collect()
         };
@@ -1618,7 +1621,7 @@ proptest! {
             blocking: Some(Blocking { min_waiters, waited_for }),
             ..Default::default()
         });
-        let e = evaluate_policy(&p, &snap, &[]);
+        let e = evaluate_policy(&p, &snap, gates(&[]));
         let behind = waiters_behind(&snap, waited_for);
         let count = |pid: i32| behind.get(&pid).copied().unwrap_or(0);
         let facts = e.protected.iter().map(|(f, _)| f).chain(e.candidates.iter().map(|c| &c.facts));
@@ -1689,4 +1692,23 @@ fn ipv4_mapped_client_addresses_match_ipv4_networks() {
         client(2).addr("192.168.1.1"),
     ]);
     assert_eq!(pids(&eval(&p, &s).selected), vec![2]);
+}
+
+/// Gates with these checks failing and no alert firing.
+fn gates(failing: &[CheckId]) -> Gates<'_> {
+    Gates { failing, firing_alerts: &[] }
+}
+
+#[test]
+fn alert_gate_opens_only_while_every_named_alert_fires() {
+    let mut p = policy("alerted", Conditions { states: vec![SessionState::Idle], ..Default::default() });
+    p.only_while_alerts = vec!["DbWardenConnectionsHigh".into()];
+    let snap = snapshot([client(1).idle(30.0)]);
+    let closed = evaluate_policy(&p, &snap, gates(&[]));
+    assert!(!closed.gate_open && closed.selected.is_empty() && closed.candidates.len() == 1);
+    assert!(closed.gate_reason.contains("alert not firing: DbWardenConnectionsHigh"), "{}", closed.gate_reason);
+    let firing = vec!["DbWardenConnectionsHigh".to_string()];
+    let open = evaluate_policy(&p, &snap, Gates { failing: &[], firing_alerts: &firing });
+    assert!(open.gate_open);
+    assert_eq!(pids(&open.selected), vec![1]);
 }

@@ -16,6 +16,7 @@ use super::pause::PauseSwitch;
 use super::policy::{self, Action, Candidate, Policy};
 use super::RemediationSettings;
 use crate::config::PostgresTarget;
+use crate::daemon::alerts::FiringAlerts;
 use crate::daemon::state::SharedState;
 use crate::evaluate::CheckStatus;
 use crate::telemetry::metrics::Metrics;
@@ -66,6 +67,9 @@ impl Remediation {
             Some(Arc::new(log))
         };
         let pause = PauseSwitch::load(&settings.pause_state_file, settings.sentinel_file.as_deref());
+        // Export the state found on disk at once, not after the first poll.
+        metrics.set_paused(pause.is_paused());
+        metrics.set_mode(settings.mode.as_str());
         Ok(Arc::new(Remediation {
             settings,
             audit,
@@ -129,15 +133,46 @@ impl Remediation {
     }
 }
 
-pub async fn run(rem: Arc<Remediation>, target: PostgresTarget, state: Arc<SharedState>, cancel: CancellationToken) {
+pub async fn run(
+    rem: Arc<Remediation>,
+    target: PostgresTarget,
+    state: Arc<SharedState>,
+    alerts: Arc<FiringAlerts>,
+    cancel: CancellationToken,
+) {
     let span = tracing::info_span!("remediation", target = %target.name);
-    run_inner(rem, target, state, cancel).instrument(span).await
+    run_inner(rem, target, state, alerts, cancel).instrument(span).await
 }
 
-async fn run_inner(rem: Arc<Remediation>, target: PostgresTarget, state: Arc<SharedState>, cancel: CancellationToken) {
+async fn run_inner(
+    rem: Arc<Remediation>,
+    target: PostgresTarget,
+    state: Arc<SharedState>,
+    alerts: Arc<FiringAlerts>,
+    cancel: CancellationToken,
+) {
     let Some(mut updates) = state.subscribe(&target.name) else { return };
     let mut actor = Actor::new(target.connect.0.clone(), &rem.settings.instance);
     let policies: Vec<Policy> = rem.settings.policies.iter().filter(|p| p.applies_to(&target.name)).cloned().collect();
+    // Every decision series exists from the start at 0, so `increase()`
+    // sees the first one.
+    for p in &policies {
+        let signals: &[Signal] = match p.action {
+            Action::Cancel => &[Signal::Cancel],
+            Action::Terminate => &[Signal::Terminate],
+            Action::CancelThenTerminate { .. } => &[Signal::Cancel, Signal::Terminate],
+        };
+        let outcomes: &[&str] = match rem.settings.mode {
+            Mode::Observe => &[],
+            Mode::DryRun => &["would_act", "audit_failed", "budget_exhausted"],
+            Mode::Enforce => &["acted", "skipped", "refused", "failed", "audit_failed", "budget_exhausted"],
+        };
+        for s in signals {
+            for o in outcomes {
+                rem.metrics.init_action(&target.name, &p.name, s.as_str(), o, rem.settings.mode.as_str());
+            }
+        }
+    }
     let mut was_paused = false;
     let mut exhausted = false;
     rem.publish_budgets(&target.name);
@@ -149,14 +184,32 @@ async fn run_inner(rem: Arc<Remediation>, target: PostgresTarget, state: Arc<Sha
         let Some(status) = state.get(&target.name) else { continue };
         let Some(snapshot) = status.snapshot.clone().filter(|_| status.up) else { continue };
         let failing: Vec<_> = status.checks.iter().filter(|c| c.status == CheckStatus::Fail).map(|c| c.check).collect();
-        let (evaluations, chosen) = policy::select(&policies, &target.name, &snapshot, &failing);
+        let firing: Vec<String> = alerts
+            .firing(SystemTime::now())
+            .into_iter()
+            .filter(|a| a.target == target.name)
+            .map(|a| a.alertname)
+            .collect();
+        let gates = policy::Gates { failing: &failing, firing_alerts: &firing };
+        let (evaluations, chosen) = policy::select(&policies, &target.name, &snapshot, gates);
         for e in &evaluations {
             rem.metrics.set_candidates(&target.name, &e.policy, e.candidates.len());
         }
         let paused = rem.pause.is_paused();
         rem.metrics.set_paused(paused);
         rem.publish_budgets(&target.name);
-        if rem.settings.mode == Mode::Observe || chosen.is_empty() {
+        if rem.settings.mode == Mode::Observe {
+            continue;
+        }
+        // Contend for the actor lock on every cycle, candidates or not: every
+        // replica then knows and exports the holder before anything needs
+        // doing, and another replica takes over on its first cycle after the
+        // holder's connection is gone, not only once it sees a candidate.
+        let holder = if paused { None } else { Some(actor.ensure().await) };
+        if let Some(h) = &holder {
+            rem.metrics.set_actor(&target.name, h, &rem.settings.instance);
+        }
+        if chosen.is_empty() {
             continue;
         }
         if paused {
@@ -167,9 +220,7 @@ async fn run_inner(rem: Arc<Remediation>, target: PostgresTarget, state: Arc<Sha
             continue;
         }
         was_paused = false;
-        let holder = actor.ensure().await;
-        rem.metrics.set_actor(&target.name, &holder, &rem.settings.instance);
-        if holder != Holder::Us {
+        if holder != Some(Holder::Us) {
             tracing::debug!(?holder, "not the actor for this target: observing only");
             continue;
         }
@@ -188,14 +239,17 @@ async fn run_inner(rem: Arc<Remediation>, target: PostgresTarget, state: Arc<Sha
                     );
                 }
                 exhausted = true;
-                rem.metrics.action(&target.name, &c.policy, c.action.as_str(), "budget_exhausted", rem.settings.mode.as_str());
+                rem.metrics.action(
+                    &target.name,
+                    &c.policy,
+                    first_signal(c.action).as_str(),
+                    "budget_exhausted",
+                    rem.settings.mode.as_str(),
+                );
                 continue;
             }
             exhausted = false;
-            let first = match c.action {
-                Action::Cancel | Action::CancelThenTerminate { .. } => Signal::Cancel,
-                Action::Terminate => Signal::Terminate,
-            };
+            let first = first_signal(c.action);
             let id = format!("{}-{}-{}", rem.settings.instance, c.facts.pid, now_ms());
             let outcome = act(&rem, &mut actor, &target.name, &id, first, c, &policies).await;
             if let (Some(Outcome::Signalled), Action::CancelThenTerminate { grace }) = (&outcome, c.action) {
@@ -286,6 +340,14 @@ async fn act(
     rem.audit(record(decision, sentence)).await;
     rem.metrics.action(target, &c.policy, signal.as_str(), label, s.mode.as_str());
     Some(outcome)
+}
+
+/// The signal an action starts with.
+fn first_signal(action: Action) -> Signal {
+    match action {
+        Action::Cancel | Action::CancelThenTerminate { .. } => Signal::Cancel,
+        Action::Terminate => Signal::Terminate,
+    }
 }
 
 /// How long after a poll a candidate must wait at most; exported for docs and tests.

@@ -53,6 +53,11 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScopeLabels {
     scope: String,
 }
@@ -95,6 +100,7 @@ pub struct Metrics {
     budget_remaining: Family<ScopeLabels, Gauge>,
     budget_exhausted: Family<ScopeLabels, Gauge>,
     paused: Gauge,
+    mode: Family<ModeLabels, Gauge>,
     actor: Family<TargetLabels, Gauge>,
     actor_holder: Family<HolderLabels, Gauge>,
     /// The holder last exported per target, so its series can be removed on change.
@@ -177,6 +183,12 @@ impl Metrics {
             "1 while remediation is paused (API or sentinel file)",
             paused.clone(),
         );
+        let mode = Family::<ModeLabels, Gauge>::default();
+        registry.register(
+            "remediation_mode",
+            "1 for the configured remediation mode (observe, dry-run, enforce), 0 for the others",
+            mode.clone(),
+        );
         let actor = Family::<TargetLabels, Gauge>::default();
         registry.register(
             "remediation_actor",
@@ -228,6 +240,7 @@ impl Metrics {
             budget_remaining,
             budget_exhausted,
             paused,
+            mode,
             actor,
             actor_holder,
             last_holder: Default::default(),
@@ -235,6 +248,24 @@ impl Metrics {
             am_alerts,
             am_duplicates,
             am_requests,
+        }
+    }
+
+    /// Creates a decision series at 0 without counting anything.
+    pub fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        let _ = self.actions.get_or_create(&ActionLabels {
+            target: target.to_string(),
+            policy: policy.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            mode: mode.to_string(),
+        });
+    }
+
+    /// Exports the remediation mode: 1 for the configured mode, 0 for the others.
+    pub fn set_mode(&self, mode: &str) {
+        for m in ["observe", "dry-run", "enforce"] {
+            self.mode.get_or_create(&ModeLabels { mode: m.to_string() }).set(i64::from(m == mode));
         }
     }
 
@@ -404,6 +435,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_remediation_budget_remaining",
     "dbwarden_remediation_budget_exhausted",
     "dbwarden_remediation_paused",
+    "dbwarden_remediation_mode",
     "dbwarden_remediation_actor",
     "dbwarden_remediation_actor_holder",
     "dbwarden_remediation_audit_errors_total",
