@@ -9,7 +9,12 @@
 //! - [`fast_target`]: a `[postgres.NAME]` table with short intervals that
 //!   pass validation (each ≥ 100ms, statement ≤ poll timeout ≤ interval).
 //! - Scratch clusters and the `dbwarden` binary, called without blocking the
-//!   runtime's other worker.
+//!   runtime's other worker; sessions as any role ([`connect_as`]), their
+//!   backend identity ([`backend_of`]) and whether it still exists
+//!   ([`backend_alive`]).
+//! - [`DaemonProcess`]: the `dbwarden` binary as a child process, killed
+//!   (SIGKILL) and reaped on drop; [`tcp_ports_of`] maps a
+//!   `pg_stat_activity.client_port` to the process holding that socket.
 //!
 //! Every test must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`):
@@ -128,6 +133,50 @@ pub async fn connect_url(url: &str, application_name: &str) -> sqlx::PgConnectio
         .unwrap_or_else(|e| panic!("connect as {application_name}: {e}"))
 }
 
+/// A sqlx connection to database `postgres` as `user` (trust authentication)
+/// with the given `application_name`.
+pub async fn connect_as(
+    cluster: &ScratchCluster,
+    user: &str,
+    application_name: &str,
+) -> sqlx::PgConnection {
+    connect_url(
+        &format!("postgres://{user}@127.0.0.1:{}/postgres", cluster.port()),
+        application_name,
+    )
+    .await
+}
+
+/// This connection's backend: its pid and `backend_start` in microseconds
+/// since the epoch (as dbwarden reads it). Runs a statement, so the session
+/// is idle, with a fresh `state_change`, when this returns.
+pub async fn backend_of(conn: &mut sqlx::PgConnection) -> (i32, i64) {
+    sqlx::query_as::<_, (i32, i64)>(
+        "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8
+         FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap_or_else(|e| panic!("reading this session's backend: {e}"))
+}
+
+/// Whether the backend `(pid, backend_start_us)` still exists, asked on
+/// `monitor` (a role that sees every session).
+pub async fn backend_alive(
+    monitor: &mut sqlx::PgConnection,
+    (pid, backend_start_us): (i32, i64),
+) -> Result<bool, String> {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                        WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2)",
+    )
+    .bind(pid)
+    .bind(backend_start_us)
+    .fetch_one(monitor)
+    .await
+    .map_err(|e| format!("monitor query: {e}"))
+}
+
 /// A TCP listener that never accepts: connections complete the handshake
 /// and then hear nothing, like a hung server. Closed on drop.
 pub struct Blackhole {
@@ -244,6 +293,32 @@ impl Daemon {
             .text()
             .await
             .map_err(|e| format!("GET {path}: reading body: {e}"))?;
+        Ok((code, body))
+    }
+
+    /// POST `path` with an optional bearer token and a body (sent as JSON
+    /// when not empty): status code and body.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let mut req = self.client.post(format!("{}{path}", self.base_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if !body.is_empty() {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req.send().await.map_err(|e| format!("POST {path}: {e}"))?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| format!("POST {path}: reading body: {e}"))?;
         Ok((code, body))
     }
 
@@ -521,6 +596,213 @@ pub fn describe_output(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+// ------------------------------------------------------- child processes
+
+/// The `dbwarden` binary running as a child process (`run --config FILE`),
+/// with its stdout and stderr in a log file. Killed (SIGKILL) and reaped on
+/// drop, also while a test panics; then its log tail is printed.
+pub struct DaemonProcess {
+    pub name: String,
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    pub config_file: std::path::PathBuf,
+    child: Option<std::process::Child>,
+    pid: u32,
+    log: std::path::PathBuf,
+    client: reqwest::Client,
+}
+
+impl DaemonProcess {
+    /// Writes `toml` to `<dir>/<name>.toml` with a `[server] listen` on a
+    /// free port (added like [`Daemon::start`] does), starts the binary
+    /// without the test's `DBWARDEN_*` variables, and waits (10 s) until
+    /// `/livez` answers, panicking with the log if the process exits.
+    pub async fn spawn(name: &str, dir: &Path, toml: &str) -> DaemonProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let listen = format!("[server]\nlisten = \"{addr}\"\n");
+        let full = if toml.contains("[server]\n") {
+            toml.replacen("[server]\n", &listen, 1)
+        } else {
+            format!("{listen}\n{toml}")
+        };
+        let config_file = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_file, &full)
+            .unwrap_or_else(|e| panic!("write {}: {e}", config_file.display()));
+        let log = dir.join(format!("{name}.log"));
+        let out =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let err = out.try_clone().expect("clone the log file handle");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbwarden"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_file)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("DBWARDEN_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dbwarden {name}: {e}"));
+        let mut d = DaemonProcess {
+            name: name.to_string(),
+            base_url: format!("http://{addr}"),
+            config_file,
+            pid: child.id(),
+            child: Some(child),
+            log,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("reqwest client"),
+        };
+        let started = Instant::now();
+        loop {
+            d.assert_running();
+            if let Ok((200, _)) = d.get("/livez").await {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "dbwarden {name} did not answer /livez within 10s\n{}",
+                d.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        d
+    }
+
+    /// The child's process id (also after it was killed).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// True until the process has exited (or was killed and reaped).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Panics with the log tail when the process already exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!(
+                "dbwarden {} exited early ({status})\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+
+    /// `kill -9` and reap. Idempotent.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The last 60 lines of the process's output.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(60);
+        format!(
+            "--- dbwarden {} log ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            lines[from..].join("\n")
+        )
+    }
+
+    /// GET `path`: status code and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .map_err(|e| format!("GET {path} on {}: {e}", self.name))?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| format!("GET {path} on {}: reading body: {e}", self.name))?;
+        Ok((code, body))
+    }
+
+    /// The `/metrics` text, or why it could not be scraped.
+    pub async fn try_metrics(&self) -> Result<String, String> {
+        match self.get("/metrics").await? {
+            (200, body) => Ok(body),
+            (code, body) => Err(format!("/metrics of {} answered {code}: {body}", self.name)),
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let was_running = self.child.is_some();
+        self.kill9();
+        if was_running && std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// The local ports of the TCP sockets (IPv4 and IPv6) that process `pid`
+/// holds open right now, read from `/proc`; empty when the process is gone.
+/// Maps a `pg_stat_activity.client_port` to the process that owns it.
+pub fn tcp_ports_of(pid: u32) -> std::collections::BTreeSet<u16> {
+    let mut inodes = std::collections::BTreeSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_string_lossy()
+                    .strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                && let Ok(n) = inode.parse::<u64>()
+            {
+                inodes.insert(n);
+            }
+        }
+    }
+    let mut ports = std::collections::BTreeSet::new();
+    if inodes.is_empty() {
+        return ports;
+    }
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        // "sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ..."
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, inode.parse::<u64>())
+                && inodes.contains(&inode)
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
 }
 
 #[cfg(test)]
