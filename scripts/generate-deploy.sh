@@ -2,10 +2,13 @@
 # Generates the Kubernetes manifests that ship dbwarden's alert rules and
 # Grafana dashboards, from their one source each:
 #
-#   deploy/prometheus/dbwarden-rules.yaml  -> deploy/kubernetes/prometheusrule.yaml
+#   deploy/prometheus/dbwarden-rules.yaml  -> deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml
 #       a prometheus-operator PrometheusRule whose `spec` is the rule file,
 #       indented under `spec:` (the rule file's schema is spec's schema).
-#   dashboards/*.json                      -> deploy/kubernetes/grafana-dashboards.yaml
+#   dashboards/*.json                      -> deploy/kubernetes/components/grafana-dashboards/grafana-dashboards.yaml
+#
+# They are written straight into the kustomize components that ship them:
+# kustomize reads no file outside a kustomization's own directory.
 #       a ConfigMap labelled grafana_dashboard: "1" (the Grafana sidecar's
 #       convention) holding every dashboard under its file name.
 #
@@ -99,7 +102,7 @@ tmpdir=$(mktemp -d)
 trap 'rm -rf "$tmpdir"' EXIT
 
 generate() { # generate NAME FUNCTION: writes $OUT/NAME, or compares it in --check mode
-  local dest="$OUT/$1" tmp="$tmpdir/$1"
+  local dest="$OUT/$1" tmp="$tmpdir/$(basename "$1")"
   "$2" >"$tmp"
   if $check; then
     if ! cmp -s "$tmp" "$dest"; then
@@ -108,13 +111,13 @@ generate() { # generate NAME FUNCTION: writes $OUT/NAME, or compares it in --che
       return 1
     fi
   else
-    mkdir -p "$OUT"
+    mkdir -p "$(dirname "$dest")"
     cp "$tmp" "$dest"
     echo "wrote $dest"
   fi
 }
 
 status=0
-generate prometheusrule.yaml prometheusrule || status=1
-generate grafana-dashboards.yaml dashboards_configmap || status=1
+generate components/prometheus-operator/prometheusrule.yaml prometheusrule || status=1
+generate components/grafana-dashboards/grafana-dashboards.yaml dashboards_configmap || status=1
 exit $status

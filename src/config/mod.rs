@@ -87,6 +87,9 @@ pub struct ServerConfig {
     /// without one the receiver is disabled.
     #[serde(skip)]
     pub alertmanager_token: Option<Secret>,
+    /// Where that token comes from (names only), for printing the config back.
+    #[serde(skip)]
+    alertmanager_token_source: Option<TokenSource>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1433,6 +1436,23 @@ mod tests {
             &[],
         );
         assert_issue(&issues, "remediation.policies.p.action", &["missing"]);
+    }
+
+    #[test]
+    fn alertmanager_token_comes_from_env_or_file_and_never_prints() {
+        let toml = format!("[server]\nalertmanager_token_env = \"AM_TOKEN\"\n{MIN}");
+        let c = ok(&toml, &[("AM_TOKEN", "s3cret-am")]);
+        assert_eq!(c.server.alertmanager_token.as_ref().map(|t| t.expose()), Some("s3cret-am"));
+        let printed = c.to_redacted_toml();
+        assert!(printed.contains("alertmanager_token_env = \"AM_TOKEN\""), "{printed}");
+        assert!(!printed.contains("s3cret-am") && !format!("{c:?}").contains("s3cret-am"));
+        let issues = issues(&toml, &[]);
+        assert_issue(&issues, "server.alertmanager_token_env", &["\"AM_TOKEN\"", "not set"]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("am-token");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let c = ok(&format!("[server]\nalertmanager_token_file = {:?}\n{MIN}", f.display().to_string()), &[]);
+        assert_eq!(c.server.alertmanager_token.as_ref().map(|t| t.expose()), Some("from-file"));
     }
 
     #[test]

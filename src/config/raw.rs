@@ -33,6 +33,8 @@ pub struct RawConfig {
 pub struct RawServer {
     pub listen: Option<String>,
     pub shutdown_grace: Option<Duration>,
+    pub alertmanager_token_file: Option<PathBuf>,
+    pub alertmanager_token_env: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -201,7 +203,12 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "postgres",
     "remediation",
 ];
-pub(super) const SERVER_KEYS: &[&str] = &["listen", "shutdown_grace"];
+pub(super) const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "shutdown_grace",
+    "alertmanager_token_file",
+    "alertmanager_token_env",
+];
 pub(super) const LOG_KEYS: &[&str] = &["format", "level"];
 pub(super) const SETTINGS_KEYS: &[&str] = &[
     "poll_interval",
@@ -355,6 +362,10 @@ impl<'a> Reader<'a> {
             raw.server = RawServer {
                 listen: self.string(t, "server", "listen"),
                 shutdown_grace: self.duration(t, "server", "shutdown_grace"),
+                alertmanager_token_file: self
+                    .string(t, "server", "alertmanager_token_file")
+                    .map(PathBuf::from),
+                alertmanager_token_env: self.string(t, "server", "alertmanager_token_env"),
             };
         }
         if let Some(t) = self.table(root, "", "log") {

@@ -30,6 +30,14 @@ pub(super) fn to_toml(config: &Config) -> String {
         server: Server {
             listen: config.server.listen.to_string(),
             shutdown_grace: human(config.server.shutdown_grace),
+            alertmanager_token_file: match &config.server.alertmanager_token_source {
+                Some(TokenSource::File(p)) => Some(p.to_string_lossy().into_owned()),
+                _ => None,
+            },
+            alertmanager_token_env: match &config.server.alertmanager_token_source {
+                Some(TokenSource::Env(v)) => Some(v.clone()),
+                _ => None,
+            },
         },
         log: Log {
             format: match config.log.format {
@@ -339,6 +347,10 @@ struct When<'a> {
 struct Server {
     listen: String,
     shutdown_grace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alertmanager_token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alertmanager_token_env: Option<String>,
 }
 
 #[derive(Serialize)]

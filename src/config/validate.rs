@@ -105,6 +105,15 @@ pub(super) fn validate(
         );
     }
 
+    // The Alertmanager receiver's token, read like the pause API's.
+    let (alertmanager_token, alertmanager_token_source) = read_token(
+        "server",
+        ("alertmanager_token_file", raw.server.alertmanager_token_file.as_ref()),
+        ("alertmanager_token_env", raw.server.alertmanager_token_env.as_ref()),
+        env,
+        &mut issues,
+    );
+
     let format = match raw.log.format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -168,7 +177,8 @@ pub(super) fn validate(
             server: ServerConfig {
                 listen,
                 shutdown_grace,
-                alertmanager_token: None,
+                alertmanager_token,
+                alertmanager_token_source,
             },
             log: LogConfig { format, level },
             postgres,
@@ -861,53 +871,13 @@ fn remediation(
 
     // The pause API's token: from a file or an environment variable, never
     // from the configuration itself, and never echoed.
-    if let (Some(file), Some(var)) = (&raw.api_token_file, &raw.api_token_env) {
-        let var = if valid_env_name(var) {
-            format!(" = {var:?}")
-        } else {
-            String::new()
-        };
-        issues.push(
-            "remediation",
-            format!(
-                "two token sources (api_token_file = {:?}, api_token_env{var}): use only one",
-                file.display().to_string()
-            ),
-        );
-    }
-    let mut api_token = None;
-    let mut token_source = None;
-    if let Some(var) = &raw.api_token_env {
-        token_source = Some(TokenSource::Env(var.clone()));
-        if !valid_env_name(var) {
-            // Not echoed: it may be the token itself, written in the wrong place.
-            issues.push(
-                key("api_token_env"),
-                "is not an environment variable name (letters, digits and '_', not starting with a digit): write the name of the variable that holds the token, never the token itself",
-            );
-        } else {
-            match env.iter().find(|(k, _)| k == var) {
-                Some((_, v)) if !v.trim().is_empty() => api_token = Some(Secret::new(v.trim())),
-                Some(_) => issues.push(
-                    key("api_token_env"),
-                    format!("environment variable {var:?} is empty"),
-                ),
-                None => issues.push(
-                    key("api_token_env"),
-                    format!("environment variable {var:?} is not set"),
-                ),
-            }
-        }
-    }
-    if let Some(file) = &raw.api_token_file {
-        token_source = Some(TokenSource::File(file.clone()));
-        let shown = file.display().to_string();
-        match std::fs::read_to_string(file) {
-            Ok(v) if !v.trim().is_empty() => api_token = Some(Secret::new(v.trim())),
-            Ok(_) => issues.push(key("api_token_file"), format!("file {shown:?} is empty")),
-            Err(e) => issues.push(key("api_token_file"), format!("cannot read {shown:?}: {e}")),
-        }
-    }
+    let (api_token, token_source) = read_token(
+        "remediation",
+        ("api_token_file", raw.api_token_file.as_ref()),
+        ("api_token_env", raw.api_token_env.as_ref()),
+        env,
+        issues,
+    );
 
     let query_max_chars = raw.query_max_chars.unwrap_or(DEFAULT_QUERY_MAX_CHARS);
     if !(1..=MAX_QUERY_MAX_CHARS).contains(&query_max_chars) {
@@ -1429,4 +1399,55 @@ fn policy(
         w.ignore_applications.clone().unwrap_or_default(),
     );
     Some((policy, apps))
+}
+
+/// Reads a bearer token from a file or an environment variable (one of the
+/// two, never from the configuration itself), reporting problems under
+/// `table.<key>` without ever echoing a value that may be the token.
+fn read_token(
+    table: &str,
+    (file_key, file): (&str, Option<&PathBuf>),
+    (env_key, var): (&str, Option<&String>),
+    env: &[(String, String)],
+    issues: &mut Issues,
+) -> (Option<Secret>, Option<TokenSource>) {
+    let key = |k: &str| raw::join(table, k);
+    if let (Some(file), Some(var)) = (file, var) {
+        let var = if valid_env_name(var) { format!(" = {var:?}") } else { String::new() };
+        issues.push(
+            table,
+            format!(
+                "two token sources ({file_key} = {:?}, {env_key}{var}): use only one",
+                file.display().to_string()
+            ),
+        );
+    }
+    let mut token = None;
+    let mut source = None;
+    if let Some(var) = var {
+        source = Some(TokenSource::Env(var.clone()));
+        if !valid_env_name(var) {
+            // Not echoed: it may be the token itself, written in the wrong place.
+            issues.push(
+                key(env_key),
+                "is not an environment variable name (letters, digits and '_', not starting with a digit): write the name of the variable that holds the token, never the token itself",
+            );
+        } else {
+            match env.iter().find(|(k, _)| k == var) {
+                Some((_, v)) if !v.trim().is_empty() => token = Some(Secret::new(v.trim())),
+                Some(_) => issues.push(key(env_key), format!("environment variable {var:?} is empty")),
+                None => issues.push(key(env_key), format!("environment variable {var:?} is not set")),
+            }
+        }
+    }
+    if let Some(file) = file {
+        source = Some(TokenSource::File(file.clone()));
+        let shown = file.display().to_string();
+        match std::fs::read_to_string(file) {
+            Ok(v) if !v.trim().is_empty() => token = Some(Secret::new(v.trim())),
+            Ok(_) => issues.push(key(file_key), format!("file {shown:?} is empty")),
+            Err(e) => issues.push(key(file_key), format!("cannot read {shown:?}: {e}")),
+        }
+    }
+    (token, source)
 }

@@ -22,6 +22,7 @@
 
 #![allow(dead_code)]
 
+pub mod bolt;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
