@@ -15,11 +15,19 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(max: u32, window: Duration) -> Self {
-        Budget { max, window_ms: window.as_millis() as u64, spent: VecDeque::new() }
+        Budget {
+            max,
+            window_ms: window.as_millis() as u64,
+            spent: VecDeque::new(),
+        }
     }
 
     fn expire(&mut self, now_ms: u64) {
-        while self.spent.front().is_some_and(|&t| t + self.window_ms <= now_ms) {
+        while self
+            .spent
+            .front()
+            .is_some_and(|&t| t + self.window_ms <= now_ms)
+        {
             self.spent.pop_front();
         }
     }
@@ -41,8 +49,20 @@ impl Budget {
 
     /// Records an action taken at `at_ms` (e.g. read back from the audit trail).
     pub fn record(&mut self, at_ms: u64) {
-        let pos = self.spent.iter().position(|&t| t > at_ms).unwrap_or(self.spent.len());
+        let pos = self
+            .spent
+            .iter()
+            .position(|&t| t > at_ms)
+            .unwrap_or(self.spent.len());
         self.spent.insert(pos, at_ms);
+    }
+
+    /// Gives back an action spent at `at_ms` that turned out not to send
+    /// anything (the session had changed, or the server refused).
+    pub fn refund(&mut self, at_ms: u64) {
+        if let Some(pos) = self.spent.iter().rposition(|&t| t == at_ms) {
+            self.spent.remove(pos);
+        }
     }
 
     /// When the next action will be allowed, if the budget is exhausted now.
@@ -75,6 +95,17 @@ mod tests {
         assert!(b.try_spend(10_000));
         assert_eq!(b.remaining(10_000), 0);
         assert_eq!(b.remaining(11_000), 1);
+    }
+
+    #[test]
+    fn a_refund_gives_the_action_back() {
+        let mut b = Budget::new(1, Duration::from_secs(10));
+        assert!(b.try_spend(5));
+        assert!(!b.try_spend(6));
+        b.refund(5);
+        assert!(b.try_spend(6));
+        b.refund(999); // nothing spent then: no effect
+        assert_eq!(b.remaining(7), 0);
     }
 
     #[test]

@@ -2,19 +2,19 @@
 //! act within the bounds: mode, pause switch, actor lock, budgets, pacing,
 //! and the write-ahead audit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::RemediationSettings;
 use super::audit::{AuditLog, AuditRecord, Decision, Mode};
 use super::budget::Budget;
 use super::executor::{self, Actor, Holder, Outcome, Signal};
 use super::pause::PauseSwitch;
 use super::policy::{self, Action, Candidate, Policy};
-use super::RemediationSettings;
 use crate::config::PostgresTarget;
 use crate::daemon::alerts::FiringAlerts;
 use crate::daemon::state::SharedState;
@@ -33,13 +33,19 @@ pub struct Remediation {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Remediation {
     /// Opens the audit file (except in observe mode), rebuilds the budgets
     /// from the actions it records, and loads the pause switch.
-    pub fn start(settings: RemediationSettings, metrics: Arc<Metrics>) -> Result<Arc<Self>, super::audit::AuditError> {
+    pub fn start(
+        settings: RemediationSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, super::audit::AuditError> {
         let mut global = Budget::new(settings.global_budget.0, settings.global_budget.1);
         let mut targets: HashMap<String, Budget> = HashMap::new();
         let audit = if settings.mode == Mode::Observe {
@@ -50,9 +56,23 @@ impl Remediation {
             if bad > 0 {
                 tracing::warn!(lines = bad, file = %settings.audit_file.display(), "audit file has unreadable lines (a torn write?); they are kept, not counted");
             }
-            // A restart must not hand out a fresh budget: count what this mode spent.
+            // A restart must not hand out a fresh budget: count what this mode
+            // spent. An intent counts unless its outcome says nothing was sent
+            // (an intent without an outcome, after a crash, counts).
+            let unsent: std::collections::HashSet<&str> = records
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.decision,
+                        Decision::Skipped | Decision::Refused | Decision::Failed
+                    )
+                })
+                .map(|r| r.action_id.as_str())
+                .collect();
             let spends = |r: &&AuditRecord| {
-                r.mode == settings.mode && matches!(r.decision, Decision::Intent | Decision::WouldAct)
+                r.mode == settings.mode
+                    && matches!(r.decision, Decision::Intent | Decision::WouldAct)
+                    && !unsent.contains(r.action_id.as_str())
                     // The terminate after a cancel is part of the same action.
                     && !r.action_id.ends_with("/t")
             };
@@ -60,13 +80,18 @@ impl Remediation {
                 global.record(r.time_ms);
                 targets
                     .entry(r.target.clone())
-                    .or_insert_with(|| Budget::new(settings.target_budget.0, settings.target_budget.1))
+                    .or_insert_with(|| {
+                        Budget::new(settings.target_budget.0, settings.target_budget.1)
+                    })
                     .record(r.time_ms);
             }
             log.seed_recent(&records);
             Some(Arc::new(log))
         };
-        let pause = PauseSwitch::load(&settings.pause_state_file, settings.sentinel_file.as_deref());
+        let pause = PauseSwitch::load(
+            &settings.pause_state_file,
+            settings.sentinel_file.as_deref(),
+        );
         // Export the state found on disk at once, not after the first poll.
         metrics.set_paused(pause.is_paused());
         metrics.set_mode(settings.mode.as_str());
@@ -87,19 +112,39 @@ impl Remediation {
     /// Remaining actions (target, global) right now.
     fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        let tb = t
-            .entry(target.to_string())
-            .or_insert_with(|| Budget::new(self.settings.target_budget.0, self.settings.target_budget.1));
-        let g = self.global.lock().unwrap_or_else(|e| e.into_inner()).remaining(now);
+        let tb = t.entry(target.to_string()).or_insert_with(|| {
+            Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
+        });
+        let g = self
+            .global
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remaining(now);
         (tb.remaining(now), g)
+    }
+
+    /// Gives back an action spent at `at` on both budgets.
+    fn refund(&self, target: &str, at: u64) {
+        if let Some(b) = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(target)
+        {
+            b.refund(at);
+        }
+        self.global
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refund(at);
     }
 
     /// Spends one action from both budgets, or neither.
     fn try_spend(&self, target: &str, now: u64) -> bool {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        let tb = t
-            .entry(target.to_string())
-            .or_insert_with(|| Budget::new(self.settings.target_budget.0, self.settings.target_budget.1));
+        let tb = t.entry(target.to_string()).or_insert_with(|| {
+            Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
+        });
         let mut g = self.global.lock().unwrap_or_else(|e| e.into_inner());
         if tb.remaining(now) == 0 || g.remaining(now) == 0 {
             return false;
@@ -115,7 +160,9 @@ impl Remediation {
 
     /// Writes a record through a blocking task; false when it could not be written.
     async fn audit(&self, record: AuditRecord) -> bool {
-        let Some(log) = self.audit.clone() else { return false };
+        let Some(log) = self.audit.clone() else {
+            return false;
+        };
         let r = tokio::task::spawn_blocking(move || log.append(&record)).await;
         match r {
             Ok(Ok(())) => true,
@@ -141,7 +188,9 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let span = tracing::info_span!("remediation", target = %target.name);
-    run_inner(rem, target, state, alerts, cancel).instrument(span).await
+    run_inner(rem, target, state, alerts, cancel)
+        .instrument(span)
+        .await
 }
 
 async fn run_inner(
@@ -151,9 +200,17 @@ async fn run_inner(
     alerts: Arc<FiringAlerts>,
     cancel: CancellationToken,
 ) {
-    let Some(mut updates) = state.subscribe(&target.name) else { return };
+    let Some(mut updates) = state.subscribe(&target.name) else {
+        return;
+    };
     let mut actor = Actor::new(target.connect.0.clone(), &rem.settings.instance);
-    let policies: Vec<Policy> = rem.settings.policies.iter().filter(|p| p.applies_to(&target.name)).cloned().collect();
+    let policies: Vec<Policy> = rem
+        .settings
+        .policies
+        .iter()
+        .filter(|p| p.applies_to(&target.name))
+        .cloned()
+        .collect();
     // Every decision series exists from the start at 0, so `increase()`
     // sees the first one.
     for p in &policies {
@@ -165,38 +222,70 @@ async fn run_inner(
         let outcomes: &[&str] = match rem.settings.mode {
             Mode::Observe => &[],
             Mode::DryRun => &["would_act", "audit_failed", "budget_exhausted"],
-            Mode::Enforce => &["acted", "skipped", "refused", "failed", "audit_failed", "budget_exhausted"],
+            Mode::Enforce => &[
+                "acted",
+                "skipped",
+                "refused",
+                "failed",
+                "audit_failed",
+                "budget_exhausted",
+            ],
         };
         for s in signals {
             for o in outcomes {
-                rem.metrics.init_action(&target.name, &p.name, s.as_str(), o, rem.settings.mode.as_str());
+                rem.metrics.init_action(
+                    &target.name,
+                    &p.name,
+                    s.as_str(),
+                    o,
+                    rem.settings.mode.as_str(),
+                );
             }
         }
     }
     let mut was_paused = false;
     let mut exhausted = false;
+    // Sessions not to decide on again while they exist: in dry-run, those
+    // already reported (enforce would have acted once); in enforce, those
+    // the server refused to signal (retrying would only burn the budget).
+    // Keyed by backend identity and query start, so a new query is a new decision.
+    let mut settled: HashSet<SessionKey> = HashSet::new();
     rem.publish_budgets(&target.name);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             changed = updates.changed() => if changed.is_err() { break },
         }
-        let Some(status) = state.get(&target.name) else { continue };
-        let Some(snapshot) = status.snapshot.clone().filter(|_| status.up) else { continue };
-        let failing: Vec<_> = status.checks.iter().filter(|c| c.status == CheckStatus::Fail).map(|c| c.check).collect();
+        let paused = rem.pause.is_paused();
+        rem.metrics.set_paused(paused);
+        let Some(status) = state.get(&target.name) else {
+            continue;
+        };
+        let Some(snapshot) = status.snapshot.clone().filter(|_| status.up) else {
+            continue;
+        };
+        settled.retain(|k| snapshot.sessions.iter().any(|s| key_of_session(s) == *k));
+        let failing: Vec<_> = status
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .map(|c| c.check)
+            .collect();
         let firing: Vec<String> = alerts
             .firing(SystemTime::now())
             .into_iter()
             .filter(|a| a.target == target.name)
             .map(|a| a.alertname)
             .collect();
-        let gates = policy::Gates { failing: &failing, firing_alerts: &firing };
+        let gates = policy::Gates {
+            failing: &failing,
+            firing_alerts: &firing,
+        };
         let (evaluations, chosen) = policy::select(&policies, &target.name, &snapshot, gates);
         for e in &evaluations {
-            rem.metrics.set_candidates(&target.name, &e.policy, e.candidates.len());
+            rem.metrics
+                .set_candidates(&target.name, &e.policy, e.candidates.len());
         }
-        let paused = rem.pause.is_paused();
-        rem.metrics.set_paused(paused);
         rem.publish_budgets(&target.name);
         if rem.settings.mode == Mode::Observe {
             continue;
@@ -205,16 +294,24 @@ async fn run_inner(
         // replica then knows and exports the holder before anything needs
         // doing, and another replica takes over on its first cycle after the
         // holder's connection is gone, not only once it sees a candidate.
-        let holder = if paused { None } else { Some(actor.ensure().await) };
+        let holder = if paused {
+            None
+        } else {
+            Some(actor.ensure().await)
+        };
         if let Some(h) = &holder {
-            rem.metrics.set_actor(&target.name, h, &rem.settings.instance);
+            rem.metrics
+                .set_actor(&target.name, h, &rem.settings.instance);
         }
         if chosen.is_empty() {
             continue;
         }
         if paused {
             if !was_paused {
-                tracing::warn!(candidates = chosen.len(), "remediation is paused: not acting");
+                tracing::warn!(
+                    candidates = chosen.len(),
+                    "remediation is paused: not acting"
+                );
             }
             was_paused = true;
             continue;
@@ -229,7 +326,15 @@ async fn run_inner(
             if cancel.is_cancelled() {
                 break;
             }
-            if !rem.try_spend(&target.name, now_ms()) {
+            if settled.contains(&key_of(c)) {
+                tracing::debug!(
+                    pid = c.facts.pid,
+                    "already decided on this session: not again"
+                );
+                continue;
+            }
+            let spent_at = now_ms();
+            if !rem.try_spend(&target.name, spent_at) {
                 if !exhausted {
                     let (t, g) = rem.remaining(&target.name, now_ms());
                     tracing::error!(
@@ -252,7 +357,22 @@ async fn run_inner(
             let first = first_signal(c.action);
             let id = format!("{}-{}-{}", rem.settings.instance, c.facts.pid, now_ms());
             let outcome = act(&rem, &mut actor, &target.name, &id, first, c, &policies).await;
-            if let (Some(Outcome::Signalled), Action::CancelThenTerminate { grace }) = (&outcome, c.action) {
+            match (&outcome, rem.settings.mode) {
+                (Some(Outcome::Signalled), _) => {}
+                (None, Mode::DryRun) => {
+                    settled.insert(key_of(c));
+                }
+                (Some(Outcome::Refused(_)), _) => {
+                    // Nothing was sent, and retrying would be refused again.
+                    rem.refund(&target.name, spent_at);
+                    settled.insert(key_of(c));
+                }
+                // Nothing was sent: the action is not charged.
+                _ => rem.refund(&target.name, spent_at),
+            }
+            if let (Some(Outcome::Signalled), Action::CancelThenTerminate { grace }) =
+                (&outcome, c.action)
+            {
                 follow_ups.push((c.clone(), tokio::time::Instant::now() + grace));
             }
             if outcome.is_none() && rem.settings.mode == Mode::Enforce {
@@ -272,7 +392,16 @@ async fn run_inner(
                 _ = tokio::time::sleep_until(due) => {}
             }
             let id = format!("{}-{}-{}/t", rem.settings.instance, c.facts.pid, now_ms());
-            act(&rem, &mut actor, &target.name, &id, Signal::Terminate, &c, &policies).await;
+            act(
+                &rem,
+                &mut actor,
+                &target.name,
+                &id,
+                Signal::Terminate,
+                &c,
+                &policies,
+            )
+            .await;
         }
         rem.publish_budgets(&target.name);
     }
@@ -308,17 +437,44 @@ async fn act(
         )
     };
     if s.mode == Mode::DryRun {
-        let written = rem.audit(record(Decision::WouldAct, format!("would {}", signal.as_str()))).await;
+        let written = rem
+            .audit(record(
+                Decision::WouldAct,
+                format!("would {}", signal.as_str()),
+            ))
+            .await;
         tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "dry-run: would act");
-        rem.metrics.action(target, &c.policy, signal.as_str(), if written { "would_act" } else { "audit_failed" }, s.mode.as_str());
+        rem.metrics.action(
+            target,
+            &c.policy,
+            signal.as_str(),
+            if written { "would_act" } else { "audit_failed" },
+            s.mode.as_str(),
+        );
         return None;
     }
     // Write-ahead: the intent is on disk before the signal is sent.
-    if !rem.audit(record(Decision::Intent, format!("about to {}", signal.as_str()))).await {
-        rem.metrics.action(target, &c.policy, signal.as_str(), "audit_failed", s.mode.as_str());
+    if !rem
+        .audit(record(
+            Decision::Intent,
+            format!("about to {}", signal.as_str()),
+        ))
+        .await
+    {
+        rem.metrics.action(
+            target,
+            &c.policy,
+            signal.as_str(),
+            "audit_failed",
+            s.mode.as_str(),
+        );
         return None;
     }
-    let cond = &policies.iter().find(|p| p.name == c.policy).map(|p| p.conditions.clone()).unwrap_or_default();
+    let cond = &policies
+        .iter()
+        .find(|p| p.name == c.policy)
+        .map(|p| p.conditions.clone())
+        .unwrap_or_default();
     let outcome = match actor.connection() {
         Some(conn) => executor::signal(conn, signal, c, cond).await,
         None => Outcome::Failed("lost the actor connection".into()),
@@ -334,12 +490,32 @@ async fn act(
     };
     let sentence = outcome.sentence(signal);
     match decision {
-        Decision::Acted => tracing::warn!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "acted on a session"),
-        _ => tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), outcome = %sentence, "did not act"),
+        Decision::Acted => {
+            tracing::warn!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "acted on a session")
+        }
+        _ => {
+            tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), outcome = %sentence, "did not act")
+        }
     }
     rem.audit(record(decision, sentence)).await;
-    rem.metrics.action(target, &c.policy, signal.as_str(), label, s.mode.as_str());
+    rem.metrics
+        .action(target, &c.policy, signal.as_str(), label, s.mode.as_str());
     Some(outcome)
+}
+
+/// A session's identity for `settled`: pid, backend start and query start.
+type SessionKey = (i32, Option<i64>, Option<i64>);
+
+fn key_of(c: &Candidate) -> SessionKey {
+    (
+        c.facts.pid,
+        c.facts.backend_start_us,
+        c.facts.query_start_us,
+    )
+}
+
+fn key_of_session(s: &crate::observe::Session) -> SessionKey {
+    (s.pid, s.backend_start_us, s.query_start_us)
 }
 
 /// The signal an action starts with.
