@@ -3,6 +3,7 @@
 //! or a database.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -69,6 +70,8 @@ pub struct SharedState {
     wakers: BTreeMap<String, Arc<Notify>>,
     /// Bumped on every publish, so followers (remediation) run after each poll.
     published: BTreeMap<String, watch::Sender<u64>>,
+    /// Bumped on every publish of any target: renderers cache by it.
+    generation: AtomicU64,
 }
 
 impl SharedState {
@@ -86,6 +89,7 @@ impl SharedState {
             targets: RwLock::new(map),
             wakers,
             published,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -95,10 +99,17 @@ impl SharedState {
         {
             let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
             map.insert(name.clone(), Arc::new(status));
+            // Inside the write lock: a reader that sees the new generation sees the new status.
+            self.generation.fetch_add(1, Ordering::Release);
         }
         if let Some(tx) = self.published.get(&name) {
             tx.send_replace(polls);
         }
+    }
+
+    /// Changes whenever any target's status is published.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A receiver that changes after every publish for `target`.

@@ -13,7 +13,10 @@
 //! [`METRIC_NAMES`] lists every exported family, for the tests that check
 //! alert rules and dashboards against what really exists.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -109,6 +112,11 @@ pub struct Metrics {
     am_alerts: Family<AlertStatusLabels, Counter>,
     am_duplicates: Counter,
     am_requests: Family<CodeLabels, Counter>,
+    /// Bumped by every recording method; with the state's generation it keys
+    /// the rendered exposition, so scrapes between changes copy nothing.
+    generation: AtomicU64,
+    state: Arc<SharedState>,
+    rendered: Mutex<Option<((u64, u64), Bytes)>>,
 }
 
 impl Metrics {
@@ -229,7 +237,7 @@ impl Metrics {
             am_requests.clone(),
         );
         let _ = am_requests.get_or_create(&CodeLabels { code: "202" });
-        registry.register_collector(Box::new(StateCollector { state }));
+        registry.register_collector(Box::new(StateCollector { state: state.clone() }));
         Metrics {
             registry,
             polls,
@@ -248,11 +256,20 @@ impl Metrics {
             am_alerts,
             am_duplicates,
             am_requests,
+            generation: AtomicU64::new(0),
+            state,
+            rendered: Mutex::new(None),
         }
+    }
+
+    /// Marks the exposition as changed.
+    fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Creates a decision series at 0 without counting anything.
     pub fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        self.touch();
         let _ = self.actions.get_or_create(&ActionLabels {
             target: target.to_string(),
             policy: policy.to_string(),
@@ -264,6 +281,7 @@ impl Metrics {
 
     /// Exports the remediation mode: 1 for the configured mode, 0 for the others.
     pub fn set_mode(&self, mode: &str) {
+        self.touch();
         for m in ["observe", "dry-run", "enforce"] {
             self.mode.get_or_create(&ModeLabels { mode: m.to_string() }).set(i64::from(m == mode));
         }
@@ -271,6 +289,7 @@ impl Metrics {
 
     /// Counts one remediation decision.
     pub fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        self.touch();
         self.actions
             .get_or_create(&ActionLabels {
                 target: target.to_string(),
@@ -283,23 +302,27 @@ impl Metrics {
     }
 
     pub fn set_candidates(&self, target: &str, policy: &str, n: usize) {
+        self.touch();
         self.candidates
             .get_or_create(&PolicyLabels { target: target.to_string(), policy: policy.to_string() })
             .set(n as i64);
     }
 
     pub fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
+        self.touch();
         let l = ScopeLabels { scope: scope.to_string() };
         self.budget_remaining.get_or_create(&l).set(i64::from(remaining));
         self.budget_exhausted.get_or_create(&l).set(i64::from(exhausted));
     }
 
     pub fn set_paused(&self, paused: bool) {
+        self.touch();
         self.paused.set(i64::from(paused));
     }
 
     /// Records who holds the actor lock of `target`.
     pub fn set_actor(&self, target: &str, holder: &crate::remediate::executor::Holder, instance: &str) {
+        self.touch();
         use crate::remediate::executor::Holder;
         let us = matches!(holder, Holder::Us);
         self.actor.get_or_create(&TargetLabels { target: target.to_string() }).set(i64::from(us));
@@ -322,12 +345,14 @@ impl Metrics {
     }
 
     pub fn audit_error(&self) {
+        self.touch();
         self.audit_errors.inc();
     }
 
     /// Records one request to the Alertmanager receiver: its status code and
     /// the alerts it carried.
     pub fn record_alertmanager(&self, code: u16, firing: u64, resolved: u64, duplicates: u64) {
+        self.touch();
         let code = ALERTMANAGER_CODES
             .iter()
             .find(|c| c.parse::<u16>().ok() == Some(code))
@@ -346,6 +371,7 @@ impl Metrics {
 
     /// Records one finished poll.
     pub fn record_poll(&self, target: &str, seconds: f64, error: Option<PollErrorKind>) {
+        self.touch();
         let l = TargetLabels {
             target: target.to_string(),
         };
@@ -361,14 +387,27 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text of every metric.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text of every metric. Rendered once per change (a
+    /// poll, a decision, a received alert) and shared by the scrapes that
+    /// follow: the exposition holds no clock-derived value, so a cached copy
+    /// is exact.
+    pub fn render(&self) -> Bytes {
+        // Read the key before rendering: a change during the render leaves the
+        // cache keyed by the older generation, and the next scrape renders again.
+        let key = (self.generation.load(Ordering::Acquire), self.state.generation());
+        if let Some((k, body)) = &*self.rendered.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *k == key {
+                return body.clone();
+            }
+        }
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail; an error here would be a bug in a collector.
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "rendering metrics failed");
         }
-        out
+        let body = Bytes::from(out);
+        *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
+        body
     }
 }
 
@@ -941,4 +980,32 @@ fn encode_postgres(
         f.encode(encoder)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::state::TargetStatus;
+
+    #[test]
+    fn the_exposition_is_rendered_once_per_change() {
+        let state = Arc::new(SharedState::new([("main", "postgres")]));
+        let m = Metrics::new(state.clone());
+        let a = m.render();
+        let b = m.render();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "a scrape without a change must reuse the rendering");
+        // A recorded poll changes it.
+        m.record_poll("main", 0.004, None);
+        let c = m.render();
+        assert_ne!(a, c);
+        assert!(std::str::from_utf8(&c).unwrap().contains("dbwarden_polls_total{target=\"main\"} 1"));
+        // So does a published status, which no recording method sees.
+        let mut s = TargetStatus::new("main", "postgres");
+        s.up = true;
+        s.polls_completed = 1;
+        state.publish(s);
+        let d = m.render();
+        assert!(std::str::from_utf8(&d).unwrap().contains("dbwarden_up{target=\"main\"} 1"));
+        assert!(std::str::from_utf8(&c).unwrap().contains("dbwarden_up{target=\"main\"} 0"));
+    }
 }
