@@ -90,6 +90,15 @@ pub struct AuditSession {
     pub query_seconds: Option<f64>,
     pub transaction_seconds: Option<f64>,
     pub connected_seconds: Option<f64>,
+    /// The server timestamps the decision rested on (µs since the epoch):
+    /// with `time_ms` they tell how long after crossing its threshold the
+    /// session was acted on.
+    #[serde(default)]
+    pub state_change_us: Option<i64>,
+    #[serde(default)]
+    pub query_start_us: Option<i64>,
+    #[serde(default)]
+    pub xact_start_us: Option<i64>,
     pub query: String,
 }
 
@@ -160,6 +169,9 @@ impl AuditRecord {
                 query_seconds: f.query_seconds,
                 transaction_seconds: f.transaction_seconds,
                 connected_seconds: f.connected_seconds,
+                state_change_us: f.state_change_us,
+                query_start_us: f.query_start_us,
+                xact_start_us: f.xact_start_us,
                 query,
             },
         }
@@ -232,9 +244,10 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one record and flushes it to disk (`fsync`) before returning.
+    /// Appends one record; with `durable`, flushes it to disk (`fsync`)
+    /// before returning (an `fsync` also flushes every record before it).
     /// Blocking: call from a blocking context.
-    pub fn append(&self, record: &AuditRecord) -> Result<(), AuditError> {
+    pub fn append(&self, record: &AuditRecord, durable: bool) -> Result<(), AuditError> {
         let err = |source| AuditError { path: self.path.clone(), source };
         let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
         line.push(b'\n');
@@ -247,7 +260,9 @@ impl AuditLog {
             }
             // One write call per line: O_APPEND keeps lines whole even with other writers.
             f.write_all(&line).map_err(err)?;
-            f.sync_data().map_err(err)?;
+            if durable {
+                f.sync_data().map_err(err)?;
+            }
         }
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT_CAPACITY {
@@ -341,12 +356,15 @@ mod tests {
                 query_seconds: None,
                 transaction_seconds: None,
                 connected_seconds: None,
+                state_change_us: None,
+                query_start_us: None,
+                xact_start_us: None,
                 query: String::new(),
             },
         };
-        log.append(&rec(1)).unwrap();
+        log.append(&rec(1), true).unwrap();
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
-        log.append(&rec(2)).unwrap();
+        log.append(&rec(2), true).unwrap();
         let (now, _) = AuditLog::read_all(&path).unwrap();
         let (old, _) = AuditLog::read_all(&dir.path().join("audit.jsonl.1")).unwrap();
         assert_eq!(now.iter().map(|r| r.time_ms).collect::<Vec<_>>(), [2]);

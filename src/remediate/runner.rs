@@ -159,11 +159,13 @@ impl Remediation {
     }
 
     /// Writes a record through a blocking task; false when it could not be written.
-    async fn audit(&self, record: AuditRecord) -> bool {
+    /// `durable`: flush to disk (`fsync`) before returning. Intents must be;
+    /// other records are flushed by the next intent's `fsync` at the latest.
+    async fn audit(&self, record: AuditRecord, durable: bool) -> bool {
         let Some(log) = self.audit.clone() else {
             return false;
         };
-        let r = tokio::task::spawn_blocking(move || log.append(&record)).await;
+        let r = tokio::task::spawn_blocking(move || log.append(&record, durable)).await;
         match r {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -243,6 +245,8 @@ async fn run_inner(
             }
         }
     }
+    // Bound on each statement of the actor connection, on our side.
+    let limit = target.settings.poll_timeout;
     let mut was_paused = false;
     let mut exhausted = false;
     // Sessions not to decide on again while they exist: in dry-run, those
@@ -297,7 +301,14 @@ async fn run_inner(
         let holder = if paused {
             None
         } else {
-            Some(actor.ensure().await)
+            match tokio::time::timeout(limit, actor.ensure()).await {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    tracing::warn!("the actor connection did not answer in time: dropping it");
+                    actor.reset();
+                    Some(Holder::Nobody)
+                }
+            }
         };
         if let Some(h) = &holder {
             rem.metrics
@@ -356,7 +367,7 @@ async fn run_inner(
             exhausted = false;
             let first = first_signal(c.action);
             let id = format!("{}-{}-{}", rem.settings.instance, c.facts.pid, now_ms());
-            let outcome = act(&rem, &mut actor, &target.name, &id, first, c, &policies).await;
+            let outcome = act(&rem, &mut actor, &target.name, &id, first, c, &policies, limit).await;
             match (&outcome, rem.settings.mode) {
                 (Some(Outcome::Signalled), _) => {}
                 (None, Mode::DryRun) => {
@@ -400,6 +411,7 @@ async fn run_inner(
                 Signal::Terminate,
                 &c,
                 &policies,
+                limit,
             )
             .await;
         }
@@ -419,6 +431,7 @@ async fn act(
     signal: Signal,
     c: &Candidate,
     policies: &[Policy],
+    limit: Duration,
 ) -> Option<Outcome> {
     let s = &rem.settings;
     let record = |decision: Decision, outcome: String| {
@@ -438,10 +451,10 @@ async fn act(
     };
     if s.mode == Mode::DryRun {
         let written = rem
-            .audit(record(
-                Decision::WouldAct,
-                format!("would {}", signal.as_str()),
-            ))
+            .audit(
+                record(Decision::WouldAct, format!("would {}", signal.as_str())),
+                false,
+            )
             .await;
         tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "dry-run: would act");
         rem.metrics.action(
@@ -455,10 +468,10 @@ async fn act(
     }
     // Write-ahead: the intent is on disk before the signal is sent.
     if !rem
-        .audit(record(
-            Decision::Intent,
-            format!("about to {}", signal.as_str()),
-        ))
+        .audit(
+            record(Decision::Intent, format!("about to {}", signal.as_str())),
+            true,
+        )
         .await
     {
         rem.metrics.action(
@@ -476,7 +489,16 @@ async fn act(
         .map(|p| p.conditions.clone())
         .unwrap_or_default();
     let outcome = match actor.connection() {
-        Some(conn) => executor::signal(conn, signal, c, cond).await,
+        // A hung server or network must not hang remediation: bound the
+        // statement on our side too (the server's statement_timeout cannot
+        // fire if the server does not answer at all).
+        Some(conn) => match tokio::time::timeout(limit, executor::signal(conn, signal, c, cond)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Failed(format!(
+                "no answer within {}: the signal may or may not have been delivered",
+                humantime::format_duration(limit)
+            )),
+        },
         None => Outcome::Failed("lost the actor connection".into()),
     };
     if matches!(outcome, Outcome::Failed(_)) {
@@ -497,7 +519,7 @@ async fn act(
             tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), outcome = %sentence, "did not act")
         }
     }
-    rem.audit(record(decision, sentence)).await;
+    rem.audit(record(decision, sentence), false).await;
     rem.metrics
         .action(target, &c.policy, signal.as_str(), label, s.mode.as_str());
     Some(outcome)
