@@ -19,7 +19,7 @@ pub mod daemon;
 pub mod evaluate;
 pub mod http;
 pub mod observe;
-pub mod scratch;
 pub mod remediate;
+pub mod scratch;
 pub mod telemetry;
 mod util;

@@ -90,7 +90,12 @@ pub fn main() -> ExitCode {
             Ok(c) => runtime(check::run(c, format)),
             Err(code) => code,
         },
-        Command::Replay { config, snapshot, format, assume_firing } => match load(&config) {
+        Command::Replay {
+            config,
+            snapshot,
+            format,
+            assume_firing,
+        } => match load(&config) {
             Ok(c) => replay::run(&c, &snapshot, format, &assume_firing),
             Err(code) => code,
         },

@@ -56,11 +56,22 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
     let mut results = Vec::new();
     for t in &recorded.targets {
         let Some(snapshot) = &t.snapshot else {
-            eprintln!("dbwarden: target {:?} has no snapshot in the file (it was down): skipped", t.target);
+            eprintln!(
+                "dbwarden: target {:?} has no snapshot in the file (it was down): skipped",
+                t.target
+            );
             continue;
         };
-        let failing: Vec<_> = t.checks.iter().filter(|c| c.status == CheckStatus::Fail).map(|c| c.check).collect();
-        let gates = policy::Gates { failing: &failing, firing_alerts: assume_firing };
+        let failing: Vec<_> = t
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .map(|c| c.check)
+            .collect();
+        let gates = policy::Gates {
+            failing: &failing,
+            firing_alerts: assume_firing,
+        };
         let (evaluations, chosen) = policy::select(&rem.policies, &t.target, snapshot, gates);
         results.push((t.target.clone(), evaluations, chosen));
     }
@@ -74,7 +85,11 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
                 .iter()
                 .map(|(t, e, c)| serde_json::json!({"target": t, "policies": e, "would_act_on": c}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"mode": rem.mode, "targets": v})).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"mode": rem.mode, "targets": v}))
+                    .unwrap_or_default()
+            );
         }
         Format::Text => {
             let mut out = String::new();
@@ -103,18 +118,35 @@ fn render_policy(out: &mut String, e: &PolicyEvaluation) {
         let _ = writeln!(
             out,
             "    {} pid {} user {:?} db {:?} app {:?} ({}): {} [{}]",
-            if chosen { format!("WOULD {}", c.action.as_str().to_uppercase()) } else { "candidate, not chosen".into() },
+            if chosen {
+                format!("WOULD {}", c.action.as_str().to_uppercase())
+            } else {
+                "candidate, not chosen".into()
+            },
             f.pid,
             f.user.as_deref().unwrap_or(""),
             f.database.as_deref().unwrap_or(""),
             f.application_name,
             fmt_secs(c.age_seconds),
             c.reason,
-            if chosen { "selected" } else if e.gate_open { "over the per-cycle cap" } else { "gate closed" }
+            if chosen {
+                "selected"
+            } else if e.gate_open {
+                "over the per-cycle cap"
+            } else {
+                "gate closed"
+            }
         );
     }
     for (f, why) in &e.protected {
-        let _ = writeln!(out, "    PROTECTED pid {} user {:?} app {:?}: {:?}", f.pid, f.user.as_deref().unwrap_or(""), f.application_name, why);
+        let _ = writeln!(
+            out,
+            "    PROTECTED pid {} user {:?} app {:?}: {:?}",
+            f.pid,
+            f.user.as_deref().unwrap_or(""),
+            f.application_name,
+            why
+        );
     }
     if e.candidates.is_empty() && e.protected.is_empty() {
         let _ = writeln!(out, "    no session meets every condition");

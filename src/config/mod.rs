@@ -1442,30 +1442,65 @@ mod tests {
     fn alertmanager_token_comes_from_env_or_file_and_never_prints() {
         let toml = format!("[server]\nalertmanager_token_env = \"AM_TOKEN\"\n{MIN}");
         let c = ok(&toml, &[("AM_TOKEN", "s3cret-am")]);
-        assert_eq!(c.server.alertmanager_token.as_ref().map(|t| t.expose()), Some("s3cret-am"));
+        assert_eq!(
+            c.server.alertmanager_token.as_ref().map(|t| t.expose()),
+            Some("s3cret-am")
+        );
         let printed = c.to_redacted_toml();
-        assert!(printed.contains("alertmanager_token_env = \"AM_TOKEN\""), "{printed}");
+        assert!(
+            printed.contains("alertmanager_token_env = \"AM_TOKEN\""),
+            "{printed}"
+        );
         assert!(!printed.contains("s3cret-am") && !format!("{c:?}").contains("s3cret-am"));
         let issues = issues(&toml, &[]);
-        assert_issue(&issues, "server.alertmanager_token_env", &["\"AM_TOKEN\"", "not set"]);
+        assert_issue(
+            &issues,
+            "server.alertmanager_token_env",
+            &["\"AM_TOKEN\"", "not set"],
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("am-token");
         std::fs::write(&f, "from-file\n").unwrap();
-        let c = ok(&format!("[server]\nalertmanager_token_file = {:?}\n{MIN}", f.display().to_string()), &[]);
-        assert_eq!(c.server.alertmanager_token.as_ref().map(|t| t.expose()), Some("from-file"));
+        let c = ok(
+            &format!(
+                "[server]\nalertmanager_token_file = {:?}\n{MIN}",
+                f.display().to_string()
+            ),
+            &[],
+        );
+        assert_eq!(
+            c.server.alertmanager_token.as_ref().map(|t| t.expose()),
+            Some("from-file")
+        );
     }
 
     #[test]
     fn alert_gate_is_read_and_alert_names_are_checked() {
         let c = ok(
-            &with_policy("only_while_alerts = [\"DbWardenConnectionsHigh\"]\n", "idle_for = \"10m\"\n"),
+            &with_policy(
+                "only_while_alerts = [\"DbWardenConnectionsHigh\"]\n",
+                "idle_for = \"10m\"\n",
+            ),
             &[],
         );
         assert_eq!(policy(&c).only_while_alerts, ["DbWardenConnectionsHigh"]);
         let printed = c.to_redacted_toml();
-        assert!(printed.contains("only_while_alerts = [\"DbWardenConnectionsHigh\"]"), "{printed}");
-        let issues = issues(&with_policy("only_while_alerts = [\"not an alert\"]\n", "idle_for = \"10m\"\n"), &[]);
-        assert_issue(&issues, "remediation.policies.p.only_while_alerts", &["\"not an alert\"", "alert name"]);
+        assert!(
+            printed.contains("only_while_alerts = [\"DbWardenConnectionsHigh\"]"),
+            "{printed}"
+        );
+        let issues = issues(
+            &with_policy(
+                "only_while_alerts = [\"not an alert\"]\n",
+                "idle_for = \"10m\"\n",
+            ),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "remediation.policies.p.only_while_alerts",
+            &["\"not an alert\"", "alert name"],
+        );
     }
 
     #[test]

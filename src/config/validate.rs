@@ -108,8 +108,14 @@ pub(super) fn validate(
     // The Alertmanager receiver's token, read like the pause API's.
     let (alertmanager_token, alertmanager_token_source) = read_token(
         "server",
-        ("alertmanager_token_file", raw.server.alertmanager_token_file.as_ref()),
-        ("alertmanager_token_env", raw.server.alertmanager_token_env.as_ref()),
+        (
+            "alertmanager_token_file",
+            raw.server.alertmanager_token_file.as_ref(),
+        ),
+        (
+            "alertmanager_token_env",
+            raw.server.alertmanager_token_env.as_ref(),
+        ),
         env,
         &mut issues,
     );
@@ -1165,7 +1171,10 @@ fn policy(
     let mut only_while_alerts = Vec::new();
     for name in p.only_while_alerts.iter().flatten() {
         // Prometheus alert names: [a-zA-Z_][a-zA-Z0-9_]*.
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if valid {
             only_while_alerts.push(name.clone());
@@ -1413,7 +1422,11 @@ fn read_token(
 ) -> (Option<Secret>, Option<TokenSource>) {
     let key = |k: &str| raw::join(table, k);
     if let (Some(file), Some(var)) = (file, var) {
-        let var = if valid_env_name(var) { format!(" = {var:?}") } else { String::new() };
+        let var = if valid_env_name(var) {
+            format!(" = {var:?}")
+        } else {
+            String::new()
+        };
         issues.push(
             table,
             format!(
@@ -1435,8 +1448,14 @@ fn read_token(
         } else {
             match env.iter().find(|(k, _)| k == var) {
                 Some((_, v)) if !v.trim().is_empty() => token = Some(Secret::new(v.trim())),
-                Some(_) => issues.push(key(env_key), format!("environment variable {var:?} is empty")),
-                None => issues.push(key(env_key), format!("environment variable {var:?} is not set")),
+                Some(_) => issues.push(
+                    key(env_key),
+                    format!("environment variable {var:?} is empty"),
+                ),
+                None => issues.push(
+                    key(env_key),
+                    format!("environment variable {var:?} is not set"),
+                ),
             }
         }
     }

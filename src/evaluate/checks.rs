@@ -340,7 +340,10 @@ pub fn fmt_secs(secs: f64) -> String {
 pub fn fmt_pct(value: f64, threshold: f64) -> (String, String) {
     let mut out = (String::new(), String::new());
     for prec in 1..=9 {
-        out = (format!("{:.*}%", prec, value * 100.0), format!("{:.*}%", prec, threshold * 100.0));
+        out = (
+            format!("{:.*}%", prec, value * 100.0),
+            format!("{:.*}%", prec, threshold * 100.0),
+        );
         if out.0 != out.1 || value == threshold {
             break;
         }

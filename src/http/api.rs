@@ -16,9 +16,15 @@ pub(super) struct StatusQuery {
     snapshot: bool,
 }
 
-pub(super) async fn status(State(app): State<AppState>, q: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+pub(super) async fn status(
+    State(app): State<AppState>,
+    q: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Ok(Query(q)) = q else {
-        return error(StatusCode::BAD_REQUEST, "unknown query parameter: the only one is snapshot=true|false");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unknown query parameter: the only one is snapshot=true|false",
+        );
     };
     let targets: Vec<_> = app
         .state
@@ -49,11 +55,20 @@ pub(super) struct ActionsQuery {
 }
 
 /// Recent remediation decisions, newest first.
-pub(super) async fn actions(State(app): State<AppState>, q: Result<Query<ActionsQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+pub(super) async fn actions(
+    State(app): State<AppState>,
+    q: Result<Query<ActionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Ok(Query(q)) = q else {
-        return error(StatusCode::BAD_REQUEST, "bad query: the only parameter is limit=<1..1000>");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad query: the only parameter is limit=<1..1000>",
+        );
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, crate::remediate::audit::RECENT_CAPACITY);
+    let limit = q
+        .limit
+        .unwrap_or(100)
+        .clamp(1, crate::remediate::audit::RECENT_CAPACITY);
     let records = app
         .remediation
         .as_ref()
@@ -71,15 +86,28 @@ pub(super) struct PauseBody {
     reason: Option<String>,
 }
 
-pub(super) async fn pause(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(super) async fn pause(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     switch(app, headers, body, true).await
 }
 
-pub(super) async fn resume(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(super) async fn resume(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     switch(app, headers, body, false).await
 }
 
-async fn switch(app: AppState, headers: HeaderMap, body: axum::body::Bytes, pause: bool) -> Response {
+async fn switch(
+    app: AppState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    pause: bool,
+) -> Response {
     let Some(rem) = app.remediation else {
         return error(StatusCode::NOT_FOUND, "remediation is not configured");
     };
@@ -102,20 +130,33 @@ async fn switch(app: AppState, headers: HeaderMap, body: axum::body::Bytes, paus
     } else {
         match serde_json::from_slice(&body) {
             Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e} (expected {{\"by\": ..., \"reason\": ...}})")),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid JSON body: {e} (expected {{\"by\": ..., \"reason\": ...}})"),
+                );
+            }
         }
     };
     let result = if pause {
         let by = body.by.unwrap_or_else(|| "api".into());
-        let reason = body.reason.unwrap_or_else(|| "paused through the API".into());
+        let reason = body
+            .reason
+            .unwrap_or_else(|| "paused through the API".into());
         tracing::warn!(by = %by, reason = %reason, "remediation paused through the API");
         rem.pause.pause(&by, &reason)
     } else {
-        tracing::warn!(by = body.by.as_deref().unwrap_or("api"), "remediation resumed through the API");
+        tracing::warn!(
+            by = body.by.as_deref().unwrap_or("api"),
+            "remediation resumed through the API"
+        );
         rem.pause.resume()
     };
     if let Err(e) = result {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot persist the pause state: {e}"));
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot persist the pause state: {e}"),
+        );
     }
     let info = rem.pause.info();
     app.metrics.set_paused(info.paused);

@@ -13,7 +13,10 @@ pub fn bearer_ok(headers: &HeaderMap, expected: &Secret) -> bool {
     let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
+    let Some(token) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
         return false;
     };
     bool::from(token.trim().as_bytes().ct_eq(expected.expose().as_bytes()))

@@ -65,7 +65,9 @@ pub async fn serve(
     app: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
@@ -87,7 +89,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
         .map(|t| json!({"target": t.target, "polled": t.polls_completed > 0, "up": t.up}))
         .collect();
     let ready = app.state.all_polled();
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(json!({"ready": ready, "targets": targets}))).into_response()
 }
 

@@ -133,7 +133,12 @@ pub struct PostgresObserver {
 
 impl PostgresObserver {
     pub fn new(target: PostgresTarget) -> Self {
-        PostgresObserver { target, conn: None, connecting: None, sizes: None }
+        PostgresObserver {
+            target,
+            conn: None,
+            connecting: None,
+            sizes: None,
+        }
     }
 
     pub fn target(&self) -> &PostgresTarget {
@@ -162,7 +167,10 @@ impl PostgresObserver {
             )),
             Err(_) => Err(PollError::new(
                 PollErrorKind::Timeout,
-                format!("poll did not finish within poll_timeout {}", humantime::format_duration(timeout)),
+                format!(
+                    "poll did not finish within poll_timeout {}",
+                    humantime::format_duration(timeout)
+                ),
             )),
         }
     }
@@ -172,9 +180,9 @@ impl PostgresObserver {
     async fn connection(&mut self) -> Result<&mut PgConnection, PollError> {
         if self.conn.is_none() {
             let options = self.target.connect.0.clone();
-            let attempt = self
-                .connecting
-                .get_or_insert_with(|| tokio::spawn(async move { PgConnection::connect_with(&options).await }));
+            let attempt = self.connecting.get_or_insert_with(|| {
+                tokio::spawn(async move { PgConnection::connect_with(&options).await })
+            });
             let joined = tokio::time::timeout(self.target.settings.connect_timeout, attempt).await;
             let joined = match joined {
                 Ok(j) => j,
@@ -190,7 +198,9 @@ impl PostgresObserver {
             };
             self.connecting = None;
             let conn = joined
-                .map_err(|e| PollError::new(PollErrorKind::Connect, format!("connect task failed: {e}")))?
+                .map_err(|e| {
+                    PollError::new(PollErrorKind::Connect, format!("connect task failed: {e}"))
+                })?
                 .map_err(PollError::from_sqlx)?;
             self.conn = Some(conn);
         }
@@ -204,7 +214,8 @@ impl PostgresObserver {
             .is_none_or(|(at, _)| at.elapsed() >= self.target.settings.database_sizes_interval);
         let conn = self.connection().await?;
         let result = postgres::read_snapshot(conn, sizes_due).await;
-        if matches!(&result, Err(e) if matches!(e.kind, PollErrorKind::Io | PollErrorKind::Connect)) {
+        if matches!(&result, Err(e) if matches!(e.kind, PollErrorKind::Io | PollErrorKind::Connect))
+        {
             // The connection broke: drop it; the next poll opens a new one.
             self.conn = None;
         }
@@ -222,7 +233,9 @@ impl PostgresObserver {
             // statvfs can block (a hung network mount): keep it off the runtime threads.
             snapshot.disks = tokio::task::spawn_blocking(move || disk::usage(&paths))
                 .await
-                .map_err(|e| PollError::new(PollErrorKind::Io, format!("disk usage task failed: {e}")))?;
+                .map_err(|e| {
+                    PollError::new(PollErrorKind::Io, format!("disk usage task failed: {e}"))
+                })?;
         }
         Ok(snapshot)
     }

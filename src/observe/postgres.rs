@@ -112,8 +112,7 @@ const DATABASES_SQL: &str = "SELECT d.datname::text, s.checksum_failures, coales
      LEFT JOIN pg_stat_database s ON s.datid = d.oid
      ORDER BY 1";
 
-const LOCK_WAITS_SQL: &str =
-    "SELECT pid, (extract(epoch FROM min(waitstart)) * 1000000)::int8 FROM pg_locks WHERE NOT granted GROUP BY pid";
+const LOCK_WAITS_SQL: &str = "SELECT pid, (extract(epoch FROM min(waitstart)) * 1000000)::int8 FROM pg_locks WHERE NOT granted GROUP BY pid";
 
 const SIZES_SQL: &str = "SELECT datname::text, pg_database_size(oid)
      FROM pg_database
@@ -128,9 +127,15 @@ pub async fn read_snapshot(
     conn: &mut PgConnection,
     with_sizes: bool,
 ) -> Result<(PgSnapshot, Option<DatabaseSizes>), PollError> {
-    let mut tx = conn.begin_with("BEGIN READ ONLY").await.map_err(PollError::from_sqlx)?;
+    let mut tx = conn
+        .begin_with("BEGIN READ ONLY")
+        .await
+        .map_err(PollError::from_sqlx)?;
 
-    let r = sqlx::query(SERVER_SQL).fetch_one(&mut *tx).await.map_err(PollError::from_sqlx)?;
+    let r = sqlx::query(SERVER_SQL)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(PollError::from_sqlx)?;
     let server = ServerInfo {
         version_num: col(&r, 0, "server_version_num")?,
         version: col(&r, 1, "version")?,
@@ -143,7 +148,10 @@ pub async fn read_snapshot(
     if server.version_num < MIN_SERVER_VERSION {
         return Err(PollError::new(
             PollErrorKind::Unsupported,
-            format!("PostgreSQL {} is not supported: dbwarden needs 14 or later", server.version_num),
+            format!(
+                "PostgreSQL {} is not supported: dbwarden needs 14 or later",
+                server.version_num
+            ),
         ));
     }
     let server_now_us: i64 = col(&r, 7, "now")?;
@@ -178,7 +186,14 @@ pub async fn read_snapshot(
         .zip(types)
         .zip(active)
         .zip(retained)
-        .map(|(((name, slot_type), active), retained_bytes)| ReplicationSlot { name, slot_type, active, retained_bytes })
+        .map(
+            |(((name, slot_type), active), retained_bytes)| ReplicationSlot {
+                name,
+                slot_type,
+                active,
+                retained_bytes,
+            },
+        )
         .collect();
 
     let rows = sqlx::query(SESSIONS_SQL)
@@ -213,10 +228,16 @@ pub async fn read_snapshot(
 
     // pg_locks is read only when someone waits on a lock: one scan, then matched by pid.
     if sessions.iter().any(|s| s.waits_on_lock()) {
-        let waits = sqlx::query(LOCK_WAITS_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+        let waits = sqlx::query(LOCK_WAITS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(PollError::from_sqlx)?;
         let mut by_pid = std::collections::HashMap::with_capacity(waits.len());
         for w in &waits {
-            by_pid.insert(col::<i32>(w, 0, "pid")?, col::<Option<i64>>(w, 1, "waitstart")?);
+            by_pid.insert(
+                col::<i32>(w, 0, "pid")?,
+                col::<Option<i64>>(w, 1, "waitstart")?,
+            );
         }
         for s in sessions.iter_mut().filter(|s| s.waits_on_lock()) {
             s.lock_wait_start_us = by_pid.get(&s.pid).copied().flatten();
@@ -225,7 +246,10 @@ pub async fn read_snapshot(
 
     // pg_stat_replication scans every backend: skip it when no walsender runs.
     let standbys = if sessions.iter().any(|s| s.backend_type == "walsender") {
-        let rows = sqlx::query(STANDBYS_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+        let rows = sqlx::query(STANDBYS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(PollError::from_sqlx)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             out.push(Standby {
@@ -244,7 +268,10 @@ pub async fn read_snapshot(
         Vec::new()
     };
 
-    let rows = sqlx::query(DATABASES_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+    let rows = sqlx::query(DATABASES_SQL)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(PollError::from_sqlx)?;
     let mut databases = Vec::with_capacity(rows.len());
     for r in &rows {
         databases.push(DatabaseStats {
@@ -257,7 +284,10 @@ pub async fn read_snapshot(
     }
 
     let sizes = if with_sizes {
-        let rows = sqlx::query(SIZES_SQL).fetch_all(&mut *tx).await.map_err(PollError::from_sqlx)?;
+        let rows = sqlx::query(SIZES_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(PollError::from_sqlx)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             out.push((col(r, 0, "datname")?, col(r, 1, "pg_database_size")?));
@@ -304,7 +334,10 @@ where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(index).map_err(|e| {
-        PollError::new(PollErrorKind::Decode, format!("unexpected value in column {name:?}: {e}"))
+        PollError::new(
+            PollErrorKind::Decode,
+            format!("unexpected value in column {name:?}: {e}"),
+        )
     })
 }
 

@@ -141,13 +141,20 @@ impl AuditRecord {
         redact: bool,
     ) -> Self {
         let f = &candidate.facts;
-        let mut query = if redact { redact_literals(&f.query) } else { f.query.clone() };
+        let mut query = if redact {
+            redact_literals(&f.query)
+        } else {
+            f.query.clone()
+        };
         if query.chars().count() > query_max_chars {
             query = query.chars().take(query_max_chars).collect::<String>() + "…";
         }
         AuditRecord {
             time: humantime::format_rfc3339_millis(now).to_string(),
-            time_ms: now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            time_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             action_id: action_id.to_string(),
             instance: instance.to_string(),
             target: target.to_string(),
@@ -181,9 +188,11 @@ impl AuditRecord {
 /// Replaces string and numeric literals with `?`, so audit files hold the
 /// shape of a query and not the data in it.
 pub fn redact_literals(q: &str) -> String {
-    static STRINGS: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"(?s)(?:[eE])?'(?:[^']|'')*'|\$([A-Za-z_][A-Za-z0-9_]*)?\$.*?\$([A-Za-z_][A-Za-z0-9_]*)?\$").unwrap());
-    static NUMBERS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\b").unwrap());
+    static STRINGS: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?s)(?:[eE])?'(?:[^']|'')*'|\$([A-Za-z_][A-Za-z0-9_]*)?\$.*?\$([A-Za-z_][A-Za-z0-9_]*)?\$").unwrap()
+    });
+    static NUMBERS: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\b\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\b").unwrap());
     let s = STRINGS.replace_all(q, "?");
     NUMBERS.replace_all(&s, "?").into_owned()
 }
@@ -232,12 +241,19 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (creating it and its directory if needed) the audit file for appending.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let err = |source| AuditError { path: path.to_path_buf(), source };
+        let err = |source| AuditError {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let file = open_append(path).map_err(err)?;
-        Ok(AuditLog { path: path.to_path_buf(), file: Mutex::new(file), recent: Mutex::new(VecDeque::new()) })
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            recent: Mutex::new(VecDeque::new()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -248,7 +264,10 @@ impl AuditLog {
     /// before returning (an `fsync` also flushes every record before it).
     /// Blocking: call from a blocking context.
     pub fn append(&self, record: &AuditRecord, durable: bool) -> Result<(), AuditError> {
-        let err = |source| AuditError { path: self.path.clone(), source };
+        let err = |source| AuditError {
+            path: self.path.clone(),
+            source,
+        };
         let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
         line.push(b'\n');
         {
@@ -284,11 +303,19 @@ impl AuditLog {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(source) => return Err(AuditError { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(AuditError {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
         // Only a regular file can be read back: a device or a pipe
         // (`/dev/stdout`, `/dev/full`) would block, or never end and fill memory.
-        let meta = file.metadata().map_err(|source| AuditError { path: path.to_path_buf(), source })?;
+        let meta = file.metadata().map_err(|source| AuditError {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if !meta.is_file() {
             tracing::warn!(file = %path.display(), "the audit file is not a regular file: past actions cannot be read back, so budgets start afresh");
             return Ok((Vec::new(), 0));
@@ -296,7 +323,10 @@ impl AuditLog {
         let mut records = Vec::new();
         let mut bad = 0;
         for line in BufReader::new(file).lines() {
-            let line = line.map_err(|source| AuditError { path: path.to_path_buf(), source })?;
+            let line = line.map_err(|source| AuditError {
+                path: path.to_path_buf(),
+                source,
+            })?;
             match serde_json::from_str::<AuditRecord>(&line) {
                 Ok(r) => records.push(r),
                 Err(_) => bad += 1,
@@ -324,7 +354,10 @@ mod tests {
             redact_literals("SELECT * FROM t WHERE name = 'O''Brien' AND id = 42 AND x > 1.5e3"),
             "SELECT * FROM t WHERE name = ? AND id = ? AND x > ?"
         );
-        assert_eq!(redact_literals("SELECT $$secret$$, t1.c2"), "SELECT ?, t1.c2");
+        assert_eq!(
+            redact_literals("SELECT $$secret$$, t1.c2"),
+            "SELECT ?, t1.c2"
+        );
     }
 
     #[test]

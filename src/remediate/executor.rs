@@ -54,7 +54,10 @@ impl Outcome {
         match self {
             Outcome::Signalled => format!("{} signal sent", signal.as_str()),
             Outcome::Gone => "skipped: the session ended before the action".to_string(),
-            Outcome::Changed(what) => format!("skipped: the session changed since the poll ({})", what.join(", ")),
+            Outcome::Changed(what) => format!(
+                "skipped: the session changed since the poll ({})",
+                what.join(", ")
+            ),
             Outcome::Refused(m) => format!("refused by the server: {m}"),
             Outcome::Failed(m) => format!("failed: {m}"),
         }
@@ -63,17 +66,32 @@ impl Outcome {
 
 /// Sends `signal` to the candidate's backend if, at the moment of the
 /// statement, it is still the same backend in the same situation.
-pub async fn signal(conn: &mut PgConnection, signal: Signal, c: &Candidate, cond: &Conditions) -> Outcome {
+pub async fn signal(
+    conn: &mut PgConnection,
+    signal: Signal,
+    c: &Candidate,
+    cond: &Conditions,
+) -> Outcome {
     let f = &c.facts;
     let Some(backend_start) = f.backend_start_us else {
         return Outcome::Changed(vec!["backend_start unknown"]);
     };
     // Which timestamps must be unchanged: those the policy measured.
-    let query_start = (cond.query_running_for.is_some() || cond.match_query.is_some() || cond.ignore_query.is_some())
-        .then_some(f.query_start_us)
+    let query_start = (cond.query_running_for.is_some()
+        || cond.match_query.is_some()
+        || cond.ignore_query.is_some())
+    .then_some(f.query_start_us)
+    .flatten();
+    let xact_start = cond
+        .transaction_open_for
+        .is_some()
+        .then_some(f.xact_start_us)
         .flatten();
-    let xact_start = cond.transaction_open_for.is_some().then_some(f.xact_start_us).flatten();
-    let state_change = cond.idle_for.is_some().then_some(f.state_change_us).flatten();
+    let state_change = cond
+        .idle_for
+        .is_some()
+        .then_some(f.state_change_us)
+        .flatten();
     let need_query = query_start.is_some() || cond.query_running_for.is_some();
     let need_xact = xact_start.is_some() || cond.transaction_open_for.is_some();
     let need_idle = state_change.is_some() || cond.idle_for.is_some();
@@ -196,7 +214,11 @@ impl Actor {
     pub fn new(options: PgConnectOptions, instance: &str) -> Self {
         let name = format!("dbwarden-actor/{instance}");
         let name: String = name.chars().take(63).collect();
-        Actor { options: options.application_name(&name), conn: None, holding: false }
+        Actor {
+            options: options.application_name(&name),
+            conn: None,
+            holding: false,
+        }
     }
 
     pub fn holding(&self) -> bool {
@@ -217,7 +239,9 @@ impl Actor {
                 }
             }
         }
-        let Some(conn) = self.conn.as_mut() else { return Holder::Nobody };
+        let Some(conn) = self.conn.as_mut() else {
+            return Holder::Nobody;
+        };
         let r = if self.holding {
             sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
@@ -265,7 +289,11 @@ impl Actor {
         .fetch_optional(&mut *conn)
         .await;
         match holder {
-            Ok(Some(Some(name))) => Holder::Other(name.strip_prefix("dbwarden-actor/").unwrap_or(&name).to_string()),
+            Ok(Some(Some(name))) => Holder::Other(
+                name.strip_prefix("dbwarden-actor/")
+                    .unwrap_or(&name)
+                    .to_string(),
+            ),
             Ok(_) => Holder::Nobody,
             Err(_) => {
                 self.conn = None;
@@ -276,7 +304,11 @@ impl Actor {
 
     /// The connection to send signals on; only while holding the lock.
     pub fn connection(&mut self) -> Option<&mut PgConnection> {
-        if self.holding { self.conn.as_mut() } else { None }
+        if self.holding {
+            self.conn.as_mut()
+        } else {
+            None
+        }
     }
 
     /// Drops the connection after an error, releasing the lock with it.

@@ -40,19 +40,31 @@ impl PauseSwitch {
     /// read counts as paused: when in doubt, do not act.
     pub fn load(state_file: &Path, sentinel: Option<&Path>) -> Self {
         let api = match std::fs::read(state_file) {
-            Ok(bytes) => Some(serde_json::from_slice::<ApiPause>(&bytes).unwrap_or_else(|e| ApiPause {
-                since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                by: "dbwarden".into(),
-                reason: format!("pause state file {} is unreadable ({e}); paused until resumed", state_file.display()),
-            })),
+            Ok(bytes) => Some(
+                serde_json::from_slice::<ApiPause>(&bytes).unwrap_or_else(|e| ApiPause {
+                    since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                    by: "dbwarden".into(),
+                    reason: format!(
+                        "pause state file {} is unreadable ({e}); paused until resumed",
+                        state_file.display()
+                    ),
+                }),
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => Some(ApiPause {
                 since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                 by: "dbwarden".into(),
-                reason: format!("cannot read pause state file {}: {e}; paused until resumed", state_file.display()),
+                reason: format!(
+                    "cannot read pause state file {}: {e}; paused until resumed",
+                    state_file.display()
+                ),
             }),
         };
-        PauseSwitch { state_file: state_file.to_path_buf(), sentinel: sentinel.map(Path::to_path_buf), api: Mutex::new(api) }
+        PauseSwitch {
+            state_file: state_file.to_path_buf(),
+            sentinel: sentinel.map(Path::to_path_buf),
+            api: Mutex::new(api),
+        }
     }
 
     pub fn info(&self) -> PauseInfo {
@@ -71,7 +83,12 @@ impl PauseSwitch {
             since: api.as_ref().map(|a| a.since.clone()),
             by: api.as_ref().map(|a| a.by.clone()),
             reason: api.as_ref().map(|a| a.reason.clone()).or_else(|| {
-                sentinel.then(|| format!("sentinel file {} exists", self.sentinel.as_ref().unwrap().display()))
+                sentinel.then(|| {
+                    format!(
+                        "sentinel file {} exists",
+                        self.sentinel.as_ref().unwrap().display()
+                    )
+                })
             }),
         }
     }
@@ -87,7 +104,10 @@ impl PauseSwitch {
             by: by.to_string(),
             reason: reason.to_string(),
         };
-        write_atomic(&self.state_file, &serde_json::to_vec(&p).map_err(std::io::Error::other)?)?;
+        write_atomic(
+            &self.state_file,
+            &serde_json::to_vec(&p).map_err(std::io::Error::other)?,
+        )?;
         *self.api.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         Ok(())
     }

@@ -222,7 +222,11 @@ pub struct Gates<'a> {
 }
 
 /// Evaluates one policy on one snapshot.
-pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, gates: Gates<'_>) -> PolicyEvaluation {
+pub fn evaluate_policy(
+    policy: &Policy,
+    snapshot: &PgSnapshot,
+    gates: Gates<'_>,
+) -> PolicyEvaluation {
     let missing: Vec<&str> = policy
         .only_while_failing
         .iter()
@@ -239,7 +243,11 @@ pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, gates: Gates<'_>)
     let mut reasons = Vec::new();
     if !policy.only_while_failing.is_empty() {
         reasons.push(if missing.is_empty() {
-            let names: Vec<&str> = policy.only_while_failing.iter().map(|c| c.as_str()).collect();
+            let names: Vec<&str> = policy
+                .only_while_failing
+                .iter()
+                .map(|c| c.as_str())
+                .collect();
             format!("under pressure: {} failing", names.join(", "))
         } else {
             format!("not under pressure: {} not failing", missing.join(", "))
@@ -252,7 +260,11 @@ pub fn evaluate_policy(policy: &Policy, snapshot: &PgSnapshot, gates: Gates<'_>)
             format!("alert not firing: {}", silent.join(", "))
         });
     }
-    let gate_reason = if reasons.is_empty() { "always".to_string() } else { reasons.join("; ") };
+    let gate_reason = if reasons.is_empty() {
+        "always".to_string()
+    } else {
+        reasons.join("; ")
+    };
 
     let waiters = blocked_waiters(snapshot, policy.conditions.blocking.map(|b| b.waited_for));
     let mut candidates = Vec::new();

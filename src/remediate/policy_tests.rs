@@ -1696,19 +1696,41 @@ fn ipv4_mapped_client_addresses_match_ipv4_networks() {
 
 /// Gates with these checks failing and no alert firing.
 fn gates(failing: &[CheckId]) -> Gates<'_> {
-    Gates { failing, firing_alerts: &[] }
+    Gates {
+        failing,
+        firing_alerts: &[],
+    }
 }
 
 #[test]
 fn alert_gate_opens_only_while_every_named_alert_fires() {
-    let mut p = policy("alerted", Conditions { states: vec![SessionState::Idle], ..Default::default() });
+    let mut p = policy(
+        "alerted",
+        Conditions {
+            states: vec![SessionState::Idle],
+            ..Default::default()
+        },
+    );
     p.only_while_alerts = vec!["DbWardenConnectionsHigh".into()];
     let snap = snapshot([client(1).idle(30.0)]);
     let closed = evaluate_policy(&p, &snap, gates(&[]));
     assert!(!closed.gate_open && closed.selected.is_empty() && closed.candidates.len() == 1);
-    assert!(closed.gate_reason.contains("alert not firing: DbWardenConnectionsHigh"), "{}", closed.gate_reason);
+    assert!(
+        closed
+            .gate_reason
+            .contains("alert not firing: DbWardenConnectionsHigh"),
+        "{}",
+        closed.gate_reason
+    );
     let firing = vec!["DbWardenConnectionsHigh".to_string()];
-    let open = evaluate_policy(&p, &snap, Gates { failing: &[], firing_alerts: &firing });
+    let open = evaluate_policy(
+        &p,
+        &snap,
+        Gates {
+            failing: &[],
+            firing_alerts: &firing,
+        },
+    );
     assert!(open.gate_open);
     assert_eq!(pids(&open.selected), vec![1]);
 }

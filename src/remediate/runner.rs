@@ -367,7 +367,17 @@ async fn run_inner(
             exhausted = false;
             let first = first_signal(c.action);
             let id = format!("{}-{}-{}", rem.settings.instance, c.facts.pid, now_ms());
-            let outcome = act(&rem, &mut actor, &target.name, &id, first, c, &policies, limit).await;
+            let outcome = act(
+                &rem,
+                &mut actor,
+                &target.name,
+                &id,
+                first,
+                c,
+                &policies,
+                limit,
+            )
+            .await;
             match (&outcome, rem.settings.mode) {
                 (Some(Outcome::Signalled), _) => {}
                 (None, Mode::DryRun) => {
@@ -492,13 +502,15 @@ async fn act(
         // A hung server or network must not hang remediation: bound the
         // statement on our side too (the server's statement_timeout cannot
         // fire if the server does not answer at all).
-        Some(conn) => match tokio::time::timeout(limit, executor::signal(conn, signal, c, cond)).await {
-            Ok(o) => o,
-            Err(_) => Outcome::Failed(format!(
-                "no answer within {}: the signal may or may not have been delivered",
-                humantime::format_duration(limit)
-            )),
-        },
+        Some(conn) => {
+            match tokio::time::timeout(limit, executor::signal(conn, signal, c, cond)).await {
+                Ok(o) => o,
+                Err(_) => Outcome::Failed(format!(
+                    "no answer within {}: the signal may or may not have been delivered",
+                    humantime::format_duration(limit)
+                )),
+            }
+        }
         None => Outcome::Failed("lost the actor connection".into()),
     };
     if matches!(outcome, Outcome::Failed(_)) {

@@ -237,7 +237,9 @@ impl Metrics {
             am_requests.clone(),
         );
         let _ = am_requests.get_or_create(&CodeLabels { code: "202" });
-        registry.register_collector(Box::new(StateCollector { state: state.clone() }));
+        registry.register_collector(Box::new(StateCollector {
+            state: state.clone(),
+        }));
         Metrics {
             registry,
             polls,
@@ -283,7 +285,11 @@ impl Metrics {
     pub fn set_mode(&self, mode: &str) {
         self.touch();
         for m in ["observe", "dry-run", "enforce"] {
-            self.mode.get_or_create(&ModeLabels { mode: m.to_string() }).set(i64::from(m == mode));
+            self.mode
+                .get_or_create(&ModeLabels {
+                    mode: m.to_string(),
+                })
+                .set(i64::from(m == mode));
         }
     }
 
@@ -304,15 +310,24 @@ impl Metrics {
     pub fn set_candidates(&self, target: &str, policy: &str, n: usize) {
         self.touch();
         self.candidates
-            .get_or_create(&PolicyLabels { target: target.to_string(), policy: policy.to_string() })
+            .get_or_create(&PolicyLabels {
+                target: target.to_string(),
+                policy: policy.to_string(),
+            })
             .set(n as i64);
     }
 
     pub fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
         self.touch();
-        let l = ScopeLabels { scope: scope.to_string() };
-        self.budget_remaining.get_or_create(&l).set(i64::from(remaining));
-        self.budget_exhausted.get_or_create(&l).set(i64::from(exhausted));
+        let l = ScopeLabels {
+            scope: scope.to_string(),
+        };
+        self.budget_remaining
+            .get_or_create(&l)
+            .set(i64::from(remaining));
+        self.budget_exhausted
+            .get_or_create(&l)
+            .set(i64::from(exhausted));
     }
 
     pub fn set_paused(&self, paused: bool) {
@@ -321,11 +336,20 @@ impl Metrics {
     }
 
     /// Records who holds the actor lock of `target`.
-    pub fn set_actor(&self, target: &str, holder: &crate::remediate::executor::Holder, instance: &str) {
+    pub fn set_actor(
+        &self,
+        target: &str,
+        holder: &crate::remediate::executor::Holder,
+        instance: &str,
+    ) {
         self.touch();
         use crate::remediate::executor::Holder;
         let us = matches!(holder, Holder::Us);
-        self.actor.get_or_create(&TargetLabels { target: target.to_string() }).set(i64::from(us));
+        self.actor
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(i64::from(us));
         let name = match holder {
             Holder::Us => Some(instance.to_string()),
             Holder::Other(n) => Some(n.clone()),
@@ -334,11 +358,17 @@ impl Metrics {
         // One series per target: drop the previous holder's before setting the new one.
         let mut last = self.last_holder.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(prev) = last.remove(target) {
-            self.actor_holder.remove(&HolderLabels { target: target.to_string(), holder: prev });
+            self.actor_holder.remove(&HolderLabels {
+                target: target.to_string(),
+                holder: prev,
+            });
         }
         if let Some(holder) = name {
             self.actor_holder
-                .get_or_create(&HolderLabels { target: target.to_string(), holder: holder.clone() })
+                .get_or_create(&HolderLabels {
+                    target: target.to_string(),
+                    holder: holder.clone(),
+                })
                 .set(1);
             last.insert(target.to_string(), holder);
         }
@@ -361,7 +391,9 @@ impl Metrics {
         self.am_requests.get_or_create(&CodeLabels { code }).inc();
         for (status, n) in [("firing", firing), ("resolved", resolved)] {
             if n > 0 {
-                self.am_alerts.get_or_create(&AlertStatusLabels { status }).inc_by(n);
+                self.am_alerts
+                    .get_or_create(&AlertStatusLabels { status })
+                    .inc_by(n);
             }
         }
         if duplicates > 0 {
@@ -394,7 +426,10 @@ impl Metrics {
     pub fn render(&self) -> Bytes {
         // Read the key before rendering: a change during the render leaves the
         // cache keyed by the older generation, and the next scrape renders again.
-        let key = (self.generation.load(Ordering::Acquire), self.state.generation());
+        let key = (
+            self.generation.load(Ordering::Acquire),
+            self.state.generation(),
+        );
         if let Some((k, body)) = &*self.rendered.lock().unwrap_or_else(|e| e.into_inner()) {
             if *k == key {
                 return body.clone();
@@ -993,19 +1028,35 @@ mod tests {
         let m = Metrics::new(state.clone());
         let a = m.render();
         let b = m.render();
-        assert_eq!(a.as_ptr(), b.as_ptr(), "a scrape without a change must reuse the rendering");
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "a scrape without a change must reuse the rendering"
+        );
         // A recorded poll changes it.
         m.record_poll("main", 0.004, None);
         let c = m.render();
         assert_ne!(a, c);
-        assert!(std::str::from_utf8(&c).unwrap().contains("dbwarden_polls_total{target=\"main\"} 1"));
+        assert!(
+            std::str::from_utf8(&c)
+                .unwrap()
+                .contains("dbwarden_polls_total{target=\"main\"} 1")
+        );
         // So does a published status, which no recording method sees.
         let mut s = TargetStatus::new("main", "postgres");
         s.up = true;
         s.polls_completed = 1;
         state.publish(s);
         let d = m.render();
-        assert!(std::str::from_utf8(&d).unwrap().contains("dbwarden_up{target=\"main\"} 1"));
-        assert!(std::str::from_utf8(&c).unwrap().contains("dbwarden_up{target=\"main\"} 0"));
+        assert!(
+            std::str::from_utf8(&d)
+                .unwrap()
+                .contains("dbwarden_up{target=\"main\"} 1")
+        );
+        assert!(
+            std::str::from_utf8(&c)
+                .unwrap()
+                .contains("dbwarden_up{target=\"main\"} 0")
+        );
     }
 }
