@@ -505,10 +505,10 @@ fn matches(c: &Conditions, s: &Session, f: &SessionFacts) -> Option<String> {
     if !c.match_applications.is_empty() {
         why.push(format!("application {}", s.application_name));
     }
-    if let Some(a) = addr {
-        if let Some(n) = c.match_client_addrs.iter().find(|n| n.contains(&a)) {
-            why.push(format!("client {a} in {n}"));
-        }
+    if let Some(a) = addr
+        && let Some(n) = c.match_client_addrs.iter().find(|n| n.contains(&a))
+    {
+        why.push(format!("client {a} in {n}"));
     }
     if c.ignore_query
         .as_ref()

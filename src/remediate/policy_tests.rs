@@ -1304,10 +1304,11 @@ fn waiters_behind(snap: &PgSnapshot, min: Duration) -> HashMap<i32, usize> {
         let mut seen: BTreeSet<i32> = BTreeSet::new();
         let mut frontier: Vec<i32> = w.blocked_by.clone();
         while let Some(p) = frontier.pop() {
-            if p != w.pid && seen.insert(p) {
-                if let Some(b) = by_pid.get(&p) {
-                    frontier.extend(b.blocked_by.iter().copied());
-                }
+            if p != w.pid
+                && seen.insert(p)
+                && let Some(b) = by_pid.get(&p)
+            {
+                frontier.extend(b.blocked_by.iter().copied());
             }
         }
         for p in seen {
@@ -1393,7 +1394,7 @@ fn oracle_age(c: &Conditions, s: &Session) -> f64 {
     pick.or(connected).unwrap_or(0.0)
 }
 
-fn session<'a>(snap: &'a PgSnapshot, pid: i32) -> &'a Session {
+fn session(snap: &PgSnapshot, pid: i32) -> &Session {
     snap.sessions
         .iter()
         .find(|s| s.pid == pid)

@@ -433,6 +433,7 @@ async fn run_inner(
 /// One decision: audit, then (in enforce mode) the guarded signal and its
 /// outcome. Returns the outcome, or `None` when nothing was sent because the
 /// audit could not be written (or in dry-run).
+#[allow(clippy::too_many_arguments)] // one decision's whole context, passed once
 async fn act(
     rem: &Remediation,
     actor: &mut Actor,

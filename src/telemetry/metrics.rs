@@ -430,10 +430,10 @@ impl Metrics {
             self.generation.load(Ordering::Acquire),
             self.state.generation(),
         );
-        if let Some((k, body)) = &*self.rendered.lock().unwrap_or_else(|e| e.into_inner()) {
-            if *k == key {
-                return body.clone();
-            }
+        if let Some((k, body)) = &*self.rendered.lock().unwrap_or_else(|e| e.into_inner())
+            && *k == key
+        {
+            return body.clone();
         }
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail; an error here would be a bug in a collector.
