@@ -18,11 +18,12 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::{AppState, auth, error};
@@ -39,8 +40,9 @@ const DISABLED: &str = "the Alertmanager receiver is disabled: set server.alertm
 pub(super) async fn receive(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
+    let body = read_limited(body, super::BODY_LIMIT, DRAIN_LIMIT).await;
     let (response, counts) = handle(&app, &headers, body, SystemTime::now());
     app.metrics.record_alertmanager(
         response.status().as_u16(),
@@ -84,11 +86,46 @@ fn refuse(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
+/// An oversize body is still read (and dropped) up to this many bytes, so
+/// the 413 reaches the client over a cleanly closed connection: closing a
+/// socket with unread data resets it, and the client may lose the answer.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Why a request body could not be had.
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Reads at most `limit` bytes of `body`; past that, drains up to `drain`
+/// bytes and reports the body as too large.
+async fn read_limited(mut body: Body, limit: usize, drain: usize) -> Result<Bytes, BodyError> {
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= limit {
+                buf.extend_from_slice(&data);
+            } else if total > drain {
+                return Err(BodyError::TooLarge);
+            }
+        }
+    }
+    if total > limit {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(Bytes::from(buf))
+    }
+}
+
 /// The answer, and what the accepted alerts were (zero when refused).
 fn handle(
     app: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, BodyError>,
     now: SystemTime,
 ) -> (Response, Counts) {
     let refused = |r: Response| (r, Counts::default());
@@ -97,7 +134,7 @@ fn handle(
     }
     let body = match body {
         Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(BodyError::TooLarge) => {
             return refused(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -107,10 +144,10 @@ fn handle(
                 ),
             ));
         }
-        Err(rejection) => {
+        Err(BodyError::Read(e)) => {
             return refused(error(
-                rejection.status(),
-                format!("cannot read the request body: {}", rejection.body_text()),
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
             ));
         }
     };
