@@ -10,6 +10,7 @@
 //! - [`telemetry`]: every metric dbwarden exports, defined in one place, and logging setup.
 //! - [`http`]: `/metrics`, `/livez`, `/readyz` and `/api/v1/*`, served from the latest state.
 //! - [`daemon`]: the wiring: poll loops, the shared state, shutdown.
+//! - [`kubernetes`]: pods, StatefulSets and volumes through kube-rs; evictions; Lease election.
 //! - [`commands`]: the CLI subcommands (`run`, `check`, `config`).
 //! - [`scratch`]: throwaway PostgreSQL clusters for tests and the quick start.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod evaluate;
 pub mod http;
+pub mod kubernetes;
 pub mod observe;
 pub mod remediate;
 pub mod scratch;
