@@ -3,6 +3,7 @@
 //! databases; everything downstream works on snapshots.
 
 pub mod disk;
+pub mod neo4j;
 pub mod postgres;
 pub mod snapshot;
 
