@@ -9,6 +9,7 @@
 //! The reference for users is `docs/configuration.md`; every option is in
 //! `config/dbwarden.example.toml`.
 
+mod neo4j;
 pub mod raw;
 mod render;
 pub mod secret;
@@ -47,6 +48,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub postgres: Vec<PostgresTarget>,
+    pub neo4j: Vec<Neo4jTarget>,
     /// Present when a `[remediation]` section is configured.
     #[serde(skip)]
     pub remediation: Option<crate::remediate::RemediationSettings>,
@@ -207,6 +209,84 @@ pub enum PasswordSource {
     Env(String),
     /// Read at startup from this file.
     File(PathBuf),
+}
+
+/// The runbook's Neo4j checks' limits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Neo4jThresholds {
+    /// Fails when a transaction has run longer than this many seconds (the
+    /// runbook's slow-query threshold, 1000 ms).
+    pub slow_queries: Limit,
+    /// Fails when an index is not ONLINE (POPULATING or FAILED).
+    pub indexes_online: Limit,
+    /// Fails when a database's current status is not its requested status (4.4+).
+    pub databases_online: Limit,
+    /// Fails when a cluster member is unhealthy (clustered deployments).
+    pub cluster_healthy: Limit,
+    /// Fails when a configured database's node count leaves its expected range.
+    pub node_count: CountRange,
+    /// Fails when a configured database's relationship count leaves its expected range.
+    pub relationship_count: CountRange,
+}
+
+/// An expected range of a count; no bound set: always within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CountRange {
+    pub min: Option<u64>,
+    pub max: Option<u64>,
+    #[serde(rename = "for", serialize_with = "ser_duration")]
+    pub hold: Duration,
+}
+
+impl CountRange {
+    pub fn contains(&self, n: u64) -> bool {
+        self.min.is_none_or(|m| n >= m) && self.max.is_none_or(|m| n <= m)
+    }
+}
+
+impl Default for Neo4jThresholds {
+    /// The runbook's numbers.
+    fn default() -> Self {
+        let l = |value: f64, hold_secs: u64| Limit {
+            value,
+            hold: Duration::from_secs(hold_secs),
+        };
+        Neo4jThresholds {
+            slow_queries: l(1.0, 0),
+            indexes_online: l(0.0, 300),
+            databases_online: l(0.0, 60),
+            cluster_healthy: l(0.0, 60),
+            node_count: CountRange {
+                min: None,
+                max: None,
+                hold: Duration::ZERO,
+            },
+            relationship_count: CountRange {
+                min: None,
+                max: None,
+                hold: Duration::ZERO,
+            },
+        }
+    }
+}
+
+/// A Neo4j target, ready to connect to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Neo4jTarget {
+    pub name: String,
+    /// `bolt://host:7687` (one server) or `neo4j://host:7687` (routing), or
+    /// their `+s` / `+ssc` TLS forms. Never holds credentials.
+    pub uri: String,
+    pub user: String,
+    pub password_source: PasswordSource,
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// Databases whose indexes and counts are read (default `["neo4j"]`).
+    pub databases: Vec<String>,
+    /// Only poll_interval, poll_timeout, connect_timeout and backoff_max
+    /// apply; max_connections is fixed (one poll connection, one actor connection).
+    pub settings: TargetSettings,
+    pub thresholds: Neo4jThresholds,
 }
 
 /// A PostgreSQL target, ready to connect to.

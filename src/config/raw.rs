@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub thresholds: RawThresholds,
     /// PostgreSQL targets by name.
     pub postgres: BTreeMap<String, RawPostgresTarget>,
+    /// Neo4j targets by name.
+    pub neo4j: BTreeMap<String, RawNeo4jTarget>,
     /// `None` when there is no `[remediation]` section.
     pub remediation: Option<RawRemediation>,
 }
@@ -68,6 +70,28 @@ pub struct RawPostgresTarget {
     /// The per-target overrides of `[defaults]`, written at target level.
     pub settings: RawTargetSettings,
     pub thresholds: RawThresholds,
+}
+
+#[derive(Debug, Default)]
+pub struct RawNeo4jTarget {
+    /// `bolt://` or `neo4j://` (and their `+s` / `+ssc` TLS forms).
+    pub uri: Option<String>,
+    pub user: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub databases: Option<Vec<String>>,
+    /// The per-target overrides of `[defaults]`; the PostgreSQL-only ones
+    /// are reported when written here.
+    pub settings: RawTargetSettings,
+    pub thresholds: RawThresholds,
+}
+
+/// A check that fails when a count leaves `min`..=`max`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawCountCheck {
+    pub min: Option<u64>,
+    pub max: Option<u64>,
+    pub hold: Option<Duration>,
 }
 
 /// A check that fails when a ratio drops below `min_ratio`.
@@ -124,6 +148,13 @@ pub struct RawThresholds {
     pub checksum_failures: Option<RawHoldOnly>,
     pub wal_archiving: Option<RawHoldOnly>,
     pub invalid_indexes: Option<RawHoldOnly>,
+    // Neo4j checks.
+    pub slow_queries: Option<RawDurationCheck>,
+    pub indexes_online: Option<RawHoldOnly>,
+    pub databases_online: Option<RawHoldOnly>,
+    pub cluster_healthy: Option<RawHoldOnly>,
+    pub node_count: Option<RawCountCheck>,
+    pub relationship_count: Option<RawCountCheck>,
 }
 
 /// `[remediation]` as written.
@@ -201,6 +232,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "defaults",
     "thresholds",
     "postgres",
+    "neo4j",
     "remediation",
 ];
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -228,6 +260,29 @@ pub(super) const TARGET_OWN_KEYS: &[&str] = &[
     "ssl_root_cert",
     "paths",
     "thresholds",
+];
+pub(super) const NEO4J_TARGET_OWN_KEYS: &[&str] = &[
+    "uri",
+    "user",
+    "password_env",
+    "password_file",
+    "databases",
+    "thresholds",
+];
+/// The `[defaults]` settings that mean something for a Neo4j target.
+pub(super) const NEO4J_SETTINGS_KEYS: &[&str] = &[
+    "poll_interval",
+    "poll_timeout",
+    "connect_timeout",
+    "backoff_max",
+];
+pub(super) const NEO4J_THRESHOLD_KEYS: &[&str] = &[
+    "slow_queries",
+    "indexes_online",
+    "databases_online",
+    "cluster_healthy",
+    "node_count",
+    "relationship_count",
 ];
 pub(super) const THRESHOLD_KEYS: &[&str] = &[
     "disk_free",
@@ -394,6 +449,16 @@ impl<'a> Reader<'a> {
                 raw.postgres.insert(name.clone(), target);
             }
         }
+        if let Some(targets) = self.table(root, "", "neo4j") {
+            for name in targets.keys() {
+                let path = join("neo4j", name);
+                let target = match self.table(targets, "neo4j", name) {
+                    Some(t) => self.neo4j_target(t, &path),
+                    None => RawNeo4jTarget::default(),
+                };
+                raw.neo4j.insert(name.clone(), target);
+            }
+        }
         if let Some(t) = self.table(root, "", "remediation") {
             raw.remediation = Some(self.remediation(t));
         }
@@ -521,6 +586,42 @@ impl<'a> Reader<'a> {
         target
     }
 
+    fn neo4j_target(&mut self, t: &Table, path: &str) -> RawNeo4jTarget {
+        let known: Vec<&str> = NEO4J_TARGET_OWN_KEYS
+            .iter()
+            .chain(NEO4J_SETTINGS_KEYS)
+            .copied()
+            .collect();
+        for (key, _) in t {
+            if SETTINGS_KEYS.contains(&key.as_str()) && !known.contains(&key.as_str()) {
+                self.push(
+                    join(path, key),
+                    "applies to PostgreSQL targets only: remove it from this Neo4j target".into(),
+                );
+            }
+        }
+        let unknown: Table = t
+            .iter()
+            .filter(|(k, _)| !SETTINGS_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.known_keys(&unknown, path, &known);
+        let mut target = RawNeo4jTarget {
+            uri: self.string(t, path, "uri"),
+            user: self.string(t, path, "user"),
+            password_env: self.string(t, path, "password_env"),
+            password_file: self.string(t, path, "password_file").map(PathBuf::from),
+            databases: self.strings(t, path, "databases"),
+            settings: self.settings(t, path),
+            ..RawNeo4jTarget::default()
+        };
+        if let Some(th) = self.table(t, path, "thresholds") {
+            let p = join(path, "thresholds");
+            target.thresholds = self.thresholds_of(th, &p, NEO4J_THRESHOLD_KEYS);
+        }
+        target
+    }
+
     fn settings(&mut self, t: &Table, path: &str) -> RawTargetSettings {
         RawTargetSettings {
             poll_interval: self.duration(t, path, "poll_interval"),
@@ -534,8 +635,47 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `[thresholds]` (every check of both kinds) or a PostgreSQL target's
+    /// own (PostgreSQL checks only).
     fn thresholds(&mut self, t: &Table, path: &str) -> RawThresholds {
-        self.known_keys(t, path, THRESHOLD_KEYS);
+        if path == "thresholds" {
+            let all: Vec<&str> = THRESHOLD_KEYS
+                .iter()
+                .chain(NEO4J_THRESHOLD_KEYS)
+                .copied()
+                .collect();
+            self.thresholds_of(t, path, &all)
+        } else {
+            self.thresholds_of(t, path, THRESHOLD_KEYS)
+        }
+    }
+
+    fn thresholds_of(&mut self, t: &Table, path: &str, allowed: &[&str]) -> RawThresholds {
+        for (key, _) in t {
+            let pg = THRESHOLD_KEYS.contains(&key.as_str());
+            let neo = NEO4J_THRESHOLD_KEYS.contains(&key.as_str());
+            if (pg || neo) && !allowed.contains(&key.as_str()) {
+                let kind = if pg { "PostgreSQL" } else { "Neo4j" };
+                self.push(
+                    join(path, key),
+                    format!("is a check of {kind} targets: it does not apply here"),
+                );
+            }
+        }
+        let unknown: Table = t
+            .iter()
+            .filter(|(k, _)| {
+                !THRESHOLD_KEYS.contains(&k.as_str()) && !NEO4J_THRESHOLD_KEYS.contains(&k.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.known_keys(&unknown, path, allowed);
+        let t: Table = t
+            .iter()
+            .filter(|(k, _)| allowed.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let t = &t;
         let mut out = RawThresholds::default();
 
         // Each check is a table of its limit (under the check's own key name) and `for`.
@@ -570,6 +710,12 @@ impl<'a> Reader<'a> {
         check!(checksum_failures, RawHoldOnly {});
         check!(wal_archiving, RawHoldOnly {});
         check!(invalid_indexes, RawHoldOnly {});
+        check!(slow_queries, RawDurationCheck { max: duration });
+        check!(indexes_online, RawHoldOnly {});
+        check!(databases_online, RawHoldOnly {});
+        check!(cluster_healthy, RawHoldOnly {});
+        check!(node_count, RawCountCheck { min: u64, max: u64 });
+        check!(relationship_count, RawCountCheck { min: u64, max: u64 });
         out
     }
 

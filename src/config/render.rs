@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::validate::{DEFAULT_STATE_DIR, PAUSE_STATE_FILE};
 use super::{
-    Applications, Config, Limit, LogFormat, PasswordSource, PostgresTarget, RemediationWritten,
-    Thresholds, TokenSource,
+    Applications, Config, CountRange, Limit, LogFormat, Neo4jTarget, PasswordSource,
+    PostgresTarget, RemediationWritten, Thresholds, TokenSource,
 };
 use crate::remediate::RemediationSettings;
 use crate::remediate::policy::{Action, Policy, Victims};
@@ -50,6 +50,11 @@ pub(super) fn to_toml(config: &Config) -> String {
             .postgres
             .iter()
             .map(|t| (t.name.as_str(), target(t)))
+            .collect(),
+        neo4j: config
+            .neo4j
+            .iter()
+            .map(|t| (t.name.as_str(), neo4j_target(t)))
             .collect(),
         remediation: config
             .remediation
@@ -109,6 +114,49 @@ fn target(t: &PostgresTarget) -> Target<'_> {
             .map(|p| (p.volume.as_str(), p.path.to_string_lossy().into_owned()))
             .collect(),
         thresholds: thresholds(&t.thresholds),
+    }
+}
+
+fn neo4j_target(t: &Neo4jTarget) -> Neo4jTargetTable<'_> {
+    let s = &t.settings;
+    let (password_env, password_file) = match &t.password_source {
+        PasswordSource::Env(var) => (Some(var.as_str()), None),
+        PasswordSource::File(path) => (None, Some(path.to_string_lossy().into_owned())),
+        PasswordSource::None | PasswordSource::Url => (None, None),
+    };
+    let th = &t.thresholds;
+    let count = |c: &CountRange| CountTable {
+        min: c.min,
+        max: c.max,
+        hold: human(c.hold),
+    };
+    Neo4jTargetTable {
+        uri: &t.uri,
+        user: &t.user,
+        password_env,
+        password_file,
+        databases: &t.databases,
+        poll_interval: human(s.poll_interval),
+        poll_timeout: human(s.poll_timeout),
+        connect_timeout: human(s.connect_timeout),
+        backoff_max: human(s.backoff_max),
+        thresholds: Neo4jThresholdTables {
+            slow_queries: MaxDuration {
+                max: human(secs(th.slow_queries.value)),
+                hold: human(th.slow_queries.hold),
+            },
+            indexes_online: HoldOnly {
+                hold: human(th.indexes_online.hold),
+            },
+            databases_online: HoldOnly {
+                hold: human(th.databases_online.hold),
+            },
+            cluster_healthy: HoldOnly {
+                hold: human(th.cluster_healthy.hold),
+            },
+            node_count: count(&th.node_count),
+            relationship_count: count(&th.relationship_count),
+        },
     }
 }
 
@@ -238,9 +286,48 @@ fn policy<'a>(p: &'a Policy, applications: Option<&'a Applications>) -> PolicyTa
 struct File<'a> {
     server: Server,
     log: Log<'a>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     postgres: BTreeMap<&'a str, Target<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    neo4j: BTreeMap<&'a str, Neo4jTargetTable<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remediation: Option<Remediation<'a>>,
+}
+
+#[derive(Serialize)]
+struct Neo4jTargetTable<'a> {
+    uri: &'a str,
+    user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_env: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_file: Option<String>,
+    databases: &'a [String],
+    poll_interval: String,
+    poll_timeout: String,
+    connect_timeout: String,
+    backoff_max: String,
+    thresholds: Neo4jThresholdTables,
+}
+
+#[derive(Serialize)]
+struct Neo4jThresholdTables {
+    slow_queries: MaxDuration,
+    indexes_online: HoldOnly,
+    databases_online: HoldOnly,
+    cluster_healthy: HoldOnly,
+    node_count: CountTable,
+    relationship_count: CountTable,
+}
+
+#[derive(Serialize)]
+struct CountTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max: Option<u64>,
+    #[serde(rename = "for")]
+    hold: String,
 }
 
 /// A table whose keys keep the given order (policies are evaluated in it).

@@ -24,10 +24,10 @@ use super::*;
 
 /// Collects issues while validating, so the user sees every mistake at once.
 #[derive(Default)]
-struct Issues(Vec<ConfigIssue>);
+pub(super) struct Issues(pub(super) Vec<ConfigIssue>);
 
 impl Issues {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             path: path.into(),
             message: message.into(),
@@ -74,7 +74,7 @@ const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 const MAX_CONNECTIONS_LIMIT: u32 = 10;
 
 /// `"5s"`: a duration as the user would write it, quoted.
-fn q(d: Duration) -> String {
+pub(super) fn q(d: Duration) -> String {
     format!("{:?}", humantime::format_duration(d).to_string())
 }
 
@@ -149,10 +149,22 @@ pub(super) fn validate(
         &mut issues,
     );
 
-    if raw.postgres.is_empty() {
+    let global_neo4j = super::neo4j::thresholds(
+        Neo4jThresholds::default(),
+        &raw.thresholds,
+        "thresholds",
+        &mut issues,
+    );
+    if raw.postgres.is_empty() && raw.neo4j.is_empty() {
         issues.push(
             "postgres",
-            "no targets configured: add a [postgres.<name>] table with a url",
+            "no targets configured: add a [postgres.<name>] table with a url (or a [neo4j.<name>] table with a uri)",
+        );
+    }
+    for name in raw.neo4j.keys().filter(|n| raw.postgres.contains_key(*n)) {
+        issues.push(
+            raw::join("neo4j", name),
+            format!("the name {name:?} is also a PostgreSQL target: target names must be unique"),
         );
     }
     let mut postgres = Vec::new();
@@ -166,6 +178,15 @@ pub(super) fn validate(
             &mut issues,
         ) {
             postgres.push(t);
+        }
+    }
+
+    let mut neo4j = Vec::new();
+    for (name, target) in &raw.neo4j {
+        if let Some(t) =
+            super::neo4j::target(name, target, &raw.defaults, &global_neo4j, env, &mut issues)
+        {
+            neo4j.push(t);
         }
     }
 
@@ -188,6 +209,7 @@ pub(super) fn validate(
             },
             log: LogConfig { format, level },
             postgres,
+            neo4j,
             remediation,
             remediation_written,
         })
@@ -196,7 +218,7 @@ pub(super) fn validate(
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name
@@ -546,7 +568,7 @@ fn postgres_target(
 
 /// The bounds of each setting, checked where it is written (`defaults.*` or
 /// `postgres.<name>.*`), so a mistake in `[defaults]` is reported once.
-fn check_setting_ranges(s: &RawTargetSettings, path: &str, issues: &mut Issues) {
+pub(super) fn check_setting_ranges(s: &RawTargetSettings, path: &str, issues: &mut Issues) {
     for (key, value) in [
         ("poll_interval", s.poll_interval),
         ("poll_timeout", s.poll_timeout),
@@ -586,7 +608,7 @@ struct Picked {
     from: Option<String>,
 }
 
-fn settings(
+pub(super) fn settings(
     t: &RawTargetSettings,
     d: &RawTargetSettings,
     path: &str,
@@ -987,7 +1009,7 @@ fn valid_instance(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn valid_env_name(name: &str) -> bool {
+pub(super) fn valid_env_name(name: &str) -> bool {
     name.bytes()
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')

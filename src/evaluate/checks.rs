@@ -12,6 +12,16 @@ pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
             violated: false,
             detail: "connected".into(),
         },
+        CheckId::SlowQueries
+        | CheckId::IndexesOnline
+        | CheckId::DatabasesOnline
+        | CheckId::ClusterHealthy
+        | CheckId::NodeCount
+        | CheckId::RelationshipCount => Measurement {
+            value: 0.0,
+            violated: false,
+            detail: "not a PostgreSQL check".into(),
+        },
         CheckId::DiskFree => disk_free(s, t.disk_free.value),
         CheckId::ConnectionsUsed => {
             let used = s.connections_used();

@@ -7,6 +7,7 @@
 //! [`evaluate`].
 
 mod checks;
+mod neo4j;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use checks::{fmt_pct, fmt_secs, measure};
+pub use neo4j::{
+    Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, summarize_neo4j,
+};
 pub use summary::{PgSummary, summarize};
 
 use crate::config::{Limit, Thresholds};
@@ -51,6 +55,19 @@ pub enum CheckId {
     Wraparound,
     /// Validation: "Indexes functional".
     InvalidIndexes,
+    // Neo4j checks.
+    /// "Identify slow queries": a transaction running longer than 1000 ms.
+    SlowQueries,
+    /// "Check index status": every index ONLINE.
+    IndexesOnline,
+    /// Every database's current status is its requested status (4.4+).
+    DatabasesOnline,
+    /// "Check cluster status (if clustered)": every member healthy.
+    ClusterHealthy,
+    /// "Verify data": node counts within the configured expectation.
+    NodeCount,
+    /// Relationship counts within the configured expectation.
+    RelationshipCount,
 }
 
 impl CheckId {
@@ -70,6 +87,17 @@ impl CheckId {
         CheckId::InvalidIndexes,
     ];
 
+    /// The checks of a Neo4j target.
+    pub const NEO4J: [CheckId; 7] = [
+        CheckId::Connection,
+        CheckId::SlowQueries,
+        CheckId::IndexesOnline,
+        CheckId::DatabasesOnline,
+        CheckId::ClusterHealthy,
+        CheckId::NodeCount,
+        CheckId::RelationshipCount,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CheckId::Connection => "connection",
@@ -85,6 +113,12 @@ impl CheckId {
             CheckId::WalArchiving => "wal_archiving",
             CheckId::Wraparound => "wraparound",
             CheckId::InvalidIndexes => "invalid_indexes",
+            CheckId::SlowQueries => "slow_queries",
+            CheckId::IndexesOnline => "indexes_online",
+            CheckId::DatabasesOnline => "databases_online",
+            CheckId::ClusterHealthy => "cluster_healthy",
+            CheckId::NodeCount => "node_count",
+            CheckId::RelationshipCount => "relationship_count",
         }
     }
 
@@ -112,6 +146,14 @@ impl CheckId {
             CheckId::WalArchiving => "1 when the last WAL archive attempt failed",
             CheckId::Wraparound => "oldest transaction-ID age as a ratio of 2^31",
             CheckId::InvalidIndexes => "invalid indexes in the connected database",
+            CheckId::SlowQueries => "seconds the longest transaction has run",
+            CheckId::IndexesOnline => "indexes not ONLINE in the configured databases",
+            CheckId::DatabasesOnline => "databases whose current status is not the requested one",
+            CheckId::ClusterHealthy => "cluster members that are not healthy",
+            CheckId::NodeCount => "nodes in the configured database outside the expected range",
+            CheckId::RelationshipCount => {
+                "relationships in the configured database outside the expected range"
+            }
         }
     }
 
@@ -133,6 +175,16 @@ impl CheckId {
             CheckId::WalArchiving => t.wal_archiving,
             CheckId::Wraparound => t.wraparound,
             CheckId::InvalidIndexes => t.invalid_indexes,
+            // Not PostgreSQL checks: never evaluated on a PostgreSQL target.
+            CheckId::SlowQueries
+            | CheckId::IndexesOnline
+            | CheckId::DatabasesOnline
+            | CheckId::ClusterHealthy
+            | CheckId::NodeCount
+            | CheckId::RelationshipCount => Limit {
+                value: 0.0,
+                hold: Duration::ZERO,
+            },
         }
     }
 }
@@ -204,45 +256,61 @@ pub fn evaluate(
     let results = CheckId::ALL
         .iter()
         .map(|&check| {
-            let limit = check.limit(thresholds);
             let m = measure(check, snapshot, thresholds);
-            let (status, held) = if m.violated {
-                let since = hold.0.get(&check).copied().unwrap_or(now_ms).min(now_ms);
-                next.0.insert(check, since);
-                let held = Duration::from_millis(now_ms - since);
-                (
-                    if held >= limit.hold {
-                        CheckStatus::Fail
-                    } else {
-                        CheckStatus::Pending
-                    },
-                    held,
-                )
-            } else {
-                (CheckStatus::Pass, Duration::ZERO)
-            };
-            CheckResult {
-                check,
-                status,
-                value: Some(m.value),
-                threshold: limit.value,
-                for_seconds: limit.hold.as_secs_f64(),
-                held_seconds: held.as_secs_f64(),
-                detail: m.detail,
-            }
+            judge(check, m, check.limit(thresholds), hold, &mut next, now_ms)
         })
         .collect();
     (results, next)
+}
+
+/// Applies the hold time to a measurement: pending until the condition has
+/// held for `limit.hold`, then failing.
+fn judge(
+    check: CheckId,
+    m: Measurement,
+    limit: Limit,
+    hold: &HoldState,
+    next: &mut HoldState,
+    now_ms: u64,
+) -> CheckResult {
+    let (status, held) = if m.violated {
+        let since = hold.0.get(&check).copied().unwrap_or(now_ms).min(now_ms);
+        next.0.insert(check, since);
+        let held = Duration::from_millis(now_ms - since);
+        (
+            if held >= limit.hold {
+                CheckStatus::Fail
+            } else {
+                CheckStatus::Pending
+            },
+            held,
+        )
+    } else {
+        (CheckStatus::Pass, Duration::ZERO)
+    };
+    CheckResult {
+        check,
+        status,
+        value: Some(m.value),
+        threshold: limit.value,
+        for_seconds: limit.hold.as_secs_f64(),
+        held_seconds: held.as_secs_f64(),
+        detail: m.detail,
+    }
 }
 
 /// The results for a target whose poll failed: the connection check fails at
 /// once (no hold: the target is down), every other check is unknown, and the
 /// hold state is kept so a short outage does not restart the other holds.
 pub fn evaluate_down(thresholds: &Thresholds, error: &str) -> Vec<CheckResult> {
-    CheckId::ALL
+    down(&CheckId::ALL, |c| c.limit(thresholds), error)
+}
+
+fn down(checks: &[CheckId], limit: impl Fn(CheckId) -> Limit, error: &str) -> Vec<CheckResult> {
+    checks
         .iter()
         .map(|&check| {
-            let limit = check.limit(thresholds);
+            let limit = limit(check);
             let (status, value, detail) = if check == CheckId::Connection {
                 (
                     CheckStatus::Fail,

@@ -1,0 +1,365 @@
+//! Validation of `[neo4j.<name>]` targets and of the Neo4j checks'
+//! thresholds (in `[thresholds]` for every Neo4j target, and in
+//! `[neo4j.<name>.thresholds]` for one).
+
+use super::raw::{self, RawNeo4jTarget, RawTargetSettings, RawThresholds};
+use super::validate::{Issues, check_setting_ranges, settings, valid_env_name, valid_name};
+use super::{Neo4jTarget, Neo4jThresholds, PasswordSource, Secret};
+
+/// The URI schemes neo4rs accepts: `bolt` talks to one server, `neo4j`
+/// routes; `+s` verifies TLS against the system roots, `+ssc` accepts a
+/// self-signed certificate.
+const SCHEMES: [&str; 6] = [
+    "bolt",
+    "bolt+s",
+    "bolt+ssc",
+    "neo4j",
+    "neo4j+s",
+    "neo4j+ssc",
+];
+
+/// The database read when `databases` is not set.
+pub(super) const DEFAULT_DATABASE: &str = "neo4j";
+
+/// Applies the Neo4j checks written at `path` over `t`, field by field.
+pub(super) fn thresholds(
+    mut t: Neo4jThresholds,
+    raw: &RawThresholds,
+    path: &str,
+    issues: &mut Issues,
+) -> Neo4jThresholds {
+    let at = |check: &str, key: &str| raw::join(&raw::join(path, check), key);
+    if let Some(c) = raw.slow_queries {
+        if let Some(m) = c.max {
+            if m.is_zero() {
+                issues.push(
+                    at("slow_queries", "max"),
+                    "\"0s\" would fail all the time: use a positive duration (the runbook's is \"1s\")",
+                );
+            } else {
+                t.slow_queries.value = m.as_secs_f64();
+            }
+        }
+        if let Some(h) = c.hold {
+            t.slow_queries.hold = h;
+        }
+    }
+    for (limit, raw) in [
+        (&mut t.indexes_online, raw.indexes_online),
+        (&mut t.databases_online, raw.databases_online),
+        (&mut t.cluster_healthy, raw.cluster_healthy),
+    ] {
+        if let Some(h) = raw.and_then(|c| c.hold) {
+            limit.hold = h;
+        }
+    }
+    for (name, range, raw) in [
+        ("node_count", &mut t.node_count, raw.node_count),
+        (
+            "relationship_count",
+            &mut t.relationship_count,
+            raw.relationship_count,
+        ),
+    ] {
+        let Some(c) = raw else { continue };
+        if c.min.is_some() {
+            range.min = c.min;
+        }
+        if c.max.is_some() {
+            range.max = c.max;
+        }
+        if let Some(h) = c.hold {
+            range.hold = h;
+        }
+        if let (Some(min), Some(max)) = (range.min, range.max)
+            && min > max
+        {
+            issues.push(
+                raw::join(path, name),
+                format!("min {min} is greater than max {max}: no count could pass"),
+            );
+        }
+    }
+    t
+}
+
+pub(super) fn target(
+    name: &str,
+    raw: &RawNeo4jTarget,
+    defaults: &RawTargetSettings,
+    global: &Neo4jThresholds,
+    env: &[(String, String)],
+    issues: &mut Issues,
+) -> Option<Neo4jTarget> {
+    let path = raw::join("neo4j", name);
+    let key = |k: &str| raw::join(&path, k);
+    let before = issues.0.len();
+    if !valid_name(name) {
+        issues.push(
+            &path,
+            format!("invalid target name {name:?}: use 1-63 lowercase letters, digits, '_' or '-'"),
+        );
+    }
+    if name == "global" {
+        issues.push(
+            &path,
+            "the target name \"global\" is reserved: it names the global remediation budget in metrics",
+        );
+    }
+    check_setting_ranges(&raw.settings, &path, issues);
+    let settings = settings(&raw.settings, defaults, &path, issues);
+
+    let uri = match raw.uri.as_deref() {
+        None => {
+            issues.push(
+                key("uri"),
+                "missing: a bolt://host:7687 or neo4j://host:7687 URI is required",
+            );
+            None
+        }
+        Some(uri) => match check_uri(uri) {
+            Ok(()) => Some(uri.to_string()),
+            Err(reason) => {
+                // Never echo a URI that carries credentials.
+                let shown = if uri.contains('@') {
+                    super::redact_url(uri)
+                } else {
+                    uri.to_string()
+                };
+                issues.push(key("uri"), format!("invalid URI {shown:?}: {reason}"));
+                None
+            }
+        },
+    };
+
+    let user = raw.user.clone().unwrap_or_else(|| "neo4j".to_string());
+    if user.is_empty() {
+        issues.push(
+            key("user"),
+            "is empty: name the Neo4j user dbwarden logs in as",
+        );
+    }
+
+    let (password, password_source) = password(raw, &key, env, issues);
+
+    let databases = raw
+        .databases
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_DATABASE.to_string()]);
+    if databases.is_empty() {
+        issues.push(
+            key("databases"),
+            "is empty: name at least one database (indexes and counts are read per database)",
+        );
+    }
+    for (i, db) in databases.iter().enumerate() {
+        if !valid_database_name(db) {
+            issues.push(
+                key("databases"),
+                format!(
+                    "invalid database name {db:?}: Neo4j names are 3-63 characters, letters, digits, '.' and '-', starting with a letter"
+                ),
+            );
+        } else if databases[..i].contains(db) {
+            issues.push(key("databases"), format!("{db:?} is listed twice"));
+        }
+    }
+
+    let thresholds = thresholds(global.clone(), &raw.thresholds, &key("thresholds"), issues);
+
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(Neo4jTarget {
+        name: name.to_string(),
+        uri: uri?,
+        user,
+        password_source,
+        password,
+        databases,
+        settings,
+        thresholds,
+    })
+}
+
+fn check_uri(uri: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err("expected bolt://host:7687 or neo4j://host:7687".into());
+    };
+    if !SCHEMES.contains(&scheme) {
+        return Err(format!(
+            "unsupported scheme {scheme:?}: expected one of {}",
+            SCHEMES.join(", ")
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "holds credentials: put the user in `user` and the password in password_env or password_file"
+                .into(),
+        );
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
+        if port.parse::<u16>().is_err() { "" } else { h }
+    });
+    if host.is_empty() || host.trim_matches(['[', ']']).is_empty() {
+        return Err("expected a host and an optional numeric port, e.g. bolt://neo4j:7687".into());
+    }
+    let path = &rest[authority.len()..];
+    if !(path.is_empty() || path == "/") {
+        return Err(
+            "has a path or query: name the databases in `databases`, not in the URI".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Neo4j's database naming rules (3-63 characters; letters, digits, dots and
+/// dashes; a letter first), lower-cased as Neo4j stores them.
+fn valid_database_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+}
+
+fn password(
+    raw: &RawNeo4jTarget,
+    key: &dyn Fn(&str) -> String,
+    env: &[(String, String)],
+    issues: &mut Issues,
+) -> (Option<Secret>, PasswordSource) {
+    match (&raw.password_env, &raw.password_file) {
+        (Some(_), Some(_)) => {
+            issues.push(
+                key("password_env"),
+                "set together with password_file: use only one",
+            );
+            (None, PasswordSource::None)
+        }
+        (Some(var), None) => {
+            if !valid_env_name(var) {
+                issues.push(
+                    key("password_env"),
+                    format!("{var:?} is not an environment variable name"),
+                );
+            }
+            let secret = match env.iter().find(|(k, _)| k == var) {
+                Some((_, v)) if !v.is_empty() => Some(Secret::new(v.clone())),
+                Some(_) => {
+                    issues.push(
+                        key("password_env"),
+                        format!("environment variable {var:?} is empty"),
+                    );
+                    None
+                }
+                None => {
+                    issues.push(
+                        key("password_env"),
+                        format!("environment variable {var:?} is not set"),
+                    );
+                    None
+                }
+            };
+            (secret, PasswordSource::Env(var.clone()))
+        }
+        (None, Some(file)) => {
+            let secret = match std::fs::read_to_string(file) {
+                Ok(v) => {
+                    let v = v.strip_suffix('\n').unwrap_or(&v);
+                    let v = v.strip_suffix('\r').unwrap_or(v);
+                    if v.is_empty() {
+                        issues.push(
+                            key("password_file"),
+                            format!("file {:?} is empty", file.display().to_string()),
+                        );
+                        None
+                    } else {
+                        Some(Secret::new(v))
+                    }
+                }
+                Err(e) => {
+                    issues.push(
+                        key("password_file"),
+                        format!("cannot read {:?}: {e}", file.display().to_string()),
+                    );
+                    None
+                }
+            };
+            (secret, PasswordSource::File(file.clone()))
+        }
+        // Neo4j with dbms.security.auth_enabled=false.
+        (None, None) => (None, PasswordSource::None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{CountRange, Limit};
+
+    #[test]
+    fn uris() {
+        for ok in [
+            "bolt://localhost:7687",
+            "neo4j://graph.example.com",
+            "bolt+s://db:7687/",
+            "neo4j+ssc://[::1]:7687",
+        ] {
+            assert_eq!(check_uri(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://localhost:7474", "unsupported scheme"),
+            ("bolt://neo4j:secret@db:7687", "holds credentials"),
+            ("bolt://:7687", "expected a host"),
+            ("bolt://db:7687/movies", "has a path"),
+            ("localhost:7687", "expected bolt://"),
+        ] {
+            let e = check_uri(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn database_names() {
+        assert!(valid_database_name("neo4j"));
+        assert!(valid_database_name("movies-2024.eu"));
+        assert!(!valid_database_name("ab"));
+        assert!(!valid_database_name("1abc"));
+        assert!(!valid_database_name("Movies"));
+    }
+
+    #[test]
+    fn count_ranges() {
+        let r = CountRange {
+            min: Some(10),
+            max: Some(20),
+            hold: Duration::ZERO,
+        };
+        assert!(!r.contains(9));
+        assert!(r.contains(10) && r.contains(20));
+        assert!(!r.contains(21));
+        let open = CountRange {
+            min: None,
+            max: None,
+            hold: Duration::ZERO,
+        };
+        assert!(open.contains(0) && open.contains(u64::MAX));
+    }
+
+    #[test]
+    fn limits_default_to_the_runbook() {
+        let t = Neo4jThresholds::default();
+        assert_eq!(
+            t.slow_queries,
+            Limit {
+                value: 1.0,
+                hold: Duration::ZERO
+            }
+        );
+    }
+}
