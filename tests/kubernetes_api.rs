@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{Method, Request, Response, StatusCode};
+use axum::http::{Method, Request, Response};
 use dbwarden::kubernetes::pods::PodObserver;
 use dbwarden::kubernetes::snapshot::KubernetesSnapshot;
 use dbwarden::kubernetes::{KubernetesTarget, now_ms};
@@ -23,7 +23,6 @@ const NS: &str = "db";
 const DEADLINE: Duration = Duration::from_secs(10);
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-type Responder = tower_test::mock::SendResponse<Response<Body>>;
 
 fn mock_client() -> (Client, Handle) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -582,4 +581,491 @@ async fn a_statefulset_watch_refused_by_rbac_does_not_disturb_the_pods() {
     assert_eq!(s.pods.len(), 1);
     assert!(s.statefulsets.is_empty());
     stop(cancel, tracker).await;
+}
+
+// ---------------------------------------------------------------- eviction
+
+use dbwarden::kubernetes::evict::{
+    EvictionAudit, EvictionCandidate, EvictionDecision, EvictionOutcome, EvictionPolicy,
+    EvictionRunner,
+};
+use dbwarden::kubernetes::snapshot::{TargetWatchStatus, pod_facts};
+use dbwarden::remediate::audit::Mode;
+use dbwarden::remediate::budget::Budget;
+
+type Timeline = Arc<Mutex<Vec<String>>>;
+
+/// An audit that records into the shared timeline, and can be made to fail.
+struct RecordingAudit {
+    timeline: Timeline,
+    fail_intent: bool,
+}
+
+impl EvictionAudit for RecordingAudit {
+    fn intent(&self, c: &EvictionCandidate) -> Result<(), String> {
+        if self.fail_intent {
+            self.timeline
+                .lock()
+                .unwrap()
+                .push(format!("intent-failed {}", c.pod));
+            return Err("disk full".into());
+        }
+        self.timeline
+            .lock()
+            .unwrap()
+            .push(format!("intent {}", c.pod));
+        Ok(())
+    }
+    fn outcome(&self, c: &EvictionCandidate, o: &EvictionOutcome) {
+        self.timeline
+            .lock()
+            .unwrap()
+            .push(format!("outcome {} {}", c.pod, o.as_str()));
+    }
+}
+
+/// A mock API server answering each request with `answer`, recording it in the timeline.
+fn spawn_api(
+    mut handle: Handle,
+    timeline: Timeline,
+    answer: impl Fn(&Seen) -> Response<Body> + Send + 'static,
+) -> Arc<Mutex<Vec<Seen>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let s = seen(req).await;
+            timeline
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", s.method, s.path));
+            log2.lock().unwrap().push(s.clone());
+            send.send_response(answer(&s));
+        }
+    });
+    log
+}
+
+fn eviction_policy() -> EvictionPolicy {
+    EvictionPolicy {
+        name: "crashed".into(),
+        targets: vec!["pg".into()],
+        not_ready_for: Duration::from_secs(600),
+        cooldown: Duration::from_secs(900),
+    }
+}
+
+fn snapshot_of(fixtures: &[PodFx]) -> KubernetesSnapshot {
+    let mut s = KubernetesSnapshot::unreachable(NS, String::new(), now_ms());
+    s.api_reachable = true;
+    s.error = None;
+    s.targets = vec![TargetWatchStatus {
+        target: "pg".into(),
+        label_selector: "app=postgres".into(),
+        synced: true,
+        error: None,
+    }];
+    s.pods = fixtures
+        .iter()
+        .map(|f| pod_facts("pg", &serde_json::from_value(f.json()).unwrap(), 0))
+        .collect();
+    s
+}
+
+struct EvictionScene {
+    runner: EvictionRunner,
+    budget: Arc<Mutex<Budget>>,
+    timeline: Timeline,
+    requests: Arc<Mutex<Vec<Seen>>>,
+    client: Client,
+}
+
+const MIN: u64 = 60_000;
+
+/// The API server knows `pods` (by name); evictions get `eviction_status`.
+fn eviction_scene(
+    mode: Mode,
+    budget_max: u32,
+    pods: &[PodFx],
+    eviction_status: u16,
+    fail_intent: bool,
+    paused: bool,
+) -> EvictionScene {
+    let (client, handle) = mock_client();
+    let timeline: Timeline = Arc::default();
+    let known: HashMap<String, Value> = pods.iter().map(|p| (p.name.clone(), p.json())).collect();
+    let requests = spawn_api(handle, timeline.clone(), move |s| {
+        let prefix = format!("/api/v1/namespaces/{NS}/pods/");
+        let rest = s.path.strip_prefix(&prefix).expect("only pods are touched");
+        match (s.method.clone(), rest.split_once('/')) {
+            (Method::GET, None) => match known.get(rest) {
+                Some(p) => json_response(200, p),
+                None => json_response(404, &status_body(404, "NotFound", "pods not found")),
+            },
+            (Method::POST, Some((name, "eviction"))) => {
+                let body = s.body.as_ref().expect("an Eviction body");
+                assert_eq!(body["kind"], "Eviction");
+                assert_eq!(body["metadata"]["name"], name);
+                assert_eq!(
+                    body["deleteOptions"]["preconditions"]["uid"], known[name]["metadata"]["uid"],
+                    "the eviction is bound to the pod's UID"
+                );
+                match eviction_status {
+                    201 => json_response(
+                        201,
+                        &json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}}),
+                    ),
+                    429 => json_response(
+                        429,
+                        &status_body(
+                            429,
+                            "TooManyRequests",
+                            "Cannot evict pod as it would violate the pod's disruption budget.",
+                        ),
+                    ),
+                    c => json_response(c, &status_body(c, "InternalError", "etcd is sad")),
+                }
+            }
+            other => panic!("unexpected request {other:?} {s:?}"),
+        }
+    });
+    let budget = Arc::new(Mutex::new(Budget::new(
+        budget_max,
+        Duration::from_secs(3600),
+    )));
+    let runner = EvictionRunner::new(
+        eviction_policy(),
+        mode,
+        Duration::ZERO,
+        budget.clone(),
+        Arc::new(move || paused),
+        Arc::new(|| true),
+        Arc::new(RecordingAudit {
+            timeline: timeline.clone(),
+            fail_intent,
+        }),
+    );
+    EvictionScene {
+        runner,
+        budget,
+        timeline,
+        requests,
+        client,
+    }
+}
+
+/// Pods of several kinds; exactly `postgres-1` qualifies.
+fn mixed_pods() -> Vec<PodFx> {
+    let now = now_ms();
+    vec![
+        PodFx::new("postgres-0", 1),                                 // ready
+        PodFx::new("postgres-1", 2).not_ready_since(now - 20 * MIN), // qualifies
+        PodFx::new("replica-0", 3)
+            .sts(Some("replica"))
+            .not_ready_since(now - 3 * MIN), // < T
+        PodFx::new("neo-0", 4)
+            .sts(Some("neo"))
+            .not_ready_since(now - 30 * MIN), // its StatefulSet
+        PodFx::new("neo-1", 5)
+            .sts(Some("neo"))
+            .not_ready_since(now - 2 * MIN), // has another pod down
+        PodFx::new("gone-0", 6).sts(Some("gone")).deleting(),        // terminating
+    ]
+}
+
+fn decisions(r: &[dbwarden::kubernetes::evict::EvictionReport]) -> Vec<(String, EvictionDecision)> {
+    r.iter()
+        .map(|r| (r.candidate.pod.clone(), r.decision.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn evicts_exactly_the_pod_that_qualifies_with_the_intent_first() {
+    let pods = mixed_pods();
+    let mut sc = eviction_scene(Mode::Enforce, 5, &pods, 201, false, false);
+    let snap = snapshot_of(&pods);
+    let cancel = CancellationToken::new();
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![(
+            "postgres-1".into(),
+            EvictionDecision::Done(EvictionOutcome::Evicted)
+        )]
+    );
+    assert!(
+        r[0].candidate.reason.contains("not ready for 20m"),
+        "{}",
+        r[0].candidate.reason
+    );
+    let p = format!("/api/v1/namespaces/{NS}/pods/postgres-1");
+    assert_eq!(
+        *sc.timeline.lock().unwrap(),
+        vec![
+            "intent postgres-1".to_string(),
+            format!("GET {p}"),
+            format!("POST {p}/eviction"),
+            "outcome postgres-1 acted".to_string(),
+        ],
+        "audit intent, re-check, evict, audit outcome"
+    );
+    assert_eq!(
+        sc.budget.lock().unwrap().remaining(now_ms()),
+        4,
+        "one action spent"
+    );
+    // The same snapshot again: its StatefulSet is cooling down, nothing more.
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    assert!(r.is_empty(), "{r:?}");
+    assert_eq!(sc.requests.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_budget_bounds_evictions() {
+    let now = now_ms();
+    let pods = vec![
+        PodFx::new("a-0", 1)
+            .sts(Some("a"))
+            .not_ready_since(now - 30 * MIN),
+        PodFx::new("b-0", 2)
+            .sts(Some("b"))
+            .not_ready_since(now - 20 * MIN),
+        PodFx::new("c-0", 3)
+            .sts(Some("c"))
+            .not_ready_since(now - 15 * MIN),
+    ];
+    let mut sc = eviction_scene(Mode::Enforce, 2, &pods, 201, false, false);
+    let r = sc
+        .runner
+        .run_once(
+            &sc.client,
+            &snapshot_of(&pods),
+            now,
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![
+            (
+                "a-0".into(),
+                EvictionDecision::Done(EvictionOutcome::Evicted)
+            ),
+            (
+                "b-0".into(),
+                EvictionDecision::Done(EvictionOutcome::Evicted)
+            ),
+            ("c-0".into(), EvictionDecision::BudgetExhausted),
+        ]
+    );
+    let posts = sc
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.method == Method::POST)
+        .count();
+    assert_eq!(posts, 2);
+    assert!(
+        !sc.timeline
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("c-0")),
+        "nothing audited for c-0"
+    );
+}
+
+#[tokio::test]
+async fn a_pdb_refusal_is_recorded_as_refused_and_not_charged() {
+    let pods = mixed_pods();
+    let mut sc = eviction_scene(Mode::Enforce, 1, &pods, 429, false, false);
+    let snap = snapshot_of(&pods);
+    let cancel = CancellationToken::new();
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    match &r[0].decision {
+        EvictionDecision::Done(EvictionOutcome::Refused(m)) => {
+            assert!(m.contains("disruption budget"), "{m}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        sc.timeline.lock().unwrap().last().unwrap(),
+        "outcome postgres-1 refused"
+    );
+    assert_eq!(sc.budget.lock().unwrap().remaining(now_ms()), 1, "refunded");
+    // Not asked again within the cooldown.
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![("postgres-1".into(), EvictionDecision::Settled)]
+    );
+    assert_eq!(sc.requests.lock().unwrap().len(), 2, "GET and POST once");
+}
+
+#[tokio::test]
+async fn an_audit_failure_means_no_eviction() {
+    let pods = mixed_pods();
+    let mut sc = eviction_scene(Mode::Enforce, 5, &pods, 201, true, false);
+    let r = sc
+        .runner
+        .run_once(
+            &sc.client,
+            &snapshot_of(&pods),
+            now_ms(),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![("postgres-1".into(), EvictionDecision::AuditFailed)]
+    );
+    assert_eq!(
+        *sc.timeline.lock().unwrap(),
+        vec!["intent-failed postgres-1".to_string()]
+    );
+    assert!(
+        sc.requests.lock().unwrap().is_empty(),
+        "no request reached the API server"
+    );
+    assert_eq!(sc.budget.lock().unwrap().remaining(now_ms()), 5);
+}
+
+#[tokio::test]
+async fn dry_run_observe_and_pause_send_nothing() {
+    let pods = mixed_pods();
+    let snap = snapshot_of(&pods);
+    let cancel = CancellationToken::new();
+
+    let mut sc = eviction_scene(Mode::DryRun, 5, &pods, 201, false, false);
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![(
+            "postgres-1".into(),
+            EvictionDecision::Done(EvictionOutcome::WouldEvict)
+        )]
+    );
+    assert_eq!(
+        *sc.timeline.lock().unwrap(),
+        vec!["outcome postgres-1 would_act".to_string()]
+    );
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![("postgres-1".into(), EvictionDecision::Settled)],
+        "reported once"
+    );
+    assert!(sc.requests.lock().unwrap().is_empty());
+
+    let mut sc = eviction_scene(Mode::Observe, 5, &pods, 201, false, false);
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![("postgres-1".into(), EvictionDecision::Observed)]
+    );
+    assert!(sc.timeline.lock().unwrap().is_empty());
+
+    let mut sc = eviction_scene(Mode::Enforce, 5, &pods, 201, false, true);
+    let r = sc
+        .runner
+        .run_once(&sc.client, &snap, now_ms(), &cancel)
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![("postgres-1".into(), EvictionDecision::Paused)]
+    );
+    assert!(
+        sc.timeline.lock().unwrap().is_empty(),
+        "paused: no audit, no request"
+    );
+    assert_eq!(sc.budget.lock().unwrap().remaining(now_ms()), 5);
+}
+
+#[tokio::test]
+async fn the_recheck_skips_a_replaced_or_recovered_pod() {
+    let now = now_ms();
+    let selected = PodFx::new("postgres-1", 2).not_ready_since(now - 20 * MIN);
+    // The API server now has a new pod under the same name.
+    let replaced = selected.clone().uid("uid-replacement");
+    let mut sc = eviction_scene(Mode::Enforce, 5, &[replaced], 201, false, false);
+    let r = sc
+        .runner
+        .run_once(
+            &sc.client,
+            &snapshot_of(&[selected.clone()]),
+            now,
+            &CancellationToken::new(),
+        )
+        .await;
+    assert!(
+        matches!(&r[0].decision, EvictionDecision::Done(EvictionOutcome::Changed(m)) if m.contains("replaced")),
+        "{r:?}"
+    );
+    assert_eq!(sc.budget.lock().unwrap().remaining(now), 5, "refunded");
+    assert!(
+        sc.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.method == Method::GET)
+    );
+
+    // Recovered: ready again.
+    let mut recovered = selected.clone();
+    recovered.ready = true;
+    let mut sc = eviction_scene(Mode::Enforce, 5, &[recovered], 201, false, false);
+    let r = sc
+        .runner
+        .run_once(
+            &sc.client,
+            &snapshot_of(&[selected.clone()]),
+            now,
+            &CancellationToken::new(),
+        )
+        .await;
+    assert!(
+        matches!(&r[0].decision, EvictionDecision::Done(EvictionOutcome::Changed(m)) if m.contains("ready")),
+        "{r:?}"
+    );
+
+    // Gone.
+    let mut sc = eviction_scene(Mode::Enforce, 5, &[], 201, false, false);
+    let r = sc
+        .runner
+        .run_once(
+            &sc.client,
+            &snapshot_of(&[selected]),
+            now,
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(
+        decisions(&r),
+        vec![(
+            "postgres-1".into(),
+            EvictionDecision::Done(EvictionOutcome::Gone)
+        )]
+    );
 }

@@ -33,8 +33,8 @@ pub mod volumes;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-// pub use evict::EvictionPolicy;
-// pub use lease::LeaseSettings;
+pub use evict::EvictionPolicy;
+pub use lease::LeaseSettings;
 pub use snapshot::KubernetesSnapshot;
 
 /// How dbwarden authenticates to the API server.
@@ -74,9 +74,9 @@ pub struct KubernetesSettings {
     /// Read volume usage from the kubelet stats summary (needs `nodes/proxy` get).
     pub volume_stats: bool,
     /// The opt-in eviction policy; `None` (the default) never evicts.
-    pub eviction: Option<()>,
+    pub eviction: Option<EvictionPolicy>,
     /// Lease election among dbwarden replicas; `None`: this replica acts alone.
-    pub lease: Option<()>,
+    pub lease: Option<LeaseSettings>,
 }
 
 /// Milliseconds since the Unix epoch, the time unit of every snapshot.
