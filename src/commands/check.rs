@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Format, exit};
-use crate::config::{Config, PostgresTarget};
-use crate::evaluate::{self, CheckResult, CheckStatus, PgSummary, fmt_secs};
+use crate::config::{Config, Neo4jTarget, PostgresTarget};
+use crate::evaluate::{self, CheckResult, CheckStatus, Neo4jSummary, PgSummary, fmt_secs};
+use crate::observe::neo4j::{Neo4jObserver, Neo4jSnapshot};
 use crate::observe::{PgSnapshot, PollError, PostgresObserver};
 
 /// One target's outcome, as printed by `--format json` (and readable by `dbwarden replay`).
@@ -20,8 +21,14 @@ pub struct TargetReport {
     pub up: bool,
     pub error: Option<PollError>,
     pub checks: Vec<CheckResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<PgSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<PgSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neo4j: Option<Neo4jSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neo4j_snapshot: Option<Neo4jSnapshot>,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,7 +43,11 @@ pub async fn run(config: Config, format: Format) -> u8 {
     for (i, target) in config.postgres.iter().cloned().enumerate() {
         set.spawn(async move { (i, observe_once(&target).await) });
     }
-    let mut reports = Vec::with_capacity(config.postgres.len());
+    let first_neo4j = config.postgres.len();
+    for (i, target) in config.neo4j.iter().cloned().enumerate() {
+        set.spawn(async move { (first_neo4j + i, observe_neo4j_once(&target).await) });
+    }
+    let mut reports = Vec::with_capacity(config.postgres.len() + config.neo4j.len());
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok(r) => reports.push(r),
@@ -82,6 +93,8 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
             checks: evaluate::evaluate_once(&snapshot, &target.thresholds),
             summary: Some(evaluate::summarize(&snapshot)),
             snapshot: Some(snapshot),
+            neo4j: None,
+            neo4j_snapshot: None,
         },
         Err(e) => TargetReport {
             target: target.name.clone(),
@@ -92,7 +105,117 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
             error: Some(e),
             summary: None,
             snapshot: None,
+            neo4j: None,
+            neo4j_snapshot: None,
         },
+    }
+}
+
+async fn observe_neo4j_once(target: &Neo4jTarget) -> TargetReport {
+    let mut observer = Neo4jObserver::new(target.clone());
+    let result = observer.poll().await;
+    observer.close().await;
+    let (up, error, checks, neo4j, neo4j_snapshot) = match result {
+        Ok(snapshot) => (
+            true,
+            None,
+            evaluate::evaluate_neo4j_once(&snapshot, &target.thresholds),
+            Some(evaluate::summarize_neo4j(&snapshot, &target.thresholds)),
+            Some(snapshot),
+        ),
+        Err(e) => (
+            false,
+            Some(e.clone()),
+            evaluate::evaluate_neo4j_down(&target.thresholds, &e.message),
+            None,
+            None,
+        ),
+    };
+    TargetReport {
+        target: target.name.clone(),
+        kind: "neo4j",
+        url: target.uri.clone(),
+        up,
+        error,
+        checks,
+        summary: None,
+        snapshot: None,
+        neo4j,
+        neo4j_snapshot,
+    }
+}
+
+fn render_neo4j(out: &mut String, sum: &Neo4jSummary) {
+    let _ = writeln!(
+        out,
+        "  Neo4j {} {}, RETURN 1 in {}",
+        sum.version,
+        sum.edition,
+        fmt_secs(sum.ping_seconds)
+    );
+    out.push_str(
+        "  Quick diagnosis
+",
+    );
+    for (db, by_status) in &sum.transactions {
+        let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "    {db}: transactions {}, longest {}, {} slow; {} nodes, {} relationships",
+            if statuses.is_empty() {
+                "none".to_string()
+            } else {
+                statuses.join(", ")
+            },
+            fmt_secs(
+                sum.longest_transaction_seconds
+                    .get(db)
+                    .copied()
+                    .unwrap_or(0.0)
+            ),
+            sum.slow_transactions.get(db).copied().unwrap_or(0),
+            sum.nodes.get(db).copied().unwrap_or(0),
+            sum.relationships.get(db).copied().unwrap_or(0),
+        );
+    }
+    for i in &sum.indexes_not_online {
+        let _ = writeln!(
+            out,
+            "    index {}.{} {} ({:.1}% populated){}",
+            i.database,
+            i.name,
+            i.state,
+            i.population_percent,
+            i.failure_message
+                .as_deref()
+                .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
+                .unwrap_or_default()
+        );
+    }
+    for d in &sum.databases {
+        let _ = writeln!(
+            out,
+            "    database {}: {} (requested {}){}",
+            d.name,
+            d.current_status,
+            d.requested_status,
+            d.role
+                .as_deref()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default()
+        );
+    }
+    match &sum.cluster {
+        None => out.push_str("    cluster: not clustered\n"),
+        Some(members) => {
+            for m in members {
+                let _ = writeln!(
+                    out,
+                    "    cluster member {} ({}): {} {}",
+                    m.id, m.address, m.role, m.health
+                );
+            }
+        }
     }
 }
 
@@ -113,6 +236,9 @@ pub fn render_text(report: &Report) -> String {
         out.push('\n');
         if let Some(e) = &t.error {
             let _ = writeln!(out, "  cannot connect ({}): {}", e.kind.as_str(), e.message);
+        }
+        if let Some(sum) = &t.neo4j {
+            render_neo4j(&mut out, sum);
         }
         if let (Some(sum), Some(s)) = (&t.summary, &t.snapshot) {
             out.push_str("  Quick diagnosis\n");

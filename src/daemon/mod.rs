@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http;
 use crate::observe::PostgresObserver;
+use crate::observe::neo4j::Neo4jObserver;
 use crate::remediate::runner::{self, Remediation};
 use crate::telemetry::metrics::Metrics;
 use state::SharedState;
@@ -34,7 +35,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config
             .postgres
             .iter()
-            .map(|t| (t.name.as_str(), "postgres")),
+            .map(|t| (t.name.as_str(), "postgres"))
+            .chain(config.neo4j.iter().map(|t| (t.name.as_str(), "neo4j"))),
     ));
     let metrics = Arc::new(Metrics::new(state.clone()));
     let token = CancellationToken::new();
@@ -78,6 +80,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             ));
         }
     }
+    for target in &config.neo4j {
+        tracker.spawn(poller::run(
+            Neo4jObserver::new(target.clone()),
+            state.clone(),
+            metrics.clone(),
+            token.child_token(),
+        ));
+    }
     // What Alertmanager reports firing: fed by the receiver; remediation's
     // second gate ("act only while the named alert fires") reads it.
     let app = http::AppState {
@@ -95,7 +105,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     });
     tracker.close();
-    tracing::info!(listen = %local, targets = config.postgres.len(), "dbwarden started");
+    tracing::info!(
+        listen = %local,
+        postgres = config.postgres.len(),
+        neo4j = config.neo4j.len(),
+        "dbwarden started"
+    );
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested: draining"),

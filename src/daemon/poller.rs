@@ -1,4 +1,4 @@
-//! The reconcile loop of one PostgreSQL target: observe, evaluate, publish.
+//! The reconcile loop of one target (PostgreSQL or Neo4j): observe, evaluate, publish.
 //! Each tick stands alone; only the published status and the hold state
 //! carry over. Polls never overlap: the next one starts after the previous
 //! finished (or was abandoned at `poll_timeout`), on the interval, or sooner
@@ -11,37 +11,135 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::state::{SharedState, TargetStatus};
-use crate::evaluate::{self, CheckStatus, HoldState};
-use crate::observe::{self, PostgresObserver};
+use crate::config::TargetSettings;
+use crate::evaluate::{self, CheckResult, CheckStatus, HoldState};
+use crate::observe::neo4j::Neo4jObserver;
+use crate::observe::{self, PollError, PostgresObserver};
 use crate::telemetry::metrics::Metrics;
 
-pub async fn run(
-    observer: PostgresObserver,
+/// What the loop needs of an observer: the kind-specific parts of a tick.
+pub trait Observer: Send + 'static {
+    type Snapshot: Send;
+    const KIND: &'static str;
+    fn name(&self) -> &str;
+    fn settings(&self) -> &TargetSettings;
+    fn poll(&mut self) -> impl Future<Output = Result<Self::Snapshot, PollError>> + Send;
+    fn open_connections(&self) -> u32;
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+    /// Evaluates a fresh snapshot into `status` (checks, summary, snapshot);
+    /// returns the next hold state.
+    fn evaluate(
+        &self,
+        snapshot: Self::Snapshot,
+        status: &mut TargetStatus,
+        hold: &HoldState,
+        now_ms: u64,
+    ) -> HoldState;
+    fn down(&self, error: &str) -> Vec<CheckResult>;
+}
+
+impl Observer for PostgresObserver {
+    type Snapshot = observe::PgSnapshot;
+    const KIND: &'static str = "postgres";
+    fn name(&self) -> &str {
+        &self.target().name
+    }
+    fn settings(&self) -> &TargetSettings {
+        &self.target().settings
+    }
+    fn poll(&mut self) -> impl Future<Output = Result<Self::Snapshot, PollError>> + Send {
+        PostgresObserver::poll(self)
+    }
+    fn open_connections(&self) -> u32 {
+        PostgresObserver::open_connections(self)
+    }
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        PostgresObserver::close(self)
+    }
+    fn evaluate(
+        &self,
+        snapshot: Self::Snapshot,
+        status: &mut TargetStatus,
+        hold: &HoldState,
+        now_ms: u64,
+    ) -> HoldState {
+        let thresholds = &self.target().thresholds;
+        let (checks, next) = evaluate::evaluate(&snapshot, thresholds, hold, now_ms);
+        log_check_changes(&status.checks, &checks);
+        status.checks = checks;
+        status.summary = Some(evaluate::summarize(&snapshot));
+        status.snapshot = Some(Arc::new(snapshot));
+        next
+    }
+    fn down(&self, error: &str) -> Vec<CheckResult> {
+        evaluate::evaluate_down(&self.target().thresholds, error)
+    }
+}
+
+impl Observer for Neo4jObserver {
+    type Snapshot = observe::neo4j::Neo4jSnapshot;
+    const KIND: &'static str = "neo4j";
+    fn name(&self) -> &str {
+        &self.target().name
+    }
+    fn settings(&self) -> &TargetSettings {
+        &self.target().settings
+    }
+    fn poll(&mut self) -> impl Future<Output = Result<Self::Snapshot, PollError>> + Send {
+        Neo4jObserver::poll(self)
+    }
+    fn open_connections(&self) -> u32 {
+        Neo4jObserver::open_connections(self)
+    }
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        Neo4jObserver::close(self)
+    }
+    fn evaluate(
+        &self,
+        snapshot: Self::Snapshot,
+        status: &mut TargetStatus,
+        hold: &HoldState,
+        now_ms: u64,
+    ) -> HoldState {
+        let thresholds = &self.target().thresholds;
+        let (checks, next) = evaluate::evaluate_neo4j(&snapshot, thresholds, hold, now_ms);
+        log_check_changes(&status.checks, &checks);
+        status.checks = checks;
+        status.neo4j = Some(evaluate::summarize_neo4j(&snapshot, thresholds));
+        status.neo4j_snapshot = Some(Arc::new(snapshot));
+        next
+    }
+    fn down(&self, error: &str) -> Vec<CheckResult> {
+        evaluate::evaluate_neo4j_down(&self.target().thresholds, error)
+    }
+}
+
+pub async fn run<O: Observer>(
+    observer: O,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let span = tracing::info_span!("poller", target = %observer.target().name);
+    let span = tracing::info_span!("poller", target = %observer.name(), kind = O::KIND);
     run_inner(observer, state, metrics, cancel)
         .instrument(span)
         .await
 }
 
-async fn run_inner(
-    mut observer: PostgresObserver,
+async fn run_inner<O: Observer>(
+    mut observer: O,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let target = observer.target().clone();
-    let name = target.name.clone();
-    let interval = target.settings.poll_interval;
-    let backoff_max = target.settings.backoff_max;
-    let thresholds = target.thresholds.clone();
+    let name = observer.name().to_string();
+    let settings = observer.settings().clone();
+    let interval = settings.poll_interval;
+    let backoff_max = settings.backoff_max;
     let waker = state.waker(&name).unwrap_or_default();
-    let mut status = TargetStatus::new(&name, "postgres");
+    let mut status = TargetStatus::new(&name, O::KIND);
     status.poll_interval_seconds = interval.as_secs_f64();
-    status.poll_timeout_seconds = target.settings.poll_timeout.as_secs_f64();
+    status.poll_timeout_seconds = settings.poll_timeout.as_secs_f64();
     let mut hold = HoldState::default();
     let clock = Instant::now();
 
@@ -60,12 +158,7 @@ async fn run_inner(
         let error_kind = match result {
             Ok(snapshot) => {
                 let now_ms = clock.elapsed().as_millis() as u64;
-                let (checks, next) = evaluate::evaluate(&snapshot, &thresholds, &hold, now_ms);
-                hold = next;
-                log_check_changes(&status.checks, &checks);
-                status.checks = checks;
-                status.summary = Some(evaluate::summarize(&snapshot));
-                status.snapshot = Some(Arc::new(snapshot));
+                hold = observer.evaluate(snapshot, &mut status, &hold, now_ms);
                 status.up = true;
                 status.last_success_at = status.last_poll_at;
                 status.last_error = None;
@@ -83,7 +176,7 @@ async fn run_inner(
                     tracing::debug!(kind = e.kind.as_str(), error = %e.message, failures = status.consecutive_failures, "poll failed again");
                 }
                 status.up = false;
-                status.checks = evaluate::evaluate_down(&thresholds, &e.message);
+                status.checks = observer.down(&e.message);
                 let kind = e.kind;
                 status.last_error = Some(e);
                 Some(kind)

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::evaluate::{CheckResult, PgSummary};
+use crate::evaluate::{CheckResult, Neo4jSummary, PgSummary};
+use crate::observe::neo4j::Neo4jSnapshot;
 use crate::observe::{PgSnapshot, PollError};
 
 /// What is known about one target after its latest poll.
@@ -34,10 +35,18 @@ pub struct TargetStatus {
     pub poll_interval_seconds: f64,
     pub poll_timeout_seconds: f64,
     pub checks: Vec<CheckResult>,
+    /// PostgreSQL targets: what the latest successful poll saw, summarised.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<PgSummary>,
-    /// The latest successful snapshot.
+    /// The latest successful snapshot of a PostgreSQL target.
     #[serde(skip)]
     pub snapshot: Option<Arc<PgSnapshot>>,
+    /// Neo4j targets: what the latest successful poll saw, summarised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neo4j: Option<Neo4jSummary>,
+    /// The latest successful snapshot of a Neo4j target.
+    #[serde(skip)]
+    pub neo4j_snapshot: Option<Arc<Neo4jSnapshot>>,
 }
 
 impl TargetStatus {
@@ -58,6 +67,8 @@ impl TargetStatus {
             checks: Vec::new(),
             summary: None,
             snapshot: None,
+            neo4j: None,
+            neo4j_snapshot: None,
         }
     }
 }

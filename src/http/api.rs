@@ -33,7 +33,12 @@ pub(super) async fn status(
         .map(|t| {
             let mut v = serde_json::to_value(t.as_ref()).unwrap_or_default();
             if q.snapshot {
-                v["snapshot"] = serde_json::to_value(t.snapshot.as_deref()).unwrap_or_default();
+                if t.kind == "neo4j" {
+                    v["neo4j_snapshot"] =
+                        serde_json::to_value(t.neo4j_snapshot.as_deref()).unwrap_or_default();
+                } else {
+                    v["snapshot"] = serde_json::to_value(t.snapshot.as_deref()).unwrap_or_default();
+                }
             }
             v
         })

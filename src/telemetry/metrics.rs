@@ -501,6 +501,16 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_postgres_archive_failed_total",
     "dbwarden_postgres_last_archive_age_seconds",
     "dbwarden_postgres_invalid_indexes",
+    "dbwarden_neo4j_info",
+    "dbwarden_neo4j_ping_seconds",
+    "dbwarden_neo4j_transactions",
+    "dbwarden_neo4j_longest_transaction_seconds",
+    "dbwarden_neo4j_slow_transactions",
+    "dbwarden_neo4j_indexes",
+    "dbwarden_neo4j_nodes",
+    "dbwarden_neo4j_relationships",
+    "dbwarden_neo4j_database_as_requested",
+    "dbwarden_neo4j_cluster_members",
     "dbwarden_disk_size_bytes",
     "dbwarden_disk_free_bytes",
     "dbwarden_disk_free_ratio",
@@ -690,8 +700,158 @@ impl Collector for StateCollector {
         ] {
             f.encode(&mut encoder)?;
         }
-        encode_postgres(&targets, &mut encoder)
+        encode_postgres(&targets, &mut encoder)?;
+        encode_neo4j(&targets, &mut encoder)
     }
+}
+
+fn encode_neo4j(
+    targets: &[Arc<TargetStatus>],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let live: Vec<(&str, &crate::evaluate::Neo4jSummary)> = targets
+        .iter()
+        .filter(|s| s.up)
+        .filter_map(|s| s.neo4j.as_ref().map(|n| (s.target.as_str(), n)))
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut m = encoder.encode_descriptor(
+            "neo4j",
+            "Neo4j server version and edition",
+            None,
+            MetricType::Info,
+        )?;
+        for (target, n) in &live {
+            let labels = t(target);
+            let mut fe = m.encode_family(&labels)?;
+            fe.encode_info(&vec![
+                ("version", n.version.clone()),
+                ("edition", n.edition.clone()),
+            ])?;
+        }
+    }
+    let db = |target: &str, database: &str| {
+        vec![
+            ("target", target.to_string()),
+            ("database", database.to_string()),
+        ]
+    };
+    let mut ping = Fam::gauge_unit(
+        "neo4j_ping",
+        "Round trip of RETURN 1 in the latest poll",
+        Unit::Seconds,
+    );
+    let mut txs = Fam::gauge(
+        "neo4j_transactions",
+        "Running transactions by database and status (SHOW TRANSACTIONS; dbwarden's own excluded)",
+    );
+    let mut longest = Fam::gauge_unit(
+        "neo4j_longest_transaction",
+        "Elapsed time of the longest transaction per database (0 when none)",
+        Unit::Seconds,
+    );
+    let mut slow = Fam::gauge(
+        "neo4j_slow_transactions",
+        "Transactions running longer than the slow_queries threshold, per database",
+    );
+    let mut indexes = Fam::gauge(
+        "neo4j_indexes",
+        "Indexes by database and state (ONLINE, POPULATING, FAILED)",
+    );
+    let mut nodes = Fam::gauge("neo4j_nodes", "Nodes per database (count store)");
+    let mut rels = Fam::gauge(
+        "neo4j_relationships",
+        "Relationships per database (count store)",
+    );
+    let mut as_requested = Fam::gauge(
+        "neo4j_database_as_requested",
+        "1 when the database's current status is its requested status (SHOW DATABASES, 4.4+)",
+    );
+    let mut members = Fam::gauge(
+        "neo4j_cluster_members",
+        "Cluster members by health (only where clustered)",
+    );
+    for (target, n) in &live {
+        ping.push(t(target), n.ping_seconds);
+        for (database, by_status) in &n.transactions {
+            for status in ["Running", "Blocked", "Closing", "Terminated"] {
+                let mut l = db(target, database);
+                l.push(("status", status.to_string()));
+                txs.push(l, by_status.get(status).copied().unwrap_or(0) as f64);
+            }
+            for (status, count) in by_status {
+                if !matches!(
+                    status.as_str(),
+                    "Running" | "Blocked" | "Closing" | "Terminated"
+                ) {
+                    let mut l = db(target, database);
+                    l.push(("status", status.clone()));
+                    txs.push(l, *count as f64);
+                }
+            }
+        }
+        for (database, secs) in &n.longest_transaction_seconds {
+            longest.push(db(target, database), *secs);
+        }
+        for (database, count) in &n.slow_transactions {
+            slow.push(db(target, database), *count as f64);
+        }
+        for (database, by_state) in &n.indexes {
+            for state in ["ONLINE", "POPULATING", "FAILED"] {
+                let mut l = db(target, database);
+                l.push(("state", state.to_string()));
+                indexes.push(l, by_state.get(state).copied().unwrap_or(0) as f64);
+            }
+            for (state, count) in by_state {
+                if !matches!(state.as_str(), "ONLINE" | "POPULATING" | "FAILED") {
+                    let mut l = db(target, database);
+                    l.push(("state", state.clone()));
+                    indexes.push(l, *count as f64);
+                }
+            }
+        }
+        for (database, count) in &n.nodes {
+            nodes.push(db(target, database), *count as f64);
+        }
+        for (database, count) in &n.relationships {
+            rels.push(db(target, database), *count as f64);
+        }
+        // A clustered database is listed once per member hosting it: it is
+        // as requested when it is so on every member.
+        let mut per_db = std::collections::BTreeMap::<&str, bool>::new();
+        for d in &n.databases {
+            let ok = d.current_status.eq_ignore_ascii_case(&d.requested_status);
+            *per_db.entry(d.name.as_str()).or_insert(true) &= ok;
+        }
+        for (database, ok) in per_db {
+            as_requested.push(db(target, database), if ok { 1.0 } else { 0.0 });
+        }
+        if let Some(cluster) = &n.cluster {
+            let healthy = cluster.iter().filter(|m| m.healthy).count();
+            members.push(t2(target, "health", "healthy"), healthy as f64);
+            members.push(
+                t2(target, "health", "unhealthy"),
+                (cluster.len() - healthy) as f64,
+            );
+        }
+    }
+    for f in [
+        &ping,
+        &txs,
+        &longest,
+        &slow,
+        &indexes,
+        &nodes,
+        &rels,
+        &as_requested,
+        &members,
+    ] {
+        f.encode(encoder)?;
+    }
+    Ok(())
 }
 
 fn encode_postgres(

@@ -173,14 +173,7 @@ pub async fn observe(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    let run = async |db: Option<&str>, text: &str| {
-        client
-            .rows(db, client.query(text))
-            .await
-            .map_err(|e| classify(e).context(text))
-    };
-
-    let rows = run(None, COMPONENTS).await?;
+    let rows = run(client, None, COMPONENTS).await?;
     let (version, edition) = components(&rows)?;
     let generation = Generation::of_version(&version).ok_or_else(|| {
         PollError::new(
@@ -190,16 +183,16 @@ pub async fn observe(
     })?;
 
     let started = Instant::now();
-    run(None, PING).await?;
+    run(client, None, PING).await?;
     let ping_seconds = started.elapsed().as_secs_f64();
 
     let transactions = match generation {
-        Generation::Procedures => run(None, LIST_QUERIES)
+        Generation::Procedures => run(client, None, LIST_QUERIES)
             .await?
             .iter()
             .map(listed_query)
             .collect::<Result<Vec<_>, _>>()?,
-        _ => run(None, SHOW_TRANSACTIONS)
+        _ => run(client, None, SHOW_TRANSACTIONS)
             .await?
             .iter()
             .map(shown_transaction)
@@ -208,7 +201,7 @@ pub async fn observe(
 
     let databases = match generation {
         Generation::Procedures => Vec::new(),
-        _ => run(Some("system"), SHOW_DATABASES)
+        _ => run(client, Some("system"), SHOW_DATABASES)
             .await?
             .iter()
             .map(database)
@@ -216,7 +209,7 @@ pub async fn observe(
     };
 
     let cluster = if edition == "enterprise" {
-        cluster(generation, &run).await?
+        cluster(client, generation).await?
     } else {
         None
     };
@@ -228,11 +221,14 @@ pub async fn observe(
             Generation::Procedures => DB_INDEXES,
             _ => SHOW_INDEXES,
         };
-        for row in run(Some(db), statement).await? {
+        for row in run(client, Some(db), statement).await? {
             indexes.push(index(db, &row)?);
         }
-        let nodes = single_int(&run(Some(db), NODE_COUNT).await?, "nodes")?;
-        let relationships = single_int(&run(Some(db), RELATIONSHIP_COUNT).await?, "relationships")?;
+        let nodes = single_int(&run(client, Some(db), NODE_COUNT).await?, "nodes")?;
+        let relationships = single_int(
+            &run(client, Some(db), RELATIONSHIP_COUNT).await?,
+            "relationships",
+        )?;
         counts.push(Neo4jCounts {
             database: db.clone(),
             nodes,
@@ -254,18 +250,26 @@ pub async fn observe(
     })
 }
 
-async fn cluster<F>(generation: Generation, run: &F) -> Result<Option<Vec<Neo4jMember>>, PollError>
-where
-    F: AsyncFn(Option<&str>, &str) -> Result<Vec<Row>, PollError>,
-{
+/// Runs one statement and collects its rows; the error names the statement.
+async fn run(client: &Neo4jClient, db: Option<&str>, text: &str) -> Result<Vec<Row>, PollError> {
+    client
+        .rows(db, client.query(text))
+        .await
+        .map_err(|e| classify(e).context(text))
+}
+
+async fn cluster(
+    client: &Neo4jClient,
+    generation: Generation,
+) -> Result<Option<Vec<Neo4jMember>>, PollError> {
     match generation {
         Generation::Show5 => {
-            let rows = run(None, SHOW_SERVERS).await?;
+            let rows = run(client, None, SHOW_SERVERS).await?;
             let members = rows.iter().map(server).collect::<Result<Vec<_>, _>>()?;
             // A standalone server lists itself alone: not a cluster.
             Ok((members.len() > 1).then_some(members))
         }
-        _ => match run(None, CLUSTER_OVERVIEW).await {
+        _ => match run(client, None, CLUSTER_OVERVIEW).await {
             Ok(rows) => Ok(Some(
                 rows.iter()
                     .map(overview_member)
