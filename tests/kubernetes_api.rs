@@ -1069,3 +1069,260 @@ async fn the_recheck_skips_a_replaced_or_recovered_pod() {
         )]
     );
 }
+
+// ---------------------------------------------------------------- lease
+
+use dbwarden::kubernetes::lease::{LeaseElector, LeaseSettings, LeaseStatus};
+
+/// A Lease as an API server keeps it: resourceVersion checked on update.
+#[derive(Default)]
+struct LeaseStore {
+    lease: Option<Value>,
+    rv: u64,
+    /// Another writer slips in before the next update (a lost race).
+    interfere_before_put: bool,
+    /// Another replica creates the Lease before our create.
+    interfere_before_post: bool,
+}
+
+impl LeaseStore {
+    fn store(&mut self, mut v: Value) -> Value {
+        self.rv += 1;
+        v["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        v["metadata"]["namespace"] = json!(NS);
+        v["apiVersion"] = json!("coordination.k8s.io/v1");
+        v["kind"] = json!("Lease");
+        self.lease = Some(v.clone());
+        v
+    }
+    fn holder(&self) -> Option<String> {
+        self.lease.as_ref()?["spec"]["holderIdentity"]
+            .as_str()
+            .map(String::from)
+    }
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/db/leases";
+
+fn lease_client(store: Arc<Mutex<LeaseStore>>, timeline: Timeline) -> Client {
+    let (client, handle) = mock_client();
+    spawn_api(handle, timeline, move |s| {
+        let mut st = store.lock().unwrap();
+        let conflict = |m: &str| json_response(409, &status_body(409, "Conflict", m));
+        match (s.method.clone(), s.path.as_str()) {
+            (Method::GET, p) if p == format!("{LEASES}/dbwarden") => match &st.lease {
+                Some(l) => json_response(200, l),
+                None => json_response(
+                    404,
+                    &status_body(404, "NotFound", "leases \"dbwarden\" not found"),
+                ),
+            },
+            (Method::POST, LEASES) => {
+                if std::mem::take(&mut st.interfere_before_post) {
+                    st.store(json!({"metadata": {"name": "dbwarden"}, "spec": {"holderIdentity": "sneaky", "leaseDurationSeconds": 15}}));
+                }
+                if st.lease.is_some() {
+                    return conflict("leases \"dbwarden\" already exists");
+                }
+                let v = st.store(s.body.clone().unwrap());
+                json_response(201, &v)
+            }
+            (Method::PUT, p) if p == format!("{LEASES}/dbwarden") => {
+                if std::mem::take(&mut st.interfere_before_put) {
+                    let mut l = st.lease.clone().unwrap();
+                    l["spec"]["holderIdentity"] = json!("sneaky");
+                    st.store(l);
+                }
+                let body = s.body.clone().unwrap();
+                let sent_rv = body["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(String::from);
+                if sent_rv != Some(st.rv.to_string()) {
+                    return conflict(
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    );
+                }
+                let v = st.store(body);
+                json_response(200, &v)
+            }
+            other => panic!("unexpected lease request {other:?}"),
+        }
+    });
+    client
+}
+
+fn elector(store: &Arc<Mutex<LeaseStore>>, timeline: &Timeline, me: &str) -> LeaseElector {
+    LeaseElector::new(
+        lease_client(store.clone(), timeline.clone()),
+        NS,
+        LeaseSettings {
+            name: "dbwarden".into(),
+            holder_identity: me.into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        },
+    )
+}
+
+fn renew_ms(store: &Arc<Mutex<LeaseStore>>) -> u64 {
+    let l = store.lock().unwrap().lease.clone().unwrap();
+    let t: std::time::SystemTime =
+        humantime::parse_rfc3339(l["spec"]["renewTime"].as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test]
+async fn lease_acquire_renew_no_early_takeover_then_takeover_after_expiry() {
+    let store = Arc::new(Mutex::new(LeaseStore::default()));
+    let timeline: Timeline = Arc::default();
+    let a = elector(&store, &timeline, "dbwarden-a");
+    let b = elector(&store, &timeline, "dbwarden-b");
+    let t = now_ms();
+
+    // Free: A creates it.
+    assert_eq!(a.tick(t).await.unwrap(), LeaseStatus::Leader);
+    assert!(a.is_leader(t));
+    assert_eq!(a.holder().as_deref(), Some("dbwarden-a"));
+    assert_eq!(
+        store.lock().unwrap().holder().as_deref(),
+        Some("dbwarden-a")
+    );
+    let l = store.lock().unwrap().lease.clone().unwrap();
+    assert_eq!(l["spec"]["leaseDurationSeconds"], 15);
+    assert_eq!(l["spec"]["leaseTransitions"], 0);
+    assert_eq!(
+        *timeline.lock().unwrap(),
+        vec![format!("GET {LEASES}/dbwarden"), format!("POST {LEASES}")]
+    );
+
+    // B sees A's live Lease: a follower.
+    assert_eq!(
+        b.tick(t).await.unwrap(),
+        LeaseStatus::Follower {
+            holder: Some("dbwarden-a".into())
+        }
+    );
+    assert!(!b.is_leader(t));
+
+    // A renews.
+    assert_eq!(a.tick(t + 5_000).await.unwrap(), LeaseStatus::Leader);
+    assert_eq!(renew_ms(&store), t + 5_000);
+    assert!(timeline.lock().unwrap().last().unwrap().starts_with("PUT "));
+
+    // No takeover before expiry (renewed at t+5s, 15 s lease).
+    assert!(matches!(
+        b.tick(t + 19_000).await.unwrap(),
+        LeaseStatus::Follower { .. }
+    ));
+    assert_eq!(
+        store.lock().unwrap().holder().as_deref(),
+        Some("dbwarden-a")
+    );
+
+    // A stops renewing; B only takes over once the Lease expired by its
+    // renewTime and stayed unchanged for a lease duration on B's own clock.
+    assert!(
+        matches!(
+            b.tick(t + 21_000).await.unwrap(),
+            LeaseStatus::Follower { .. }
+        ),
+        "expired by renewTime, but B saw this version only since t+19s"
+    );
+    assert!(
+        !a.is_leader(t + 21_000),
+        "A's own claim lapses a lease duration after its renewal"
+    );
+    assert_eq!(b.tick(t + 34_000).await.unwrap(), LeaseStatus::Leader);
+    assert!(b.is_leader(t + 34_000));
+    let l = store.lock().unwrap().lease.clone().unwrap();
+    assert_eq!(l["spec"]["holderIdentity"], "dbwarden-b");
+    assert_eq!(l["spec"]["leaseTransitions"], 1);
+
+    // A comes back: a follower of B.
+    assert_eq!(
+        a.tick(t + 35_000).await.unwrap(),
+        LeaseStatus::Follower {
+            holder: Some("dbwarden-b".into())
+        }
+    );
+    assert!(!a.is_leader(t + 35_000));
+
+    // B releases on shutdown; A takes over at once.
+    b.release().await.unwrap();
+    assert_eq!(store.lock().unwrap().holder(), None);
+    assert!(!b.is_leader(t + 36_000));
+    assert_eq!(a.tick(t + 36_000).await.unwrap(), LeaseStatus::Leader);
+}
+
+#[tokio::test]
+async fn a_conflict_loses_the_race() {
+    let store = Arc::new(Mutex::new(LeaseStore::default()));
+    let timeline: Timeline = Arc::default();
+    let a = elector(&store, &timeline, "dbwarden-a");
+    let t = now_ms();
+
+    // Both create at once: the other one's create lands first, ours gets 409.
+    store.lock().unwrap().interfere_before_post = true;
+    assert_eq!(
+        a.tick(t).await.unwrap(),
+        LeaseStatus::Follower { holder: None }
+    );
+    assert!(!a.is_leader(t));
+
+    // An expired Lease, and someone else updates it between our read and our write.
+    let old = rfc3339(t - 3_600_000);
+    let mut st = store.lock().unwrap();
+    let mut l = st.lease.clone().unwrap();
+    l["spec"]["renewTime"] = json!(old.replace('Z', "000Z"));
+    st.store(l);
+    drop(st);
+    assert!(
+        matches!(a.tick(t).await.unwrap(), LeaseStatus::Follower { .. }),
+        "first sight"
+    );
+    store.lock().unwrap().interfere_before_put = true;
+    let r = a.tick(t + 16_000).await.unwrap();
+    assert!(matches!(r, LeaseStatus::Follower { .. }), "{r:?}");
+    assert!(!a.is_leader(t + 16_000));
+    let puts = timeline
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("PUT"))
+        .count();
+    assert_eq!(puts, 1, "it tried once and lost");
+
+    // Our own Lease renewed by someone else in between: we stop leading.
+    store.lock().unwrap().lease = None;
+    assert_eq!(a.tick(t + 20_000).await.unwrap(), LeaseStatus::Leader);
+    store.lock().unwrap().interfere_before_put = true;
+    assert_eq!(
+        a.tick(t + 22_000).await.unwrap(),
+        LeaseStatus::Follower { holder: None }
+    );
+    assert!(!a.is_leader(t + 22_000));
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_an_error_and_leadership_decays() {
+    let (client, mut handle) = mock_client();
+    tokio::spawn(async move {
+        while let Some((_req, send)) = handle.next_request().await {
+            send.send_error("connection refused");
+        }
+    });
+    let e = LeaseElector::new(
+        client,
+        NS,
+        LeaseSettings {
+            name: "dbwarden".into(),
+            holder_identity: "a".into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        },
+    );
+    let err = e.tick(now_ms()).await.unwrap_err();
+    assert_eq!(err.kind(), "unreachable");
+    assert!(e.last_error().is_some());
+    assert!(!e.is_leader(now_ms()));
+}
