@@ -1326,3 +1326,56 @@ async fn an_unreachable_api_server_is_an_error_and_leadership_decays() {
     assert!(e.last_error().is_some());
     assert!(!e.is_leader(now_ms()));
 }
+
+// ---------------------------------------------------------------- volumes
+
+#[tokio::test]
+async fn volume_usage_through_the_node_proxy() {
+    let (client, handle) = mock_client();
+    let timeline: Timeline = Arc::default();
+    let requests = spawn_api(handle, timeline, |s| {
+        assert_eq!(s.method, Method::GET);
+        match s.path.as_str() {
+            "/api/v1/nodes/node-a/proxy/stats/summary" => json_response(
+                200,
+                &json!({"node": {"nodeName": "node-a"}, "pods": [
+                    {"podRef": {"name": "postgres-0", "namespace": NS, "uid": "uid-postgres-0"},
+                     "volume": [{"name": "data", "pvcRef": {"name": "data-postgres-0", "namespace": NS},
+                                 "capacityBytes": 1000, "availableBytes": 200, "usedBytes": 800}]}
+                ]}),
+            ),
+            "/api/v1/nodes/node-b/proxy/stats/summary" => json_response(
+                403,
+                &status_body(
+                    403,
+                    "Forbidden",
+                    "nodes \"node-b\" is forbidden: cannot get resource \"nodes/proxy\"",
+                ),
+            ),
+            other => panic!("unexpected path {other}"),
+        }
+    });
+    let mut on_b = PodFx::new("postgres-1", 2);
+    on_b.node = "node-b".into();
+    let snap = snapshot_of(&[PodFx::new("postgres-0", 1), on_b]);
+    let (volumes, error) =
+        dbwarden::kubernetes::volumes::collect_volumes(&client, &snap, Duration::from_secs(5))
+            .await;
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].pvc, "data-postgres-0");
+    assert_eq!(volumes[0].free_ratio(), Some(0.2));
+    assert!(error.as_deref().unwrap().contains("node-b"), "{error:?}");
+    assert_eq!(requests.lock().unwrap().len(), 2, "one summary per node");
+    // Fed to the checks: 20 % free is below the runbook's 30 %.
+    let mut snap = snap;
+    snap.volumes = volumes;
+    let checks = dbwarden::kubernetes::checks::pod_checks(&snap, &Default::default(), now_ms());
+    let v = checks
+        .iter()
+        .find(|c| c.check == dbwarden::kubernetes::checks::KubeCheckId::VolumeFree)
+        .unwrap();
+    assert_eq!(
+        v.status,
+        dbwarden::kubernetes::checks::KubeCheckStatus::Fail
+    );
+}
