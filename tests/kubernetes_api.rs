@@ -1014,7 +1014,7 @@ async fn the_recheck_skips_a_replaced_or_recovered_pod() {
         .runner
         .run_once(
             &sc.client,
-            &snapshot_of(&[selected.clone()]),
+            &snapshot_of(std::slice::from_ref(&selected)),
             now,
             &CancellationToken::new(),
         )
@@ -1040,7 +1040,7 @@ async fn the_recheck_skips_a_replaced_or_recovered_pod() {
         .runner
         .run_once(
             &sc.client,
-            &snapshot_of(&[selected.clone()]),
+            &snapshot_of(std::slice::from_ref(&selected)),
             now,
             &CancellationToken::new(),
         )
@@ -1271,11 +1271,12 @@ async fn a_conflict_loses_the_race() {
 
     // An expired Lease, and someone else updates it between our read and our write.
     let old = rfc3339(t - 3_600_000);
-    let mut st = store.lock().unwrap();
-    let mut l = st.lease.clone().unwrap();
-    l["spec"]["renewTime"] = json!(old.replace('Z', "000Z"));
-    st.store(l);
-    drop(st);
+    {
+        let mut st = store.lock().unwrap();
+        let mut l = st.lease.clone().unwrap();
+        l["spec"]["renewTime"] = json!(old.replace('Z', "000Z"));
+        st.store(l);
+    }
     assert!(
         matches!(a.tick(t).await.unwrap(), LeaseStatus::Follower { .. }),
         "first sight"

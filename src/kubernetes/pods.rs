@@ -62,10 +62,10 @@ impl RestartHistory {
             last_count: count,
             restarts: VecDeque::new(),
         };
-        if let Some(t) = last_finished_ms.filter(|_| count > 0) {
-            if t + RESTART_WINDOW_MS > now_ms {
-                h.restarts.push_back(t.min(now_ms));
-            }
+        if let Some(t) = last_finished_ms.filter(|_| count > 0)
+            && t + RESTART_WINDOW_MS > now_ms
+        {
+            h.restarts.push_back(t.min(now_ms));
         }
         h
     }
