@@ -31,6 +31,19 @@ use support::{
     require, wait_until,
 };
 
+/// The PostgreSQL session of an audit record (every record these tests read is one).
+trait PgRecord {
+    fn pg(&self) -> &dbwarden::remediate::audit::AuditSession;
+}
+
+impl PgRecord for AuditRecord {
+    fn pg(&self) -> &dbwarden::remediate::audit::AuditSession {
+        self.session
+            .as_ref()
+            .unwrap_or_else(|| panic!("not a PostgreSQL record: {self:?}"))
+    }
+}
+
 /// Deadline for conditions that should hold within a few polls.
 const T: Duration = Duration::from_secs(20);
 /// The bearer token of the pause API (written to the token file).
@@ -346,7 +359,7 @@ fn audit(path: &Path) -> Vec<AuditRecord> {
 }
 
 fn records_of(records: &[AuditRecord], pid: i32) -> Vec<&AuditRecord> {
-    records.iter().filter(|r| r.session.pid == pid).collect()
+    records.iter().filter(|r| r.pg().pid == pid).collect()
 }
 
 /// The session `id` was signalled exactly once in enforce mode: one intent
@@ -374,7 +387,7 @@ fn assert_acted_once(
         assert_eq!(r.mode, Mode::Enforce, "{what}: {r:#?}");
         assert_eq!(r.target, TARGET, "{what}: {r:#?}");
         assert_eq!(r.instance, INSTANCE, "{what}: {r:#?}");
-        assert_eq!(r.session.backend_start_us, Some(id.1), "{what}: {r:#?}");
+        assert_eq!(r.pg().backend_start_us, Some(id.1), "{what}: {r:#?}");
         assert!(r.reason.contains(reason), "{what}: reason {:?}", r.reason);
     }
     assert_eq!(mine[0].action_id, mine[1].action_id, "{what}: {mine:#?}");
@@ -386,7 +399,7 @@ fn assert_acted_once(
 fn decisions(records: &[AuditRecord]) -> Vec<(i32, &'static str)> {
     records
         .iter()
-        .map(|r| (r.session.pid, r.decision.as_str()))
+        .map(|r| (r.pg().pid, r.decision.as_str()))
         .collect()
 }
 
@@ -556,7 +569,7 @@ match_query = "pg_sleep""#,
 
     // The audit: one intent and one outcome per signalled session, nothing else.
     let records = audit(&audit_file);
-    let acted: BTreeSet<i32> = records.iter().map(|r| r.session.pid).collect();
+    let acted: BTreeSet<i32> = records.iter().map(|r| r.pg().pid).collect();
     assert_eq!(
         acted,
         BTreeSet::from([idle.pid(), blocker.pid(), sleeper_id.0]),
@@ -597,12 +610,12 @@ match_query = "pg_sleep""#,
         "{sleep_record:#?}"
     );
     assert!(
-        sleep_record.session.query.contains("pg_sleep(600)"),
+        sleep_record.pg().query.contains("pg_sleep(600)"),
         "{sleep_record:#?}"
     );
-    assert_eq!(sleep_record.session.state, SessionState::Active);
+    assert_eq!(sleep_record.pg().state, SessionState::Active);
     assert_eq!(
-        records_of(&records, blocker.pid())[0].session.state,
+        records_of(&records, blocker.pid())[0].pg().state,
         SessionState::IdleInTransaction
     );
 
@@ -932,8 +945,8 @@ match_applications = ["webapp"]"#,
     for r in &records {
         assert_eq!(r.decision, Decision::WouldAct, "{r:#?}");
         assert_eq!(r.mode, Mode::DryRun, "{r:#?}");
-        assert_eq!(r.session.pid, victim.pid(), "{r:#?}");
-        assert_eq!(r.session.backend_start_us, Some(victim.id.1), "{r:#?}");
+        assert_eq!(r.pg().pid, victim.pid(), "{r:#?}");
+        assert_eq!(r.pg().backend_start_us, Some(victim.id.1), "{r:#?}");
         assert_eq!(r.policy, "idle", "{r:#?}");
         assert_eq!(r.action, "terminate", "{r:#?}");
         assert_eq!(r.outcome, "would terminate", "{r:#?}");
@@ -1443,7 +1456,7 @@ match_applications = ["su-victim"]"#,
     let su = records_of(&records, superuser.pid());
     assert!(
         su.iter().all(|r| r.policy == "superusers"
-            && r.session.backend_start_us == Some(superuser.id.1)
+            && r.pg().backend_start_us == Some(superuser.id.1)
             && r.reason.contains("user postgres")),
         "{su:#?}"
     );
@@ -1465,7 +1478,7 @@ match_applications = ["su-victim"]"#,
     }
     let others: BTreeSet<i32> = records
         .iter()
-        .map(|r| r.session.pid)
+        .map(|r| r.pg().pid)
         .filter(|p| *p != victim.pid() && *p != superuser.pid())
         .collect();
     assert!(others.is_empty(), "{:?}", decisions(&records));

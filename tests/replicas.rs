@@ -35,6 +35,19 @@ use sqlx::{Connection, PgConnection};
 use support::{DaemonProcess, fast_target, metric_value, psql, try_psql, wait_until};
 use tokio_util::sync::CancellationToken;
 
+/// The PostgreSQL session of an audit record (every record these tests read is one).
+trait PgRecord {
+    fn pg(&self) -> &dbwarden::remediate::audit::AuditSession;
+}
+
+impl PgRecord for AuditRecord {
+    fn pg(&self) -> &dbwarden::remediate::audit::AuditSession {
+        self.session
+            .as_ref()
+            .unwrap_or_else(|| panic!("not a PostgreSQL record: {self:?}"))
+    }
+}
+
 /// Deadline for conditions that should hold within a few polls.
 const T: Duration = Duration::from_secs(20);
 
@@ -573,14 +586,14 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
         // Every terminated session was announced, with its identity.
         for (pid, start) in &terminated {
             assert!(
-                intents.iter().any(|r| r.session.pid == *pid
-                    && r.session.backend_start_us == Some(*start)
+                intents.iter().any(|r| r.pg().pid == *pid
+                    && r.pg().backend_start_us == Some(*start)
                     && r.action == "terminate"
                     && r.instance == "a"),
                 "session {pid} (backend_start {start}) was terminated without an intent record\nintents: {:?}\n{}",
                 intents
                     .iter()
-                    .map(|r| (r.session.pid, r.session.backend_start_us))
+                    .map(|r| (r.pg().pid, r.pg().backend_start_us))
                     .collect::<Vec<_>>(),
                 d.log_tail()
             );
@@ -599,9 +612,9 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
         }
         for r in &acted {
             assert!(
-                terminated.iter().any(|(p, _)| *p == r.session.pid),
+                terminated.iter().any(|(p, _)| *p == r.pg().pid),
                 "`acted` on {} but the session is alive",
-                r.session.pid
+                r.pg().pid
             );
         }
         assert!(
@@ -622,13 +635,13 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
                         .iter()
                         .any(|r| r.decision != Decision::Intent && r.action_id == i.action_id)
                 })
-                .map(|i| i.session.pid)
+                .map(|i| i.pg().pid)
                 .expect("the open intent");
             assert!(
                 terminated.iter().any(|(p, _)| *p == pid),
                 "the signal in flight did not end session {pid}"
             );
-            assert!(acted.iter().all(|r| r.session.pid != pid));
+            assert!(acted.iter().all(|r| r.pg().pid != pid));
         }
         if surviving.is_empty() {
             eprintln!("round {round}: every session was terminated before the kill landed");
@@ -716,7 +729,7 @@ async fn two_replicas_one_actor_and_takeover_after_kill_9() {
             Decision::Acted,
         )
         .iter()
-        .map(|r| r.session.pid)
+        .map(|r| r.pg().pid)
         .collect()
     };
     let mut by_holder = acted_by(&holder);
@@ -770,7 +783,7 @@ async fn two_replicas_one_actor_and_takeover_after_kill_9() {
             audit
                 .records
                 .into_iter()
-                .find(|r| r.decision == Decision::Acted && r.session.pid == new.pid)
+                .find(|r| r.decision == Decision::Acted && r.pg().pid == new.pid)
                 .ok_or_else(|| format!("no `acted` for {} in {other}'s audit", new.pid))
         },
     )
@@ -780,7 +793,7 @@ async fn two_replicas_one_actor_and_takeover_after_kill_9() {
         started.elapsed()
     );
     assert_eq!(rec.instance, other);
-    assert_eq!(rec.session.backend_start_us, Some(new.backend_start_us));
+    assert_eq!(rec.pg().backend_start_us, Some(new.backend_start_us));
     assert!(!answers(&mut new).await, "the new session still answers");
     assert_eq!(
         acted_by(&holder).len(),

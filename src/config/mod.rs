@@ -382,7 +382,7 @@ impl Config {
         let (env_paths, mut issues) = apply_env_overrides(&mut root, &env);
 
         let mut reader = raw::Reader::new(&env_paths);
-        reader.policy_order = raw::policy_order(toml);
+        (reader.policy_order, reader.neo4j_policy_order) = raw::policy_orders(toml);
         let raw = reader.read(&root);
         let read_issues = reader.issues;
         let validated = validate::validate(raw, &env);

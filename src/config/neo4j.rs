@@ -2,9 +2,18 @@
 //! thresholds (in `[thresholds]` for every Neo4j target, and in
 //! `[neo4j.<name>.thresholds]` for one).
 
-use super::raw::{self, RawNeo4jTarget, RawTargetSettings, RawThresholds};
-use super::validate::{Issues, check_setting_ranges, settings, valid_env_name, valid_name};
+use regex::Regex;
+
+use super::raw::{
+    self, RawConfig, RawNeo4jPolicy, RawNeo4jTarget, RawTargetSettings, RawThresholds,
+};
+use super::validate::{
+    Issues, check_setting_ranges, regex_reason, settings, valid_env_name, valid_name,
+};
 use super::{Neo4jTarget, Neo4jThresholds, PasswordSource, Secret};
+use crate::evaluate::CheckId;
+use crate::remediate::neo4j_policy::{Neo4jConditions, Neo4jPolicy};
+use crate::remediate::policy::Victims;
 
 /// The URI schemes neo4rs accepts: `bolt` talks to one server, `neo4j`
 /// routes; `+s` verifies TLS against the system roots, `+ssc` accepts a
@@ -292,6 +301,195 @@ fn password(
         // Neo4j with dbms.security.auth_enabled=false.
         (None, None) => (None, PasswordSource::None),
     }
+}
+
+/// The statuses a Neo4j policy may name (SHOW TRANSACTIONS' status column).
+const POLICY_STATUSES: [&str; 2] = ["Running", "Blocked"];
+const MAX_PER_CYCLE_LIMIT: u32 = 1000;
+const DEFAULT_MAX_PER_CYCLE: u32 = 10;
+
+/// `[remediation.neo4j_policies.<name>]`.
+pub(super) fn policy(
+    name: &str,
+    p: &RawNeo4jPolicy,
+    config: &RawConfig,
+    issues: &mut Issues,
+) -> Option<Neo4jPolicy> {
+    let path = raw::join("remediation.neo4j_policies", name);
+    let key = |k: &str| raw::join(&path, k);
+    let wkey = |k: &str| raw::join(&raw::join(&path, "when"), k);
+    let before = issues.0.len();
+    if !valid_name(name) {
+        issues.push(
+            &path,
+            format!("invalid policy name {name:?}: use 1-63 lowercase letters, digits, '_' or '-'"),
+        );
+    }
+    match &p.targets {
+        Some(t) if t.is_empty() => issues.push(
+            key("targets"),
+            "empty: name the Neo4j targets, or leave targets out to apply the policy to every Neo4j target",
+        ),
+        Some(t) => {
+            for x in t {
+                if config.postgres.contains_key(x) {
+                    issues.push(
+                        key("targets"),
+                        format!("{x:?} is a PostgreSQL target: Neo4j policies act on Neo4j targets; use [remediation.policies.*] for it"),
+                    );
+                } else if !config.neo4j.contains_key(x) {
+                    let known: Vec<String> =
+                        config.neo4j.keys().map(|k| format!("{k:?}")).collect();
+                    issues.push(
+                        key("targets"),
+                        format!(
+                            "{x:?} is not a configured Neo4j target: configured are {}",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    );
+                }
+            }
+        }
+        None => {}
+    }
+    match p.action.as_deref() {
+        None | Some("terminate") => {}
+        Some(other) => issues.push(
+            key("action"),
+            format!(
+                "invalid value {other:?}: a Neo4j policy can only \"terminate\" (TERMINATE TRANSACTIONS, or dbms.killQuery before 4.4)"
+            ),
+        ),
+    }
+    let victims = match p.victims.as_deref() {
+        None | Some("all") => Victims::All,
+        Some("oldest") => Victims::Oldest,
+        Some(other) => {
+            issues.push(
+                key("victims"),
+                format!("invalid value {other:?}: expected \"all\" (the default) or \"oldest\""),
+            );
+            Victims::All
+        }
+    };
+    let max_per_cycle = p.max_per_cycle.unwrap_or(DEFAULT_MAX_PER_CYCLE);
+    if !(1..=MAX_PER_CYCLE_LIMIT).contains(&max_per_cycle) {
+        issues.push(
+            key("max_per_cycle"),
+            format!("{max_per_cycle} is out of range: 1 to {MAX_PER_CYCLE_LIMIT}"),
+        );
+    }
+    let mut only_while_failing = Vec::new();
+    for check in p.only_while_failing.iter().flatten() {
+        match CheckId::NEO4J.iter().find(|c| c.as_str() == check) {
+            Some(c) => only_while_failing.push(*c),
+            None => issues.push(
+                key("only_while_failing"),
+                format!(
+                    "unknown Neo4j check {check:?}: expected one of {}",
+                    CheckId::NEO4J.map(CheckId::as_str).join(", ")
+                ),
+            ),
+        }
+    }
+    let mut only_while_alerts = Vec::new();
+    for alert in p.only_while_alerts.iter().flatten() {
+        let valid = alert
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            only_while_alerts.push(alert.clone());
+        } else {
+            issues.push(
+                key("only_while_alerts"),
+                format!("{alert:?} is not an alert name (letters, digits and '_', e.g. \"DbWardenNeo4jSlowQueries\")"),
+            );
+        }
+    }
+
+    let w = &p.when;
+    if let Some(d) = w.running_for
+        && d.is_zero()
+    {
+        issues.push(
+            wkey("running_for"),
+            "\"0s\" selects every transaction: use a positive duration, e.g. \"5m\"",
+        );
+    }
+    let mut statuses = Vec::new();
+    for st in w.status.iter().flatten() {
+        match POLICY_STATUSES.iter().find(|s| s.eq_ignore_ascii_case(st)) {
+            Some(s) => statuses.push(s.to_string()),
+            None => issues.push(
+                wkey("status"),
+                format!(
+                    "invalid status {st:?}: expected {} (Closing and Terminated transactions are already ending)",
+                    POLICY_STATUSES.join(" or ")
+                ),
+            ),
+        }
+    }
+    if w.running_for.is_none() && w.status.is_none() {
+        issues.push(
+            raw::join(&path, "when"),
+            if w.written.is_empty() {
+                "missing: a policy needs conditions; set running_for (e.g. \"5m\") and optionally status, users, databases, query".to_string()
+            } else {
+                format!(
+                    "{} alone would select every such transaction however young: add running_for (e.g. \"5m\") or status",
+                    w.written.join(", ")
+                )
+            },
+        );
+    }
+    let regex = |k: &str, v: &Option<String>, issues: &mut Issues| -> Option<Regex> {
+        let v = v.as_ref()?;
+        match Regex::new(v) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                issues.push(
+                    wkey(k),
+                    format!("invalid regular expression {v:?}: {}", regex_reason(&e)),
+                );
+                None
+            }
+        }
+    };
+    let match_query = regex("match_query", &w.match_query, issues);
+    let ignore_query = regex("ignore_query", &w.ignore_query, issues);
+    for (k, v) in [
+        ("match_users", &w.match_users),
+        ("ignore_users", &w.ignore_users),
+        ("match_databases", &w.match_databases),
+        ("ignore_databases", &w.ignore_databases),
+    ] {
+        if v.as_ref().is_some_and(|v| v.is_empty()) {
+            issues.push(wkey(k), "empty: name at least one, or leave the key out");
+        }
+    }
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(Neo4jPolicy {
+        name: name.to_string(),
+        targets: p.targets.clone().unwrap_or_default(),
+        victims,
+        max_per_cycle,
+        conditions: Neo4jConditions {
+            running_for: w.running_for,
+            statuses,
+            match_users: w.match_users.clone().unwrap_or_default(),
+            ignore_users: w.ignore_users.clone().unwrap_or_default(),
+            match_databases: w.match_databases.clone().unwrap_or_default(),
+            ignore_databases: w.ignore_databases.clone().unwrap_or_default(),
+            match_query,
+            ignore_query,
+        },
+        only_while_failing,
+        only_while_alerts,
+    })
 }
 
 #[cfg(test)]

@@ -172,9 +172,37 @@ pub struct RawRemediation {
     pub redact_queries: Option<bool>,
     pub pacing: Option<Duration>,
     pub budget: RawBudget,
-    /// Policies by name, in the order the file has them (see `policy_order`);
+    /// Policies by name, in the order the file has them (see `policy_orders`);
     /// policies only the environment adds come last, by name.
     pub policies: Vec<(String, RawPolicy)>,
+    /// `[remediation.neo4j_policies.*]`, in file order like `policies`.
+    pub neo4j_policies: Vec<(String, RawNeo4jPolicy)>,
+}
+
+#[derive(Debug, Default)]
+pub struct RawNeo4jPolicy {
+    pub targets: Option<Vec<String>>,
+    pub action: Option<String>,
+    pub victims: Option<String>,
+    pub max_per_cycle: Option<u32>,
+    pub only_while_failing: Option<Vec<String>>,
+    pub only_while_alerts: Option<Vec<String>>,
+    pub when: RawNeo4jWhen,
+}
+
+/// `[remediation.neo4j_policies.<name>.when]`: the conditions, all AND-ed.
+#[derive(Debug, Default)]
+pub struct RawNeo4jWhen {
+    pub running_for: Option<Duration>,
+    pub status: Option<Vec<String>>,
+    pub match_users: Option<Vec<String>>,
+    pub ignore_users: Option<Vec<String>>,
+    pub match_databases: Option<Vec<String>>,
+    pub ignore_databases: Option<Vec<String>>,
+    pub match_query: Option<String>,
+    pub ignore_query: Option<String>,
+    /// Every key written in the table, valid or not.
+    pub written: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -312,6 +340,26 @@ pub(super) const REMEDIATION_KEYS: &[&str] = &[
     "pacing",
     "budget",
     "policies",
+    "neo4j_policies",
+];
+pub(super) const NEO4J_POLICY_KEYS: &[&str] = &[
+    "targets",
+    "action",
+    "victims",
+    "max_per_cycle",
+    "only_while_failing",
+    "only_while_alerts",
+    "when",
+];
+pub(super) const NEO4J_WHEN_KEYS: &[&str] = &[
+    "running_for",
+    "status",
+    "match_users",
+    "ignore_users",
+    "match_databases",
+    "ignore_databases",
+    "match_query",
+    "ignore_query",
 ];
 pub(super) const BUDGET_KEYS: &[&str] = &["per_target", "global", "window"];
 pub(super) const POLICY_KEYS: &[&str] = &[
@@ -350,7 +398,9 @@ pub(super) const WHEN_KEYS: &[&str] = &[
 /// `Table` is sorted by key (it is built without `preserve_order`), but its
 /// deserializer visits keys in document order; this captures that order.
 /// Empty when the text does not have that shape (the reader reports why).
-pub(super) fn policy_order(text: &str) -> Vec<String> {
+/// The document order of `[remediation.policies.*]` and of
+/// `[remediation.neo4j_policies.*]`.
+pub(super) fn policy_orders(text: &str) -> (Vec<String>, Vec<String>) {
     use serde::Deserialize;
     use serde::de::{IgnoredAny, MapAccess, Visitor};
 
@@ -378,16 +428,19 @@ pub(super) fn policy_order(text: &str) -> Vec<String> {
     #[derive(Deserialize)]
     struct Remediation {
         policies: Option<Keys>,
+        neo4j_policies: Option<Keys>,
     }
     #[derive(Deserialize)]
     struct Doc {
         remediation: Option<Remediation>,
     }
-    toml::from_str::<Doc>(text)
-        .ok()
-        .and_then(|d| d.remediation?.policies)
-        .map(|k| k.0)
-        .unwrap_or_default()
+    let Some(r) = toml::from_str::<Doc>(text).ok().and_then(|d| d.remediation) else {
+        return (Vec::new(), Vec::new());
+    };
+    (
+        r.policies.map(|k| k.0).unwrap_or_default(),
+        r.neo4j_policies.map(|k| k.0).unwrap_or_default(),
+    )
 }
 
 /// Reads the merged tree, collecting every mistake.
@@ -396,8 +449,10 @@ pub(super) struct Reader<'a> {
     /// Key paths set by environment variables, with the variable's name.
     /// Their values arrive as strings and are typed by the schema here.
     env: &'a BTreeMap<String, String>,
-    /// The file's order of `[remediation.policies.*]` ([`policy_order`]).
+    /// The file's order of `[remediation.policies.*]` ([`policy_orders`]).
     pub(super) policy_order: Vec<String>,
+    /// The file's order of `[remediation.neo4j_policies.*]`.
+    pub(super) neo4j_policy_order: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -406,6 +461,7 @@ impl<'a> Reader<'a> {
             issues: Vec::new(),
             env,
             policy_order: Vec::new(),
+            neo4j_policy_order: Vec::new(),
         }
     }
 
@@ -512,6 +568,55 @@ impl<'a> Reader<'a> {
                 };
                 out.policies.push((name.clone(), policy));
             }
+        }
+        if let Some(policies) = self.table(t, path, "neo4j_policies") {
+            let pp = join(path, "neo4j_policies");
+            let mut names: Vec<&String> = self
+                .neo4j_policy_order
+                .iter()
+                .filter_map(|n| policies.get_key_value(n).map(|(k, _)| k))
+                .collect();
+            for name in policies.keys() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            for name in names {
+                let policy = match self.table(policies, &pp, name) {
+                    Some(p) => self.neo4j_policy(p, &join(&pp, name)),
+                    None => RawNeo4jPolicy::default(),
+                };
+                out.neo4j_policies.push((name.clone(), policy));
+            }
+        }
+        out
+    }
+
+    fn neo4j_policy(&mut self, t: &Table, path: &str) -> RawNeo4jPolicy {
+        self.known_keys(t, path, NEO4J_POLICY_KEYS);
+        let mut out = RawNeo4jPolicy {
+            targets: self.strings(t, path, "targets"),
+            action: self.string(t, path, "action"),
+            victims: self.string(t, path, "victims"),
+            max_per_cycle: self.u32(t, path, "max_per_cycle"),
+            only_while_failing: self.strings(t, path, "only_while_failing"),
+            only_while_alerts: self.strings(t, path, "only_while_alerts"),
+            ..RawNeo4jPolicy::default()
+        };
+        if let Some(w) = self.table(t, path, "when") {
+            let p = join(path, "when");
+            self.known_keys(w, &p, NEO4J_WHEN_KEYS);
+            out.when = RawNeo4jWhen {
+                running_for: self.duration(w, &p, "running_for"),
+                status: self.strings(w, &p, "status"),
+                match_users: self.strings(w, &p, "match_users"),
+                ignore_users: self.strings(w, &p, "ignore_users"),
+                match_databases: self.strings(w, &p, "match_databases"),
+                ignore_databases: self.strings(w, &p, "ignore_databases"),
+                match_query: self.string(w, &p, "match_query"),
+                ignore_query: self.string(w, &p, "ignore_query"),
+                written: w.keys().cloned().collect(),
+            };
         }
         out
     }
@@ -1085,7 +1190,7 @@ mod tests {
             target.insert(k.to_string(), Value::Boolean(true));
         }
         let mut thresholds = Table::new();
-        for k in THRESHOLD_KEYS {
+        for k in THRESHOLD_KEYS.iter().chain(NEO4J_THRESHOLD_KEYS) {
             thresholds.insert(k.to_string(), Value::Boolean(true));
         }
         let mut root = Table::new();
@@ -1093,6 +1198,13 @@ mod tests {
         let mut pg = Table::new();
         pg.insert("t".into(), Value::Table(target));
         root.insert("postgres".into(), Value::Table(pg));
+        let mut graph = Table::new();
+        for k in NEO4J_TARGET_OWN_KEYS.iter().chain(NEO4J_SETTINGS_KEYS) {
+            graph.insert(k.to_string(), Value::Boolean(true));
+        }
+        let mut neo4j = Table::new();
+        neo4j.insert("g".into(), Value::Table(graph));
+        root.insert("neo4j".into(), Value::Table(neo4j));
         // No remediation key takes a float.
         let wrong = |keys: &[&str]| -> Table {
             keys.iter()
@@ -1106,6 +1218,11 @@ mod tests {
         let mut policies = Table::new();
         policies.insert("p".into(), Value::Table(policy));
         remediation.insert("policies".into(), Value::Table(policies));
+        let mut neo4j_policy = wrong(NEO4J_POLICY_KEYS);
+        neo4j_policy.insert("when".into(), Value::Table(wrong(NEO4J_WHEN_KEYS)));
+        let mut neo4j_policies = Table::new();
+        neo4j_policies.insert("n".into(), Value::Table(neo4j_policy));
+        remediation.insert("neo4j_policies".into(), Value::Table(neo4j_policies));
         root.insert("remediation".into(), Value::Table(remediation));
         let env = BTreeMap::new();
         let mut r = Reader::new(&env);
@@ -1121,13 +1238,23 @@ mod tests {
             TARGET_OWN_KEYS.len()
                 + SETTINGS_KEYS.len()
                 + THRESHOLD_KEYS.len()
-                + (REMEDIATION_KEYS.len() - 2)
+                + NEO4J_THRESHOLD_KEYS.len()
+                + NEO4J_TARGET_OWN_KEYS.len()
+                + NEO4J_SETTINGS_KEYS.len()
+                + (REMEDIATION_KEYS.len() - 3)
                 + BUDGET_KEYS.len()
                 + (POLICY_KEYS.len() - 1)
                 + WHEN_KEYS.len()
+                + (NEO4J_POLICY_KEYS.len() - 1)
+                + NEO4J_WHEN_KEYS.len()
         );
         let rem = raw.remediation.unwrap();
         assert_eq!(rem.policies.len(), 1);
+        assert_eq!(rem.neo4j_policies.len(), 1);
+        assert_eq!(
+            rem.neo4j_policies[0].1.when.written.len(),
+            NEO4J_WHEN_KEYS.len()
+        );
         // Every condition written counts as written, valid or not.
         assert_eq!(rem.policies[0].1.when.written.len(), WHEN_KEYS.len());
     }
@@ -1141,9 +1268,9 @@ mod tests {
             [remediation.policies.mid]\naction = \"cancel\"\n\
             [remediation.policies.\"b.c\"]\n";
         // A policy's position is its own header's, when it has one.
-        assert_eq!(policy_order(text), ["zeta", "alpha", "mid", "b.c"]);
-        assert!(policy_order("[remediation]\npolicies = 5\n").is_empty());
-        assert!(policy_order("[server]\n").is_empty());
+        assert_eq!(policy_orders(text).0, ["zeta", "alpha", "mid", "b.c"]);
+        assert!(policy_orders("[remediation]\npolicies = 5\n").0.is_empty());
+        assert!(policy_orders("[server]\n").0.is_empty());
     }
 
     #[test]

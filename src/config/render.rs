@@ -16,6 +16,7 @@ use super::{
     PostgresTarget, RemediationWritten, Thresholds, TokenSource,
 };
 use crate::remediate::RemediationSettings;
+use crate::remediate::neo4j_policy::Neo4jPolicy;
 use crate::remediate::policy::{Action, Policy, Victims};
 
 const HEADER: &str = "\
@@ -238,6 +239,12 @@ fn remediation<'a>(r: &'a RemediationSettings, written: &'a RemediationWritten) 
                 })
                 .collect(),
         ),
+        neo4j_policies: Ordered(
+            r.neo4j_policies
+                .iter()
+                .map(|p| (p.name.as_str(), neo4j_policy(p)))
+                .collect(),
+        ),
     }
 }
 
@@ -362,6 +369,67 @@ struct Remediation<'a> {
     budget: Budget,
     #[serde(skip_serializing_if = "is_empty_ordered")]
     policies: Ordered<'a, PolicyTable<'a>>,
+    #[serde(skip_serializing_if = "is_empty_ordered")]
+    neo4j_policies: Ordered<'a, Neo4jPolicyTable<'a>>,
+}
+
+#[derive(Serialize)]
+struct Neo4jPolicyTable<'a> {
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    targets: &'a [String],
+    action: &'static str,
+    victims: &'static str,
+    max_per_cycle: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    only_while_failing: Vec<&'static str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    only_while_alerts: &'a [String],
+    when: Neo4jWhenTable<'a>,
+}
+
+#[derive(Serialize)]
+struct Neo4jWhenTable<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_for: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    status: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    match_users: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    ignore_users: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    match_databases: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    ignore_databases: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    match_query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignore_query: Option<&'a str>,
+}
+
+fn neo4j_policy(p: &Neo4jPolicy) -> Neo4jPolicyTable<'_> {
+    let c = &p.conditions;
+    Neo4jPolicyTable {
+        targets: &p.targets,
+        action: "terminate",
+        victims: match p.victims {
+            Victims::All => "all",
+            Victims::Oldest => "oldest",
+        },
+        max_per_cycle: p.max_per_cycle,
+        only_while_failing: p.only_while_failing.iter().map(|c| c.as_str()).collect(),
+        only_while_alerts: &p.only_while_alerts,
+        when: Neo4jWhenTable {
+            running_for: c.running_for.map(human),
+            status: &c.statuses,
+            match_users: &c.match_users,
+            ignore_users: &c.ignore_users,
+            match_databases: &c.match_databases,
+            ignore_databases: &c.ignore_databases,
+            match_query: c.match_query.as_ref().map(|r| r.as_str()),
+            ignore_query: c.ignore_query.as_ref().map(|r| r.as_str()),
+        },
+    }
 }
 
 fn is_empty_ordered<T>(o: &Ordered<'_, T>) -> bool {

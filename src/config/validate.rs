@@ -931,6 +931,13 @@ fn remediation(
         }
     }
 
+    let mut neo4j_policies = Vec::new();
+    for (name, p) in &raw.neo4j_policies {
+        if let Some(policy) = super::neo4j::policy(name, p, config, issues) {
+            neo4j_policies.push(policy);
+        }
+    }
+
     // Every target a policy acts on needs a second connection, for the actor.
     if mode.is_some_and(|m| m != Mode::Observe) {
         for (target, t) in &config.postgres {
@@ -993,6 +1000,7 @@ fn remediation(
             target_budget: (budget_per_target, window),
             global_budget: (budget_global, window),
             policies,
+            neo4j_policies,
         },
         RemediationWritten {
             api_token: token_source,
@@ -1036,7 +1044,7 @@ const SELECTING_CONDITIONS: [&str; 6] = [
 
 /// The regex crate's message without its multi-line diagram: the line
 /// after `error: `, e.g. "unclosed group".
-fn regex_reason(e: &regex::Error) -> String {
+pub(super) fn regex_reason(e: &regex::Error) -> String {
     let text = e.to_string();
     text.lines()
         .find_map(|l| l.trim().strip_prefix("error: "))
@@ -1086,9 +1094,15 @@ fn policy(
             "empty: name the targets, or leave targets out to apply the policy to every target",
         ),
         Some(t) => {
+            for x in t.iter().filter(|x| config.neo4j.contains_key(*x)) {
+                issues.push(
+                    key("targets"),
+                    format!("{x:?} is a Neo4j target: these policies act on PostgreSQL sessions; use [remediation.neo4j_policies.*] for it"),
+                );
+            }
             let unknown: Vec<String> = t
                 .iter()
-                .filter(|x| !config.postgres.contains_key(*x))
+                .filter(|x| !config.postgres.contains_key(*x) && !config.neo4j.contains_key(*x))
                 .map(|x| format!("{x:?}"))
                 .collect();
             if !unknown.is_empty() {

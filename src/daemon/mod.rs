@@ -52,6 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::info!(
             mode = rem.settings.mode.as_str(),
             policies = rem.settings.policies.len(),
+            neo4j_policies = rem.settings.neo4j_policies.len(),
             paused = rem.pause.is_paused(),
             "remediation configured"
         );
@@ -81,12 +82,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     for target in &config.neo4j {
+        // One connection to poll; where remediation acts, a second one for the actor.
         tracker.spawn(poller::run(
             Neo4jObserver::new(target.clone()),
             state.clone(),
             metrics.clone(),
             token.child_token(),
         ));
+        if let Some(rem) = remediation
+            .as_ref()
+            .filter(|r| r.applies_to_neo4j(&target.name))
+        {
+            tracker.spawn(crate::remediate::neo4j::run(
+                rem.clone(),
+                target.clone(),
+                state.clone(),
+                firing_alerts.clone(),
+                token.child_token(),
+            ));
+        }
     }
     // What Alertmanager reports firing: fed by the receiver; remediation's
     // second gate ("act only while the named alert fires") reads it.

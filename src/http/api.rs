@@ -48,6 +48,7 @@ pub(super) async fn status(
             "mode": r.settings.mode,
             "paused": r.pause.info(),
             "policies": r.settings.policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "neo4j_policies": r.settings.neo4j_policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         })
     });
     Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation})).into_response()

@@ -122,7 +122,25 @@ pub struct AuditRecord {
     pub reason: String,
     /// What happened, in a sentence.
     pub outcome: String,
-    pub session: AuditSession,
+    /// The PostgreSQL session acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<AuditSession>,
+    /// The Neo4j transaction acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<AuditTransaction>,
+}
+
+/// The Neo4j transaction as the decision saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditTransaction {
+    /// `neo4j-transaction-42` (4.4+) or the query id before 4.4.
+    pub id: String,
+    pub database: String,
+    pub username: String,
+    pub status: String,
+    pub elapsed_ms: i64,
+    /// Shortened (and redacted when configured) like a session's.
+    pub query: String,
 }
 
 impl AuditRecord {
@@ -141,14 +159,7 @@ impl AuditRecord {
         redact: bool,
     ) -> Self {
         let f = &candidate.facts;
-        let mut query = if redact {
-            redact_literals(&f.query)
-        } else {
-            f.query.clone()
-        };
-        if query.chars().count() > query_max_chars {
-            query = query.chars().take(query_max_chars).collect::<String>() + "…";
-        }
+        let query = shorten(&f.query, query_max_chars, redact);
         AuditRecord {
             time: humantime::format_rfc3339_millis(now).to_string(),
             time_ms: now
@@ -164,7 +175,8 @@ impl AuditRecord {
             decision,
             reason: candidate.reason.clone(),
             outcome: outcome.into(),
-            session: AuditSession {
+            transaction: None,
+            session: Some(AuditSession {
                 pid: f.pid,
                 backend_start_us: f.backend_start_us,
                 user: f.user.clone(),
@@ -180,9 +192,70 @@ impl AuditRecord {
                 query_start_us: f.query_start_us,
                 xact_start_us: f.xact_start_us,
                 query,
-            },
+            }),
         }
     }
+
+    /// A record about a Neo4j transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_transaction(
+        now: SystemTime,
+        action_id: &str,
+        instance: &str,
+        target: &str,
+        mode: Mode,
+        decision: Decision,
+        candidate: &crate::remediate::neo4j_policy::Neo4jCandidate,
+        outcome: impl Into<String>,
+        query_max_chars: usize,
+        redact: bool,
+    ) -> Self {
+        let t = &candidate.transaction;
+        let query = shorten(
+            t.query.as_deref().unwrap_or_default(),
+            query_max_chars,
+            redact,
+        );
+        AuditRecord {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            time_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            action_id: action_id.to_string(),
+            instance: instance.to_string(),
+            target: target.to_string(),
+            policy: candidate.policy.clone(),
+            mode,
+            action: "terminate".to_string(),
+            decision,
+            reason: candidate.reason.clone(),
+            outcome: outcome.into(),
+            session: None,
+            transaction: Some(AuditTransaction {
+                id: t.id.clone(),
+                database: t.database.clone(),
+                username: t.username.clone(),
+                status: t.status.clone(),
+                elapsed_ms: t.elapsed_ms,
+                query,
+            }),
+        }
+    }
+}
+
+/// The query as an audit record keeps it: redacted when configured, and
+/// cut to `max_chars`.
+fn shorten(query: &str, max_chars: usize, redact: bool) -> String {
+    let mut q = if redact {
+        redact_literals(query)
+    } else {
+        query.to_string()
+    };
+    if q.chars().count() > max_chars {
+        q = q.chars().take(max_chars).collect::<String>() + "…";
+    }
+    q
 }
 
 /// Replaces string and numeric literals with `?`, so audit files hold the
@@ -377,7 +450,8 @@ mod tests {
             decision: Decision::Intent,
             reason: "r".into(),
             outcome: "o".into(),
-            session: AuditSession {
+            transaction: None,
+            session: Some(AuditSession {
                 pid: 1,
                 backend_start_us: None,
                 user: None,
@@ -393,7 +467,7 @@ mod tests {
                 query_start_us: None,
                 xact_start_us: None,
                 query: String::new(),
-            },
+            }),
         };
         log.append(&rec(1), true).unwrap();
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();

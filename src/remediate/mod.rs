@@ -7,10 +7,15 @@
 //! - [`pause`]: the kill switch (API state file and sentinel file).
 //! - [`executor`]: the guarded signal statements and the actor lock.
 //! - [`runner`]: the per-target loop that ties them together.
+//! - [`neo4j_policy`]: pure selection of Neo4j transactions; [`neo4j`]: the
+//!   re-checked terminate and the Neo4j target's loop, under the same mode,
+//!   pause switch, budgets, pacing and audit.
 
 pub mod audit;
 pub mod budget;
 pub mod executor;
+pub mod neo4j;
+pub mod neo4j_policy;
 pub mod pause;
 pub mod policy;
 pub mod runner;
@@ -43,4 +48,6 @@ pub struct RemediationSettings {
     /// At most this many actions per window over all targets.
     pub global_budget: (u32, Duration),
     pub policies: Vec<Policy>,
+    /// `[remediation.neo4j_policies.*]`, in file order.
+    pub neo4j_policies: Vec<neo4j_policy::Neo4jPolicy>,
 }

@@ -221,41 +221,36 @@ pub struct Gates<'a> {
     pub firing_alerts: &'a [String],
 }
 
-/// Evaluates one policy on one snapshot.
-pub fn evaluate_policy(
-    policy: &Policy,
-    snapshot: &PgSnapshot,
+/// The gates of a policy: open when every named check fails and every
+/// named alert fires; with the sentence that says why.
+pub fn gate(
+    only_while_failing: &[CheckId],
+    only_while_alerts: &[String],
     gates: Gates<'_>,
-) -> PolicyEvaluation {
-    let missing: Vec<&str> = policy
-        .only_while_failing
+) -> (bool, String) {
+    let missing: Vec<&str> = only_while_failing
         .iter()
         .filter(|c| !gates.failing.contains(c))
         .map(|c| c.as_str())
         .collect();
-    let silent: Vec<&str> = policy
-        .only_while_alerts
+    let silent: Vec<&str> = only_while_alerts
         .iter()
         .filter(|a| !gates.firing_alerts.contains(a))
         .map(String::as_str)
         .collect();
     let gate_open = missing.is_empty() && silent.is_empty();
     let mut reasons = Vec::new();
-    if !policy.only_while_failing.is_empty() {
+    if !only_while_failing.is_empty() {
         reasons.push(if missing.is_empty() {
-            let names: Vec<&str> = policy
-                .only_while_failing
-                .iter()
-                .map(|c| c.as_str())
-                .collect();
+            let names: Vec<&str> = only_while_failing.iter().map(|c| c.as_str()).collect();
             format!("under pressure: {} failing", names.join(", "))
         } else {
             format!("not under pressure: {} not failing", missing.join(", "))
         });
     }
-    if !policy.only_while_alerts.is_empty() {
+    if !only_while_alerts.is_empty() {
         reasons.push(if silent.is_empty() {
-            format!("alert firing: {}", policy.only_while_alerts.join(", "))
+            format!("alert firing: {}", only_while_alerts.join(", "))
         } else {
             format!("alert not firing: {}", silent.join(", "))
         });
@@ -265,6 +260,17 @@ pub fn evaluate_policy(
     } else {
         reasons.join("; ")
     };
+    (gate_open, gate_reason)
+}
+
+/// Evaluates one policy on one snapshot.
+pub fn evaluate_policy(
+    policy: &Policy,
+    snapshot: &PgSnapshot,
+    gates: Gates<'_>,
+) -> PolicyEvaluation {
+    let (gate_open, gate_reason) =
+        gate(&policy.only_while_failing, &policy.only_while_alerts, gates);
 
     let waiters = blocked_waiters(snapshot, policy.conditions.blocking.map(|b| b.waited_for));
     let mut candidates = Vec::new();

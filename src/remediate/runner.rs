@@ -29,10 +29,10 @@ pub struct Remediation {
     pub pause: PauseSwitch,
     global: Mutex<Budget>,
     targets: Mutex<HashMap<String, Budget>>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -109,8 +109,16 @@ impl Remediation {
         self.settings.policies.iter().any(|p| p.applies_to(target))
     }
 
+    /// Whether a Neo4j policy applies to this Neo4j target.
+    pub fn applies_to_neo4j(&self, target: &str) -> bool {
+        self.settings
+            .neo4j_policies
+            .iter()
+            .any(|p| p.applies_to(target))
+    }
+
     /// Remaining actions (target, global) right now.
-    fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
+    pub(super) fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         let tb = t.entry(target.to_string()).or_insert_with(|| {
             Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
@@ -124,7 +132,7 @@ impl Remediation {
     }
 
     /// Gives back an action spent at `at` on both budgets.
-    fn refund(&self, target: &str, at: u64) {
+    pub(super) fn refund(&self, target: &str, at: u64) {
         if let Some(b) = self
             .targets
             .lock()
@@ -140,7 +148,7 @@ impl Remediation {
     }
 
     /// Spends one action from both budgets, or neither.
-    fn try_spend(&self, target: &str, now: u64) -> bool {
+    pub(super) fn try_spend(&self, target: &str, now: u64) -> bool {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         let tb = t.entry(target.to_string()).or_insert_with(|| {
             Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
@@ -152,7 +160,7 @@ impl Remediation {
         tb.try_spend(now) && g.try_spend(now)
     }
 
-    fn publish_budgets(&self, target: &str) {
+    pub(super) fn publish_budgets(&self, target: &str) {
         let (t, g) = self.remaining(target, now_ms());
         self.metrics.set_budget(target, t, t == 0);
         self.metrics.set_budget("global", g, g == 0);
@@ -161,7 +169,7 @@ impl Remediation {
     /// Writes a record through a blocking task; false when it could not be written.
     /// `durable`: flush to disk (`fsync`) before returning. Intents must be;
     /// other records are flushed by the next intent's `fsync` at the latest.
-    async fn audit(&self, record: AuditRecord, durable: bool) -> bool {
+    pub(super) async fn audit(&self, record: AuditRecord, durable: bool) -> bool {
         let Some(log) = self.audit.clone() else {
             return false;
         };
