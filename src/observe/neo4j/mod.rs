@@ -393,10 +393,24 @@ pub fn listed_query(row: &Row) -> Result<Neo4jTransaction, PollError> {
         query_id: Some(query_id),
         username: get::<Option<String>>(row, "username")?.unwrap_or_default(),
         query: non_empty(get(row, "query")?),
-        status: get(row, "status")?,
+        status: query_status(&get::<String>(row, "status")?),
         elapsed_ms: get(row, "elapsedTimeMillis")?,
         own: is_own(row),
     })
+}
+
+/// `dbms.listQueries()` says "running", "planning", "waiting ..." in lower
+/// case; SHOW TRANSACTIONS says Running and Blocked. Metrics and policies
+/// use the latter on every version.
+fn query_status(status: &str) -> String {
+    if status.starts_with("waiting") {
+        return "Blocked".to_string();
+    }
+    let mut c = status.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
 
 fn index(database: &str, row: &Row) -> Result<Neo4jIndex, PollError> {
@@ -456,4 +470,18 @@ fn server(row: &Row) -> Result<Neo4jMember, PollError> {
         role: state,
         health,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_statuses_read_like_show_transactions() {
+        assert_eq!(query_status("running"), "Running");
+        assert_eq!(query_status("waiting"), "Blocked");
+        assert_eq!(query_status("waiting for lock"), "Blocked");
+        assert_eq!(query_status("planning"), "Planning");
+        assert_eq!(query_status(""), "");
+    }
 }
