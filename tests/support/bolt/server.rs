@@ -147,8 +147,15 @@ impl BoltServer {
     /// Listens on 127.0.0.1 on a free port and serves until stopped. Must be
     /// called within a tokio runtime.
     pub fn start(persona: Persona, state: Arc<Mutex<ServerState>>) -> BoltServer {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .expect("bind 127.0.0.1:0 for the Bolt test server");
+        BoltServer::start_on(0, persona, state)
+    }
+
+    /// Like [`BoltServer::start`], on a given port of 127.0.0.1 (0: a free
+    /// one), e.g. one where nothing listened a moment ago, to bring an
+    /// unreachable target back. Panics when the port is taken.
+    pub fn start_on(port: u16, persona: Persona, state: Arc<Mutex<ServerState>>) -> BoltServer {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port} for the Bolt test server: {e}"));
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
