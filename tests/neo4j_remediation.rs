@@ -278,6 +278,49 @@ async fn dry_run_reports_once_and_kills_nothing() {
     assert_eq!(recs[0].decision, Decision::WouldAct);
     assert_eq!(transaction_of(&recs[0]).username, "alice");
     assert!(server.state().terminated.is_empty());
+
+    // The live snapshot, saved and replayed offline, explains the same decision.
+    let (code, body) = daemon
+        .get("/api/v1/status?snapshot=true")
+        .await
+        .expect("status");
+    assert_eq!(code, 200);
+    let saved = setup.dir.path().join("snapshot.json");
+    std::fs::write(&saved, body).unwrap();
+    let config = setup.dir.path().join("dbwarden.toml");
+    std::fs::write(
+        &config,
+        setup.config(&server, "dry-run", &setup.audit(), 10, SLOW_POLICY),
+    )
+    .unwrap();
+    let out = support::run_dbwarden(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--snapshot",
+        saved.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        support::describe_output(&out)
+    );
+    assert!(
+        text.contains("WOULD TERMINATE neo4j-transaction-42 user \"alice\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "PROTECTED system-transaction-7 user \"admin\" db \"system\": SystemDatabase"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("would terminate 1 transaction(s) this cycle"),
+        "{text}"
+    );
     assert!(server.state().statements_containing("TERMINATE").is_empty());
     daemon.stop().await;
 }

@@ -3,7 +3,9 @@
 //! matching. Pure: it connects to nothing and changes nothing.
 //!
 //! Accepts the output of `dbwarden check --format json` or of
-//! `GET /api/v1/status?snapshot=true`: `{"targets": [{"target", "checks", "snapshot"}]}`.
+//! `GET /api/v1/status?snapshot=true`: `{"targets": [{"target", "checks",
+//! "snapshot" | "neo4j_snapshot"}]}`. PostgreSQL snapshots meet
+//! `[remediation.policies.*]`, Neo4j snapshots `[remediation.neo4j_policies.*]`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -14,6 +16,8 @@ use super::{Format, exit};
 use crate::config::Config;
 use crate::evaluate::{CheckResult, CheckStatus, fmt_secs};
 use crate::observe::PgSnapshot;
+use crate::observe::neo4j::Neo4jSnapshot;
+use crate::remediate::neo4j_policy::{self, Neo4jPolicyEvaluation};
 use crate::remediate::policy::{self, PolicyEvaluation};
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +31,17 @@ struct RecordedTarget {
     #[serde(default)]
     checks: Vec<CheckResult>,
     snapshot: Option<PgSnapshot>,
+    #[serde(default)]
+    neo4j_snapshot: Option<Neo4jSnapshot>,
+}
+
+/// One target's replay: PostgreSQL sessions or Neo4j transactions.
+enum Replayed {
+    Postgres(Vec<PolicyEvaluation>, Vec<policy::Candidate>),
+    Neo4j(
+        Vec<Neo4jPolicyEvaluation>,
+        Vec<neo4j_policy::Neo4jCandidate>,
+    ),
 }
 
 /// `assume_firing`: alert names to treat as firing on every target, for
@@ -55,13 +70,6 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
     };
     let mut results = Vec::new();
     for t in &recorded.targets {
-        let Some(snapshot) = &t.snapshot else {
-            eprintln!(
-                "dbwarden: target {:?} has no snapshot in the file (it was down): skipped",
-                t.target
-            );
-            continue;
-        };
         let failing: Vec<_> = t
             .checks
             .iter()
@@ -72,8 +80,24 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
             failing: &failing,
             firing_alerts: assume_firing,
         };
-        let (evaluations, chosen) = policy::select(&rem.policies, &t.target, snapshot, gates);
-        results.push((t.target.clone(), evaluations, chosen));
+        let replayed = match (&t.snapshot, &t.neo4j_snapshot) {
+            (Some(snapshot), _) => {
+                let (e, c) = policy::select(&rem.policies, &t.target, snapshot, gates);
+                Replayed::Postgres(e, c)
+            }
+            (None, Some(snapshot)) => {
+                let (e, c) = neo4j_policy::select(&rem.neo4j_policies, &t.target, snapshot, gates);
+                Replayed::Neo4j(e, c)
+            }
+            (None, None) => {
+                eprintln!(
+                    "dbwarden: target {:?} has no snapshot in the file (it was down): skipped",
+                    t.target
+                );
+                continue;
+            }
+        };
+        results.push((t.target.clone(), replayed));
     }
     if results.is_empty() {
         eprintln!("dbwarden: the file holds no snapshot to replay");
@@ -83,7 +107,14 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
         Format::Json => {
             let v: Vec<_> = results
                 .iter()
-                .map(|(t, e, c)| serde_json::json!({"target": t, "policies": e, "would_act_on": c}))
+                .map(|(t, r)| match r {
+                    Replayed::Postgres(e, c) => {
+                        serde_json::json!({"target": t, "policies": e, "would_act_on": c})
+                    }
+                    Replayed::Neo4j(e, c) => {
+                        serde_json::json!({"target": t, "policies": e, "would_act_on": c})
+                    }
+                })
                 .collect();
             println!(
                 "{}",
@@ -94,15 +125,33 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
         Format::Text => {
             let mut out = String::new();
             let _ = writeln!(out, "mode {} (replay acts on nothing)", rem.mode.as_str());
-            for (t, evaluations, chosen) in &results {
+            for (t, replayed) in &results {
                 let _ = writeln!(out, "target {t}");
-                if evaluations.is_empty() {
-                    let _ = writeln!(out, "  no policy applies to this target");
+                match replayed {
+                    Replayed::Postgres(evaluations, chosen) => {
+                        if evaluations.is_empty() {
+                            let _ = writeln!(out, "  no policy applies to this target");
+                        }
+                        for e in evaluations {
+                            render_policy(&mut out, e);
+                        }
+                        let _ =
+                            writeln!(out, "  would act on {} session(s) this cycle", chosen.len());
+                    }
+                    Replayed::Neo4j(evaluations, chosen) => {
+                        if evaluations.is_empty() {
+                            let _ = writeln!(out, "  no Neo4j policy applies to this target");
+                        }
+                        for e in evaluations {
+                            render_neo4j_policy(&mut out, e);
+                        }
+                        let _ = writeln!(
+                            out,
+                            "  would terminate {} transaction(s) this cycle",
+                            chosen.len()
+                        );
+                    }
                 }
-                for e in evaluations {
-                    render_policy(&mut out, e);
-                }
-                let _ = writeln!(out, "  would act on {} session(s) this cycle", chosen.len());
             }
             print!("{out}");
         }
@@ -150,5 +199,48 @@ fn render_policy(out: &mut String, e: &PolicyEvaluation) {
     }
     if e.candidates.is_empty() && e.protected.is_empty() {
         let _ = writeln!(out, "    no session meets every condition");
+    }
+}
+
+fn render_neo4j_policy(out: &mut String, e: &Neo4jPolicyEvaluation) {
+    let _ = writeln!(out, "  policy {}: gate {}", e.policy, e.gate_reason);
+    for c in &e.candidates {
+        let t = &c.transaction;
+        let chosen = e
+            .selected
+            .iter()
+            .any(|s| s.transaction.id == t.id && s.transaction.database == t.database);
+        let _ = writeln!(
+            out,
+            "    {} {} user {:?} db {:?} {} ({}): {} [{}]",
+            if chosen {
+                "WOULD TERMINATE"
+            } else {
+                "candidate, not chosen"
+            },
+            t.id,
+            t.username,
+            t.database,
+            t.status,
+            fmt_secs(t.elapsed_ms as f64 / 1000.0),
+            c.reason,
+            if chosen {
+                "selected"
+            } else if e.gate_open {
+                "over the per-cycle cap"
+            } else {
+                "gate closed"
+            }
+        );
+    }
+    for (t, why) in &e.protected {
+        let _ = writeln!(
+            out,
+            "    PROTECTED {} user {:?} db {:?}: {:?}",
+            t.id, t.username, t.database, why
+        );
+    }
+    if e.candidates.is_empty() && e.protected.is_empty() {
+        let _ = writeln!(out, "    no transaction meets every condition");
     }
 }
