@@ -8,7 +8,9 @@
 //! streaming standby, a replication slot, data checksums and WAL archiving,
 //! and remediation in dry-run mode with a policy that selects an idle session
 //! the test holds open on the scratch primary, so that every family dbwarden
-//! can export shows up) and checks every
+//! can export shows up, and the Bolt test server of `tests/support/bolt`
+//! playing a clustered Neo4j 5 Enterprise, so that every Neo4j family shows
+//! up too) and checks every
 //! metric named in a rule, a rule test or a dashboard against the names of
 //! its real `/metrics`. That prevents the two classic defects of shipped
 //! rules: alerting on a metric the exporter no longer emits, and `rate()`
@@ -16,6 +18,8 @@
 //!
 //! Needs the Debian packages `prometheus` (promtool) and `postgresql-15`;
 //! fails, never skips, without them.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
@@ -30,6 +34,7 @@ use dbwarden::telemetry::metrics::METRIC_NAMES;
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
+use support::bolt::{BoltServer, ClusterMember, Db, Index, Persona, ServerState, Tx};
 
 const RULES: &str = "deploy/prometheus/dbwarden-rules.yaml";
 const RULE_TESTS: &str = "deploy/prometheus/dbwarden-rules.test.yaml";
@@ -346,7 +351,12 @@ fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
         assert!(body.contains("for:"), "{a}: no `for`");
     }
     // Check names in matchers are real checks.
-    let checks: BTreeSet<&str> = CheckId::ALL.iter().map(|c| c.as_str()).collect();
+    // PostgreSQL's checks and Neo4j's.
+    let checks: BTreeSet<&str> = CheckId::ALL
+        .iter()
+        .chain(CheckId::NEO4J.iter())
+        .map(|c| c.as_str())
+        .collect();
     let mut texts = vec![
         (RULES.to_string(), rules.clone()),
         (RULE_TESTS.to_string(), tests),
@@ -409,7 +419,7 @@ fn metric_names_are_documented_and_follow_conventions() {
             "{METRICS_DOC} does not document {name} (write it in backticks)"
         );
     }
-    for c in CheckId::ALL {
+    for c in CheckId::ALL.iter().chain(CheckId::NEO4J.iter()) {
         assert!(
             doc.contains(&format!("`{}`", c.as_str())),
             "{METRICS_DOC} does not document check {}",
@@ -613,7 +623,39 @@ async fn idle_session(r: &Replicated) -> PgConnection {
 /// and remediation in dry-run mode (it audits what it would do and signals
 /// nothing) on the scratch primary only, so that its decision, actor and
 /// budget families appear; `dir` holds its audit file and pause state.
-fn config(port: u16, r: &Replicated, dir: &Path) -> Config {
+/// The Bolt test server as a clustered Neo4j 5 Enterprise with a running
+/// transaction, indexes ONLINE and POPULATING, counts and databases, so that
+/// every `dbwarden_neo4j_*` family has samples.
+fn start_neo4j() -> BoltServer {
+    let state = ServerState::shared();
+    {
+        let mut s = support::bolt::state::lock(&state);
+        s.transactions = vec![
+            Tx::running(
+                "neo4j-transaction-7",
+                "query-9",
+                "alice",
+                "MATCH (n) RETURN n",
+            )
+            .elapsed_ms(1500),
+        ];
+        s.indexes = vec![
+            Index::online("person_name", "Person", "name"),
+            Index::populating("movie_title", "Movie", "title", 40.0),
+        ];
+        s.node_count = 1234;
+        s.relationship_count = 5678;
+        s.databases = vec![Db::online("neo4j"), Db::online("system")];
+        s.cluster_members = vec![
+            ClusterMember::new("core-1", "10.0.0.1:7687", "PRIMARY"),
+            ClusterMember::new("core-2", "10.0.0.2:7687", "PRIMARY"),
+            ClusterMember::new("core-3", "10.0.0.3:7687", "PRIMARY").health("Unavailable"),
+        ];
+    }
+    BoltServer::start(Persona::neo4j_5().clustered(), state)
+}
+
+fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str) -> Config {
     let target = |name: &str, url: &str, data: &Path| {
         format!(
             "[postgres.{name}]\nurl = {}\nsslmode = \"disable\"\n[postgres.{name}.paths]\ndata = {}\n\n",
@@ -640,6 +682,13 @@ fn config(port: u16, r: &Replicated, dir: &Path) -> Config {
         "scratch-standby",
         &r.standby.url("postgres"),
         r.standby.data_dir(),
+    ));
+    let password = dir.join("neo4j-password");
+    std::fs::write(&password, "secret\n").expect("write the Neo4j password file");
+    toml.push_str(&format!(
+        "[neo4j.graph]\nuri = {}\nuser = \"neo4j\"\npassword_file = {}\n\n",
+        toml_str(neo4j_uri),
+        toml_str(&password.to_string_lossy()),
     ));
     toml.push_str(&format!(
         "[remediation]\nmode = \"dry-run\"\ninstance = \"interface-test\"\n\
@@ -682,7 +731,6 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
     let replicated = start_replicated();
     let port = free_port();
     let remediation_dir = tempfile::tempdir().expect("tempdir");
-    let config = config(port, &replicated, remediation_dir.path());
     let base = format!("http://127.0.0.1:{port}");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -690,6 +738,11 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let neo4j = {
+        let _runtime = rt.enter();
+        start_neo4j()
+    };
+    let config = config(port, &replicated, remediation_dir.path(), &neo4j.uri());
     let (exposition, missing) = rt.block_on(async {
         // Selected by the dry-run policy: nothing is signalled, the decision
         // is audited and counted, and dbwarden takes the actor lock.
@@ -754,6 +807,10 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
         (text, missing)
     });
     drop(replicated);
+    {
+        let _runtime = rt.enter();
+        drop(neo4j);
+    }
 
     let exp = Exposition::parse(&exposition);
     assert!(
