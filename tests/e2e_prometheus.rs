@@ -3,7 +3,9 @@
 //! scratch PostgreSQL servers.
 //!
 //! 1. Prometheus scrapes the daemon (primary with WAL archiving and a
-//!    replication slot, its streaming standby, a watched volume), loads
+//!    replication slot, its streaming standby, a watched volume, and the
+//!    Bolt test server of `tests/support/bolt` as a clustered Neo4j 5
+//!    Enterprise, so the Neo4j rules and dashboard have data), loads
 //!    `deploy/prometheus/dbwarden-rules.yaml` and evaluates it every second:
 //!    every rule must be healthy, and every query of every dashboard must
 //!    run, with data unless listed in [`EXPECTED_EMPTY`].
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use dbwarden::config::{Config, Secret};
 use dbwarden::scratch::{ClusterOptions, ScratchCluster};
 use serde_json::Value;
+use support::bolt::{BoltServer, ClusterMember, Db, Index, Persona, ServerState, Tx};
 use support::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -454,6 +457,45 @@ fn watched(name: &str, c: &ScratchCluster, interval: &str) -> String {
     )
 }
 
+/// The Bolt test server as a healthy clustered Neo4j 5 Enterprise with a
+/// running transaction, an ONLINE index, counts and databases: every Neo4j
+/// family has data and no Neo4j alert fires.
+fn neo4j() -> BoltServer {
+    let state = ServerState::shared();
+    {
+        let mut s = support::bolt::state::lock(&state);
+        s.transactions = vec![
+            Tx::running(
+                "neo4j-transaction-7",
+                "query-9",
+                "alice",
+                "MATCH (n) RETURN n",
+            )
+            .elapsed_ms(200),
+        ];
+        s.indexes = vec![Index::online("person_name", "Person", "name")];
+        s.node_count = 1234;
+        s.relationship_count = 5678;
+        s.databases = vec![Db::online("neo4j"), Db::online("system")];
+        s.cluster_members = vec![
+            ClusterMember::new("core-1", "10.0.0.1:7687", "PRIMARY"),
+            ClusterMember::new("core-2", "10.0.0.2:7687", "PRIMARY"),
+            ClusterMember::new("core-3", "10.0.0.3:7687", "PRIMARY"),
+        ];
+    }
+    BoltServer::start(Persona::neo4j_5().clustered(), state)
+}
+
+/// A `[neo4j.NAME]` target on `server`, polled every `interval`.
+fn watched_neo4j(name: &str, server: &BoltServer, password_file: &Path, interval: &str) -> String {
+    format!(
+        "[neo4j.{name}]\nuri = {uri:?}\nuser = \"neo4j\"\npassword_file = {pw:?}\n\
+         poll_interval = \"{interval}\"\npoll_timeout = \"1s\"\nconnect_timeout = \"1s\"\n\n",
+        uri = server.uri(),
+        pw = password_file.to_string_lossy(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     let started = Instant::now();
@@ -472,11 +514,15 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
         remediation_dir.path().join("audit.jsonl").to_string_lossy(),
         remediation_dir.path().join("state").to_string_lossy(),
     );
+    let graph = neo4j();
+    let neo4j_password = remediation_dir.path().join("neo4j-password");
+    std::fs::write(&neo4j_password, "secret\n").expect("write the Neo4j password file");
     let daemon = Daemon::start(
         &format!(
-            "{}{}{remediation}",
+            "{}{}{}{remediation}",
             watched("primary", &primary, "1s"),
-            watched("standby", &standby, "1s")
+            watched("standby", &standby, "1s"),
+            watched_neo4j("graph", &graph, &neo4j_password, "1s"),
         ),
         None,
     )
@@ -485,14 +531,14 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     let mut prom = Prometheus::start(dir.path(), daemon.port, &[root().join(RULES)], None).await;
     println!("daemon and Prometheus up after {:.1?}", started.elapsed());
 
-    // Three scrapes of both targets, so rate() over 1m has samples.
+    // Three scrapes of every target, so rate() over 1m has samples.
     wait_until(
         Duration::from_secs(20),
-        "three scrapes of both targets",
+        "three scrapes of the three targets",
         async || {
             prom.child.assert_running();
             let r = prom.query("count_over_time(dbwarden_up[1m]) >= 3").await?;
-            if r.len() == 2 {
+            if r.len() == 3 {
                 Ok(())
             } else {
                 Err(format!("{r:?}"))
@@ -626,10 +672,23 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
         failures.join("\n")
     );
     println!("done after {:.1?}", started.elapsed());
+    // The Neo4j target was up and healthy throughout: its alerts are inactive.
+    for r in &rules {
+        let name = r["name"].as_str().unwrap_or("?");
+        if name.starts_with("DbWardenNeo4j") {
+            assert_eq!(r["state"], "inactive", "{name} is not inactive: {r}");
+        }
+    }
+    let up = prom.query("dbwarden_up{target=\"graph\"} == 1").await;
+    assert!(
+        up.as_ref().is_ok_and(|r| r.len() == 1),
+        "the Neo4j target is not up in Prometheus: {up:?}"
+    );
     drop(prom);
     drop(daemon);
     drop(idle);
     drop((primary, standby));
+    graph.shutdown().await;
 }
 
 /// The rule `alert` of the real rule file, verbatim but for `for: 0s`,
