@@ -1259,3 +1259,28 @@ fn the_example_configs_neo4j_target_is_valid_uncommented() {
     assert_eq!(t.thresholds.node_count.min, Some(1000));
     assert_eq!(t.thresholds.relationship_count.max, Some(100_000_000));
 }
+
+/// The PostgreSQL-only settings and checks are refused on a Neo4j target,
+/// each at its key path, as docs/configuration.md says.
+#[test]
+fn postgres_only_settings_are_rejected_on_a_neo4j_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "dbwarden.toml",
+        "[neo4j.graph]\nuri = \"bolt://graph.example.com:7687\"\n\
+         statement_timeout = \"1s\"\nmax_connections = 3\nsslmode = \"require\"\n\
+         [neo4j.graph.thresholds.long_running_query]\nmax = \"5m\"\n",
+    );
+    let out = run_dbwarden(&["config", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "neo4j.graph.statement_timeout",
+        "neo4j.graph.max_connections",
+        "neo4j.graph.sslmode",
+        "neo4j.graph.thresholds.long_running_query",
+    ] {
+        assert!(err.contains(path), "{path} not reported in\n{err}");
+    }
+}
