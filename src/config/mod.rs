@@ -9,6 +9,7 @@
 //! The reference for users is `docs/configuration.md`; every option is in
 //! `config/dbwarden.example.toml`.
 
+pub mod kubernetes;
 mod neo4j;
 pub mod raw;
 mod render;
@@ -56,6 +57,9 @@ pub struct Config {
     /// [`Config::to_redacted_toml`].
     #[serde(skip)]
     remediation_written: RemediationWritten,
+    /// Present when a `[kubernetes]` section is configured.
+    #[serde(skip)]
+    pub kubernetes: Option<crate::kubernetes::KubernetesSettings>,
 }
 
 /// Where the remediation API token comes from. Names only: never the token.

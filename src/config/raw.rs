@@ -29,6 +29,44 @@ pub struct RawConfig {
     pub neo4j: BTreeMap<String, RawNeo4jTarget>,
     /// `None` when there is no `[remediation]` section.
     pub remediation: Option<RawRemediation>,
+    /// `None` when there is no `[kubernetes]` section.
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+/// `[kubernetes]` as written.
+#[derive(Debug, Default)]
+pub struct RawKubernetes {
+    pub credentials: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub statefulsets: Option<bool>,
+    pub volume_stats: Option<bool>,
+    pub volume_stats_interval: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub max_restarts_last_hour: Option<u32>,
+    pub oom_window: Option<Duration>,
+    pub min_volume_free_ratio: Option<f64>,
+    /// `None` when there is no `[kubernetes.lease]` table (no election).
+    pub lease: Option<RawLease>,
+    /// `None` when there is no `[kubernetes.eviction]` table (never evicts).
+    pub eviction: Option<RawEviction>,
+}
+
+/// `[kubernetes.lease]` as written.
+#[derive(Debug, Default)]
+pub struct RawLease {
+    pub name: Option<String>,
+    pub duration: Option<Duration>,
+    pub renew_every: Option<Duration>,
+}
+
+/// `[kubernetes.eviction]` as written.
+#[derive(Debug, Default)]
+pub struct RawEviction {
+    pub targets: Option<Vec<String>>,
+    pub not_ready_for: Option<Duration>,
+    pub cooldown: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +105,8 @@ pub struct RawPostgresTarget {
     pub sslmode: Option<String>,
     pub ssl_root_cert: Option<PathBuf>,
     pub paths: BTreeMap<String, PathBuf>,
+    /// The label selector of the target's pods (needs `[kubernetes]`).
+    pub pods: Option<String>,
     /// The per-target overrides of `[defaults]`, written at target level.
     pub settings: RawTargetSettings,
     pub thresholds: RawThresholds,
@@ -80,6 +120,8 @@ pub struct RawNeo4jTarget {
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     pub databases: Option<Vec<String>>,
+    /// The label selector of the target's pods (needs `[kubernetes]`).
+    pub pods: Option<String>,
     /// The per-target overrides of `[defaults]`; the PostgreSQL-only ones
     /// are reported when written here.
     pub settings: RawTargetSettings,
@@ -261,6 +303,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "thresholds",
     "postgres",
     "neo4j",
+    "kubernetes",
     "remediation",
 ];
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -287,6 +330,7 @@ pub(super) const TARGET_OWN_KEYS: &[&str] = &[
     "sslmode",
     "ssl_root_cert",
     "paths",
+    "pods",
     "thresholds",
 ];
 pub(super) const NEO4J_TARGET_OWN_KEYS: &[&str] = &[
@@ -295,6 +339,7 @@ pub(super) const NEO4J_TARGET_OWN_KEYS: &[&str] = &[
     "password_env",
     "password_file",
     "databases",
+    "pods",
     "thresholds",
 ];
 /// The `[defaults]` settings that mean something for a Neo4j target.
@@ -362,6 +407,23 @@ pub(super) const NEO4J_WHEN_KEYS: &[&str] = &[
     "ignore_query",
 ];
 pub(super) const BUDGET_KEYS: &[&str] = &["per_target", "global", "window"];
+pub(super) const KUBERNETES_KEYS: &[&str] = &[
+    "credentials",
+    "kubeconfig",
+    "context",
+    "namespace",
+    "statefulsets",
+    "volume_stats",
+    "volume_stats_interval",
+    "interval",
+    "max_restarts_last_hour",
+    "oom_window",
+    "min_volume_free_ratio",
+    "lease",
+    "eviction",
+];
+pub(super) const LEASE_KEYS: &[&str] = &["name", "duration", "renew_every"];
+pub(super) const EVICTION_KEYS: &[&str] = &["targets", "not_ready_for", "cooldown"];
 pub(super) const POLICY_KEYS: &[&str] = &[
     "targets",
     "action",
@@ -515,10 +577,51 @@ impl<'a> Reader<'a> {
                 raw.neo4j.insert(name.clone(), target);
             }
         }
+        if let Some(t) = self.table(root, "", "kubernetes") {
+            raw.kubernetes = Some(self.kubernetes(t));
+        }
         if let Some(t) = self.table(root, "", "remediation") {
             raw.remediation = Some(self.remediation(t));
         }
         raw
+    }
+
+    fn kubernetes(&mut self, t: &Table) -> RawKubernetes {
+        let path = "kubernetes";
+        self.known_keys(t, path, KUBERNETES_KEYS);
+        let mut out = RawKubernetes {
+            credentials: self.string(t, path, "credentials"),
+            kubeconfig: self.string(t, path, "kubeconfig").map(PathBuf::from),
+            context: self.string(t, path, "context"),
+            namespace: self.string(t, path, "namespace"),
+            statefulsets: self.bool(t, path, "statefulsets"),
+            volume_stats: self.bool(t, path, "volume_stats"),
+            volume_stats_interval: self.duration(t, path, "volume_stats_interval"),
+            interval: self.duration(t, path, "interval"),
+            max_restarts_last_hour: self.u32(t, path, "max_restarts_last_hour"),
+            oom_window: self.duration(t, path, "oom_window"),
+            min_volume_free_ratio: self.f64(t, path, "min_volume_free_ratio"),
+            ..RawKubernetes::default()
+        };
+        if let Some(l) = self.table(t, path, "lease") {
+            let p = join(path, "lease");
+            self.known_keys(l, &p, LEASE_KEYS);
+            out.lease = Some(RawLease {
+                name: self.string(l, &p, "name"),
+                duration: self.duration(l, &p, "duration"),
+                renew_every: self.duration(l, &p, "renew_every"),
+            });
+        }
+        if let Some(e) = self.table(t, path, "eviction") {
+            let p = join(path, "eviction");
+            self.known_keys(e, &p, EVICTION_KEYS);
+            out.eviction = Some(RawEviction {
+                targets: self.strings(e, &p, "targets"),
+                not_ready_for: self.duration(e, &p, "not_ready_for"),
+                cooldown: self.duration(e, &p, "cooldown"),
+            });
+        }
+        out
     }
 
     fn remediation(&mut self, t: &Table) -> RawRemediation {
@@ -674,6 +777,7 @@ impl<'a> Reader<'a> {
             password_file: self.string(t, path, "password_file").map(PathBuf::from),
             sslmode: self.string(t, path, "sslmode"),
             ssl_root_cert: self.string(t, path, "ssl_root_cert").map(PathBuf::from),
+            pods: self.string(t, path, "pods"),
             settings: self.settings(t, path),
             ..RawPostgresTarget::default()
         };
@@ -717,6 +821,7 @@ impl<'a> Reader<'a> {
             password_env: self.string(t, path, "password_env"),
             password_file: self.string(t, path, "password_file").map(PathBuf::from),
             databases: self.strings(t, path, "databases"),
+            pods: self.string(t, path, "pods"),
             settings: self.settings(t, path),
             ..RawNeo4jTarget::default()
         };
@@ -1092,6 +1197,13 @@ fn misplaced(path: &str, key: &str) -> Option<String> {
         "" if is(TARGET_OWN_KEYS) => Some("a [postgres.<name>] table".into()),
         "" if is(THRESHOLD_KEYS) => Some(format!("[thresholds.{key}]")),
         "" if is(REMEDIATION_KEYS) => Some("[remediation]".into()),
+        "" | "kubernetes" if key == "pods" => {
+            Some("a [postgres.<name>] or [neo4j.<name>] table".into())
+        }
+        "" if is(KUBERNETES_KEYS) => Some("[kubernetes]".into()),
+        "" | "kubernetes" if is(EVICTION_KEYS) => Some("[kubernetes.eviction]".into()),
+        "" | "kubernetes" if is(LEASE_KEYS) => Some("[kubernetes.lease]".into()),
+        "remediation" if key == "eviction" => Some("[kubernetes.eviction]".into()),
         "" | "remediation" if is(BUDGET_KEYS) => Some("[remediation.budget]".into()),
         "" | "remediation" if is(POLICY_KEYS) => {
             Some("a [remediation.policies.<name>] table".into())
@@ -1224,6 +1336,12 @@ mod tests {
         neo4j_policies.insert("n".into(), Value::Table(neo4j_policy));
         remediation.insert("neo4j_policies".into(), Value::Table(neo4j_policies));
         root.insert("remediation".into(), Value::Table(remediation));
+        // min_volume_free_ratio does take a float: give it a boolean.
+        let mut kubernetes = wrong(KUBERNETES_KEYS);
+        kubernetes.insert("min_volume_free_ratio".into(), Value::Boolean(true));
+        kubernetes.insert("lease".into(), Value::Table(wrong(LEASE_KEYS)));
+        kubernetes.insert("eviction".into(), Value::Table(wrong(EVICTION_KEYS)));
+        root.insert("kubernetes".into(), Value::Table(kubernetes));
         let env = BTreeMap::new();
         let mut r = Reader::new(&env);
         let raw = r.read(&root);
@@ -1247,7 +1365,12 @@ mod tests {
                 + WHEN_KEYS.len()
                 + (NEO4J_POLICY_KEYS.len() - 1)
                 + NEO4J_WHEN_KEYS.len()
+                + (KUBERNETES_KEYS.len() - 2)
+                + LEASE_KEYS.len()
+                + EVICTION_KEYS.len()
         );
+        let k = raw.kubernetes.unwrap();
+        assert!(k.lease.is_some() && k.eviction.is_some());
         let rem = raw.remediation.unwrap();
         assert_eq!(rem.policies.len(), 1);
         assert_eq!(rem.neo4j_policies.len(), 1);

@@ -15,6 +15,7 @@ use super::{
     Applications, Config, CountRange, Limit, LogFormat, Neo4jTarget, PasswordSource,
     PostgresTarget, RemediationWritten, Thresholds, TokenSource,
 };
+use crate::kubernetes::{Credentials, KubernetesSettings};
 use crate::remediate::RemediationSettings;
 use crate::remediate::neo4j_policy::Neo4jPolicy;
 use crate::remediate::policy::{Action, Policy, Victims};
@@ -50,13 +51,14 @@ pub(super) fn to_toml(config: &Config) -> String {
         postgres: config
             .postgres
             .iter()
-            .map(|t| (t.name.as_str(), target(t)))
+            .map(|t| (t.name.as_str(), target(t, pods_of(config, &t.name))))
             .collect(),
         neo4j: config
             .neo4j
             .iter()
-            .map(|t| (t.name.as_str(), neo4j_target(t)))
+            .map(|t| (t.name.as_str(), neo4j_target(t, pods_of(config, &t.name))))
             .collect(),
+        kubernetes: config.kubernetes.as_ref().map(kubernetes),
         remediation: config
             .remediation
             .as_ref()
@@ -85,7 +87,52 @@ fn secs(v: f64) -> Duration {
     Duration::from_secs(whole as u64) + Duration::from_nanos(nanos)
 }
 
-fn target(t: &PostgresTarget) -> Target<'_> {
+/// The target's `pods` selector, if it names one.
+fn pods_of<'a>(config: &'a Config, name: &str) -> Option<&'a str> {
+    config
+        .kubernetes
+        .as_ref()?
+        .targets
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.label_selector.as_str())
+}
+
+fn kubernetes(k: &KubernetesSettings) -> KubernetesTable<'_> {
+    let (credentials, kubeconfig, context) = match &k.credentials {
+        Credentials::InCluster => ("in-cluster", None, None),
+        Credentials::Kubeconfig { path, context } => (
+            "kubeconfig",
+            path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            context.as_deref(),
+        ),
+    };
+    KubernetesTable {
+        credentials,
+        kubeconfig,
+        context,
+        namespace: &k.namespace,
+        statefulsets: k.statefulsets,
+        volume_stats: k.volume_stats,
+        volume_stats_interval: human(k.volume_stats_interval),
+        interval: human(k.interval),
+        max_restarts_last_hour: k.thresholds.max_restarts_last_hour,
+        oom_window: human(k.thresholds.oom_window),
+        min_volume_free_ratio: k.thresholds.min_volume_free_ratio,
+        lease: k.lease.as_ref().map(|l| LeaseTable {
+            name: &l.name,
+            duration: human(l.duration),
+            renew_every: human(l.renew_every),
+        }),
+        eviction: k.eviction.as_ref().map(|e| EvictionTable {
+            targets: &e.targets,
+            not_ready_for: human(e.not_ready_for),
+            cooldown: human(e.cooldown),
+        }),
+    }
+}
+
+fn target<'a>(t: &'a PostgresTarget, pods: Option<&'a str>) -> Target<'a> {
     let s = &t.settings;
     let (password_env, password_file) = match &t.password_source {
         PasswordSource::Env(var) => (Some(var.as_str()), None),
@@ -101,6 +148,7 @@ fn target(t: &PostgresTarget) -> Target<'_> {
             .ssl_root_cert
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned()),
+        pods,
         poll_interval: human(s.poll_interval),
         poll_timeout: human(s.poll_timeout),
         connect_timeout: human(s.connect_timeout),
@@ -118,7 +166,7 @@ fn target(t: &PostgresTarget) -> Target<'_> {
     }
 }
 
-fn neo4j_target(t: &Neo4jTarget) -> Neo4jTargetTable<'_> {
+fn neo4j_target<'a>(t: &'a Neo4jTarget, pods: Option<&'a str>) -> Neo4jTargetTable<'a> {
     let s = &t.settings;
     let (password_env, password_file) = match &t.password_source {
         PasswordSource::Env(var) => (Some(var.as_str()), None),
@@ -137,6 +185,7 @@ fn neo4j_target(t: &Neo4jTarget) -> Neo4jTargetTable<'_> {
         password_env,
         password_file,
         databases: &t.databases,
+        pods,
         poll_interval: human(s.poll_interval),
         poll_timeout: human(s.poll_timeout),
         connect_timeout: human(s.connect_timeout),
@@ -298,7 +347,44 @@ struct File<'a> {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     neo4j: BTreeMap<&'a str, Neo4jTargetTable<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<KubernetesTable<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     remediation: Option<Remediation<'a>>,
+}
+
+#[derive(Serialize)]
+struct KubernetesTable<'a> {
+    credentials: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubeconfig: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a str>,
+    namespace: &'a str,
+    statefulsets: bool,
+    volume_stats: bool,
+    volume_stats_interval: String,
+    interval: String,
+    max_restarts_last_hour: u32,
+    oom_window: String,
+    min_volume_free_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<LeaseTable<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eviction: Option<EvictionTable<'a>>,
+}
+
+#[derive(Serialize)]
+struct LeaseTable<'a> {
+    name: &'a str,
+    duration: String,
+    renew_every: String,
+}
+
+#[derive(Serialize)]
+struct EvictionTable<'a> {
+    targets: &'a [String],
+    not_ready_for: String,
+    cooldown: String,
 }
 
 #[derive(Serialize)]
@@ -310,6 +396,8 @@ struct Neo4jTargetTable<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     password_file: Option<String>,
     databases: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pods: Option<&'a str>,
     poll_interval: String,
     poll_timeout: String,
     connect_timeout: String,
@@ -524,6 +612,8 @@ struct Target<'a> {
     sslmode: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ssl_root_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pods: Option<&'a str>,
     poll_interval: String,
     poll_timeout: String,
     connect_timeout: String,

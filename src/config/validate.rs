@@ -194,6 +194,7 @@ pub(super) fn validate(
         .remediation
         .as_ref()
         .and_then(|r| remediation(r, &raw, env, &mut issues));
+    let kubernetes = super::kubernetes::kubernetes(&raw, env, &mut issues);
 
     if issues.0.is_empty() {
         let (remediation, remediation_written) = match remediation {
@@ -212,6 +213,7 @@ pub(super) fn validate(
             neo4j,
             remediation,
             remediation_written,
+            kubernetes,
         })
     } else {
         Err(issues.0)

@@ -339,13 +339,35 @@ pub struct EvictionReport {
 
 type Flag = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// The budget seam: one action is spent per eviction attempt (or dry-run
+/// report), refunded when nothing happened. The daemon bridges it to the
+/// shared remediation budgets (per target and global); a lone
+/// `Mutex<Budget>` serves the tests.
+pub trait EvictionBudget: Send + Sync {
+    /// Spends one action for `target`, or returns false (nothing spent).
+    fn try_spend(&self, target: &str, now_ms: u64) -> bool;
+    /// Gives back an action spent at `at_ms`.
+    fn refund(&self, target: &str, at_ms: u64);
+}
+
+impl EvictionBudget for Mutex<Budget> {
+    fn try_spend(&self, _target: &str, now_ms: u64) -> bool {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_spend(now_ms)
+    }
+    fn refund(&self, _target: &str, at_ms: u64) {
+        self.lock().unwrap_or_else(|e| e.into_inner()).refund(at_ms);
+    }
+}
+
 /// The eviction loop's state across rounds: recent evictions, settled pods,
 /// the budget. Call [`EvictionRunner::run_once`] after each snapshot.
 pub struct EvictionRunner {
     policy: EvictionPolicy,
     mode: Mode,
     pacing: Duration,
-    budget: Arc<Mutex<Budget>>,
+    budget: Arc<dyn EvictionBudget>,
     paused: Flag,
     is_actor: Flag,
     audit: Arc<dyn EvictionAudit>,
@@ -372,7 +394,7 @@ impl EvictionRunner {
         policy: EvictionPolicy,
         mode: Mode,
         pacing: Duration,
-        budget: Arc<Mutex<Budget>>,
+        budget: Arc<dyn EvictionBudget>,
         paused: Flag,
         is_actor: Flag,
         audit: Arc<dyn EvictionAudit>,
@@ -397,10 +419,6 @@ impl EvictionRunner {
 
     pub fn recent(&self) -> &RecentEvictions {
         &self.recent
-    }
-
-    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
-        self.budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn audit_intent(&self, c: &EvictionCandidate) -> Result<(), String> {
@@ -471,7 +489,7 @@ impl EvictionRunner {
                 reports.push(report(EvictionDecision::Settled));
                 continue;
             }
-            if !self.budget().try_spend(now_ms) {
+            if !self.budget.try_spend(&c.target, now_ms) {
                 tracing::error!(pod = %c.pod, "remediation budget exhausted: not evicting until the window allows");
                 reports.push(report(EvictionDecision::BudgetExhausted));
                 continue;
@@ -487,7 +505,7 @@ impl EvictionRunner {
             // Write-ahead: the intent is durable before the eviction is requested.
             if let Err(e) = self.audit_intent(c).await {
                 tracing::error!(error = %e, pod = %c.pod, "cannot write the audit record: not evicting");
-                self.budget().refund(now_ms);
+                self.budget.refund(&c.target, now_ms);
                 reports.push(report(EvictionDecision::AuditFailed));
                 break;
             }
@@ -501,13 +519,13 @@ impl EvictionRunner {
                 EvictionOutcome::Refused(m) => {
                     tracing::info!(pod = %c.pod, refusal = %m, "the eviction was refused");
                     // Nothing happened; asking again at once would be refused again.
-                    self.budget().refund(now_ms);
+                    self.budget.refund(&c.target, now_ms);
                     self.settled
                         .insert(c.uid.clone(), Some(now_ms.saturating_add(cooldown)));
                 }
                 EvictionOutcome::Gone | EvictionOutcome::Changed(_) => {
                     tracing::info!(pod = %c.pod, outcome = %o.sentence(), "did not evict");
-                    self.budget().refund(now_ms);
+                    self.budget.refund(&c.target, now_ms);
                 }
                 EvictionOutcome::Failed(m) => {
                     // It may have happened: keep the charge and the cooldown.

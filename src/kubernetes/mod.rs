@@ -17,6 +17,10 @@
 //!   budget → audit intent → re-check → evict → audit outcome).
 //! - [`lease::LeaseElector`]: `coordination.k8s.io` Lease election.
 //!
+//! Phase 2 wires it: `config::kubernetes` builds the settings,
+//! `daemon::kubernetes` runs the loop (publish → checks → Lease → eviction),
+//! `telemetry::metrics` exports it, `dbwarden check` and the status API show it.
+//!
 //! Nothing here reads the clock behind the caller's back where a decision
 //! depends on it: the pure functions take `now_ms`, and the runner and the
 //! elector take it per call.
@@ -77,6 +81,14 @@ pub struct KubernetesSettings {
     pub eviction: Option<EvictionPolicy>,
     /// Lease election among dbwarden replicas; `None`: this replica acts alone.
     pub lease: Option<LeaseSettings>,
+    /// The pure checks' thresholds.
+    pub thresholds: checks::KubeThresholds,
+    /// How often the snapshot is published, the checks evaluated and the
+    /// eviction policy run even when no watch event arrived (time-based
+    /// conditions such as `not_ready_for` need it).
+    pub interval: Duration,
+    /// How often the kubelet stats summaries are read (with `volume_stats`).
+    pub volume_stats_interval: Duration,
 }
 
 /// Milliseconds since the Unix epoch, the time unit of every snapshot.
