@@ -6,6 +6,7 @@
 //! at most `server.shutdown_grace` for them.
 
 pub mod alerts;
+pub mod kubernetes;
 pub mod poller;
 pub mod state;
 
@@ -102,6 +103,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             ));
         }
     }
+    if let Some(k) = config.kubernetes.clone() {
+        start_kubernetes(
+            k,
+            state.clone(),
+            metrics.clone(),
+            remediation.clone(),
+            &tracker,
+            token.child_token(),
+        )
+        .await;
+    }
     // What Alertmanager reports firing: fed by the receiver; remediation's
     // second gate ("act only while the named alert fires") reads it.
     let app = http::AppState {
@@ -137,6 +149,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!("dbwarden stopped");
     Ok(())
+}
+
+/// Builds the Kubernetes client and spawns the Kubernetes loop. Credentials
+/// that cannot be loaded are reported as an unreachable API server in the
+/// published status (and the log); the database targets run regardless.
+pub async fn start_kubernetes(
+    settings: crate::kubernetes::KubernetesSettings,
+    state: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    remediation: Option<Arc<Remediation>>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    match crate::kubernetes::client::build_client(&settings.credentials, &settings.namespace).await
+    {
+        Ok(client) => {
+            tracing::info!(
+                namespace = %settings.namespace,
+                targets = settings.targets.len(),
+                eviction = settings.eviction.is_some(),
+                lease = settings.lease.is_some(),
+                "watching Kubernetes"
+            );
+            tracker.spawn(kubernetes::run(
+                settings,
+                client,
+                state,
+                metrics,
+                remediation,
+                tracker.clone(),
+                cancel,
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch Kubernetes: the Kubernetes checks fail; database polling is unaffected");
+            state.publish_kubernetes(kubernetes::unreachable_status(&settings, &e.to_string()));
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

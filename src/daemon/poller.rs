@@ -36,6 +36,20 @@ pub trait Observer: Send + 'static {
         now_ms: u64,
     ) -> HoldState;
     fn down(&self, error: &str) -> Vec<CheckResult>;
+    /// Adds the target's persistent volumes, as the kubelet reports them,
+    /// to a fresh snapshot before it is evaluated (no-op by default).
+    fn add_kubernetes_volumes(
+        &self,
+        _snapshot: &mut Self::Snapshot,
+        _volumes: &[crate::kubernetes::snapshot::VolumeUsage],
+    ) {
+    }
+}
+
+/// The name a pod's persistent volume claim has among a target's watched
+/// volumes (the `volume` label of the disk metrics, the disk-free check's detail).
+pub fn pvc_volume_name(v: &crate::kubernetes::snapshot::VolumeUsage) -> String {
+    format!("pvc/{}", v.pvc)
 }
 
 impl Observer for PostgresObserver {
@@ -73,6 +87,23 @@ impl Observer for PostgresObserver {
     }
     fn down(&self, error: &str) -> Vec<CheckResult> {
         evaluate::evaluate_down(&self.target().thresholds, error)
+    }
+    /// The pods' claims join the statvfs paths: the same disk-free check
+    /// and disk metrics, the claim as the volume (`pvc/<claim>`).
+    fn add_kubernetes_volumes(
+        &self,
+        snapshot: &mut Self::Snapshot,
+        volumes: &[crate::kubernetes::snapshot::VolumeUsage],
+    ) {
+        for v in volumes {
+            snapshot.disks.push(observe::DiskUsage {
+                volume: pvc_volume_name(v),
+                path: format!("{}:{}", v.pod, v.volume),
+                size_bytes: v.capacity_bytes,
+                free_bytes: v.available_bytes,
+                error: None,
+            });
+        }
     }
 }
 
@@ -156,7 +187,19 @@ async fn run_inner<O: Observer>(
         status.last_poll_at = Some(SystemTime::now());
         status.last_poll_duration_seconds = Some(elapsed.as_secs_f64());
         let error_kind = match result {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                // The latest volume usage the Kubernetes loop read (memory
+                // only; it drops readings older than a few of its intervals).
+                if let Some(k) = state.kubernetes() {
+                    let mine: Vec<_> = k
+                        .snapshot
+                        .volumes
+                        .iter()
+                        .filter(|v| v.target == name)
+                        .cloned()
+                        .collect();
+                    observer.add_kubernetes_volumes(&mut snapshot, &mine);
+                }
                 let now_ms = clock.elapsed().as_millis() as u64;
                 hold = observer.evaluate(snapshot, &mut status, &hold, now_ms);
                 status.up = true;

@@ -11,6 +11,9 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::evaluate::{CheckResult, Neo4jSummary, PgSummary};
+use crate::kubernetes::KubernetesSnapshot;
+use crate::kubernetes::checks::KubeCheck;
+use crate::kubernetes::evict::EvictionReport;
 use crate::observe::neo4j::Neo4jSnapshot;
 use crate::observe::{PgSnapshot, PollError};
 
@@ -73,6 +76,36 @@ impl TargetStatus {
     }
 }
 
+/// The Lease as this instance last saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseView {
+    pub name: String,
+    /// This instance's holder identity.
+    pub identity: String,
+    /// The current holder (`None`: nobody, or not read yet).
+    pub holder: Option<String>,
+    /// This instance holds the Lease and may act on Kubernetes objects.
+    pub is_leader: bool,
+    /// The last error reading or renewing the Lease, cleared by a success.
+    pub error: Option<String>,
+}
+
+/// What the Kubernetes loop published last: plain data, read by `/metrics`
+/// and the status API without calling the API server.
+#[derive(Debug, Clone, Serialize)]
+pub struct KubernetesStatus {
+    pub snapshot: KubernetesSnapshot,
+    pub checks: Vec<KubeCheck>,
+    /// `None` without `[kubernetes.lease]`: this instance acts alone.
+    pub lease: Option<LeaseView>,
+    /// Whether the eviction policy is configured (and `[remediation]` with it).
+    pub eviction_enabled: bool,
+    /// The decisions of the latest eviction round that had candidates.
+    pub last_evictions: Vec<EvictionReport>,
+    /// When the volume usage in the snapshot was read (ms since the epoch).
+    pub volumes_at_ms: Option<u64>,
+}
+
 /// Shared between the poll loops (writers, one per target) and the HTTP
 /// handlers (readers).
 #[derive(Debug)]
@@ -83,6 +116,8 @@ pub struct SharedState {
     published: BTreeMap<String, watch::Sender<u64>>,
     /// Bumped on every publish of any target: renderers cache by it.
     generation: AtomicU64,
+    /// The latest Kubernetes status, when `[kubernetes]` is configured.
+    kubernetes: RwLock<Option<Arc<KubernetesStatus>>>,
 }
 
 impl SharedState {
@@ -101,7 +136,23 @@ impl SharedState {
             wakers,
             published,
             generation: AtomicU64::new(0),
+            kubernetes: RwLock::new(None),
         }
+    }
+
+    /// Publishes the Kubernetes loop's latest status.
+    pub fn publish_kubernetes(&self, status: KubernetesStatus) {
+        let mut k = self.kubernetes.write().unwrap_or_else(|e| e.into_inner());
+        *k = Some(Arc::new(status));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The latest Kubernetes status, if any was published.
+    pub fn kubernetes(&self) -> Option<Arc<KubernetesStatus>> {
+        self.kubernetes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn publish(&self, status: TargetStatus) {

@@ -128,6 +128,23 @@ pub struct AuditRecord {
     /// The Neo4j transaction acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<AuditTransaction>,
+    /// The Kubernetes pod evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<AuditPod>,
+}
+
+/// The Kubernetes pod as the eviction decision saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditPod {
+    pub namespace: String,
+    pub name: String,
+    /// The eviction's precondition: a pod replaced in between is not touched.
+    pub uid: String,
+    pub statefulset: Option<String>,
+    pub node: Option<String>,
+    /// When the pod became not ready (ms since the epoch), the moment the re-check compares.
+    pub not_ready_since_ms: u64,
+    pub not_ready_for_ms: u64,
 }
 
 /// The Neo4j transaction as the decision saw it.
@@ -176,6 +193,7 @@ impl AuditRecord {
             reason: candidate.reason.clone(),
             outcome: outcome.into(),
             transaction: None,
+            pod: None,
             session: Some(AuditSession {
                 pid: f.pid,
                 backend_start_us: f.backend_start_us,
@@ -232,6 +250,7 @@ impl AuditRecord {
             reason: candidate.reason.clone(),
             outcome: outcome.into(),
             session: None,
+            pod: None,
             transaction: Some(AuditTransaction {
                 id: t.id.clone(),
                 database: t.database.clone(),
@@ -239,6 +258,48 @@ impl AuditRecord {
                 status: t.status.clone(),
                 elapsed_ms: t.elapsed_ms,
                 query,
+            }),
+        }
+    }
+}
+
+impl AuditRecord {
+    /// A record about a Kubernetes pod eviction (action `evict`).
+    pub fn for_pod(
+        now: SystemTime,
+        action_id: &str,
+        instance: &str,
+        mode: Mode,
+        decision: Decision,
+        candidate: &crate::kubernetes::evict::EvictionCandidate,
+        outcome: impl Into<String>,
+    ) -> Self {
+        let c = candidate;
+        AuditRecord {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            time_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            action_id: action_id.to_string(),
+            instance: instance.to_string(),
+            target: c.target.clone(),
+            policy: c.policy.clone(),
+            mode,
+            action: "evict".to_string(),
+            decision,
+            reason: c.reason.clone(),
+            outcome: outcome.into(),
+            session: None,
+            transaction: None,
+            pod: Some(AuditPod {
+                namespace: c.namespace.clone(),
+                name: c.pod.clone(),
+                uid: c.uid.clone(),
+                statefulset: c.statefulset.clone(),
+                node: c.node.clone(),
+                not_ready_since_ms: c.not_ready_since_ms,
+                not_ready_for_ms: c.not_ready_for_ms,
             }),
         }
     }
@@ -451,6 +512,7 @@ mod tests {
             reason: "r".into(),
             outcome: "o".into(),
             transaction: None,
+            pod: None,
             session: Some(AuditSession {
                 pid: 1,
                 backend_start_us: None,

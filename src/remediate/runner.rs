@@ -118,7 +118,7 @@ impl Remediation {
     }
 
     /// Remaining actions (target, global) right now.
-    pub(super) fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
+    pub(crate) fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         let tb = t.entry(target.to_string()).or_insert_with(|| {
             Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
@@ -132,7 +132,7 @@ impl Remediation {
     }
 
     /// Gives back an action spent at `at` on both budgets.
-    pub(super) fn refund(&self, target: &str, at: u64) {
+    pub(crate) fn refund(&self, target: &str, at: u64) {
         if let Some(b) = self
             .targets
             .lock()
@@ -148,7 +148,7 @@ impl Remediation {
     }
 
     /// Spends one action from both budgets, or neither.
-    pub(super) fn try_spend(&self, target: &str, now: u64) -> bool {
+    pub(crate) fn try_spend(&self, target: &str, now: u64) -> bool {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         let tb = t.entry(target.to_string()).or_insert_with(|| {
             Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
@@ -160,7 +160,7 @@ impl Remediation {
         tb.try_spend(now) && g.try_spend(now)
     }
 
-    pub(super) fn publish_budgets(&self, target: &str) {
+    pub(crate) fn publish_budgets(&self, target: &str) {
         let (t, g) = self.remaining(target, now_ms());
         self.metrics.set_budget(target, t, t == 0);
         self.metrics.set_budget("global", g, g == 0);

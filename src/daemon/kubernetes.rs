@@ -1,0 +1,494 @@
+//! The Kubernetes loop: the pod watchers' snapshot (plus the kubelet volume
+//! stats on their own cadence) → the pure checks → the Lease → the eviction
+//! policy → publish into [`SharedState`], so `/metrics` and the status API
+//! read memory only.
+//!
+//! It runs beside the database poll loops and shares nothing with them but
+//! the published state: an API server that cannot be reached makes the
+//! Kubernetes checks fail or go unknown, never a database poll slow. The PVC
+//! usage it publishes is read by the PostgreSQL poll loops into their
+//! disk-free check (see `poller::Observer::add_kubernetes_volumes`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use kube::Client;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::state::{KubernetesStatus, LeaseView, SharedState};
+use crate::kubernetes::checks::{KubeCheckStatus, pod_checks};
+use crate::kubernetes::evict::{
+    EvictionAudit, EvictionBudget, EvictionCandidate, EvictionDecision, EvictionOutcome,
+    EvictionReport, EvictionRunner,
+};
+use crate::kubernetes::lease::LeaseElector;
+use crate::kubernetes::pods::PodObserver;
+use crate::kubernetes::snapshot::VolumeUsage;
+use crate::kubernetes::{KubernetesSettings, now_ms, volumes};
+use crate::remediate::audit::{AuditLog, AuditRecord, Decision, Mode, RECENT_CAPACITY};
+use crate::remediate::runner::Remediation;
+use crate::telemetry::metrics::Metrics;
+
+/// How long one node's stats summary may take.
+const PER_NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Volume readings older than this many `volume_stats_interval`s are dropped:
+/// the disk-free check must not pass on an old reading.
+const VOLUME_STALE_AFTER: u32 = 3;
+
+/// The audit bridge: eviction records in the remediation audit file, with
+/// the same write-ahead rule (the intent is `fsync`ed before the eviction).
+pub struct EvictionAuditLog {
+    log: Option<Arc<AuditLog>>,
+    instance: String,
+    mode: Mode,
+    metrics: Arc<Metrics>,
+    /// The action id of each pod's pending intent, by UID, so the outcome carries it.
+    pending: Mutex<HashMap<String, String>>,
+}
+
+impl EvictionAuditLog {
+    pub fn new(rem: &Remediation, metrics: Arc<Metrics>) -> Self {
+        EvictionAuditLog {
+            log: rem.audit.clone(),
+            instance: rem.settings.instance.clone(),
+            mode: rem.settings.mode,
+            metrics,
+            pending: Mutex::default(),
+        }
+    }
+
+    fn id(&self, c: &EvictionCandidate) -> String {
+        format!("{}-evict-{}-{}", self.instance, c.uid, now_ms())
+    }
+
+    fn append(&self, record: &AuditRecord, durable: bool) -> Result<(), String> {
+        let Some(log) = &self.log else {
+            return Err("no audit file (observe mode)".into());
+        };
+        log.append(record, durable).map_err(|e| {
+            self.metrics.audit_error();
+            e.to_string()
+        })
+    }
+}
+
+impl EvictionAudit for EvictionAuditLog {
+    fn intent(&self, c: &EvictionCandidate) -> Result<(), String> {
+        let id = self.id(c);
+        let record = AuditRecord::for_pod(
+            SystemTime::now(),
+            &id,
+            &self.instance,
+            self.mode,
+            Decision::Intent,
+            c,
+            "about to evict the pod",
+        );
+        self.append(&record, true)?;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.uid.clone(), id);
+        Ok(())
+    }
+
+    fn outcome(&self, c: &EvictionCandidate, o: &EvictionOutcome) {
+        let id = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.uid)
+            .unwrap_or_else(|| self.id(c));
+        let record = AuditRecord::for_pod(
+            SystemTime::now(),
+            &id,
+            &self.instance,
+            self.mode,
+            decision_of(o),
+            c,
+            o.sentence(),
+        );
+        if let Err(e) = self.append(&record, false) {
+            tracing::error!(error = %e, pod = %c.pod, "cannot write the eviction's outcome to the audit file");
+        }
+    }
+}
+
+/// The audit decision recording an eviction outcome.
+pub fn decision_of(o: &EvictionOutcome) -> Decision {
+    match o {
+        EvictionOutcome::WouldEvict => Decision::WouldAct,
+        EvictionOutcome::Evicted => Decision::Acted,
+        EvictionOutcome::Refused(_) => Decision::Refused,
+        EvictionOutcome::Gone | EvictionOutcome::Changed(_) => Decision::Skipped,
+        EvictionOutcome::Failed(_) => Decision::Failed,
+    }
+}
+
+/// The shared remediation budgets (per target and global) as the eviction
+/// runner's budget.
+struct SharedBudget(Arc<Remediation>);
+
+impl EvictionBudget for SharedBudget {
+    fn try_spend(&self, target: &str, now_ms: u64) -> bool {
+        self.0.try_spend(target, now_ms)
+    }
+    fn refund(&self, target: &str, at_ms: u64) {
+        self.0.refund(target, at_ms)
+    }
+}
+
+/// The eviction runner over the shared remediation state, its cooldowns
+/// seeded from the evictions the audit file remembers.
+pub fn eviction_runner(
+    settings: &KubernetesSettings,
+    rem: &Arc<Remediation>,
+    metrics: Arc<Metrics>,
+    elector: Option<&Arc<LeaseElector>>,
+) -> Option<EvictionRunner> {
+    let policy = settings.eviction.clone()?;
+    let paused = rem.clone();
+    let is_actor: Arc<dyn Fn() -> bool + Send + Sync> = match elector {
+        Some(e) => e.actor_flag(),
+        None => Arc::new(|| true),
+    };
+    let mut runner = EvictionRunner::new(
+        policy.clone(),
+        rem.settings.mode,
+        rem.settings.pacing,
+        Arc::new(SharedBudget(rem.clone())),
+        Arc::new(move || paused.pause.is_paused()),
+        is_actor,
+        Arc::new(EvictionAuditLog::new(rem, metrics)),
+    );
+    // After a restart, a StatefulSet evicted within the cooldown stays cooling.
+    if let Some(log) = &rem.audit {
+        let since = now_ms().saturating_sub(crate::kubernetes::duration_ms(policy.cooldown));
+        for r in log.recent(RECENT_CAPACITY) {
+            let Some(p) = &r.pod else { continue };
+            if r.time_ms >= since && matches!(r.decision, Decision::Acted | Decision::Failed) {
+                let group = match &p.statefulset {
+                    Some(s) => format!("{}/statefulset/{s}", p.namespace),
+                    None => format!("{}/pod/{}", p.namespace, p.name),
+                };
+                runner.record_recent(group, r.time_ms);
+            }
+        }
+    }
+    Some(runner)
+}
+
+/// The metric label of one eviction decision (`None`: not an action).
+fn action_label(d: &EvictionDecision) -> Option<&'static str> {
+    match d {
+        EvictionDecision::Done(o) => Some(o.as_str()),
+        EvictionDecision::BudgetExhausted => Some("budget_exhausted"),
+        EvictionDecision::AuditFailed => Some("audit_failed"),
+        EvictionDecision::Paused
+        | EvictionDecision::Observed
+        | EvictionDecision::NotActor
+        | EvictionDecision::Settled => None,
+    }
+}
+
+/// The status published when no client could be built: every target's
+/// `kubernetes_api_reachable` check fails with the reason, the others are unknown.
+pub fn unreachable_status(settings: &KubernetesSettings, error: &str) -> KubernetesStatus {
+    let snapshot = unreachable_snapshot(settings, error, now_ms());
+    let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+    KubernetesStatus {
+        snapshot,
+        checks,
+        lease: None,
+        eviction_enabled: false,
+        last_evictions: Vec::new(),
+        volumes_at_ms: None,
+    }
+}
+
+/// A snapshot saying that no target's pods could be watched, and why.
+pub fn unreachable_snapshot(
+    settings: &KubernetesSettings,
+    error: &str,
+    now: u64,
+) -> crate::kubernetes::KubernetesSnapshot {
+    let mut s =
+        crate::kubernetes::KubernetesSnapshot::unreachable(&settings.namespace, error.into(), now);
+    s.targets = settings
+        .targets
+        .iter()
+        .map(|t| crate::kubernetes::snapshot::TargetWatchStatus {
+            target: t.name.clone(),
+            label_selector: t.label_selector.clone(),
+            synced: false,
+            error: Some(error.to_string()),
+        })
+        .collect();
+    s
+}
+
+/// Volume usage read by its own task, so a slow kubelet never delays a publish.
+#[derive(Debug, Default)]
+struct Volumes {
+    usage: Vec<VolumeUsage>,
+    error: Option<String>,
+    at_ms: Option<u64>,
+}
+
+/// Runs the loop until `cancel`: spawns the watchers (and the volume and
+/// Lease tasks) on `tracker`. Never fails: an API server that cannot be
+/// reached shows in the published status.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    settings: KubernetesSettings,
+    client: Client,
+    state: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    remediation: Option<Arc<Remediation>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("kubernetes", namespace = %settings.namespace);
+    run_inner(
+        settings,
+        client,
+        state,
+        metrics,
+        remediation,
+        tracker,
+        cancel,
+    )
+    .instrument(span)
+    .await
+}
+
+async fn run_inner(
+    settings: KubernetesSettings,
+    client: Client,
+    state: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    remediation: Option<Arc<Remediation>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let observer = match PodObserver::spawn(
+        client.clone(),
+        &settings.namespace,
+        &settings.targets,
+        settings.statefulsets,
+        &tracker,
+        cancel.clone(),
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            // Validation parses every selector: this cannot happen with a loaded config.
+            tracing::error!(error = %e, "cannot watch the pods");
+            return;
+        }
+    };
+    let wake = Arc::new(Notify::new());
+
+    let elector = settings
+        .lease
+        .clone()
+        .map(|l| Arc::new(LeaseElector::new(client.clone(), &settings.namespace, l)));
+    if let Some(e) = &elector {
+        let wake = wake.clone();
+        tracker.spawn(
+            e.clone()
+                .run(cancel.clone(), move |_| wake.notify_one())
+                .instrument(tracing::info_span!("kubernetes_lease")),
+        );
+    }
+
+    let volumes = Arc::new(Mutex::new(Volumes::default()));
+    if settings.volume_stats {
+        let (client, observer, volumes, wake, cancel) = (
+            client.clone(),
+            observer.clone(),
+            volumes.clone(),
+            wake.clone(),
+            cancel.clone(),
+        );
+        let every = settings.volume_stats_interval;
+        tracker.spawn(
+            async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let snap = observer.snapshot(now_ms());
+                    let (usage, error) =
+                        volumes::collect_volumes(&client, &snap, PER_NODE_TIMEOUT).await;
+                    if let Some(e) = &error {
+                        tracing::warn!(error = %e, "cannot read the volume usage of every pod");
+                    }
+                    let mut v = volumes.lock().unwrap_or_else(|e| e.into_inner());
+                    // Keep what a failed node read last time only while it is fresh (below).
+                    if error.is_none() || !usage.is_empty() {
+                        v.usage = usage;
+                        v.at_ms = Some(now_ms());
+                    }
+                    v.error = error;
+                    drop(v);
+                    wake.notify_one();
+                }
+            }
+            .instrument(tracing::info_span!("kubernetes_volumes")),
+        );
+    }
+
+    let mut runner = match (&remediation, &settings.eviction) {
+        (Some(rem), Some(_)) => eviction_runner(&settings, rem, metrics.clone(), elector.as_ref()),
+        (None, Some(_)) => {
+            // Validation requires [remediation] with an eviction policy.
+            tracing::error!("the eviction policy needs [remediation]: not evicting");
+            None
+        }
+        _ => None,
+    };
+    if let (Some(rem), Some(policy)) = (&remediation, &settings.eviction) {
+        for t in settings
+            .targets
+            .iter()
+            .filter(|t| policy.applies_to(&t.name))
+        {
+            for outcome in [
+                "acted",
+                "would_act",
+                "refused",
+                "skipped",
+                "failed",
+                "budget_exhausted",
+                "audit_failed",
+            ] {
+                metrics.init_action(
+                    &t.name,
+                    &policy.name,
+                    "evict",
+                    outcome,
+                    rem.settings.mode.as_str(),
+                );
+            }
+        }
+    }
+
+    let mut changes = observer.subscribe();
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_evictions: Vec<EvictionReport> = Vec::new();
+    let stale_ms = crate::kubernetes::duration_ms(settings.volume_stats_interval)
+        .saturating_mul(u64::from(VOLUME_STALE_AFTER));
+    let mut was_reachable = true;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+            r = changes.changed() => if r.is_err() { break },
+            _ = wake.notified() => {}
+        }
+        let now = now_ms();
+        let mut snapshot = observer.snapshot(now);
+        let volumes_at_ms = if settings.volume_stats {
+            let v = volumes.lock().unwrap_or_else(|e| e.into_inner());
+            match v.at_ms {
+                Some(at) if now.saturating_sub(at) <= stale_ms => {
+                    snapshot.volumes = v.usage.clone();
+                    snapshot.volumes_error = v.error.clone();
+                }
+                Some(at) => {
+                    snapshot.volumes_error = Some(format!(
+                        "the latest volume usage is {}s old: {}",
+                        now.saturating_sub(at) / 1000,
+                        v.error.as_deref().unwrap_or("no newer reading")
+                    ));
+                }
+                None => snapshot.volumes_error = v.error.clone(),
+            }
+            v.at_ms
+        } else {
+            None
+        };
+        if snapshot.api_reachable != was_reachable {
+            if snapshot.api_reachable {
+                tracing::info!("the API server is reachable again");
+            } else {
+                tracing::warn!(
+                    error = snapshot.error.as_deref().unwrap_or_default(),
+                    "cannot reach the API server: Kubernetes checks are failing or unknown; database polling is unaffected"
+                );
+            }
+            was_reachable = snapshot.api_reachable;
+        }
+        let checks = pod_checks(&snapshot, &settings.thresholds, now);
+        for c in &checks {
+            if c.status == KubeCheckStatus::Fail {
+                tracing::debug!(target = %c.target, check = c.check.as_str(), message = %c.message, "Kubernetes check failing");
+            }
+        }
+        if let (Some(r), Some(rem)) = (runner.as_mut(), &remediation) {
+            let reports = r.run_once(&client, &snapshot, now, &cancel).await;
+            if let Some(policy) = &settings.eviction {
+                for t in settings
+                    .targets
+                    .iter()
+                    .filter(|t| policy.applies_to(&t.name))
+                {
+                    let n = reports
+                        .iter()
+                        .filter(|x| x.candidate.target == t.name)
+                        .count();
+                    metrics.set_candidates(&t.name, &policy.name, n);
+                }
+            }
+            for report in &reports {
+                if let Some(label) = action_label(&report.decision) {
+                    metrics.action(
+                        &report.candidate.target,
+                        &report.candidate.policy,
+                        "evict",
+                        label,
+                        rem.settings.mode.as_str(),
+                    );
+                }
+            }
+            if !reports.is_empty() {
+                let targets: std::collections::BTreeSet<&str> = reports
+                    .iter()
+                    .map(|r| r.candidate.target.as_str())
+                    .collect();
+                for t in targets {
+                    rem.publish_budgets(t);
+                }
+                last_evictions = reports;
+            }
+        }
+        let lease = elector.as_ref().map(|e| LeaseView {
+            name: settings
+                .lease
+                .as_ref()
+                .map(|l| l.name.clone())
+                .unwrap_or_default(),
+            identity: e.identity().to_string(),
+            holder: e.holder(),
+            is_leader: e.is_leader(now_ms()),
+            error: e.last_error(),
+        });
+        state.publish_kubernetes(KubernetesStatus {
+            snapshot,
+            checks,
+            lease,
+            eviction_enabled: runner.is_some(),
+            last_evictions: last_evictions.clone(),
+            volumes_at_ms,
+        });
+    }
+    tracing::debug!("Kubernetes loop stopped");
+}
