@@ -4,11 +4,20 @@
 
 use std::fmt::Write as _;
 
+use std::time::Duration;
+
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Format, exit};
 use crate::config::{Config, Neo4jTarget, PostgresTarget};
+use crate::daemon::kubernetes::unreachable_snapshot;
 use crate::evaluate::{self, CheckResult, CheckStatus, Neo4jSummary, PgSummary, fmt_secs};
+use crate::kubernetes::checks::{KubeCheck, KubeCheckStatus, pod_checks};
+use crate::kubernetes::client::build_client;
+use crate::kubernetes::pods::PodObserver;
+use crate::kubernetes::{KubernetesSettings, KubernetesSnapshot, now_ms, volumes};
 use crate::observe::neo4j::{Neo4jObserver, Neo4jSnapshot};
 use crate::observe::{PgSnapshot, PollError, PostgresObserver};
 
@@ -35,9 +44,100 @@ pub struct TargetReport {
 pub struct Report {
     pub ok: bool,
     pub targets: Vec<TargetReport>,
+    /// With a `[kubernetes]` section: the pods, StatefulSets, volumes and checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesReport>,
+}
+
+/// What one look at the API server found.
+#[derive(Debug, Serialize)]
+pub struct KubernetesReport {
+    pub checks: Vec<KubeCheck>,
+    pub snapshot: KubernetesSnapshot,
+}
+
+/// How long `dbwarden check` waits for the pod lists.
+const KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+const VOLUME_STATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lists the targets' pods once (through the same watchers as the daemon,
+/// stopped after the first complete list or the first error) and evaluates
+/// the Kubernetes checks. Credentials that cannot be loaded or an API server
+/// that cannot be reached fail `kubernetes_api_reachable`; the database
+/// checks do not depend on any of it.
+pub async fn observe_kubernetes_once(settings: &KubernetesSettings) -> KubernetesReport {
+    let client = match build_client(&settings.credentials, &settings.namespace).await {
+        Ok(c) => c,
+        Err(e) => {
+            let snapshot = unreachable_snapshot(settings, &e.to_string(), now_ms());
+            let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+            return KubernetesReport { checks, snapshot };
+        }
+    };
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let observer = match PodObserver::spawn(
+        client.clone(),
+        &settings.namespace,
+        &settings.targets,
+        settings.statefulsets,
+        &tracker,
+        cancel.clone(),
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            let snapshot = unreachable_snapshot(settings, &e, now_ms());
+            let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+            return KubernetesReport { checks, snapshot };
+        }
+    };
+    let mut changes = observer.subscribe();
+    // Every target listed, or failing: the StatefulSets are listed beside
+    // them and reported as far as they got.
+    let settled = |s: &KubernetesSnapshot| s.targets.iter().all(|t| t.synced || t.error.is_some());
+    let _ = tokio::time::timeout(KUBERNETES_SYNC_TIMEOUT, async {
+        while !settled(&observer.snapshot(now_ms())) {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut snapshot = observer.snapshot(now_ms());
+    if snapshot
+        .targets
+        .iter()
+        .any(|t| !t.synced && t.error.is_none())
+    {
+        snapshot.api_reachable = false;
+        snapshot.error.get_or_insert_with(|| {
+            format!(
+                "the pods were not listed within {}",
+                humantime::format_duration(KUBERNETES_SYNC_TIMEOUT)
+            )
+        });
+        for t in snapshot.targets.iter_mut().filter(|t| !t.synced) {
+            t.error = snapshot.error.clone();
+        }
+    }
+    if settings.volume_stats && snapshot.api_reachable {
+        let (v, e) = volumes::collect_volumes(&client, &snapshot, VOLUME_STATS_TIMEOUT).await;
+        snapshot.volumes = v;
+        snapshot.volumes_error = e;
+    }
+    cancel.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+    KubernetesReport { checks, snapshot }
 }
 
 pub async fn run(config: Config, format: Format) -> u8 {
+    // Kubernetes is looked at beside the targets, never in their way.
+    let kubernetes = config
+        .kubernetes
+        .clone()
+        .map(|k| tokio::spawn(async move { observe_kubernetes_once(&k).await }));
     // Targets are independent: observe them concurrently, report in config order.
     let mut set = tokio::task::JoinSet::new();
     for (i, target) in config.postgres.iter().cloned().enumerate() {
@@ -59,12 +159,26 @@ pub async fn run(config: Config, format: Format) -> u8 {
     }
     reports.sort_by_key(|(i, _)| *i);
     let reports: Vec<TargetReport> = reports.into_iter().map(|(_, r)| r).collect();
+    let kubernetes = match kubernetes {
+        Some(task) => match task.await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("dbwarden: the Kubernetes check task failed: {e}");
+                return exit::FAILED;
+            }
+        },
+        None => None,
+    };
     let ok = reports
         .iter()
-        .all(|r| r.checks.iter().all(|c| c.status == CheckStatus::Pass));
+        .all(|r| r.checks.iter().all(|c| c.status == CheckStatus::Pass))
+        && kubernetes
+            .as_ref()
+            .is_none_or(|k| k.checks.iter().all(|c| c.status == KubeCheckStatus::Pass));
     let report = Report {
         ok,
         targets: reports,
+        kubernetes,
     };
     match format {
         Format::Json => match serde_json::to_string_pretty(&report) {
@@ -219,6 +333,74 @@ fn render_neo4j(out: &mut String, sum: &Neo4jSummary) {
     }
 }
 
+fn render_kubernetes(out: &mut String, k: &KubernetesReport) {
+    let s = &k.snapshot;
+    let _ = writeln!(out, "kubernetes (namespace {})", s.namespace);
+    match (&s.api_reachable, &s.error) {
+        (true, _) => out.push_str("  API server reachable\n"),
+        (false, e) => {
+            let _ = writeln!(
+                out,
+                "  API server unreachable: {}",
+                e.as_deref().unwrap_or("unknown error")
+            );
+        }
+    }
+    for p in &s.pods {
+        let _ = writeln!(
+            out,
+            "    pod {} ({}): {}, {}, {} restarts ({} in the last hour){}{}",
+            p.name,
+            p.target,
+            p.phase,
+            if p.ready { "ready" } else { "not ready" },
+            p.restart_count,
+            p.restarts_last_hour,
+            p.waiting_reason
+                .as_deref()
+                .map(|r| format!(", waiting: {r}"))
+                .unwrap_or_default(),
+            p.last_termination
+                .as_ref()
+                .and_then(|t| t.reason.as_deref())
+                .map(|r| format!(", last terminated: {r}"))
+                .unwrap_or_default(),
+        );
+    }
+    for st in &s.statefulsets {
+        let _ = writeln!(
+            out,
+            "    statefulset {} ({}): {} of {} ready",
+            st.name, st.target, st.ready_replicas, st.desired_replicas
+        );
+    }
+    for v in &s.volumes {
+        let _ = writeln!(
+            out,
+            "    volume {} of {} ({}): {:.1}% free",
+            v.pvc,
+            v.pod,
+            v.target,
+            v.free_ratio().unwrap_or(0.0) * 100.0
+        );
+    }
+    out.push_str("  Checks\n");
+    for c in &k.checks {
+        let status = match c.status {
+            KubeCheckStatus::Pass => "PASS",
+            KubeCheckStatus::Fail => "FAIL",
+            KubeCheckStatus::Unknown => "UNKNOWN",
+        };
+        let _ = writeln!(
+            out,
+            "    {status:<7} {:<30} {}: {}",
+            c.check.as_str(),
+            c.target,
+            c.message
+        );
+    }
+}
+
 /// The human report: diagnosis first, then one line per check.
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
@@ -326,6 +508,14 @@ pub fn render_text(report: &Report) -> String {
             );
         }
     }
+    if let Some(k) = &report.kubernetes {
+        render_kubernetes(&mut out, k);
+    }
+    let kube = report
+        .kubernetes
+        .as_ref()
+        .map(|k| k.checks.as_slice())
+        .unwrap_or_default();
     let failed: usize = report
         .targets
         .iter()
@@ -335,8 +525,12 @@ pub fn render_text(report: &Report) -> String {
                 .filter(|c| c.status != CheckStatus::Pass)
                 .count()
         })
-        .sum();
-    let total: usize = report.targets.iter().map(|t| t.checks.len()).sum();
+        .sum::<usize>()
+        + kube
+            .iter()
+            .filter(|c| c.status != KubeCheckStatus::Pass)
+            .count();
+    let total: usize = report.targets.iter().map(|t| t.checks.len()).sum::<usize>() + kube.len();
     let _ = writeln!(
         out,
         "{total} checks: {} pass, {failed} fail",

@@ -51,7 +51,13 @@ pub(super) async fn status(
             "neo4j_policies": r.settings.neo4j_policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         })
     });
-    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation})).into_response()
+    // The Kubernetes loop's latest status (pods, StatefulSets, volumes,
+    // checks, the Lease, the latest eviction round): memory only.
+    let kubernetes = app
+        .state
+        .kubernetes()
+        .map(|k| serde_json::to_value(k.as_ref()).unwrap_or_default());
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation, "kubernetes": kubernetes})).into_response()
 }
 
 #[derive(Debug, Deserialize)]

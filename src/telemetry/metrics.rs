@@ -526,7 +526,59 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_alertmanager_alerts_received_total",
     "dbwarden_alertmanager_duplicates_total",
     "dbwarden_alertmanager_requests_total",
+    "dbwarden_kubernetes_api_reachable",
+    "dbwarden_kubernetes_target_synced",
+    "dbwarden_kubernetes_pod_phase",
+    "dbwarden_kubernetes_pod_ready",
+    "dbwarden_kubernetes_pod_not_ready_since_timestamp_seconds",
+    "dbwarden_kubernetes_pod_restarts_total",
+    "dbwarden_kubernetes_pod_restarts_last_hour",
+    "dbwarden_kubernetes_pod_last_termination",
+    "dbwarden_kubernetes_pod_last_termination_timestamp_seconds",
+    "dbwarden_kubernetes_pod_waiting",
+    "dbwarden_kubernetes_container_memory_limit_bytes",
+    "dbwarden_kubernetes_container_cpu_limit_cores",
+    "dbwarden_kubernetes_statefulset_replicas_desired",
+    "dbwarden_kubernetes_statefulset_replicas_ready",
+    "dbwarden_kubernetes_volume_capacity_bytes",
+    "dbwarden_kubernetes_volume_available_bytes",
+    "dbwarden_kubernetes_volume_free_ratio",
+    "dbwarden_kubernetes_lease_holder",
+    "dbwarden_kubernetes_lease_leader",
 ];
+
+/// The pod phases, each exported (0 or 1) so a missing series means a missing pod.
+pub const POD_PHASES: [&str; 5] = ["Pending", "Running", "Succeeded", "Failed", "Unknown"];
+
+/// The termination reasons exported as they are; any other is `other`.
+pub const TERMINATION_REASONS: [&str; 6] = [
+    "OOMKilled",
+    "Error",
+    "Completed",
+    "ContainerCannotRun",
+    "DeadlineExceeded",
+    "Evicted",
+];
+
+/// The waiting reasons exported as they are; any other is `other`.
+pub const WAITING_REASONS: [&str; 7] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ContainerCreating",
+    "PodInitializing",
+];
+
+/// A reason as a bounded label value.
+fn bounded(reason: &str, known: &[&'static str]) -> &'static str {
+    known
+        .iter()
+        .find(|k| **k == reason)
+        .copied()
+        .unwrap_or("other")
+}
 
 /// Renders state metrics from the latest target statuses at scrape time.
 #[derive(Debug)]
@@ -694,6 +746,22 @@ impl Collector for StateCollector {
                 }
             }
         }
+        let kube = self.state.kubernetes();
+        // The Kubernetes checks join the same check families (no `for`: they have no hold).
+        for c in kube.iter().flat_map(|k| k.checks.iter()) {
+            let l = || t2(&c.target, "check", c.check.as_str());
+            if let Some(th) = c.threshold {
+                threshold.push(l(), th);
+            }
+            if c.status == crate::kubernetes::checks::KubeCheckStatus::Unknown {
+                continue;
+            }
+            let fail = c.status == crate::kubernetes::checks::KubeCheckStatus::Fail;
+            failing.push(l(), if fail { 1.0 } else { 0.0 });
+            if let Some(v) = c.observed {
+                value.push(l(), v);
+            }
+        }
         for f in [
             &up, &last_ok, &last, &conns, &failing, &pending, &value, &threshold, &hold, &held,
             &interval, &timeout,
@@ -701,8 +769,202 @@ impl Collector for StateCollector {
             f.encode(&mut encoder)?;
         }
         encode_postgres(&targets, &mut encoder)?;
-        encode_neo4j(&targets, &mut encoder)
+        encode_neo4j(&targets, &mut encoder)?;
+        if let Some(k) = kube {
+            encode_kubernetes(&k, &mut encoder)?;
+        }
+        Ok(())
     }
+}
+
+fn encode_kubernetes(
+    k: &crate::daemon::state::KubernetesStatus,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let snap = &k.snapshot;
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    let mut reachable = Fam::gauge(
+        "kubernetes_api_reachable",
+        "1 when every pod watch reaches the API server, 0 when one fails (the pod facts are then the last ones seen)",
+    );
+    reachable.push(Vec::new(), b(snap.api_reachable));
+    let mut synced = Fam::gauge(
+        "kubernetes_target_synced",
+        "1 once the target's pods were listed completely and its watch has no current error",
+    );
+    for w in &snap.targets {
+        synced.push(t(&w.target), b(w.synced && w.error.is_none()));
+    }
+    let pod = |p: &crate::kubernetes::snapshot::PodFacts| {
+        vec![("target", p.target.clone()), ("pod", p.name.clone())]
+    };
+    let mut phase = Fam::gauge(
+        "kubernetes_pod_phase",
+        "1 for the pod's current phase, 0 for the others",
+    );
+    let mut ready = Fam::gauge(
+        "kubernetes_pod_ready",
+        "1 when the pod's Ready condition is True",
+    );
+    let mut not_ready_since = Fam::gauge_unit(
+        "kubernetes_pod_not_ready_since_timestamp",
+        "Unix time the pod last became not ready (absent while ready)",
+        Unit::Seconds,
+    );
+    let mut restarts = Fam::counter(
+        "kubernetes_pod_restarts",
+        "Container restarts of the pod, summed over its containers (restartCount)",
+    );
+    let mut restarts_hour = Fam::gauge(
+        "kubernetes_pod_restarts_last_hour",
+        "Restarts the watcher saw within the last hour (a lower bound in dbwarden's first hour)",
+    );
+    let mut termination = Fam::gauge(
+        "kubernetes_pod_last_termination",
+        "1 for the reason of the pod's most recent container termination (OOMKilled, Error, ..., other)",
+    );
+    let mut termination_at = Fam::gauge_unit(
+        "kubernetes_pod_last_termination_timestamp",
+        "Unix time of the pod's most recent container termination",
+        Unit::Seconds,
+    );
+    let mut waiting = Fam::gauge(
+        "kubernetes_pod_waiting",
+        "1 while a container of the pod waits, by reason (CrashLoopBackOff, ..., other)",
+    );
+    let mut memory = Fam::gauge_unit(
+        "kubernetes_container_memory_limit",
+        "The container's memory limit",
+        Unit::Bytes,
+    );
+    let mut cpu = Fam::gauge(
+        "kubernetes_container_cpu_limit_cores",
+        "The container's CPU limit, in cores",
+    );
+    for p in &snap.pods {
+        for ph in POD_PHASES {
+            let mut l = pod(p);
+            l.push(("phase", ph.to_string()));
+            phase.push(l, b(p.phase == ph));
+        }
+        ready.push(pod(p), b(p.ready));
+        if let Some(ms) = p.not_ready_since_ms {
+            not_ready_since.push(pod(p), ms as f64 / 1000.0);
+        }
+        restarts.push(pod(p), f64::from(p.restart_count));
+        restarts_hour.push(pod(p), f64::from(p.restarts_last_hour));
+        if let Some(term) = &p.last_termination {
+            let mut l = pod(p);
+            let reason = term.reason.as_deref().unwrap_or("other");
+            l.push(("reason", bounded(reason, &TERMINATION_REASONS).to_string()));
+            termination.push(l, 1.0);
+            if let Some(ms) = term.finished_at_ms {
+                termination_at.push(pod(p), ms as f64 / 1000.0);
+            }
+        }
+        if let Some(reason) = &p.waiting_reason {
+            let mut l = pod(p);
+            l.push(("reason", bounded(reason, &WAITING_REASONS).to_string()));
+            waiting.push(l, 1.0);
+        }
+        for c in &p.containers {
+            let l = || {
+                let mut l = pod(p);
+                l.push(("container", c.name.clone()));
+                l
+            };
+            if let Some(m) = c.memory_limit_bytes {
+                memory.push(l(), m as f64);
+            }
+            if let Some(m) = c.cpu_limit_millicores {
+                cpu.push(l(), m as f64 / 1000.0);
+            }
+        }
+    }
+    let mut desired = Fam::gauge(
+        "kubernetes_statefulset_replicas_desired",
+        "Replicas the StatefulSet asks for (spec.replicas)",
+    );
+    let mut sts_ready = Fam::gauge(
+        "kubernetes_statefulset_replicas_ready",
+        "Ready replicas of the StatefulSet",
+    );
+    for s in &snap.statefulsets {
+        desired.push(
+            t2(&s.target, "statefulset", &s.name),
+            f64::from(s.desired_replicas),
+        );
+        sts_ready.push(
+            t2(&s.target, "statefulset", &s.name),
+            f64::from(s.ready_replicas),
+        );
+    }
+    let mut capacity = Fam::gauge_unit(
+        "kubernetes_volume_capacity",
+        "Capacity of a pod's persistent volume (kubelet stats summary)",
+        Unit::Bytes,
+    );
+    let mut available = Fam::gauge_unit(
+        "kubernetes_volume_available",
+        "Bytes available on a pod's persistent volume (kubelet stats summary)",
+        Unit::Bytes,
+    );
+    let mut free_ratio = Fam::gauge(
+        "kubernetes_volume_free_ratio",
+        "Available over capacity of a pod's persistent volume",
+    );
+    for v in &snap.volumes {
+        let l = || {
+            vec![
+                ("target", v.target.clone()),
+                ("pod", v.pod.clone()),
+                ("pvc", v.pvc.clone()),
+            ]
+        };
+        capacity.push(l(), v.capacity_bytes as f64);
+        available.push(l(), v.available_bytes as f64);
+        if let Some(r) = v.free_ratio() {
+            free_ratio.push(l(), r);
+        }
+    }
+    let mut holder = Fam::gauge(
+        "kubernetes_lease_holder",
+        "The replica holding the Lease, as this instance last read it (value 1; absent while nobody holds it)",
+    );
+    let mut leader = Fam::gauge(
+        "kubernetes_lease_leader",
+        "1 when this instance holds the Lease and may act on Kubernetes objects",
+    );
+    if let Some(l) = &k.lease {
+        if let Some(h) = &l.holder {
+            holder.push(vec![("holder", h.clone())], 1.0);
+        }
+        leader.push(Vec::new(), b(l.is_leader));
+    }
+    for f in [
+        &reachable,
+        &synced,
+        &phase,
+        &ready,
+        &not_ready_since,
+        &restarts,
+        &restarts_hour,
+        &termination,
+        &termination_at,
+        &waiting,
+        &memory,
+        &cpu,
+        &desired,
+        &sts_ready,
+        &capacity,
+        &available,
+        &free_ratio,
+        &holder,
+        &leader,
+    ] {
+        f.encode(encoder)?;
+    }
+    Ok(())
 }
 
 fn encode_neo4j(
