@@ -130,6 +130,8 @@ pub struct PostgresObserver {
     conn: Option<PgConnection>,
     connecting: Option<JoinHandle<Result<PgConnection, sqlx::Error>>>,
     sizes: Option<(Instant, postgres::DatabaseSizes)>,
+    /// Sessions the last successful poll saw, to size the next poll's list.
+    last_sessions: usize,
 }
 
 impl PostgresObserver {
@@ -139,6 +141,7 @@ impl PostgresObserver {
             conn: None,
             connecting: None,
             sizes: None,
+            last_sessions: 0,
         }
     }
 
@@ -213,14 +216,16 @@ impl PostgresObserver {
             .sizes
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() >= self.target.settings.database_sizes_interval);
+        let sessions_hint = self.last_sessions;
         let conn = self.connection().await?;
-        let result = postgres::read_snapshot(conn, sizes_due).await;
+        let result = postgres::read_snapshot(conn, sizes_due, sessions_hint).await;
         if matches!(&result, Err(e) if matches!(e.kind, PollErrorKind::Io | PollErrorKind::Connect))
         {
             // The connection broke: drop it; the next poll opens a new one.
             self.conn = None;
         }
         let (mut snapshot, sizes) = result?;
+        self.last_sessions = snapshot.sessions.len();
         if let Some(s) = sizes {
             self.sizes = Some((Instant::now(), s));
         }

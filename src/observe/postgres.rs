@@ -7,8 +7,9 @@
 //! time (see `config::validate`), so a poll can never queue behind a lock for
 //! long nor leave a transaction open.
 
-use sqlx::postgres::PgRow;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat};
+use sqlx::{Column, Connection, PgConnection, Postgres, Row, TypeInfo, ValueRef};
 
 use super::snapshot::*;
 use super::{PollError, PollErrorKind};
@@ -59,7 +60,8 @@ const SERVER_SQL: &str = concat!(
                  THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
             CASE WHEN pg_is_in_recovery()
                  THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END,
-            sl.names, sl.types, sl.active, sl.retained
+            sl.names, sl.types, sl.active, sl.retained,
+            pg_backend_pid()
      FROM pg_stat_archiver ar,
           (SELECT coalesce(array_agg(slot_name::text ORDER BY slot_name), '{}') AS names,
                   coalesce(array_agg(slot_type ORDER BY slot_name), '{}') AS types,
@@ -70,27 +72,60 @@ const SERVER_SQL: &str = concat!(
            FROM pg_replication_slots) sl"
 );
 
-/// Every backend: the heaviest statement of a poll, so it reads only what
-/// checks and policies use, and decodes by position.
+/// Every backend: the heaviest statement of a poll (1,000 sessions cost the
+/// server about 2 ms, most of it inside `pg_stat_get_activity` itself).
+///
+/// It is `pg_stat_activity` without the view: the function the view wraps,
+/// joined to `pg_database` for the name and once to `pg_roles` for both the
+/// user name and the role flags (the view would join `pg_authid` for the name
+/// and we `pg_roles` again for the flags). Per-row work is left to the
+/// client where it is cheaper there: timestamps travel as `timestamptz` and
+/// are decoded from their binary form (an `extract(epoch …)` is numeric
+/// arithmetic, four of them per row cost more than the rest of the
+/// projection), `coalesce` of never-null text, `::text` of names, and
+/// "is this our own backend" (compared with `pg_backend_pid()` read once by
+/// [`SERVER_SQL`]). The columns are decoded by position, in this order.
 const SESSIONS_SQL: &str = "SELECT a.pid,
-            coalesce(a.backend_type, ''),
+            a.backend_type,
             a.state,
-            a.usename::text,
-            a.datname::text,
-            coalesce(a.application_name, ''),
+            r.rolname,
+            d.datname,
+            a.application_name,
             host(a.client_addr),
-            (extract(epoch FROM a.backend_start) * 1000000)::int8,
-            (extract(epoch FROM a.xact_start) * 1000000)::int8,
-            (extract(epoch FROM a.query_start) * 1000000)::int8,
-            (extract(epoch FROM a.state_change) * 1000000)::int8,
+            a.backend_start,
+            a.xact_start,
+            a.query_start,
+            a.state_change,
             a.wait_event_type,
             CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END,
             left(a.query, $1),
-            coalesce(r.rolsuper, false),
-            coalesce(r.rolreplication, false),
-            a.pid = pg_backend_pid()
-     FROM pg_stat_activity a
+            r.rolsuper,
+            r.rolreplication
+     FROM pg_stat_get_activity(NULL) a
+     LEFT JOIN pg_database d ON d.oid = a.datid
      LEFT JOIN pg_roles r ON r.oid = a.usesysid";
+
+/// The columns of [`SESSIONS_SQL`]: their names (for errors) and types,
+/// checked once per poll on the first row; every row is then decoded
+/// without sqlx's per-value type check.
+const SESSION_COLUMNS: [(&str, ColumnType); 16] = [
+    ("pid", ColumnType::Int4),
+    ("backend_type", ColumnType::Text),
+    ("state", ColumnType::Text),
+    ("usename", ColumnType::Text),
+    ("datname", ColumnType::Text),
+    ("application_name", ColumnType::Text),
+    ("client_addr", ColumnType::Text),
+    ("backend_start", ColumnType::Timestamptz),
+    ("xact_start", ColumnType::Timestamptz),
+    ("query_start", ColumnType::Timestamptz),
+    ("state_change", ColumnType::Timestamptz),
+    ("wait_event_type", ColumnType::Text),
+    ("pg_blocking_pids", ColumnType::Int4Array),
+    ("query", ColumnType::Text),
+    ("rolsuper", ColumnType::Bool),
+    ("rolreplication", ColumnType::Bool),
+];
 
 const STANDBYS_SQL: &str = concat!(
     "SELECT coalesce(application_name, ''),
@@ -123,9 +158,12 @@ const SIZES_SQL: &str = "SELECT datname::text, pg_database_size(oid)
 /// sessions, databases, ROLLBACK; standbys and lock waits only when the
 /// sessions show walsenders or lock waiters). `with_sizes` also reads
 /// database sizes, which can be slow on clusters with many databases.
+/// `sessions_hint` (the number of sessions the previous poll saw) sizes the
+/// session list up front.
 pub async fn read_snapshot(
     conn: &mut PgConnection,
     with_sizes: bool,
+    sessions_hint: usize,
 ) -> Result<(PgSnapshot, Option<DatabaseSizes>), PollError> {
     let mut tx = conn
         .begin_with("BEGIN READ ONLY")
@@ -196,35 +234,9 @@ pub async fn read_snapshot(
         )
         .collect();
 
-    let rows = sqlx::query(SESSIONS_SQL)
-        .bind(QUERY_TEXT_MAX_CHARS)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(PollError::from_sqlx)?;
-    let mut sessions = Vec::with_capacity(rows.len());
-    for r in &rows {
-        sessions.push(Session {
-            pid: col(r, 0, "pid")?,
-            backend_type: col(r, 1, "backend_type")?,
-            state: SessionState::parse(col::<Option<&str>>(r, 2, "state")?),
-            user: col(r, 3, "usename")?,
-            database: col(r, 4, "datname")?,
-            application_name: col(r, 5, "application_name")?,
-            client_addr: col(r, 6, "client_addr")?,
-            backend_start_us: col(r, 7, "backend_start")?,
-            xact_start_us: col(r, 8, "xact_start")?,
-            query_start_us: col(r, 9, "query_start")?,
-            state_change_us: col(r, 10, "state_change")?,
-            wait_event_type: col(r, 11, "wait_event_type")?,
-            blocked_by: col::<Option<Vec<i32>>>(r, 12, "pg_blocking_pids")?.unwrap_or_default(),
-            lock_wait_start_us: None,
-            query: col::<Option<String>>(r, 13, "query")?.unwrap_or_default(),
-            is_superuser: col(r, 14, "rolsuper")?,
-            is_replication_role: col(r, 15, "rolreplication")?,
-            is_self: col(r, 16, "is_self")?,
-        });
-    }
-    drop(rows);
+    let self_pid: i32 = col(&r, 24, "pg_backend_pid")?;
+
+    let mut sessions = read_sessions(&mut tx, self_pid, sessions_hint).await?;
 
     // pg_locks is read only when someone waits on a lock: one scan, then matched by pid.
     if sessions.iter().any(|s| s.waits_on_lock()) {
@@ -316,6 +328,182 @@ pub async fn read_snapshot(
     ))
 }
 
+/// Reads [`SESSIONS_SQL`] over `conn` (inside the poll's transaction).
+async fn read_sessions(
+    conn: &mut PgConnection,
+    self_pid: i32,
+    sessions_hint: usize,
+) -> Result<Vec<Session>, PollError> {
+    // Rows are decoded as they arrive, straight into a Vec sized from the
+    // previous poll (the mapper returns `()`, so sqlx collects nothing).
+    let mut sessions: Vec<Session> = Vec::with_capacity(sessions_hint + sessions_hint / 16 + 8);
+    let mut columns_checked = false;
+    sqlx::query(SESSIONS_SQL)
+        .bind(QUERY_TEXT_MAX_CHARS)
+        .try_map(|row: PgRow| {
+            if !columns_checked {
+                check_columns(&row, &SESSION_COLUMNS).map_err(to_sqlx)?;
+                columns_checked = true;
+            }
+            sessions.push(session_from_row(&row, self_pid).map_err(to_sqlx)?);
+            Ok(())
+        })
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(poll_error)?;
+    // A snapshot lives for a poll interval (two while the next replaces it):
+    // do not keep much slack when the number of sessions fell.
+    if sessions.capacity() > sessions.len() + sessions.len() / 8 + 64 {
+        sessions.shrink_to_fit();
+    }
+
+    Ok(sessions)
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00 UTC).
+const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
+
+/// The type a column of a hot statement must have.
+#[derive(Debug, Clone, Copy)]
+enum ColumnType {
+    Int4,
+    Text,
+    Bool,
+    Int4Array,
+    /// Sent in binary: microseconds since 2000-01-01 UTC, big-endian.
+    Timestamptz,
+}
+
+impl ColumnType {
+    fn accepts(self, ty: &PgTypeInfo) -> bool {
+        use sqlx::Type;
+        match self {
+            ColumnType::Int4 => <i32 as Type<Postgres>>::compatible(ty),
+            ColumnType::Text => <String as Type<Postgres>>::compatible(ty),
+            ColumnType::Bool => <bool as Type<Postgres>>::compatible(ty),
+            ColumnType::Int4Array => <Vec<i32> as Type<Postgres>>::compatible(ty),
+            ColumnType::Timestamptz => ty.oid() == Some(TIMESTAMPTZ_OID),
+        }
+    }
+}
+
+/// `pg_type.oid` of `timestamptz`, fixed in PostgreSQL's catalog.
+const TIMESTAMPTZ_OID: Oid = Oid(1184);
+
+/// Checks the shape of a result once, on its first row: the number of
+/// columns, each column's type, and the binary format the timestamps are
+/// decoded from. Rows are then decoded without per-value type checks.
+fn check_columns(row: &PgRow, expected: &[(&str, ColumnType)]) -> Result<(), PollError> {
+    let columns = row.columns();
+    if columns.len() != expected.len() {
+        return Err(PollError::new(
+            PollErrorKind::Decode,
+            format!(
+                "unexpected result: {} columns, expected {}",
+                columns.len(),
+                expected.len()
+            ),
+        ));
+    }
+    for (i, (c, (name, ty))) in columns.iter().zip(expected).enumerate() {
+        let binary = || {
+            row.try_get_raw(i)
+                .is_ok_and(|v| v.format() == PgValueFormat::Binary)
+        };
+        if !ty.accepts(c.type_info()) || (matches!(ty, ColumnType::Timestamptz) && !binary()) {
+            return Err(PollError::new(
+                PollErrorKind::Decode,
+                format!(
+                    "unexpected value in column {name:?}: SQL type {} is not {ty:?}",
+                    c.type_info().name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One row of [`SESSIONS_SQL`], whose columns [`check_columns`] has checked.
+fn session_from_row(r: &PgRow, self_pid: i32) -> Result<Session, PollError> {
+    let pid: i32 = get(r, 0)?;
+    Ok(Session {
+        pid,
+        backend_type: get::<Option<String>>(r, 1)?.unwrap_or_default(),
+        state: SessionState::parse(get::<Option<&str>>(r, 2)?),
+        user: get(r, 3)?,
+        database: get(r, 4)?,
+        application_name: get::<Option<String>>(r, 5)?.unwrap_or_default(),
+        client_addr: get(r, 6)?,
+        backend_start_us: timestamp_us(r, 7)?,
+        xact_start_us: timestamp_us(r, 8)?,
+        query_start_us: timestamp_us(r, 9)?,
+        state_change_us: timestamp_us(r, 10)?,
+        wait_event_type: get(r, 11)?,
+        blocked_by: get::<Option<Vec<i32>>>(r, 12)?.unwrap_or_default(),
+        lock_wait_start_us: None,
+        query: get::<Option<String>>(r, 13)?.unwrap_or_default(),
+        is_superuser: get::<Option<bool>>(r, 14)?.unwrap_or(false),
+        is_replication_role: get::<Option<bool>>(r, 15)?.unwrap_or(false),
+        is_self: pid == self_pid,
+    })
+}
+
+/// Column `index` of a row whose column types were checked by [`check_columns`].
+fn get<'r, T>(row: &'r PgRow, index: usize) -> Result<T, PollError>
+where
+    T: sqlx::Decode<'r, Postgres>,
+{
+    row.try_get_unchecked(index)
+        .map_err(|e| decode_error(SESSION_COLUMNS[index].0, e))
+}
+
+/// A `timestamptz` column in binary format, as microseconds since the Unix
+/// epoch: what `(extract(epoch FROM ts) * 1000000)::int8` returns on the
+/// server, including its refusal of infinite timestamps.
+fn timestamp_us(row: &PgRow, index: usize) -> Result<Option<i64>, PollError> {
+    let name = SESSION_COLUMNS[index].0;
+    let value = row.try_get_raw(index).map_err(|e| decode_error(name, e))?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let bytes: [u8; 8] = value
+        .as_bytes()
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| decode_error(name, "not an 8-byte binary timestamp"))?;
+    match i64::from_be_bytes(bytes) {
+        i64::MIN | i64::MAX => Err(decode_error(name, "infinite timestamp")),
+        t => t
+            .checked_add(PG_EPOCH_UNIX_US)
+            .map(Some)
+            .ok_or_else(|| decode_error(name, "timestamp out of range")),
+    }
+}
+
+fn decode_error(name: &str, e: impl std::fmt::Display) -> PollError {
+    PollError::new(
+        PollErrorKind::Decode,
+        format!("unexpected value in column {name:?}: {e}"),
+    )
+}
+
+/// Back from the `sqlx::Error` a row mapper had to return: our own decode
+/// errors come back as they were made.
+fn poll_error(e: sqlx::Error) -> PollError {
+    match e {
+        sqlx::Error::Decode(inner) => match inner.downcast::<PollError>() {
+            Ok(ours) => *ours,
+            Err(other) => PollError::from_sqlx(sqlx::Error::Decode(other)),
+        },
+        e => PollError::from_sqlx(e),
+    }
+}
+
+/// A decode error of ours, carried through sqlx's row mapper; see [`poll_error`].
+fn to_sqlx(e: PollError) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
 /// The standby's delay: 0 when the receiver streams and everything received
 /// is replayed; otherwise the age of the last replayed transaction, so that a
 /// broken WAL receiver or paused replay cannot read as "no lag".
@@ -343,7 +531,164 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::replay_delay;
+    use super::*;
+
+    /// The statement and decoding before the poll read `pg_stat_get_activity`
+    /// directly (timestamps converted on the server, every value type-checked
+    /// by sqlx): the reference the fast path must agree with.
+    const REFERENCE_SESSIONS_SQL: &str = "SELECT a.pid,
+            coalesce(a.backend_type, ''),
+            a.state,
+            a.usename::text,
+            a.datname::text,
+            coalesce(a.application_name, ''),
+            host(a.client_addr),
+            (extract(epoch FROM a.backend_start) * 1000000)::int8,
+            (extract(epoch FROM a.xact_start) * 1000000)::int8,
+            (extract(epoch FROM a.query_start) * 1000000)::int8,
+            (extract(epoch FROM a.state_change) * 1000000)::int8,
+            a.wait_event_type,
+            CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END,
+            left(a.query, $1),
+            coalesce(r.rolsuper, false),
+            coalesce(r.rolreplication, false),
+            a.pid = pg_backend_pid()
+     FROM pg_stat_activity a
+     LEFT JOIN pg_roles r ON r.oid = a.usesysid";
+
+    async fn reference_sessions(conn: &mut PgConnection) -> Vec<Session> {
+        let rows = sqlx::query(REFERENCE_SESSIONS_SQL)
+            .bind(QUERY_TEXT_MAX_CHARS)
+            .fetch_all(conn)
+            .await
+            .expect("reference sessions");
+        rows.iter()
+            .map(|r| Session {
+                pid: r.get(0),
+                backend_type: r.get(1),
+                state: SessionState::parse(r.get::<Option<&str>, _>(2)),
+                user: r.get(3),
+                database: r.get(4),
+                application_name: r.get(5),
+                client_addr: r.get(6),
+                backend_start_us: r.get(7),
+                xact_start_us: r.get(8),
+                query_start_us: r.get(9),
+                state_change_us: r.get(10),
+                wait_event_type: r.get(11),
+                blocked_by: r.get::<Option<Vec<i32>>, _>(12).unwrap_or_default(),
+                lock_wait_start_us: None,
+                query: r.get::<Option<String>, _>(13).unwrap_or_default(),
+                is_superuser: r.get(14),
+                is_replication_role: r.get(15),
+                is_self: r.get(16),
+            })
+            .collect()
+    }
+
+    /// On a real server holding every kind of session the checks and
+    /// policies look at (idle with an application name, idle in transaction
+    /// holding a lock, waiting on that lock, active, background workers),
+    /// the fast sessions read returns exactly what the reference returns in
+    /// the same transaction (where `pg_stat_activity` holds still).
+    #[tokio::test]
+    async fn sessions_match_the_reference_statement() {
+        use crate::scratch::{ClusterOptions, ScratchCluster};
+        use std::time::{Duration, Instant};
+
+        let pg = ScratchCluster::start_primary(ClusterOptions::default()).expect("scratch cluster");
+        let url = pg.url("postgres");
+        let connect = async || PgConnection::connect(&url).await.expect("connect");
+        let run = async |c: &mut PgConnection, sql: &str| {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(c)
+                .await
+                .expect(sql);
+        };
+
+        let mut setup = connect().await;
+        run(
+            &mut setup,
+            "CREATE TABLE t (x int); CREATE ROLE plain LOGIN",
+        )
+        .await;
+        let mut idle = connect().await;
+        // Longer than track_activity_query_size, and multibyte: the server clips it.
+        let long = format!(
+            "SET application_name = 'oracle idle'; SELECT '{}'",
+            "é".repeat(600)
+        );
+        run(&mut idle, &long).await;
+        let mut holder = connect().await;
+        run(&mut holder, "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await;
+        let mut waiter = connect().await;
+        let waiting = tokio::spawn(async move {
+            let _ = sqlx::raw_sql("SELECT * FROM t").execute(&mut waiter).await;
+        });
+        let plain_url = pg.url("postgres").replace("postgres@", "plain@");
+        let mut sleeper = PgConnection::connect(&plain_url)
+            .await
+            .expect("connect as plain");
+        let sleeping = tokio::spawn(async move {
+            let _ = sqlx::raw_sql("SELECT pg_sleep(60)")
+                .execute(&mut sleeper)
+                .await;
+        });
+
+        let mut conn = connect().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (lock_waiters, sleepers): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'),
+                        count(*) FILTER (WHERE query = 'SELECT pg_sleep(60)' AND state = 'active')
+                 FROM pg_stat_activity",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("count sessions");
+            if lock_waiters == 1 && sleepers == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sessions did not show up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let mut tx = conn.begin_with("BEGIN READ ONLY").await.expect("begin");
+        let self_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("pid");
+        let fast = read_sessions(&mut tx, self_pid, 0)
+            .await
+            .expect("fast sessions");
+        let reference = reference_sessions(&mut tx).await;
+        tx.rollback().await.expect("rollback");
+        assert_eq!(fast, reference);
+
+        // The cases above are really there.
+        assert!(fast.iter().any(|s| s.is_self));
+        assert!(fast.iter().any(|s| !s.blocked_by.is_empty()));
+        assert!(
+            fast.iter()
+                .any(|s| s.state == SessionState::IdleInTransaction)
+        );
+        assert!(fast.iter().any(|s| s.application_name == "oracle idle"
+            && s.query.starts_with("SET application_name")
+            && s.query.ends_with('é')
+            && s.client_addr.as_deref() == Some("127.0.0.1")));
+        assert!(
+            fast.iter()
+                .any(|s| s.user.as_deref() == Some("plain") && !s.is_superuser)
+        );
+        assert!(
+            fast.iter()
+                .any(|s| s.user.is_none() && s.backend_type != "client backend")
+        );
+        assert!(fast.iter().all(|s| s.backend_start_us.is_some()));
+
+        waiting.abort();
+        sleeping.abort();
+    }
 
     #[test]
     fn idle_primary_is_not_lag() {
