@@ -1380,3 +1380,412 @@ async fn volume_usage_through_the_node_proxy() {
         dbwarden::kubernetes::checks::KubeCheckStatus::Fail
     );
 }
+
+// ---------------------------------------------------------------- the daemon's Kubernetes loop
+
+use dbwarden::config::Config;
+use dbwarden::daemon::state::{KubernetesStatus, SharedState};
+use dbwarden::kubernetes::checks::{KubeCheckId, KubeCheckStatus};
+use dbwarden::remediate::audit::{AuditLog, Decision};
+use dbwarden::remediate::runner::Remediation;
+use dbwarden::telemetry::metrics::Metrics;
+
+/// A config with one PostgreSQL target tied to `app=postgres` pods, the
+/// eviction policy in enforce mode and a Lease, as a user would write it.
+fn wired_config(dir: &std::path::Path) -> Config {
+    let toml = format!(
+        "[postgres.pg]
+url = \"postgres://app@127.0.0.1:1/app\"
+pods = \"app=postgres\"
+
+[remediation]
+mode = \"enforce\"
+instance = \"warden-a\"
+audit_file = {:?}
+state_dir = {:?}
+pacing = \"100ms\"
+
+[kubernetes]
+namespace = \"db\"
+statefulsets = false
+interval = \"1s\"
+
+[kubernetes.lease]
+duration = \"15s\"
+renew_every = \"5s\"
+
+[kubernetes.eviction]
+not_ready_for = \"5m\"
+cooldown = \"15m\"
+",
+        dir.join("audit.jsonl").display().to_string(),
+        dir.display().to_string(),
+    );
+    Config::from_toml_with_env(&toml, std::iter::empty()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits (with a deadline) until the published Kubernetes status satisfies `f`.
+async fn wait_status(
+    state: &SharedState,
+    what: &str,
+    f: impl Fn(&KubernetesStatus) -> bool,
+) -> Arc<KubernetesStatus> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let s = state.kubernetes();
+        if let Some(s) = s.as_ref().filter(|s| f(s)) {
+            return s.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {s:#?}"
+        );
+        // The loop publishes at least every `interval`; re-read soon.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A mock API server for the whole loop: pod list + (held) watch, the
+/// re-check GET, the eviction, and the Lease. `evictions` records each
+/// eviction with whether its intent was already in the audit file.
+fn spawn_cluster(
+    mut handle: Handle,
+    pods: Vec<PodFx>,
+    audit: std::path::PathBuf,
+    evictions: Arc<Mutex<Vec<(String, bool)>>>,
+) {
+    let lease = Arc::new(Mutex::new(LeaseStore::default()));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let s = seen(req).await;
+            let pods_path = format!("/api/v1/namespaces/{NS}/pods");
+            let resp = match (s.method.clone(), s.path.as_str()) {
+                (Method::GET, p) if p == pods_path && s.q("watch") == Some("true") => {
+                    // Nothing changes: hold the watch open.
+                    held.push(send);
+                    continue;
+                }
+                (Method::GET, p) if p == pods_path => {
+                    assert_eq!(s.q("labelSelector"), Some("app=postgres"), "{s:?}");
+                    json_response(
+                        200,
+                        &list_json("PodList", "v1", 10, pods.iter().map(PodFx::json).collect()),
+                    )
+                }
+                (Method::GET, p) if p.starts_with(&format!("{pods_path}/")) => {
+                    let name = p.rsplit('/').next().unwrap();
+                    match pods.iter().find(|f| f.name == name) {
+                        Some(f) => json_response(200, &f.json()),
+                        None => json_response(404, &status_body(404, "NotFound", "not found")),
+                    }
+                }
+                (Method::POST, p) if p.ends_with("/eviction") => {
+                    let pod = p.split('/').nth_back(1).unwrap().to_string();
+                    let (records, _) = AuditLog::read_all(&audit).unwrap();
+                    let intent_first = records.iter().any(|r| {
+                        r.decision == Decision::Intent
+                            && r.pod.as_ref().is_some_and(|p| p.name == pod)
+                    });
+                    let body = s.body.clone().unwrap();
+                    assert_eq!(
+                        body["deleteOptions"]["preconditions"]["uid"],
+                        json!(format!("uid-{pod}"))
+                    );
+                    evictions.lock().unwrap().push((pod, intent_first));
+                    json_response(201, &status_body(201, "", ""))
+                }
+                (Method::GET, p) if p == format!("{LEASES}/dbwarden") => {
+                    match &lease.lock().unwrap().lease {
+                        Some(l) => json_response(200, l),
+                        None => json_response(404, &status_body(404, "NotFound", "no lease")),
+                    }
+                }
+                (Method::POST, LEASES) => {
+                    let v = lease.lock().unwrap().store(s.body.clone().unwrap());
+                    json_response(201, &v)
+                }
+                (Method::PUT, p) if p == format!("{LEASES}/dbwarden") => {
+                    let v = lease.lock().unwrap().store(s.body.clone().unwrap());
+                    json_response(200, &v)
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            send.send_response(resp);
+        }
+        drop(held);
+    });
+}
+
+#[tokio::test]
+async fn the_daemon_loop_publishes_pods_checks_and_the_lease_and_evicts_exactly_the_qualifying_pod()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let config = wired_config(dir.path());
+    let settings = config.kubernetes.clone().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let now = now_ms();
+    let pods = vec![
+        // Ready.
+        PodFx::new("postgres-0", 1),
+        // Not ready for an hour: qualifies.
+        PodFx::new("postgres-1", 2).not_ready_since(now - 3_600_000),
+        // Another StatefulSet's pod, not ready for a minute only: it may be recovering.
+        PodFx::new("replica-0", 3)
+            .sts(Some("replica"))
+            .not_ready_since(now - 60_000)
+            .crash_loop(4, "OOMKilled", 137, now - 30_000),
+    ];
+    let (client, handle) = mock_client();
+    let evictions = Arc::new(Mutex::new(Vec::new()));
+    spawn_cluster(handle, pods, audit.clone(), evictions.clone());
+
+    let state = Arc::new(SharedState::new([("pg", "postgres")]));
+    let metrics = Arc::new(Metrics::new(state.clone()));
+    let rem = Remediation::start(config.remediation.clone().unwrap(), metrics.clone()).unwrap();
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    tracker.spawn(dbwarden::daemon::kubernetes::run(
+        settings,
+        client,
+        state.clone(),
+        metrics.clone(),
+        Some(rem.clone()),
+        tracker.clone(),
+        cancel.clone(),
+    ));
+
+    let status = wait_status(&state, "the eviction", |s| {
+        s.last_evictions.iter().any(|r| {
+            matches!(
+                r.decision,
+                EvictionDecision::Done(dbwarden::kubernetes::evict::EvictionOutcome::Evicted)
+            )
+        })
+    })
+    .await;
+    assert_eq!(
+        *evictions.lock().unwrap(),
+        [("postgres-1".to_string(), true)],
+        "exactly the qualifying pod, its intent on disk first"
+    );
+    assert!(status.snapshot.api_reachable);
+    assert_eq!(status.snapshot.pods.len(), 3);
+    let check = |id| {
+        status
+            .checks
+            .iter()
+            .find(|c| c.target == "pg" && c.check == id)
+            .unwrap_or_else(|| panic!("no {id:?} in {:#?}", status.checks))
+    };
+    assert_eq!(
+        check(KubeCheckId::ApiReachable).status,
+        KubeCheckStatus::Pass
+    );
+    assert_eq!(check(KubeCheckId::PodsReady).status, KubeCheckStatus::Fail);
+    assert_eq!(
+        check(KubeCheckId::NoCrashLoop).status,
+        KubeCheckStatus::Fail
+    );
+    assert_eq!(
+        check(KubeCheckId::NoOomKilled).status,
+        KubeCheckStatus::Fail
+    );
+    let lease = status.lease.as_ref().unwrap();
+    assert_eq!(lease.holder.as_deref(), Some("warden-a"));
+    assert!(lease.is_leader);
+
+    // The real audit file: an intent, then the outcome, about that pod.
+    let (records, bad) = AuditLog::read_all(&audit).unwrap();
+    assert_eq!(bad, 0);
+    let about: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.decision,
+                r.action.as_str(),
+                r.pod.as_ref().unwrap().name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        about,
+        [
+            (Decision::Intent, "evict", "postgres-1"),
+            (Decision::Acted, "evict", "postgres-1")
+        ]
+    );
+    assert_eq!(records[0].action_id, records[1].action_id);
+    assert_eq!(records[0].pod.as_ref().unwrap().uid, "uid-postgres-1");
+    assert_eq!(records[0].policy, "kubernetes_eviction");
+    assert_eq!(records[0].instance, "warden-a");
+
+    // Metrics come from memory, with bounded labels.
+    let text = String::from_utf8(metrics.render().to_vec()).unwrap();
+    for line in [
+        "dbwarden_kubernetes_api_reachable 1",
+        "dbwarden_kubernetes_pod_ready{target=\"pg\",pod=\"postgres-0\"} 1",
+        "dbwarden_kubernetes_pod_ready{target=\"pg\",pod=\"postgres-1\"} 0",
+        "dbwarden_kubernetes_pod_phase{target=\"pg\",pod=\"postgres-0\",phase=\"Running\"} 1",
+        "dbwarden_kubernetes_pod_restarts_total{target=\"pg\",pod=\"replica-0\"} 4",
+        "dbwarden_kubernetes_pod_waiting{target=\"pg\",pod=\"replica-0\",reason=\"CrashLoopBackOff\"} 1",
+        "dbwarden_kubernetes_pod_last_termination{target=\"pg\",pod=\"replica-0\",reason=\"OOMKilled\"} 1",
+        "dbwarden_kubernetes_container_memory_limit_bytes{target=\"pg\",pod=\"postgres-0\",container=\"postgres\"} 2147483648",
+        "dbwarden_kubernetes_lease_holder{holder=\"warden-a\"} 1",
+        "dbwarden_kubernetes_lease_leader 1",
+        "dbwarden_check_failing{target=\"pg\",check=\"kubernetes_pods_ready\"} 1",
+        "dbwarden_check_failing{target=\"pg\",check=\"kubernetes_api_reachable\"} 0",
+        "dbwarden_remediation_actions_total{target=\"pg\",policy=\"kubernetes_eviction\",action=\"evict\",outcome=\"acted\",mode=\"enforce\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    for name in text
+        .lines()
+        .filter(|l| l.starts_with("dbwarden_kubernetes"))
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+    {
+        assert!(
+            dbwarden::telemetry::metrics::METRIC_NAMES.contains(&name),
+            "{name} is not in METRIC_NAMES"
+        );
+    }
+
+    // Later rounds do not evict again (the StatefulSet cools down).
+    let rounds_before = state.generation();
+    wait_status(&state, "two more rounds", |_| {
+        state.generation() >= rounds_before + 2
+    })
+    .await;
+    assert_eq!(evictions.lock().unwrap().len(), 1);
+
+    cancel.cancel();
+    tracker.close();
+    tokio::time::timeout(DEADLINE, tracker.wait())
+        .await
+        .expect("the loop stops when cancelled");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_fails_the_kubernetes_checks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = wired_config(dir.path()).kubernetes.unwrap();
+    settings.eviction = None;
+    settings.lease = None;
+    let (client, mut handle) = mock_client();
+    tokio::spawn(async move {
+        while let Some((_req, send)) = handle.next_request().await {
+            send.send_error("connection refused");
+        }
+    });
+    let state = Arc::new(SharedState::new([("pg", "postgres")]));
+    let metrics = Arc::new(Metrics::new(state.clone()));
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    tracker.spawn(dbwarden::daemon::kubernetes::run(
+        settings,
+        client,
+        state.clone(),
+        metrics.clone(),
+        None,
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    let status = wait_status(&state, "the API server reported unreachable", |s| {
+        !s.snapshot.api_reachable
+    })
+    .await;
+    let api = status
+        .checks
+        .iter()
+        .find(|c| c.check == KubeCheckId::ApiReachable)
+        .unwrap();
+    assert_eq!(api.status, KubeCheckStatus::Fail);
+    assert!(
+        status
+            .checks
+            .iter()
+            .filter(|c| c.check != KubeCheckId::ApiReachable)
+            .all(|c| c.status == KubeCheckStatus::Unknown),
+        "{:#?}",
+        status.checks
+    );
+    let text = String::from_utf8(metrics.render().to_vec()).unwrap();
+    assert!(
+        text.contains("dbwarden_kubernetes_api_reachable 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dbwarden_check_failing{target=\"pg\",check=\"kubernetes_api_reachable\"} 1")
+    );
+    // The database target's state is its poll loop's alone: untouched here.
+    let pg = state.get("pg").unwrap();
+    assert_eq!(pg.polls_completed, 0);
+    assert!(pg.checks.is_empty());
+    cancel.cancel();
+    tracker.close();
+    tokio::time::timeout(DEADLINE, tracker.wait())
+        .await
+        .expect("the loop stops when cancelled");
+}
+
+#[tokio::test]
+async fn dbwarden_check_reports_an_api_server_it_cannot_reach() {
+    // A kubeconfig pointing at a port nothing listens on: a real connection attempt that fails.
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: http://127.0.0.1:{port}
+users:
+- name: u
+  user:
+    token: t
+contexts:
+- name: x
+  context:
+    cluster: c
+    user: u
+current-context: x
+"
+        ),
+    )
+    .unwrap();
+    let toml = format!(
+        "[postgres.pg]
+url = \"postgres://app@127.0.0.1:1/app\"
+pods = \"app=postgres\"
+
+[kubernetes]
+credentials = \"kubeconfig\"
+kubeconfig = {:?}
+namespace = \"db\"
+",
+        kubeconfig.display().to_string()
+    );
+    let config = Config::from_toml_with_env(&toml, std::iter::empty()).unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        dbwarden::daemon::kubernetes::observe_kubernetes_once(config.kubernetes.as_ref().unwrap()),
+    )
+    .await
+    .expect("check gives up on an unreachable API server");
+    assert!(!report.snapshot.api_reachable);
+    let api: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.check == KubeCheckId::ApiReachable)
+        .collect();
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[0].status, KubeCheckStatus::Fail);
+    assert_eq!(api[0].target, "pg");
+}

@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::state::{KubernetesStatus, LeaseView, SharedState};
+use crate::kubernetes::checks::KubeCheck;
 use crate::kubernetes::checks::{KubeCheckStatus, pod_checks};
+use crate::kubernetes::client::build_client;
 use crate::kubernetes::evict::{
     EvictionAudit, EvictionBudget, EvictionCandidate, EvictionDecision, EvictionOutcome,
     EvictionReport, EvictionRunner,
@@ -28,7 +30,7 @@ use crate::kubernetes::evict::{
 use crate::kubernetes::lease::LeaseElector;
 use crate::kubernetes::pods::PodObserver;
 use crate::kubernetes::snapshot::VolumeUsage;
-use crate::kubernetes::{KubernetesSettings, now_ms, volumes};
+use crate::kubernetes::{KubernetesSettings, KubernetesSnapshot, now_ms, volumes};
 use crate::remediate::audit::{AuditLog, AuditRecord, Decision, Mode, RECENT_CAPACITY};
 use crate::remediate::runner::Remediation;
 use crate::telemetry::metrics::Metrics;
@@ -229,6 +231,89 @@ pub fn unreachable_snapshot(
         })
         .collect();
     s
+}
+
+/// What one look at the API server found.
+#[derive(Debug, serde::Serialize)]
+pub struct KubernetesReport {
+    pub checks: Vec<KubeCheck>,
+    pub snapshot: KubernetesSnapshot,
+}
+
+/// How long `dbwarden check` waits for the pod lists.
+const KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+const VOLUME_STATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lists the targets' pods once (through the same watchers as the daemon,
+/// stopped after the first complete list or the first error) and evaluates
+/// the Kubernetes checks. Credentials that cannot be loaded or an API server
+/// that cannot be reached fail `kubernetes_api_reachable`; the database
+/// checks do not depend on any of it.
+pub async fn observe_kubernetes_once(settings: &KubernetesSettings) -> KubernetesReport {
+    let client = match build_client(&settings.credentials, &settings.namespace).await {
+        Ok(c) => c,
+        Err(e) => {
+            let snapshot = unreachable_snapshot(settings, &e.to_string(), now_ms());
+            let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+            return KubernetesReport { checks, snapshot };
+        }
+    };
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let observer = match PodObserver::spawn(
+        client.clone(),
+        &settings.namespace,
+        &settings.targets,
+        settings.statefulsets,
+        &tracker,
+        cancel.clone(),
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            let snapshot = unreachable_snapshot(settings, &e, now_ms());
+            let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+            return KubernetesReport { checks, snapshot };
+        }
+    };
+    let mut changes = observer.subscribe();
+    // Every target listed, or failing: the StatefulSets are listed beside
+    // them and reported as far as they got.
+    let settled = |s: &KubernetesSnapshot| s.targets.iter().all(|t| t.synced || t.error.is_some());
+    let _ = tokio::time::timeout(KUBERNETES_SYNC_TIMEOUT, async {
+        while !settled(&observer.snapshot(now_ms())) {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut snapshot = observer.snapshot(now_ms());
+    if snapshot
+        .targets
+        .iter()
+        .any(|t| !t.synced && t.error.is_none())
+    {
+        snapshot.api_reachable = false;
+        snapshot.error.get_or_insert_with(|| {
+            format!(
+                "the pods were not listed within {}",
+                humantime::format_duration(KUBERNETES_SYNC_TIMEOUT)
+            )
+        });
+        for t in snapshot.targets.iter_mut().filter(|t| !t.synced) {
+            t.error = snapshot.error.clone();
+        }
+    }
+    if settings.volume_stats && snapshot.api_reachable {
+        let (v, e) = volumes::collect_volumes(&client, &snapshot, VOLUME_STATS_TIMEOUT).await;
+        snapshot.volumes = v;
+        snapshot.volumes_error = e;
+    }
+    cancel.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+    KubernetesReport { checks, snapshot }
 }
 
 /// Volume usage read by its own task, so a slow kubelet never delays a publish.
