@@ -1093,6 +1093,7 @@ fn rbac_is_least_privilege_and_opt_in() {
             "components/kubernetes-observation",
             grant_set(&[
                 ("", "pods", &["get", "list", "watch"]),
+                ("apps", "statefulsets", &["get", "list", "watch"]),
                 ("events.k8s.io", "events", &["create"]),
             ]),
         ),
