@@ -1060,6 +1060,29 @@ async fn connection_dropped_mid_stream_takes_the_target_down_as_io_and_it_recove
     .await;
 }
 
+/// A port that accepts TCP connections but never answers the Bolt handshake
+/// (a hung server, a proxy with nothing behind it): the poll is abandoned at
+/// `poll_timeout`; once a server answers there, the target comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_takes_the_target_down_as_timeout_and_it_recovers() {
+    let hole = Blackhole::new();
+    let port: u16 = hole
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+        .expect("the blackhole's port");
+    let pw = password_file(PASSWORD);
+    let daemon = daemon_with_pg(&format!("bolt://127.0.0.1:{port}"), pw.path()).await;
+    assert_down_with(&daemon, "timeout", &BTreeMap::new(), "a silent server").await;
+    drop(hole);
+    let state = ServerState::shared();
+    populate(&mut support::bolt::state::lock(&state));
+    let server = BoltServer::start_on(port, Persona::neo4j_5(), state);
+    wait_up(&daemon, "graph up once a server answers on its port").await;
+    daemon.stop().await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_takes_the_target_down_as_connect_and_it_recovers() {
     let port = free_port();
@@ -1254,7 +1277,7 @@ fn the_example_configs_neo4j_target_is_valid_uncommented() {
         "no commented [neo4j.graph] target with password_env in {path}:\n{block}"
     );
     let env = [("NEO4J_PASSWORD".to_string(), "example-pw".to_string())];
-    let config = Config::from_toml_with_env(&block, env.into_iter())
+    let config = Config::from_toml_with_env(&block, env)
         .unwrap_or_else(|e| panic!("the example's Neo4j target is invalid: {e}\n{block}"));
     assert_eq!(config.neo4j.len(), 1);
     let t = &config.neo4j[0];
