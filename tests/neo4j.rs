@@ -1083,6 +1083,41 @@ async fn a_server_that_never_answers_takes_the_target_down_as_timeout_and_it_rec
     server.shutdown().await;
 }
 
+/// The same silent server with a `connect_timeout` shorter than
+/// `poll_timeout`: the first statement of a new connection (connect,
+/// handshake, log in) is bounded by `connect_timeout`, so it is a `connect`
+/// failure and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_silent_past_connect_timeout_is_a_connect_failure() {
+    let hole = Blackhole::new();
+    let port: u16 = hole
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+        .expect("the blackhole's port");
+    let pw = password_file(PASSWORD);
+    let toml = format!(
+        "{}{}",
+        fast_target("pg", LOCAL_PG, ""),
+        neo4j_target("graph", &format!("bolt://127.0.0.1:{port}"), pw.path())
+            .replace("connect_timeout = \"1s\"", "connect_timeout = \"100ms\"")
+    );
+    let daemon = Daemon::start(&toml).await;
+    assert_down_with(&daemon, "connect", &BTreeMap::new(), "a silent server").await;
+    let status = daemon.status().await;
+    let graph = status["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["target"] == "graph"))
+        .cloned()
+        .expect("graph in the status");
+    let message = graph["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("could not connect and log in within connect_timeout 100ms"),
+        "{graph}"
+    );
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_takes_the_target_down_as_connect_and_it_recovers() {
     let port = free_port();

@@ -11,10 +11,14 @@
 //! carries transaction metadata `{app: "dbwarden"}`, so dbwarden recognises
 //! its own transactions in `SHOW TRANSACTIONS` and never acts on them.
 //!
-//! neo4rs bounds a read by its connection timeout (30 s by default) and
-//! retries transient errors for up to a minute; the whole poll is bounded by
-//! the target's `poll_timeout` here instead, and after a timeout or a broken
-//! connection the client is rebuilt, so the next poll starts clean.
+//! neo4rs bounds every read, not only the connect, by its one
+//! `connection_timeout`, and retries transient errors for up to a minute.
+//! dbwarden keeps its own bounds instead: neo4rs gets a timeout longer than
+//! any of ours, a fresh client's first statement (connect, handshake, log
+//! in, `dbms.components()`) is bounded by `connect_timeout` and reported as
+//! `connect` when it overruns, and the whole poll by `poll_timeout`
+//! (`timeout`). After a timeout or a broken connection the client is
+//! rebuilt, so the next poll starts clean.
 
 pub mod snapshot;
 
@@ -73,7 +77,9 @@ impl Neo4jClient {
             .password(target.password.as_ref().map_or("", |p| p.expose()))
             .fetch_size(FETCH_SIZE)
             .max_connections(1)
-            .connection_timeout(target.settings.connect_timeout)
+            // Never before ours: a slow statement must be reported as a
+            // timeout at poll_timeout, not cut short at connect_timeout.
+            .connection_timeout(neo4rs_timeout(&target.settings))
             .build()
             .map_err(|e| PollError::new(PollErrorKind::Connect, e.to_string()))?;
         let graph = Graph::connect(config).map_err(classify)?;
@@ -105,10 +111,18 @@ impl Neo4jClient {
     }
 }
 
+/// The timeout handed to neo4rs, which applies it to the connect and to
+/// every read: longer than dbwarden's own bounds, so that those fire first.
+fn neo4rs_timeout(s: &crate::config::TargetSettings) -> std::time::Duration {
+    s.poll_timeout.max(s.connect_timeout) + std::time::Duration::from_secs(1)
+}
+
 /// Polls one Neo4j target.
 pub struct Neo4jObserver {
     target: Neo4jTarget,
     client: Option<Neo4jClient>,
+    /// The client has completed a statement: its connection is established.
+    established: bool,
 }
 
 impl Neo4jObserver {
@@ -116,6 +130,7 @@ impl Neo4jObserver {
         Neo4jObserver {
             target,
             client: None,
+            established: false,
         }
     }
 
@@ -130,6 +145,7 @@ impl Neo4jObserver {
 
     pub async fn close(&mut self) {
         self.client = None;
+        self.established = false;
     }
 
     /// One poll, bounded by `poll_timeout`. After a failure that may have
@@ -141,11 +157,14 @@ impl Neo4jObserver {
             None => {
                 let c = Neo4jClient::new(&self.target, "observe")?;
                 self.client = Some(c.clone());
+                self.established = false;
                 c
             }
         };
         let timeout = self.target.settings.poll_timeout;
-        let result = match tokio::time::timeout(timeout, observe(&client, &self.target)).await {
+        let connect_within = (!self.established).then_some(self.target.settings.connect_timeout);
+        let poll = observe_within(&client, &self.target, connect_within);
+        let result = match tokio::time::timeout(timeout, poll).await {
             Ok(r) => r,
             Err(_) => Err(PollError::new(
                 PollErrorKind::Timeout,
@@ -155,13 +174,42 @@ impl Neo4jObserver {
                 ),
             )),
         };
-        if let Err(e) = &result
-            && e.kind != PollErrorKind::Query
-        {
-            self.client = None;
+        match &result {
+            Ok(_) => self.established = true,
+            Err(e) if e.kind != PollErrorKind::Query => {
+                self.client = None;
+                self.established = false;
+            }
+            Err(_) => {}
         }
         result
     }
+}
+
+/// [`observe`], with the first statement bounded by `connect_within` when
+/// the client has no established connection yet: connecting, the Bolt
+/// handshake and logging in all happen inside it.
+async fn observe_within(
+    client: &Neo4jClient,
+    target: &Neo4jTarget,
+    connect_within: Option<std::time::Duration>,
+) -> Result<Neo4jSnapshot, PollError> {
+    if let Some(limit) = connect_within {
+        match tokio::time::timeout(limit, run(client, None, PING)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(PollError::new(
+                    PollErrorKind::Connect,
+                    format!(
+                        "could not connect and log in within connect_timeout {}",
+                        humantime::format_duration(limit)
+                    ),
+                ));
+            }
+        }
+    }
+    observe(client, target).await
 }
 
 /// Reads one snapshot over `client`.
@@ -312,8 +360,9 @@ pub fn classify(e: neo4rs::Error) -> PollError {
             | std::io::ErrorKind::NetworkUnreachable => PollErrorKind::Connect,
             _ => PollErrorKind::Io,
         },
+        // Reached only past dbwarden's own bounds (see `neo4rs_timeout`).
+        E::ConnectionTimedOut => PollErrorKind::Timeout,
         E::ConnectionError
-        | E::ConnectionTimedOut
         | E::UrlParseError(_)
         | E::UnsupportedScheme(_)
         | E::InvalidDnsName(_)
