@@ -655,4 +655,5 @@ fn the_template_renders_the_runbook_communication_template() {
         neo4j.contains("DATABASE INCIDENT: Neo4j Failure"),
         "{neo4j}"
     );
+    assert!(neo4j.contains("- Database: DOWN\n"), "{neo4j}");
 }
