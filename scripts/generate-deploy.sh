@@ -9,8 +9,8 @@
 #
 # They are written straight into the kustomize components that ship them:
 # kustomize reads no file outside a kustomization's own directory.
-#       a ConfigMap labelled grafana_dashboard: "1" (the Grafana sidecar's
-#       convention) holding every dashboard under its file name.
+#       one ConfigMap per dashboard, labelled grafana_dashboard: "1" (the
+#       Grafana sidecar's convention), holding it under its file name.
 #
 # Usage: scripts/generate-deploy.sh          write the generated files
 #        scripts/generate-deploy.sh --check  exit 1 (and show a diff) when they
@@ -76,22 +76,30 @@ dashboards_configmap() {
   done
   [ ${#files[@]} -gt 0 ] || { echo "no dashboards in $DASHBOARDS/" >&2; return 1; }
   header "$DASHBOARDS/*.json"
-  cat <<HDR
+  # One ConfigMap per dashboard: `kubectl apply` (client-side) keeps each
+  # object in an annotation of at most 256 KiB, which all of them together
+  # would soon exceed.
+  local first=true stem
+  for f in "${files[@]}"; do
+    if grep -q $'\t' "$f"; then
+      echo "$f contains a tab: it cannot go in a YAML block scalar" >&2
+      return 1
+    fi
+    stem=$(basename "$f" .json)
+    stem=${stem#"$NAME"-}
+    $first || echo "---"
+    first=false
+    cat <<HDR
 apiVersion: v1
 kind: ConfigMap
 metadata:
-  name: $NAME-dashboards
+  name: $NAME-dashboard-$stem
   labels:
     app.kubernetes.io/name: dbwarden
     app.kubernetes.io/component: dashboards
     grafana_dashboard: "1"
 data:
 HDR
-  for f in "${files[@]}"; do
-    if grep -q $'\t' "$f"; then
-      echo "$f contains a tab: it cannot go in a YAML block scalar" >&2
-      return 1
-    fi
     # `|-` keeps the JSON text verbatim (minus its final newline).
     printf '  %s: |-\n' "$(basename "$f")"
     indent 4 <"$f"

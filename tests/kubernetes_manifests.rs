@@ -1230,10 +1230,13 @@ fn kubectl_kustomize_renders_the_base_every_component_and_the_example() {
                 r.has("prometheus-operator"),
             ),
             (
-                "the dashboards ConfigMap",
-                r.config_maps()
-                    .iter()
-                    .any(|c| c.metadata.name.as_deref() == Some("dbwarden-dashboards")),
+                "the dashboards ConfigMaps",
+                r.config_maps().iter().any(|c| {
+                    c.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("dbwarden-dashboard-"))
+                }),
                 r.has("grafana-dashboards"),
             ),
             (
@@ -1700,10 +1703,35 @@ fn rendered_services_monitors_policies_and_budgets_select_the_pods() {
                 }
             }
         }
-        // Dashboards: the sidecar's label, JSON content.
-        for cm in r.config_maps() {
-            if cm.metadata.name.as_deref() != Some("dbwarden-dashboards") {
-                continue;
+        // Dashboards: one ConfigMap each, the sidecar's label, JSON content.
+        let dashboard_maps: Vec<_> = r
+            .config_maps()
+            .into_iter()
+            .filter(|c| {
+                c.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("dbwarden-dashboard-"))
+            })
+            .collect();
+        if r.has("grafana-dashboards") {
+            let shipped = std::fs::read_dir(repo().join("dashboards"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+                })
+                .count();
+            if dashboard_maps.len() != shipped {
+                err(format!(
+                    "{} dashboard ConfigMaps for {shipped} dashboards",
+                    dashboard_maps.len()
+                ));
+            }
+        }
+        for cm in dashboard_maps {
+            if cm.data.as_ref().map_or(0, |d| d.len()) != 1 {
+                err("a dashboard ConfigMap holds more than one dashboard".into());
             }
             let l = cm.metadata.labels.clone().unwrap_or_default();
             if l.get("grafana_dashboard").map(String::as_str) != Some("1") {
