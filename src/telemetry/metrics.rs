@@ -466,6 +466,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_check_for_seconds",
     "dbwarden_check_held_seconds",
     "dbwarden_poll_interval_seconds",
+    "dbwarden_target_info",
     "dbwarden_poll_timeout_seconds",
     "dbwarden_postgres_data_checksums_enabled",
     "dbwarden_postgres_archive_mode",
@@ -767,6 +768,22 @@ impl Collector for StateCollector {
             &interval, &timeout,
         ] {
             f.encode(&mut encoder)?;
+        }
+        if !targets.is_empty() {
+            // Every configured target and its kind, from start-up on, so
+            // rules and dashboards can tell PostgreSQL from Neo4j targets
+            // even while a target is down.
+            let mut m = encoder.encode_descriptor(
+                "target",
+                "Every configured target and its kind (postgres or neo4j)",
+                None,
+                MetricType::Info,
+            )?;
+            for s in &targets {
+                let labels = t(&s.target);
+                let mut fe = m.encode_family(&labels)?;
+                fe.encode_info(&vec![("kind", s.kind.to_string())])?;
+            }
         }
         encode_postgres(&targets, &mut encoder)?;
         encode_neo4j(&targets, &mut encoder)?;
