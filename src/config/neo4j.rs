@@ -497,7 +497,144 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{CountRange, Limit};
+    use crate::config::{Config, ConfigError, ConfigIssue, CountRange, Limit};
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(
+            toml,
+            [("NEO4J_PASSWORD".to_string(), "s3cret-pw".to_string())],
+        )
+    }
+
+    #[track_caller]
+    fn issues(toml: &str) -> Vec<ConfigIssue> {
+        match load(toml) {
+            Ok(c) => panic!("expected errors, got {c:#?}"),
+            Err(ConfigError::Invalid(i)) => i,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[track_caller]
+    fn at<'a>(issues: &'a [ConfigIssue], path: &str) -> &'a str {
+        let found: Vec<_> = issues.iter().filter(|i| i.path == path).collect();
+        assert_eq!(found.len(), 1, "one issue at {path} in {issues:#?}");
+        &found[0].message
+    }
+
+    const GRAPH: &str =
+        "[neo4j.graph]\nuri = \"bolt://neo4j:7687\"\npassword_env = \"NEO4J_PASSWORD\"\n";
+
+    #[test]
+    fn a_neo4j_only_config_loads_with_the_runbook_defaults() {
+        let c = load(GRAPH).unwrap();
+        assert!(c.postgres.is_empty());
+        let t = &c.neo4j[0];
+        assert_eq!(t.user, "neo4j");
+        assert_eq!(t.databases, ["neo4j"]);
+        assert_eq!(t.password.as_ref().map(|p| p.expose()), Some("s3cret-pw"));
+        assert_eq!(t.thresholds, Neo4jThresholds::default());
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains("s3cret-pw"), "{printed}");
+        assert_eq!(load(&printed).unwrap().to_redacted_toml(), printed);
+    }
+
+    #[test]
+    fn every_mistake_in_a_neo4j_target_is_reported_at_its_key() {
+        let i = issues(
+            "[neo4j.Graph]\nuri = \"http://neo4j:s3cret@db:7474\"\npassword_env = \"UNSET\"\n\
+             databases = [\"neo4j\", \"neo4j\", \"x\"]\nstatement_timeout = \"1s\"\n\
+             [neo4j.Graph.thresholds]\nslow_queries = { max = \"0s\" }\n\
+             node_count = { min = 10, max = 5 }\ndisk_free = { min_ratio = 0.2 }\n",
+        );
+        assert!(at(&i, "neo4j.Graph").contains("invalid target name"));
+        let uri = at(&i, "neo4j.Graph.uri");
+        assert!(uri.contains("unsupported scheme \"http\""), "{uri}");
+        assert!(!uri.contains("s3cret"), "the password leaked: {uri}");
+        assert!(at(&i, "neo4j.Graph.password_env").contains("\"UNSET\" is not set"));
+        let dbs: Vec<&str> = i
+            .iter()
+            .filter(|x| x.path == "neo4j.Graph.databases")
+            .map(|x| x.message.as_str())
+            .collect();
+        assert_eq!(dbs.len(), 2, "{dbs:?}");
+        assert!(at(&i, "neo4j.Graph.statement_timeout").contains("PostgreSQL targets only"));
+        assert!(at(&i, "neo4j.Graph.thresholds.slow_queries.max").contains("\"0s\""));
+        assert!(
+            at(&i, "neo4j.Graph.thresholds.node_count").contains("min 10 is greater than max 5")
+        );
+        assert!(at(&i, "neo4j.Graph.thresholds.disk_free").contains("PostgreSQL targets"));
+    }
+
+    #[test]
+    fn names_are_unique_across_kinds() {
+        let i = issues(&format!(
+            "{GRAPH}[postgres.graph]\nurl = \"postgres://app@db/app\"\n"
+        ));
+        assert!(at(&i, "neo4j.graph").contains("also a PostgreSQL target"));
+    }
+
+    #[test]
+    fn neo4j_policies_are_validated_and_kept_in_file_order() {
+        let c = load(&format!(
+            "{GRAPH}[remediation]\nmode = \"enforce\"\naudit_file = \"/tmp/a.jsonl\"\nstate_dir = \"/tmp\"\n\
+             [remediation.neo4j_policies.zeta]\nwhen.running_for = \"5m\"\n\
+             [remediation.neo4j_policies.alpha]\nonly_while_failing = [\"slow_queries\"]\n\
+             when.status = [\"blocked\"]\nwhen.ignore_users = [\"etl\"]\nwhen.match_query = \"MATCH\"\n"
+        ))
+        .unwrap();
+        let r = c.remediation.as_ref().unwrap();
+        let names: Vec<&str> = r.neo4j_policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+        let alpha = &r.neo4j_policies[1];
+        assert_eq!(alpha.conditions.statuses, ["Blocked"]);
+        assert_eq!(alpha.only_while_failing, [CheckId::SlowQueries]);
+        let printed = c.to_redacted_toml();
+        assert_eq!(load(&printed).unwrap().to_redacted_toml(), printed);
+
+        let i = issues(&format!(
+            "{GRAPH}[postgres.db]\nurl = \"postgres://app@db/app\"\n\
+             [remediation]\naudit_file = \"/tmp/a.jsonl\"\nstate_dir = \"/tmp\"\n\
+             [remediation.neo4j_policies.p]\ntargets = [\"db\", \"nope\"]\naction = \"cancel\"\n\
+             only_while_failing = [\"connections_used\"]\nwhen.status = [\"Terminated\"]\n\
+             when.match_query = \"(\"\nwhen.match_users = []\n\
+             [remediation.neo4j_policies.q]\nwhen.match_users = [\"alice\"]\n\
+             [remediation.policies.r]\ntargets = [\"graph\"]\naction = \"cancel\"\nwhen.idle_for = \"1m\"\n"
+        ));
+        let targets: Vec<&str> = i
+            .iter()
+            .filter(|x| x.path == "remediation.neo4j_policies.p.targets")
+            .map(|x| x.message.as_str())
+            .collect();
+        assert!(
+            targets
+                .iter()
+                .any(|m| m.contains("\"db\" is a PostgreSQL target")),
+            "{targets:?}"
+        );
+        assert!(
+            targets
+                .iter()
+                .any(|m| m.contains("\"nope\" is not a configured Neo4j target")),
+            "{targets:?}"
+        );
+        assert!(at(&i, "remediation.neo4j_policies.p.action").contains("can only \"terminate\""));
+        assert!(
+            at(&i, "remediation.neo4j_policies.p.only_while_failing")
+                .contains("unknown Neo4j check")
+        );
+        assert!(
+            at(&i, "remediation.neo4j_policies.p.when.status")
+                .contains("invalid status \"Terminated\"")
+        );
+        assert!(
+            at(&i, "remediation.neo4j_policies.p.when.match_query")
+                .contains("invalid regular expression")
+        );
+        assert!(at(&i, "remediation.neo4j_policies.p.when.match_users").contains("empty"));
+        assert!(at(&i, "remediation.neo4j_policies.q.when").contains("add running_for"));
+        assert!(at(&i, "remediation.policies.r.targets").contains("\"graph\" is a Neo4j target"));
+    }
 
     #[test]
     fn uris() {
