@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use dbwarden::config::Config;
 use dbwarden::evaluate::CheckId;
+use dbwarden::kubernetes::checks::KubeCheckId;
 use dbwarden::scratch::{ClusterOptions, ScratchCluster};
 use dbwarden::telemetry::metrics::METRIC_NAMES;
 use serde_json::Value;
@@ -261,6 +262,28 @@ impl Exposition {
     }
 }
 
+/// Every Kubernetes check's name. The exhaustive match stops compiling when
+/// a check is added, so that it is added here (and alerted on) too.
+fn kube_checks() -> Vec<&'static str> {
+    use KubeCheckId::*;
+    let all = [
+        ApiReachable,
+        PodsReady,
+        NoCrashLoop,
+        NoOomKilled,
+        Restarts,
+        StatefulSetReady,
+        VolumeFree,
+    ];
+    for c in all {
+        match c {
+            ApiReachable | PodsReady | NoCrashLoop | NoOomKilled | Restarts | StatefulSetReady
+            | VolumeFree => {}
+        }
+    }
+    all.iter().map(|c| c.as_str()).collect()
+}
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
@@ -351,11 +374,12 @@ fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
         assert!(body.contains("for:"), "{a}: no `for`");
     }
     // Check names in matchers are real checks.
-    // PostgreSQL's checks and Neo4j's.
+    // PostgreSQL's checks, Neo4j's and the Kubernetes ones.
     let checks: BTreeSet<&str> = CheckId::ALL
         .iter()
         .chain(CheckId::NEO4J.iter())
         .map(|c| c.as_str())
+        .chain(kube_checks())
         .collect();
     let mut texts = vec![
         (RULES.to_string(), rules.clone()),
@@ -419,11 +443,15 @@ fn metric_names_are_documented_and_follow_conventions() {
             "{METRICS_DOC} does not document {name} (write it in backticks)"
         );
     }
-    for c in CheckId::ALL.iter().chain(CheckId::NEO4J.iter()) {
+    for c in CheckId::ALL
+        .iter()
+        .chain(CheckId::NEO4J.iter())
+        .map(|c| c.as_str())
+        .chain(kube_checks())
+    {
         assert!(
-            doc.contains(&format!("`{}`", c.as_str())),
-            "{METRICS_DOC} does not document check {}",
-            c.as_str()
+            doc.contains(&format!("`{c}`")),
+            "{METRICS_DOC} does not document check {c}"
         );
     }
 }
