@@ -10,7 +10,9 @@
 //! the test holds open on the scratch primary, so that every family dbwarden
 //! can export shows up, and the Bolt test server of `tests/support/bolt`
 //! playing a clustered Neo4j 5 Enterprise, so that every Neo4j family shows
-//! up too) and checks every
+//! up too, and the fake Kubernetes API server of `tests/support/kube_fake.rs`
+//! over HTTP with the pods of both, so that every Kubernetes family shows up)
+//! and checks every
 //! metric named in a rule, a rule test or a dashboard against the names of
 //! its real `/metrics`. That prevents the two classic defects of shipped
 //! rules: alerting on a metric the exporter no longer emits, and `rate()`
@@ -36,6 +38,7 @@ use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use support::bolt::{BoltServer, ClusterMember, Db, Index, Persona, ServerState, Tx};
+use support::kube_fake::{FakeCluster, KubeFake};
 
 const RULES: &str = "deploy/prometheus/dbwarden-rules.yaml";
 const RULE_TESTS: &str = "deploy/prometheus/dbwarden-rules.test.yaml";
@@ -683,10 +686,30 @@ fn start_neo4j() -> BoltServer {
     BoltServer::start(Persona::neo4j_5().clustered(), state)
 }
 
-fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str) -> Config {
+/// The Kubernetes part of the daemon's configuration: the fake API server
+/// through a kubeconfig, StatefulSets and volume stats on, a Lease, and the
+/// eviction policy (dry-run, like all remediation here) on the scratch
+/// primary, whose crash-looping pod has been not ready for longer than
+/// `not_ready_for`: it is recorded as would_act, never evicted.
+fn kubernetes_config(kube: &KubeFake) -> String {
+    kube.config_section(
+        "statefulsets = true\nvolume_stats = true\nvolume_stats_interval = \"10s\"\n\
+         interval = \"1s\"\n\n\
+         [kubernetes.lease]\nname = \"dbwarden\"\nduration = \"15s\"\nrenew_every = \"5s\"\n\n\
+         [kubernetes.eviction]\ntargets = [\"scratch-primary\"]\nnot_ready_for = \"30s\"\n",
+    )
+}
+
+fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str, kube: &KubeFake) -> Config {
     let target = |name: &str, url: &str, data: &Path| {
+        // The scratch primary's pods are the fake cluster's `app=postgres`.
+        let pods = if name == "scratch-primary" {
+            "pods = \"app=postgres\"\n"
+        } else {
+            ""
+        };
         format!(
-            "[postgres.{name}]\nurl = {}\nsslmode = \"disable\"\n[postgres.{name}.paths]\ndata = {}\n\n",
+            "[postgres.{name}]\nurl = {}\nsslmode = \"disable\"\n{pods}[postgres.{name}.paths]\ndata = {}\n\n",
             toml_str(url),
             toml_str(&data.to_string_lossy())
         )
@@ -714,7 +737,7 @@ fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str) -> Config {
     let password = dir.join("neo4j-password");
     std::fs::write(&password, "secret\n").expect("write the Neo4j password file");
     toml.push_str(&format!(
-        "[neo4j.graph]\nuri = {}\nuser = \"neo4j\"\npassword_file = {}\n\n",
+        "[neo4j.graph]\nuri = {}\nuser = \"neo4j\"\npassword_file = {}\npods = \"app=neo4j\"\n\n",
         toml_str(neo4j_uri),
         toml_str(&password.to_string_lossy()),
     ));
@@ -727,6 +750,7 @@ fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str) -> Config {
         toml_str(&dir.join("audit.jsonl").to_string_lossy()),
         toml_str(&dir.join("state").to_string_lossy()),
     ));
+    toml.push_str(&kubernetes_config(kube));
     Config::from_toml_with_env(&toml, std::iter::empty())
         .unwrap_or_else(|e| panic!("invalid test configuration: {e}\n{toml}"))
 }
@@ -766,11 +790,17 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let neo4j = {
+    let (neo4j, kube) = {
         let _runtime = rt.enter();
-        start_neo4j()
+        (start_neo4j(), KubeFake::start(FakeCluster::databases()))
     };
-    let config = config(port, &replicated, remediation_dir.path(), &neo4j.uri());
+    let config = config(
+        port,
+        &replicated,
+        remediation_dir.path(),
+        &neo4j.uri(),
+        &kube,
+    );
     let (exposition, missing) = rt.block_on(async {
         // Selected by the dry-run policy: nothing is signalled, the decision
         // is audited and counted, and dbwarden takes the actor lock.
@@ -819,7 +849,15 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
                 .filter(|(n, _)| !names.contains(*n))
                 .map(|(n, w)| (n.clone(), w.clone()))
                 .collect();
-            if missing.is_empty() || started.elapsed() >= DEADLINE {
+            // The PVC usage reaches the scratch primary's disk metrics on its
+            // next poll after a volume reading.
+            let pvc_fed = support::metric_value(
+                &text,
+                "dbwarden_disk_free_ratio",
+                &[("volume", "pvc/data-postgres-0")],
+            )
+            .is_some();
+            if (missing.is_empty() && pvc_fed) || started.elapsed() >= DEADLINE {
                 break (text, missing);
             }
             tokio::time::sleep(POLL).await;
@@ -835,12 +873,170 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
         (text, missing)
     });
     drop(replicated);
+    let kube_requests = kube.requests();
+    let kube_unexpected = kube.unexpected();
+    let kube_evictions = kube.evictions();
     {
         let _runtime = rt.enter();
         drop(neo4j);
+        drop(kube);
     }
 
     let exp = Exposition::parse(&exposition);
+
+    // The Kubernetes families came from the fake API server over HTTP, asked
+    // exactly what the watchers, the volume reader and the Lease ask.
+    assert!(
+        kube_unexpected.is_empty(),
+        "requests the fake Kubernetes API server does not serve: {kube_unexpected:?}"
+    );
+    assert!(
+        kube_evictions.is_empty(),
+        "dry-run evicted pods: {kube_evictions:?}"
+    );
+    let asked = |what: &str, f: &dyn Fn(&support::kube_fake::Seen) -> bool| {
+        assert!(
+            kube_requests.iter().any(|r| r.status < 300 && f(r)),
+            "the daemon never asked the fake API server for {what}: {kube_requests:#?}"
+        );
+    };
+    let q = |r: &support::kube_fake::Seen, k: &str| r.query.get(k).cloned().unwrap_or_default();
+    for selector in ["app=postgres", "app=neo4j"] {
+        asked(&format!("the pods {selector} (list)"), &|r| {
+            r.path == "/api/v1/namespaces/db/pods"
+                && q(r, "labelSelector") == selector
+                && q(r, "watch").is_empty()
+        });
+        asked(&format!("a watch of the pods {selector}"), &|r| {
+            r.path == "/api/v1/namespaces/db/pods"
+                && q(r, "labelSelector") == selector
+                && q(r, "watch") == "true"
+                && q(r, "resourceVersion") == "1000"
+        });
+    }
+    asked("the StatefulSets", &|r| {
+        r.path == "/apis/apps/v1/namespaces/db/statefulsets"
+    });
+    for node in ["node-a", "node-b"] {
+        asked(&format!("the stats summary of {node}"), &|r| {
+            r.path == format!("/api/v1/nodes/{node}/proxy/stats/summary")
+        });
+    }
+    asked("the Lease", &|r| {
+        r.method == "POST" && r.path == "/apis/coordination.k8s.io/v1/namespaces/db/leases"
+    });
+    // The fake cluster's states, as exported.
+    let m = |name: &str, labels: &[(&str, &str)]| support::metric_value(&exposition, name, labels);
+    for (name, labels, want) in [
+        ("dbwarden_kubernetes_api_reachable", vec![], 1.0),
+        (
+            "dbwarden_kubernetes_pod_ready",
+            vec![("target", "scratch-primary"), ("pod", "postgres-0")],
+            1.0,
+        ),
+        (
+            "dbwarden_kubernetes_pod_ready",
+            vec![("target", "scratch-primary"), ("pod", "postgres-2")],
+            0.0,
+        ),
+        (
+            "dbwarden_kubernetes_pod_waiting",
+            vec![("pod", "postgres-2"), ("reason", "CrashLoopBackOff")],
+            1.0,
+        ),
+        (
+            "dbwarden_kubernetes_pod_last_termination",
+            vec![("pod", "postgres-2"), ("reason", "OOMKilled")],
+            1.0,
+        ),
+        (
+            "dbwarden_kubernetes_pod_restarts_total",
+            vec![("pod", "postgres-2")],
+            7.0,
+        ),
+        (
+            "dbwarden_kubernetes_container_memory_limit_bytes",
+            vec![("pod", "neo4j-0"), ("container", "neo4j")],
+            f64::from(2u32 << 30),
+        ),
+        (
+            "dbwarden_kubernetes_statefulset_replicas_desired",
+            vec![("target", "scratch-primary"), ("statefulset", "postgres")],
+            3.0,
+        ),
+        (
+            "dbwarden_kubernetes_statefulset_replicas_ready",
+            vec![("target", "scratch-primary"), ("statefulset", "postgres")],
+            2.0,
+        ),
+        (
+            "dbwarden_kubernetes_volume_free_ratio",
+            vec![("target", "graph"), ("pvc", "data-neo4j-0")],
+            0.2,
+        ),
+        (
+            "dbwarden_kubernetes_lease_holder",
+            vec![("holder", "interface-test")],
+            1.0,
+        ),
+        ("dbwarden_kubernetes_lease_leader", vec![], 1.0),
+        (
+            "dbwarden_check_failing",
+            vec![
+                ("target", "scratch-primary"),
+                ("check", "kubernetes_no_crash_loop"),
+            ],
+            1.0,
+        ),
+        (
+            "dbwarden_check_failing",
+            vec![
+                ("target", "scratch-primary"),
+                ("check", "kubernetes_statefulset_ready"),
+            ],
+            1.0,
+        ),
+        (
+            "dbwarden_check_failing",
+            vec![("target", "graph"), ("check", "kubernetes_volume_free")],
+            1.0,
+        ),
+        (
+            "dbwarden_check_failing",
+            vec![("target", "graph"), ("check", "kubernetes_pods_ready")],
+            0.0,
+        ),
+    ] {
+        assert_eq!(
+            m(name, &labels),
+            Some(want),
+            "{name}{labels:?} from the fake Kubernetes API server\n--- /metrics ---\n{exposition}"
+        );
+    }
+    // dry-run: the crash-looping pod, not ready for 20 minutes, would be evicted.
+    let would_evict = m(
+        "dbwarden_remediation_actions_total",
+        &[
+            ("target", "scratch-primary"),
+            ("action", "evict"),
+            ("outcome", "would_act"),
+        ],
+    );
+    assert!(
+        would_evict >= Some(1.0),
+        "no would_act eviction decision: {would_evict:?}\n{exposition}"
+    );
+    // The scratch primary's claims (80 % free) joined its disk metrics.
+    assert_eq!(
+        m(
+            "dbwarden_disk_free_ratio",
+            &[
+                ("target", "scratch-primary"),
+                ("volume", "pvc/data-postgres-0")
+            ]
+        ),
+        Some(0.8)
+    );
     assert!(
         missing.is_empty(),
         "metrics used by rules/tests/dashboards that the daemon does not export \

@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod bolt;
+pub mod kube_fake;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
