@@ -5,7 +5,10 @@
 //! 1. Prometheus scrapes the daemon (primary with WAL archiving and a
 //!    replication slot, its streaming standby, a watched volume, and the
 //!    Bolt test server of `tests/support/bolt` as a clustered Neo4j 5
-//!    Enterprise, so the Neo4j rules and dashboard have data), loads
+//!    Enterprise, so the Neo4j rules and dashboard have data; both targets'
+//!    pods served by the fake Kubernetes API server of
+//!    `tests/support/kube_fake.rs` over HTTP, so the Kubernetes rules and
+//!    dashboard have data), loads
 //!    `deploy/prometheus/dbwarden-rules.yaml` and evaluates it every second:
 //!    every rule must be healthy, and every query of every dashboard must
 //!    run, with data unless listed in [`EXPECTED_EMPTY`].
@@ -30,6 +33,7 @@ use dbwarden::config::{Config, Secret};
 use dbwarden::scratch::{ClusterOptions, ScratchCluster};
 use serde_json::Value;
 use support::bolt::{BoltServer, ClusterMember, Db, Index, Persona, ServerState, Tx};
+use support::kube_fake::{FakeCluster, KubeFake};
 use support::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -496,6 +500,30 @@ fn watched_neo4j(name: &str, server: &BoltServer, password_file: &Path, interval
     )
 }
 
+/// `table` (a `[postgres.NAME]` or `[neo4j.NAME]` table) with the pods
+/// `selector` added to its first lines.
+fn with_pods(table: &str, selector: &str) -> String {
+    let (header, rest) = table.split_once('\n').expect("a table header");
+    format!("{header}\npods = {selector:?}\n{rest}")
+}
+
+/// The Kubernetes rules, by whether the fake cluster makes their condition
+/// hold (then they are pending or firing, never inactive).
+const KUBERNETES_RULES: &[(&str, bool)] = &[
+    // Both watches reach the fake API server.
+    ("DbWardenKubernetesApiUnreachable", false),
+    // postgres-2: not ready, CrashLoopBackOff, last termination OOMKilled.
+    ("DbWardenKubernetesPodNotReady", true),
+    ("DbWardenKubernetesPodCrashLooping", true),
+    ("DbWardenKubernetesPodOOMKilled", true),
+    // First seen by this dbwarden: at most one restart counted per pod.
+    ("DbWardenKubernetesPodRestarting", false),
+    // StatefulSet postgres: 2 of 3 ready.
+    ("DbWardenKubernetesStatefulSetNotReady", true),
+    // neo4j-0's claim at 20 % free, below the default 30 %.
+    ("DbWardenKubernetesVolumeFreeLow", true),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     let started = Instant::now();
@@ -515,14 +543,24 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
         remediation_dir.path().join("state").to_string_lossy(),
     );
     let graph = neo4j();
+    let kube = KubeFake::start(FakeCluster::databases());
+    // Dry-run eviction of the crash-looping pod, so the eviction panel has data.
+    let kubernetes = kube.config_section(
+        "statefulsets = true\nvolume_stats = true\nvolume_stats_interval = \"10s\"\ninterval = \"1s\"\n\n\
+         [kubernetes.lease]\nname = \"dbwarden\"\n\n\
+         [kubernetes.eviction]\ntargets = [\"primary\"]\nnot_ready_for = \"30s\"\n",
+    );
     let neo4j_password = remediation_dir.path().join("neo4j-password");
     std::fs::write(&neo4j_password, "secret\n").expect("write the Neo4j password file");
     let daemon = Daemon::start(
         &format!(
-            "{}{}{}{remediation}",
-            watched("primary", &primary, "1s"),
+            "{}{}{}{remediation}\n{kubernetes}",
+            with_pods(&watched("primary", &primary, "1s"), "app=postgres"),
             watched("standby", &standby, "1s"),
-            watched_neo4j("graph", &graph, &neo4j_password, "1s"),
+            with_pods(
+                &watched_neo4j("graph", &graph, &neo4j_password, "1s"),
+                "app=neo4j"
+            ),
         ),
         None,
     )
@@ -543,6 +581,29 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
             } else {
                 Err(format!("{r:?}"))
             }
+        },
+    )
+    .await;
+
+    // The Kubernetes series (volume readings come every 10s, the PVC usage
+    // joins the primary's disk metrics at its next poll), three scrapes each.
+    wait_until(
+        Duration::from_secs(40),
+        "three scrapes of the Kubernetes series",
+        async || {
+            prom.child.assert_running();
+            for q in [
+                "count_over_time(dbwarden_kubernetes_pod_ready{pod=\"postgres-2\"}[1m]) >= 3",
+                "count_over_time(dbwarden_kubernetes_volume_free_ratio{pvc=\"data-neo4j-0\"}[1m]) >= 3",
+                "count_over_time(dbwarden_disk_free_ratio{target=\"primary\",volume=\"pvc/data-postgres-0\"}[1m]) >= 3",
+                "count_over_time(dbwarden_remediation_actions_total{action=\"evict\"}[1m]) >= 3",
+                "count_over_time(dbwarden_kubernetes_lease_holder[1m]) >= 3",
+            ] {
+                if prom.query(q).await?.is_empty() {
+                    return Err(format!("not yet: {q}"));
+                }
+            }
+            Ok(())
         },
     )
     .await;
@@ -679,6 +740,46 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
             assert_eq!(r["state"], "inactive", "{name} is not inactive: {r}");
         }
     }
+    // The Kubernetes rules evaluated the fake cluster's states, the `kind`
+    // join included: holding where the cluster is unhealthy, inactive where
+    // it is not.
+    for (alert, holds) in KUBERNETES_RULES {
+        let r = rules
+            .iter()
+            .find(|r| r["name"] == *alert)
+            .unwrap_or_else(|| panic!("{alert} was not loaded"));
+        assert_eq!(
+            r["state"] != "inactive",
+            *holds,
+            "{alert} should {}be pending or firing with the fake cluster: {r}",
+            if *holds { "" } else { "not " }
+        );
+    }
+    let volume = rules
+        .iter()
+        .find(|r| r["name"] == "DbWardenKubernetesVolumeFreeLow")
+        .expect("DbWardenKubernetesVolumeFreeLow");
+    let volume_alerts: Vec<(&str, &str)> = volume["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["labels"]["target"].as_str().unwrap_or("?"),
+                a["labels"]["kind"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        volume_alerts,
+        vec![("graph", "neo4j")],
+        "only the Neo4j target's claim is low on space: {volume}"
+    );
+    assert!(
+        kube.unexpected().is_empty(),
+        "requests the fake Kubernetes API server does not serve: {:?}",
+        kube.unexpected()
+    );
     let up = prom.query("dbwarden_up{target=\"graph\"} == 1").await;
     assert!(
         up.as_ref().is_ok_and(|r| r.len() == 1),
@@ -689,6 +790,7 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     drop(idle);
     drop((primary, standby));
     graph.shutdown().await;
+    drop(kube);
 }
 
 /// The rule `alert` of the real rule file, verbatim but for `for: 0s`,
