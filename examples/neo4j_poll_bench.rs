@@ -11,7 +11,6 @@
 //! Run: `bash bench/neo4j_poll.sh` (builds in release mode, prints a table).
 
 #[path = "../tests/support/bolt/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod bolt;
 
 use std::io::{BufRead, BufReader, Write};
