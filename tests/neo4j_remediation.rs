@@ -538,3 +538,54 @@ async fn before_4_4_the_recheck_reads_list_queries_and_kills_by_query_id() {
         .collect();
     assert_eq!(killed, [("neo4j-transaction-1", KillMethod::KillQuery)]);
 }
+
+/// The example configuration's commented Neo4j target and Neo4j policy,
+/// uncommented into the rest of the example, load and mean what their
+/// comments say.
+#[test]
+fn the_example_neo4j_policy_is_valid_uncommented() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/dbwarden.example.toml");
+    let text = std::fs::read_to_string(path).expect("read the example");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("# [neo4j.") || line.starts_with("# [remediation.neo4j_policies.") {
+            inside = true;
+        } else if inside && !line.starts_with('#') {
+            inside = false;
+        }
+        if inside {
+            let l = line
+                .strip_prefix("# ")
+                .or_else(|| line.strip_prefix('#'))
+                .unwrap_or(line);
+            out.push_str(l);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    let env = [
+        ("PG_PRIMARY_PASSWORD", "p1"),
+        ("PG_STANDBY_PASSWORD", "p2"),
+        ("NEO4J_PASSWORD", "p3"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let config = Config::from_toml_with_env(&out, env)
+        .unwrap_or_else(|e| panic!("the example, uncommented, is invalid: {e}"));
+    let rem = config.remediation.expect("[remediation]");
+    let p = &rem.neo4j_policies[0];
+    assert_eq!(p.name, "runbook-slow-queries");
+    assert!(p.targets.is_empty());
+    assert_eq!(p.max_per_cycle, 5);
+    assert_eq!(
+        p.only_while_failing,
+        [dbwarden::evaluate::CheckId::SlowQueries]
+    );
+    assert_eq!(p.conditions.running_for, Some(Duration::from_secs(300)));
+    assert_eq!(p.conditions.statuses, ["Running"]);
+    assert_eq!(p.conditions.ignore_users, ["backup"]);
+    let ignore = p.conditions.ignore_query.as_ref().expect("ignore_query");
+    assert!(ignore.is_match("call apoc.periodic.iterate(...)"));
+    assert!(!ignore.is_match("MATCH (n) RETURN n"));
+}
