@@ -8,12 +8,12 @@ use super::raw::{
     self, RawConfig, RawNeo4jPolicy, RawNeo4jTarget, RawTargetSettings, RawThresholds,
 };
 use super::validate::{
-    Issues, check_setting_ranges, regex_reason, settings, valid_env_name, valid_name,
+    Issues, check_setting_ranges, gates, regex_reason, settings, valid_env_name, valid_name,
+    victims_and_cap,
 };
 use super::{Neo4jTarget, Neo4jThresholds, PasswordSource, Secret};
 use crate::evaluate::CheckId;
 use crate::remediate::neo4j_policy::{Neo4jConditions, Neo4jPolicy};
-use crate::remediate::policy::Victims;
 
 /// The URI schemes neo4rs accepts: `bolt` talks to one server, `neo4j`
 /// routes; `+s` verifies TLS against the system roots, `+ssc` accepts a
@@ -305,8 +305,6 @@ fn password(
 
 /// The statuses a Neo4j policy may name (SHOW TRANSACTIONS' status column).
 const POLICY_STATUSES: [&str; 2] = ["Running", "Blocked"];
-const MAX_PER_CYCLE_LIMIT: u32 = 1000;
-const DEFAULT_MAX_PER_CYCLE: u32 = 10;
 
 /// `[remediation.neo4j_policies.<name>]`.
 pub(super) fn policy(
@@ -361,53 +359,16 @@ pub(super) fn policy(
             ),
         ),
     }
-    let victims = match p.victims.as_deref() {
-        None | Some("all") => Victims::All,
-        Some("oldest") => Victims::Oldest,
-        Some(other) => {
-            issues.push(
-                key("victims"),
-                format!("invalid value {other:?}: expected \"all\" (the default) or \"oldest\""),
-            );
-            Victims::All
-        }
-    };
-    let max_per_cycle = p.max_per_cycle.unwrap_or(DEFAULT_MAX_PER_CYCLE);
-    if !(1..=MAX_PER_CYCLE_LIMIT).contains(&max_per_cycle) {
-        issues.push(
-            key("max_per_cycle"),
-            format!("{max_per_cycle} is out of range: 1 to {MAX_PER_CYCLE_LIMIT}"),
-        );
-    }
-    let mut only_while_failing = Vec::new();
-    for check in p.only_while_failing.iter().flatten() {
-        match CheckId::NEO4J.iter().find(|c| c.as_str() == check) {
-            Some(c) => only_while_failing.push(*c),
-            None => issues.push(
-                key("only_while_failing"),
-                format!(
-                    "unknown Neo4j check {check:?}: expected one of {}",
-                    CheckId::NEO4J.map(CheckId::as_str).join(", ")
-                ),
-            ),
-        }
-    }
-    let mut only_while_alerts = Vec::new();
-    for alert in p.only_while_alerts.iter().flatten() {
-        let valid = alert
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if valid {
-            only_while_alerts.push(alert.clone());
-        } else {
-            issues.push(
-                key("only_while_alerts"),
-                format!("{alert:?} is not an alert name (letters, digits and '_', e.g. \"DbWardenNeo4jSlowQueries\")"),
-            );
-        }
-    }
+    let (victims, max_per_cycle) =
+        victims_and_cap(p.victims.as_deref(), p.max_per_cycle, &path, issues);
+    let (only_while_failing, only_while_alerts) = gates(
+        p.only_while_failing.as_deref(),
+        p.only_while_alerts.as_deref(),
+        &CheckId::NEO4J,
+        "Neo4j check",
+        &path,
+        issues,
+    );
 
     let w = &p.when;
     if let Some(d) = w.running_for

@@ -1045,6 +1045,82 @@ const SELECTING_CONDITIONS: [&str; 6] = [
 ];
 
 /// The regex crate's message without its multi-line diagram: the line
+
+/// A policy's `victims` and `max_per_cycle` (PostgreSQL and Neo4j alike).
+pub(super) fn victims_and_cap(
+    victims: Option<&str>,
+    max_per_cycle: Option<u32>,
+    path: &str,
+    issues: &mut Issues,
+) -> (Victims, u32) {
+    let victims = match victims {
+        None | Some("all") => Victims::All,
+        Some("oldest") => Victims::Oldest,
+        Some(other) => {
+            issues.push(
+                raw::join(path, "victims"),
+                format!("invalid value {other:?}: expected \"all\" (the default) or \"oldest\""),
+            );
+            Victims::All
+        }
+    };
+    let max_per_cycle = max_per_cycle.unwrap_or(DEFAULT_MAX_PER_CYCLE);
+    if !(1..=MAX_PER_CYCLE_LIMIT).contains(&max_per_cycle) {
+        issues.push(
+            raw::join(path, "max_per_cycle"),
+            format!("{max_per_cycle} is out of range: 1 to {MAX_PER_CYCLE_LIMIT}"),
+        );
+    }
+    (victims, max_per_cycle)
+}
+
+/// A policy's gates: `only_while_failing` (names among `checks`, which are
+/// `what` checks) and `only_while_alerts` (Prometheus alert names).
+pub(super) fn gates(
+    failing: Option<&[String]>,
+    alerts: Option<&[String]>,
+    checks: &[CheckId],
+    what: &str,
+    path: &str,
+    issues: &mut Issues,
+) -> (Vec<CheckId>, Vec<String>) {
+    let mut only_while_failing = Vec::new();
+    for check in failing.into_iter().flatten() {
+        match checks.iter().find(|c| c.as_str() == check) {
+            Some(c) => only_while_failing.push(*c),
+            None => issues.push(
+                raw::join(path, "only_while_failing"),
+                format!(
+                    "unknown {what} {check:?}: expected one of {}",
+                    checks
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    let mut only_while_alerts = Vec::new();
+    for name in alerts.into_iter().flatten() {
+        // Prometheus alert names: [a-zA-Z_][a-zA-Z0-9_]*.
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            only_while_alerts.push(name.clone());
+        } else {
+            issues.push(
+                raw::join(path, "only_while_alerts"),
+                format!("{name:?} is not an alert name (letters, digits and '_', e.g. \"DbWardenConnectionsHigh\")"),
+            );
+        }
+    }
+    (only_while_failing, only_while_alerts)
+}
+
 /// after `error: `, e.g. "unclosed group".
 pub(super) fn regex_reason(e: &regex::Error) -> String {
     let text = e.to_string();
@@ -1174,55 +1250,16 @@ fn policy(
         );
     }
 
-    let victims = match p.victims.as_deref() {
-        None | Some("all") => Victims::All,
-        Some("oldest") => Victims::Oldest,
-        Some(other) => {
-            issues.push(
-                key("victims"),
-                format!("invalid value {other:?}: expected \"all\" (the default) or \"oldest\""),
-            );
-            Victims::All
-        }
-    };
-    let max_per_cycle = p.max_per_cycle.unwrap_or(DEFAULT_MAX_PER_CYCLE);
-    if !(1..=MAX_PER_CYCLE_LIMIT).contains(&max_per_cycle) {
-        issues.push(
-            key("max_per_cycle"),
-            format!("{max_per_cycle} is out of range: 1 to {MAX_PER_CYCLE_LIMIT}"),
-        );
-    }
-    let mut only_while_failing = Vec::new();
-    for check in p.only_while_failing.iter().flatten() {
-        match CheckId::ALL.iter().find(|c| c.as_str() == check) {
-            Some(c) => only_while_failing.push(*c),
-            None => issues.push(
-                key("only_while_failing"),
-                format!(
-                    "unknown check {check:?}: expected one of {}",
-                    CheckId::ALL.map(CheckId::as_str).join(", ")
-                ),
-            ),
-        }
-    }
-
-    let mut only_while_alerts = Vec::new();
-    for name in p.only_while_alerts.iter().flatten() {
-        // Prometheus alert names: [a-zA-Z_][a-zA-Z0-9_]*.
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if valid {
-            only_while_alerts.push(name.clone());
-        } else {
-            issues.push(
-                key("only_while_alerts"),
-                format!("{name:?} is not an alert name (letters, digits and '_', e.g. \"DbWardenConnectionsHigh\")"),
-            );
-        }
-    }
+    let (victims, max_per_cycle) =
+        victims_and_cap(p.victims.as_deref(), p.max_per_cycle, &path, issues);
+    let (only_while_failing, only_while_alerts) = gates(
+        p.only_while_failing.as_deref(),
+        p.only_while_alerts.as_deref(),
+        &CheckId::ALL,
+        "check",
+        &path,
+        issues,
+    );
 
     // The conditions.
     let w = &p.when;
