@@ -316,27 +316,11 @@ async fn run_inner(
             if settled.contains(&key) {
                 continue;
             }
-            let spent_at = now_ms();
-            if !rem.try_spend(&target.name, spent_at) {
-                if !exhausted {
-                    let (t, g) = rem.remaining(&target.name, now_ms());
-                    tracing::error!(
-                        target_remaining = t,
-                        global_remaining = g,
-                        "remediation budget exhausted: no more actions until the window allows"
-                    );
-                }
-                exhausted = true;
-                rem.metrics.action(
-                    &target.name,
-                    &c.policy,
-                    "terminate",
-                    "budget_exhausted",
-                    mode.as_str(),
-                );
+            let Some(spent_at) =
+                rem.spend_one(&target.name, &c.policy, "terminate", &mut exhausted)
+            else {
                 continue;
-            }
-            exhausted = false;
+            };
             let id = format!(
                 "{}-{}-{}",
                 rem.settings.instance,

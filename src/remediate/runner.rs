@@ -160,6 +160,41 @@ impl Remediation {
         tb.try_spend(now) && g.try_spend(now)
     }
 
+    /// Spends one action of `target`'s and the global budget: the time it
+    /// was spent at (to refund it if nothing is sent), or `None` when a
+    /// budget is exhausted, which is logged once per exhaustion (`exhausted`
+    /// carries that between calls) and counted as a `budget_exhausted` decision.
+    pub(super) fn spend_one(
+        &self,
+        target: &str,
+        policy: &str,
+        action: &str,
+        exhausted: &mut bool,
+    ) -> Option<u64> {
+        let spent_at = now_ms();
+        if self.try_spend(target, spent_at) {
+            *exhausted = false;
+            return Some(spent_at);
+        }
+        if !*exhausted {
+            let (t, g) = self.remaining(target, now_ms());
+            tracing::error!(
+                target_remaining = t,
+                global_remaining = g,
+                "remediation budget exhausted: no more actions until the window allows"
+            );
+        }
+        *exhausted = true;
+        self.metrics.action(
+            target,
+            policy,
+            action,
+            "budget_exhausted",
+            self.settings.mode.as_str(),
+        );
+        None
+    }
+
     pub(crate) fn publish_budgets(&self, target: &str) {
         let (t, g) = self.remaining(target, now_ms());
         self.metrics.set_budget(target, t, t == 0);
@@ -352,27 +387,14 @@ async fn run_inner(
                 );
                 continue;
             }
-            let spent_at = now_ms();
-            if !rem.try_spend(&target.name, spent_at) {
-                if !exhausted {
-                    let (t, g) = rem.remaining(&target.name, now_ms());
-                    tracing::error!(
-                        target_remaining = t,
-                        global_remaining = g,
-                        "remediation budget exhausted: no more actions until the window allows"
-                    );
-                }
-                exhausted = true;
-                rem.metrics.action(
-                    &target.name,
-                    &c.policy,
-                    first_signal(c.action).as_str(),
-                    "budget_exhausted",
-                    rem.settings.mode.as_str(),
-                );
+            let Some(spent_at) = rem.spend_one(
+                &target.name,
+                &c.policy,
+                first_signal(c.action).as_str(),
+                &mut exhausted,
+            ) else {
                 continue;
-            }
-            exhausted = false;
+            };
             let first = first_signal(c.action);
             let id = format!("{}-{}-{}", rem.settings.instance, c.facts.pid, now_ms());
             let outcome = act(
