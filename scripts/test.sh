@@ -7,3 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_packages
 ensure_local_postgres || echo "note: no PostgreSQL on 127.0.0.1:5432; tests that need it will say so" >&2
 cargo test --locked --all-targets -- --test-threads=2
+# The builds without Neo4j or Kubernetes support must keep compiling.
+for features in "" "neo4j" "kubernetes"; do
+  cargo check --locked --no-default-features --features "$features" --all-targets
+done

@@ -2,6 +2,8 @@
 //! `tower_test::mock::pair` behind `kube::Client::new`), with a task playing
 //! the API server that asserts each request and sends scripted answers.
 
+#![cfg(feature = "kubernetes")]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -27,6 +27,8 @@
 //! Needs PostgreSQL on 127.0.0.1:5432 (user `postgres`, trust) for the
 //! fault tests, like the other integration tests.
 
+#![cfg(feature = "neo4j")]
+
 mod support;
 
 use std::collections::BTreeMap;

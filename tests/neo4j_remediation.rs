@@ -4,6 +4,8 @@
 //! before acting, writes the intent before the kill, and stays within its
 //! mode and budget. The re-check's outcomes are also driven directly.
 
+#![cfg(feature = "neo4j")]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -7,11 +7,15 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Format, exit};
-use crate::config::{Config, Neo4jTarget, PostgresTarget};
-use crate::daemon::kubernetes::{KubernetesReport, observe_kubernetes_once};
+use crate::config::{Config, PostgresTarget};
+use crate::daemon::kubernetes::KubernetesReport;
+#[cfg(feature = "kubernetes")]
+use crate::daemon::kubernetes::observe_kubernetes_once;
 use crate::evaluate::{self, CheckResult, CheckStatus, Neo4jSummary, PgSummary, fmt_secs};
 use crate::kubernetes::checks::KubeCheckStatus;
-use crate::observe::neo4j::{Neo4jObserver, Neo4jSnapshot};
+#[cfg(feature = "neo4j")]
+use crate::observe::neo4j::Neo4jObserver;
+use crate::observe::neo4j::Neo4jSnapshot;
 use crate::observe::{PgSnapshot, PollError, PostgresObserver};
 
 /// One target's outcome, as printed by `--format json` (and readable by `dbwarden replay`).
@@ -44,17 +48,23 @@ pub struct Report {
 
 pub async fn run(config: Config, format: Format) -> u8 {
     // Kubernetes is looked at beside the targets, never in their way.
+    // Without the `kubernetes` feature, validation refuses `[kubernetes]`.
+    #[cfg(feature = "kubernetes")]
     let kubernetes = config
         .kubernetes
         .clone()
         .map(|k| tokio::spawn(async move { observe_kubernetes_once(&k).await }));
+    #[cfg(not(feature = "kubernetes"))]
+    let kubernetes: Option<tokio::task::JoinHandle<KubernetesReport>> = None;
     // Targets are independent: observe them concurrently, report in config order.
     let mut set = tokio::task::JoinSet::new();
     for (i, target) in config.postgres.iter().cloned().enumerate() {
         set.spawn(async move { (i, observe_once(&target).await) });
     }
-    let first_neo4j = config.postgres.len();
+    // Without the `neo4j` feature, validation refuses Neo4j targets.
+    #[cfg(feature = "neo4j")]
     for (i, target) in config.neo4j.iter().cloned().enumerate() {
+        let first_neo4j = config.postgres.len();
         set.spawn(async move { (first_neo4j + i, observe_neo4j_once(&target).await) });
     }
     let mut reports = Vec::with_capacity(config.postgres.len() + config.neo4j.len());
@@ -135,7 +145,8 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
     }
 }
 
-async fn observe_neo4j_once(target: &Neo4jTarget) -> TargetReport {
+#[cfg(feature = "neo4j")]
+async fn observe_neo4j_once(target: &crate::config::Neo4jTarget) -> TargetReport {
     let mut observer = Neo4jObserver::new(target.clone());
     let result = observer.poll().await;
     observer.close().await;

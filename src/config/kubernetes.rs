@@ -124,6 +124,12 @@ pub(super) fn kubernetes(
     let targets = targets(config, config.kubernetes.is_some(), issues);
     let raw: &RawKubernetes = config.kubernetes.as_ref()?;
     let key = |k: &str| raw::join("kubernetes", k);
+    if cfg!(not(feature = "kubernetes")) {
+        issues.push(
+            "kubernetes",
+            "this dbwarden was built without Kubernetes support (cargo feature `kubernetes`): use a default build",
+        );
+    }
 
     let credentials = match raw.credentials.as_deref() {
         None | Some("in-cluster") => {

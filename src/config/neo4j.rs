@@ -115,6 +115,12 @@ pub(super) fn target(
             "the target name \"global\" is reserved: it names the global remediation budget in metrics",
         );
     }
+    if cfg!(not(feature = "neo4j")) {
+        issues.push(
+            &path,
+            "this dbwarden was built without Neo4j support (cargo feature `neo4j`): use a default build",
+        );
+    }
     check_setting_ranges(&raw.settings, &path, issues);
     let settings = settings(&raw.settings, defaults, &path, issues);
 

@@ -1044,8 +1044,6 @@ const SELECTING_CONDITIONS: [&str; 6] = [
     "blocking_waiters",
 ];
 
-/// The regex crate's message without its multi-line diagram: the line
-
 /// A policy's `victims` and `max_per_cycle` (PostgreSQL and Neo4j alike).
 pub(super) fn victims_and_cap(
     victims: Option<&str>,
@@ -1121,6 +1119,7 @@ pub(super) fn gates(
     (only_while_failing, only_while_alerts)
 }
 
+/// The regex crate's message without its multi-line diagram: the line
 /// after `error: `, e.g. "unclosed group".
 pub(super) fn regex_reason(e: &regex::Error) -> String {
     let text = e.to_string();

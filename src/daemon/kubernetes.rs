@@ -8,11 +8,15 @@
 //! Kubernetes checks fail or go unknown, never a database poll slow. The PVC
 //! usage it publishes is read by the PostgreSQL poll loops into their
 //! disk-free check (see `poller::Observer::add_kubernetes_volumes`).
+// Without the `kubernetes` feature only the pure parts (the audit bridge,
+// the unreachable status, the report type) are compiled.
+#![cfg_attr(not(feature = "kubernetes"), allow(unused_imports, dead_code))]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "kubernetes")]
 use kube::Client;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -22,15 +26,22 @@ use tracing::Instrument;
 use super::state::{KubernetesStatus, LeaseView, SharedState};
 use crate::kubernetes::checks::KubeCheck;
 use crate::kubernetes::checks::{KubeCheckStatus, pod_checks};
+#[cfg(feature = "kubernetes")]
 use crate::kubernetes::client::build_client;
+#[cfg(feature = "kubernetes")]
+use crate::kubernetes::evict::EvictionRunner;
 use crate::kubernetes::evict::{
     EvictionAudit, EvictionBudget, EvictionCandidate, EvictionDecision, EvictionOutcome,
-    EvictionReport, EvictionRunner,
+    EvictionReport,
 };
+#[cfg(feature = "kubernetes")]
 use crate::kubernetes::lease::LeaseElector;
+#[cfg(feature = "kubernetes")]
 use crate::kubernetes::pods::PodObserver;
 use crate::kubernetes::snapshot::VolumeUsage;
-use crate::kubernetes::{KubernetesSettings, KubernetesSnapshot, now_ms, volumes};
+#[cfg(feature = "kubernetes")]
+use crate::kubernetes::volumes;
+use crate::kubernetes::{KubernetesSettings, KubernetesSnapshot, now_ms};
 use crate::remediate::audit::{AuditLog, AuditRecord, Decision, Mode, RECENT_CAPACITY};
 use crate::remediate::runner::Remediation;
 use crate::telemetry::metrics::Metrics;
@@ -146,6 +157,7 @@ impl EvictionBudget for SharedBudget {
 
 /// The eviction runner over the shared remediation state, its cooldowns
 /// seeded from the evictions the audit file remembers.
+#[cfg(feature = "kubernetes")]
 pub fn eviction_runner(
     settings: &KubernetesSettings,
     rem: &Arc<Remediation>,
@@ -249,6 +261,7 @@ const VOLUME_STATS_TIMEOUT: Duration = Duration::from_secs(5);
 /// the Kubernetes checks. Credentials that cannot be loaded or an API server
 /// that cannot be reached fail `kubernetes_api_reachable`; the database
 /// checks do not depend on any of it.
+#[cfg(feature = "kubernetes")]
 pub async fn observe_kubernetes_once(settings: &KubernetesSettings) -> KubernetesReport {
     let client = match build_client(&settings.credentials, &settings.namespace).await {
         Ok(c) => c,
@@ -318,6 +331,7 @@ pub async fn observe_kubernetes_once(settings: &KubernetesSettings) -> Kubernete
 
 /// Volume usage read by its own task, so a slow kubelet never delays a publish.
 #[derive(Debug, Default)]
+#[cfg(feature = "kubernetes")]
 struct Volumes {
     usage: Vec<VolumeUsage>,
     error: Option<String>,
@@ -328,6 +342,7 @@ struct Volumes {
 /// Lease tasks) on `tracker`. Never fails: an API server that cannot be
 /// reached shows in the published status.
 #[allow(clippy::too_many_arguments)]
+#[cfg(feature = "kubernetes")]
 pub async fn run(
     settings: KubernetesSettings,
     client: Client,
@@ -351,6 +366,7 @@ pub async fn run(
     .await
 }
 
+#[cfg(feature = "kubernetes")]
 async fn run_inner(
     settings: KubernetesSettings,
     client: Client,

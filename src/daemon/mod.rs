@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http;
 use crate::observe::PostgresObserver;
+#[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
 use crate::remediate::runner::{self, Remediation};
 use crate::telemetry::metrics::Metrics;
@@ -82,6 +83,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             ));
         }
     }
+    #[cfg(feature = "neo4j")]
     for target in &config.neo4j {
         // One connection to poll; where remediation acts, a second one for the actor.
         tracker.spawn(poller::run(
@@ -103,6 +105,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             ));
         }
     }
+    // Without the `kubernetes` feature, validation refuses `[kubernetes]`.
+    #[cfg(feature = "kubernetes")]
     if let Some(k) = config.kubernetes.clone() {
         start_kubernetes(
             k,
@@ -154,6 +158,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Builds the Kubernetes client and spawns the Kubernetes loop. Credentials
 /// that cannot be loaded are reported as an unreachable API server in the
 /// published status (and the log); the database targets run regardless.
+#[cfg(feature = "kubernetes")]
 pub async fn start_kubernetes(
     settings: crate::kubernetes::KubernetesSettings,
     state: Arc<SharedState>,

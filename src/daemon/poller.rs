@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::state::{SharedState, TargetStatus};
 use crate::config::TargetSettings;
 use crate::evaluate::{self, CheckResult, CheckStatus, HoldState};
+#[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
 use crate::observe::{self, PollError, PostgresObserver};
 use crate::telemetry::metrics::Metrics;
@@ -107,6 +108,7 @@ impl Observer for PostgresObserver {
     }
 }
 
+#[cfg(feature = "neo4j")]
 impl Observer for Neo4jObserver {
     type Snapshot = observe::neo4j::Neo4jSnapshot;
     const KIND: &'static str = "neo4j";

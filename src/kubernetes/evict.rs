@@ -16,17 +16,24 @@
 //!   audit outcome, with pacing between evictions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+#[cfg(feature = "kubernetes")]
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::api::core::v1::Pod;
+#[cfg(feature = "kubernetes")]
 use kube::api::PostParams;
+#[cfg(feature = "kubernetes")]
 use kube::{Api, Client};
 use serde::Serialize;
+#[cfg(feature = "kubernetes")]
 use tokio_util::sync::CancellationToken;
 
 use super::duration_ms;
 use super::snapshot::{KubernetesSnapshot, PodFacts};
+#[cfg(feature = "kubernetes")]
 use crate::remediate::audit::Mode;
 use crate::remediate::budget::Budget;
 
@@ -265,6 +272,7 @@ pub trait EvictionAudit: Send + Sync {
 ///
 /// (kube 5's `Api::<Pod>::evict` sends its delete options under a key the API
 /// server ignores, so the request is built here with `deleteOptions`.)
+#[cfg(feature = "kubernetes")]
 pub async fn execute(client: &Client, c: &EvictionCandidate) -> EvictionOutcome {
     let api: Api<Pod> = Api::namespaced(client.clone(), &c.namespace);
     let pod = match api.get_opt(&c.pod).await {
@@ -337,6 +345,7 @@ pub struct EvictionReport {
     pub decision: EvictionDecision,
 }
 
+#[cfg(feature = "kubernetes")]
 type Flag = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The budget seam: one action is spent per eviction attempt (or dry-run
@@ -363,6 +372,7 @@ impl EvictionBudget for Mutex<Budget> {
 
 /// The eviction loop's state across rounds: recent evictions, settled pods,
 /// the budget. Call [`EvictionRunner::run_once`] after each snapshot.
+#[cfg(feature = "kubernetes")]
 pub struct EvictionRunner {
     policy: EvictionPolicy,
     mode: Mode,
@@ -376,6 +386,7 @@ pub struct EvictionRunner {
     settled: HashMap<String, Option<u64>>,
 }
 
+#[cfg(feature = "kubernetes")]
 impl std::fmt::Debug for EvictionRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EvictionRunner")
@@ -386,6 +397,7 @@ impl std::fmt::Debug for EvictionRunner {
     }
 }
 
+#[cfg(feature = "kubernetes")]
 impl EvictionRunner {
     /// `budget` may be shared with other runners (e.g. a global budget);
     /// `paused` is the pause switch (`PauseSwitch::is_paused`); `is_actor`

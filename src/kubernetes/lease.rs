@@ -16,16 +16,23 @@
 //! a lease duration old, whether or not anyone else took over.
 //! RBAC: leases get, create, update.
 
+#[cfg(feature = "kubernetes")]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+#[cfg(feature = "kubernetes")]
 use kube::api::PostParams;
+#[cfg(feature = "kubernetes")]
 use kube::{Api, Client};
 use serde::Serialize;
+#[cfg(feature = "kubernetes")]
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "kubernetes")]
 use super::{KubeError, duration_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +58,7 @@ pub enum LeaseStatus {
 }
 
 #[derive(Debug, Clone)]
+#[cfg(feature = "kubernetes")]
 struct Observed {
     resource_version: String,
     /// When we first saw this version, on our clock.
@@ -58,6 +66,7 @@ struct Observed {
 }
 
 #[derive(Debug, Default)]
+#[cfg(feature = "kubernetes")]
 struct State {
     observed: Option<Observed>,
     holder: Option<String>,
@@ -68,22 +77,26 @@ struct State {
 
 /// Lease election for this replica.
 #[derive(Debug)]
+#[cfg(feature = "kubernetes")]
 pub struct LeaseElector {
     api: Api<Lease>,
     settings: LeaseSettings,
     state: Mutex<State>,
 }
 
+#[cfg(feature = "kubernetes")]
 fn micro(ms: u64) -> Option<MicroTime> {
     k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).ok()?)
         .ok()
         .map(MicroTime)
 }
 
+#[cfg(feature = "kubernetes")]
 fn micro_ms(t: &MicroTime) -> Option<u64> {
     u64::try_from(t.0.as_millisecond()).ok()
 }
 
+#[cfg(feature = "kubernetes")]
 impl LeaseElector {
     pub fn new(client: Client, namespace: &str, settings: LeaseSettings) -> Self {
         LeaseElector {

@@ -26,12 +26,15 @@
 //! elector take it per call.
 
 pub mod checks;
+#[cfg(feature = "kubernetes")]
 pub mod client;
 pub mod evict;
 pub mod lease;
+#[cfg(feature = "kubernetes")]
 pub mod pods;
 pub mod selector;
 pub mod snapshot;
+#[cfg(feature = "kubernetes")]
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -144,6 +147,7 @@ impl KubeError {
     }
 }
 
+#[cfg(feature = "kubernetes")]
 impl From<kube::Error> for KubeError {
     fn from(e: kube::Error) -> Self {
         match e {

@@ -1,11 +1,16 @@
 //! Plain data: what the watchers and the stats summary saw, ready for the pure
 //! checks and the eviction selection. Times are milliseconds since the Unix epoch.
 
+#[cfg(feature = "kubernetes")]
 use std::collections::BTreeMap;
 
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::api::apps::v1::StatefulSet;
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+#[cfg(feature = "kubernetes")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +149,7 @@ impl KubernetesSnapshot {
     }
 }
 
+#[cfg(feature = "kubernetes")]
 pub(crate) fn time_ms(t: &Time) -> Option<u64> {
     u64::try_from(t.0.as_millisecond()).ok()
 }
@@ -178,12 +184,14 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
     q.parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
+#[cfg(feature = "kubernetes")]
 fn limit(limits: Option<&BTreeMap<String, Quantity>>, key: &str) -> Option<f64> {
     limits
         .and_then(|l| l.get(key))
         .and_then(|q| parse_quantity(&q.0))
 }
 
+#[cfg(feature = "kubernetes")]
 fn termination_of(cs: &ContainerStatus) -> Option<Termination> {
     let from = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| Termination {
         reason: t.reason.clone(),
@@ -204,6 +212,7 @@ fn termination_of(cs: &ContainerStatus) -> Option<Termination> {
 }
 
 /// The facts of one pod. Pure; `restarts_last_hour` comes from the watcher's history.
+#[cfg(feature = "kubernetes")]
 pub fn pod_facts(target: &str, pod: &Pod, restarts_last_hour: u32) -> PodFacts {
     let meta = &pod.metadata;
     let status = pod.status.as_ref();
@@ -284,6 +293,7 @@ pub fn pod_facts(target: &str, pod: &Pod, restarts_last_hour: u32) -> PodFacts {
 }
 
 /// The facts of one StatefulSet. Pure.
+#[cfg(feature = "kubernetes")]
 pub fn statefulset_facts(target: &str, sts: &StatefulSet) -> StatefulSetFacts {
     let status = sts.status.as_ref();
     StatefulSetFacts {
@@ -296,7 +306,7 @@ pub fn statefulset_facts(target: &str, sts: &StatefulSet) -> StatefulSetFacts {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "kubernetes"))]
 mod tests {
     use super::*;
 

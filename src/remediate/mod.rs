@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod budget;
 pub mod executor;
+#[cfg(feature = "neo4j")]
 pub mod neo4j;
 pub mod neo4j_policy;
 pub mod pause;
