@@ -10,8 +10,17 @@
 //!
 //! Run: `bash bench/neo4j_poll.sh` (builds in release mode, prints a table).
 
+#![cfg_attr(not(feature = "neo4j"), allow(dead_code, unused_imports))]
+
 #[path = "../tests/support/bolt/mod.rs"]
 mod bolt;
+
+/// Without the `neo4j` feature there is no Neo4j observer to measure.
+#[cfg(not(feature = "neo4j"))]
+fn main() {
+    eprintln!("neo4j_poll_bench needs the `neo4j` feature (a default build)");
+    std::process::exit(2);
+}
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -20,8 +29,10 @@ use std::time::{Duration, Instant};
 use bolt::{BoltServer, Index, Persona, ServerState, Tx};
 use dbwarden::config::Config;
 use dbwarden::evaluate;
+#[cfg(feature = "neo4j")]
 use dbwarden::observe::neo4j::Neo4jObserver;
 
+#[cfg(feature = "neo4j")]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -36,6 +47,7 @@ fn main() {
 }
 
 /// The child: a Bolt server with `n` running transactions; prints its URI.
+#[cfg(feature = "neo4j")]
 fn serve(n: usize) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
@@ -83,6 +95,7 @@ fn serve(n: usize) {
 }
 
 /// Nanoseconds this process has run on a CPU.
+#[cfg(feature = "neo4j")]
 fn cpu_ns() -> u64 {
     std::fs::read_to_string("/proc/self/schedstat")
         .ok()
@@ -90,11 +103,13 @@ fn cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(feature = "neo4j")]
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
+#[cfg(feature = "neo4j")]
 fn bench(polls: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
