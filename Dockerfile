@@ -16,9 +16,12 @@ WORKDIR /src
 # sources (.dockerignore keeps target/ and the rest out of the context).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The default build has PostgreSQL, Neo4j and Kubernetes support; a smaller
+# PostgreSQL-only image: docker build --build-arg CARGO_FEATURES=--no-default-features .
+ARG CARGO_FEATURES=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin dbwarden \
+    cargo build --release --locked --bin dbwarden $CARGO_FEATURES \
     && install -D -m 0755 target/release/dbwarden /out/dbwarden
 
 FROM gcr.io/distroless/cc-debian12:nonroot
