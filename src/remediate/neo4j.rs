@@ -26,11 +26,10 @@ use tracing::Instrument;
 use super::audit::{AuditRecord, Decision, Mode};
 use super::neo4j_policy::{self, Neo4jCandidate, Neo4jConditions, Neo4jPolicy};
 use super::policy::Gates;
-use super::runner::{Remediation, now_ms};
+use super::runner::{Remediation, gate_inputs, now_ms};
 use crate::config::Neo4jTarget;
 use crate::daemon::alerts::FiringAlerts;
 use crate::daemon::state::SharedState;
-use crate::evaluate::CheckStatus;
 use crate::observe::PollError;
 use crate::observe::neo4j::{
     Generation, Neo4jClient, Neo4jTransaction, classify, listed_query, shown_transaction,
@@ -272,18 +271,7 @@ async fn run_inner(
                 .iter()
                 .any(|t| (t.database.clone(), t.id.clone()) == *k)
         });
-        let failing: Vec<_> = status
-            .checks
-            .iter()
-            .filter(|c| c.status == CheckStatus::Fail)
-            .map(|c| c.check)
-            .collect();
-        let firing: Vec<String> = alerts
-            .firing(SystemTime::now())
-            .into_iter()
-            .filter(|a| a.target == target.name)
-            .map(|a| a.alertname)
-            .collect();
+        let (failing, firing) = gate_inputs(&status, &alerts);
         let gates = Gates {
             failing: &failing,
             firing_alerts: &firing,

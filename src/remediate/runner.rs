@@ -312,18 +312,7 @@ async fn run_inner(
             continue;
         };
         settled.retain(|k| snapshot.sessions.iter().any(|s| key_of_session(s) == *k));
-        let failing: Vec<_> = status
-            .checks
-            .iter()
-            .filter(|c| c.status == CheckStatus::Fail)
-            .map(|c| c.check)
-            .collect();
-        let firing: Vec<String> = alerts
-            .firing(SystemTime::now())
-            .into_iter()
-            .filter(|a| a.target == target.name)
-            .map(|a| a.alertname)
-            .collect();
+        let (failing, firing) = gate_inputs(&status, &alerts);
         let gates = policy::Gates {
             failing: &failing,
             firing_alerts: &firing,
@@ -566,6 +555,27 @@ async fn act(
     rem.metrics
         .action(target, &c.policy, signal.as_str(), label, s.mode.as_str());
     Some(outcome)
+}
+
+/// What a policy's gates look at on one target: the checks failing in its
+/// latest status, and the alerts Alertmanager reports firing for it.
+pub(super) fn gate_inputs(
+    status: &crate::daemon::state::TargetStatus,
+    alerts: &FiringAlerts,
+) -> (Vec<crate::evaluate::CheckId>, Vec<String>) {
+    let failing = status
+        .checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Fail)
+        .map(|c| c.check)
+        .collect();
+    let firing = alerts
+        .firing(SystemTime::now())
+        .into_iter()
+        .filter(|a| a.target == status.target)
+        .map(|a| a.alertname)
+        .collect();
+    (failing, firing)
 }
 
 /// A session's identity for `settled`: pid, backend start and query start.
