@@ -361,7 +361,7 @@ pub(super) fn kubernetes(
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "kubernetes"))]
 mod tests {
     use std::time::Duration;
 

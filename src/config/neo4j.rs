@@ -492,6 +492,7 @@ mod tests {
     const GRAPH: &str =
         "[neo4j.graph]\nuri = \"bolt://neo4j:7687\"\npassword_env = \"NEO4J_PASSWORD\"\n";
 
+    #[cfg(feature = "neo4j")]
     #[test]
     fn a_neo4j_only_config_loads_with_the_runbook_defaults() {
         let c = load(GRAPH).unwrap();
@@ -506,6 +507,7 @@ mod tests {
         assert_eq!(load(&printed).unwrap().to_redacted_toml(), printed);
     }
 
+    #[cfg(feature = "neo4j")]
     #[test]
     fn every_mistake_in_a_neo4j_target_is_reported_at_its_key() {
         let i = issues(
@@ -533,6 +535,7 @@ mod tests {
         assert!(at(&i, "neo4j.Graph.thresholds.disk_free").contains("PostgreSQL targets"));
     }
 
+    #[cfg(feature = "neo4j")]
     #[test]
     fn names_are_unique_across_kinds() {
         let i = issues(&format!(
@@ -541,6 +544,7 @@ mod tests {
         assert!(at(&i, "neo4j.graph").contains("also a PostgreSQL target"));
     }
 
+    #[cfg(feature = "neo4j")]
     #[test]
     fn neo4j_policies_are_validated_and_kept_in_file_order() {
         let c = load(&format!(
@@ -601,6 +605,35 @@ mod tests {
         assert!(at(&i, "remediation.neo4j_policies.p.when.match_users").contains("empty"));
         assert!(at(&i, "remediation.neo4j_policies.q.when").contains("add running_for"));
         assert!(at(&i, "remediation.policies.r.targets").contains("\"graph\" is a Neo4j target"));
+    }
+
+    /// A build without the `neo4j` feature refuses Neo4j targets by name,
+    /// and one without `kubernetes` the `[kubernetes]` section.
+    #[test]
+    fn a_build_without_a_feature_refuses_its_sections() {
+        let r = load(&format!(
+            "{GRAPH}[kubernetes]\nnamespace = \"db\"\ncredentials = \"in-cluster\"\n"
+        ));
+        let wanted: Vec<&str> = [
+            (!cfg!(feature = "neo4j")).then_some("neo4j.graph"),
+            (!cfg!(feature = "kubernetes")).then_some("kubernetes"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match r {
+            Ok(_) => assert!(wanted.is_empty(), "accepted without {wanted:?}"),
+            Err(ConfigError::Invalid(issues)) => {
+                for path in &wanted {
+                    let m = at(&issues, path);
+                    assert!(m.contains("built without"), "{m}");
+                }
+                if cfg!(feature = "neo4j") {
+                    assert!(issues.iter().all(|i| !i.message.contains("Neo4j support")));
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
 
     #[test]
