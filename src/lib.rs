@@ -4,7 +4,10 @@
 //!
 //! Data flows one way (see ARCHITECTURE.md):
 //!
-//! - [`config`]: the TOML + environment configuration, validated into typed values.
+//! - [`settings`]: what every part's settings share (durations, issues with key
+//!   paths); [`secret`]: values that never print.
+//! - [`config`]: the loader: the TOML file and the environment, read into each
+//!   part's settings and validated by each part.
 //! - [`observe`]: one task per target polls its server and produces a [`observe::Snapshot`].
 //! - [`evaluate`]: pure functions from a snapshot and thresholds to check results.
 //! - [`telemetry`]: every metric dbwarden exports, defined in one place, and logging setup.
@@ -23,5 +26,6 @@ pub mod kubernetes;
 pub mod observe;
 pub mod remediate;
 pub mod scratch;
+pub mod secret;
+pub mod settings;
 pub mod telemetry;
-mod util;

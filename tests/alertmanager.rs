@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use dbwarden::config::{Config, Secret};
+use dbwarden::config::Config;
+use dbwarden::secret::Secret;
 use serde_json::{Value, json};
 use support::*;
 use tokio::sync::oneshot;

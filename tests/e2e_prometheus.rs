@@ -29,8 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dbwarden::config::{Config, Secret};
+use dbwarden::config::Config;
 use dbwarden::scratch::{ClusterOptions, ScratchCluster};
+use dbwarden::secret::Secret;
 use serde_json::Value;
 use support::bolt::{BoltServer, ClusterMember, Db, Index, Persona, ServerState, Tx};
 use support::kube_fake::{FakeCluster, KubeFake};

@@ -405,7 +405,7 @@ async fn the_budget_caps_kills_and_an_unwritable_audit_stops_them() {
 
 // ------------------------------------------------------ the re-check itself
 
-fn target(server: &BoltServer, dir: &Path) -> dbwarden::config::Neo4jTarget {
+fn target(server: &BoltServer, dir: &Path) -> dbwarden::observe::neo4j::Neo4jTarget {
     std::fs::write(dir.join("password"), "secret").unwrap();
     let toml = format!(
         "[neo4j.{TARGET}]\nuri = \"{}\"\npassword_file = \"{}\"\n",
@@ -442,7 +442,9 @@ async fn the_recheck_skips_what_ended_or_changed_and_reads_the_servers_answer() 
     let client = Neo4jClient::new(&target(&server, dir.path()), "remediate").expect("client");
     let conditions = Neo4jConditions {
         running_for: Some(Duration::from_secs(5)),
-        match_query: Some(regex::Regex::new("MATCH").unwrap()),
+        match_query: Some(dbwarden::settings::Pattern(
+            regex::Regex::new("MATCH").unwrap(),
+        )),
         ..Neo4jConditions::default()
     };
     let q = "MATCH (n) RETURN n";
@@ -578,7 +580,7 @@ fn the_example_neo4j_policy_is_valid_uncommented() {
     let rem = config.remediation.expect("[remediation]");
     let p = &rem.neo4j_policies[0];
     assert_eq!(p.name, "runbook-slow-queries");
-    assert!(p.targets.is_empty());
+    assert!(p.targets.is_none());
     assert_eq!(p.max_per_cycle, 5);
     assert_eq!(
         p.only_while_failing,

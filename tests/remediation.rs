@@ -21,7 +21,7 @@ use dbwarden::observe::{PostgresObserver, SessionState};
 use dbwarden::remediate::audit::{AuditLog, AuditRecord, Decision, Mode};
 use dbwarden::remediate::executor::{self, Outcome, Signal};
 use dbwarden::remediate::policy::{
-    Action, Blocking, Conditions, Gates, NameSet, Policy, Victims, evaluate_policy,
+    ActionKind, Conditions, Gates, NameSet, Policy, Victims, evaluate_policy,
 };
 use dbwarden::scratch::ScratchCluster;
 use serde_json::Value;
@@ -749,8 +749,9 @@ async fn the_guarded_signal_rechecks_the_session_when_acting() {
     let mut observer = PostgresObserver::new(config.postgres[0].clone());
     let policy = Policy {
         name: "idle".into(),
-        targets: vec![],
-        action: Action::Terminate,
+        targets: None,
+        kind: Some(ActionKind::Terminate),
+        grace: None,
         victims: Victims::All,
         max_per_cycle: 10,
         conditions: Conditions {
@@ -830,10 +831,8 @@ async fn the_guarded_signal_rechecks_the_session_when_acting() {
 
     // The policy measured a lock chain the session no longer roots.
     let blocking = Conditions {
-        blocking: Some(Blocking {
-            min_waiters: 1,
-            waited_for: Duration::from_secs(1),
-        }),
+        blocking_waiters: Some(1),
+        blocking_for: Some(Duration::from_secs(1)),
         ..cond.clone()
     };
     let out = executor::signal(

@@ -121,7 +121,7 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
         Ok(snapshot) => TargetReport {
             target: target.name.clone(),
             kind: "postgres",
-            url: target.url.clone(),
+            url: target.redacted_url(),
             up: true,
             error: None,
             checks: evaluate::evaluate_once(&snapshot, &target.thresholds),
@@ -133,7 +133,7 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
         Err(e) => TargetReport {
             target: target.name.clone(),
             kind: "postgres",
-            url: target.url.clone(),
+            url: target.redacted_url(),
             up: false,
             checks: evaluate::evaluate_down(&target.thresholds, &e.message),
             error: Some(e),
@@ -146,7 +146,7 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
 }
 
 #[cfg(feature = "neo4j")]
-async fn observe_neo4j_once(target: &crate::config::Neo4jTarget) -> TargetReport {
+async fn observe_neo4j_once(target: &crate::observe::neo4j::Neo4jTarget) -> TargetReport {
     let mut observer = Neo4jObserver::new(target.clone());
     let result = observer.poll().await;
     observer.close().await;
@@ -169,7 +169,7 @@ async fn observe_neo4j_once(target: &crate::config::Neo4jTarget) -> TargetReport
     TargetReport {
         target: target.name.clone(),
         kind: "neo4j",
-        url: target.uri.clone(),
+        url: target.uri().to_string(),
         up,
         error,
         checks,

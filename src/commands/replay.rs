@@ -82,11 +82,21 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
         };
         let replayed = match (&t.snapshot, &t.neo4j_snapshot) {
             (Some(snapshot), _) => {
-                let (e, c) = policy::select(&rem.policies, &t.target, snapshot, gates);
+                let (e, c) = policy::select(
+                    &rem.policies.values().cloned().collect::<Vec<_>>(),
+                    &t.target,
+                    snapshot,
+                    gates,
+                );
                 Replayed::Postgres(e, c)
             }
             (None, Some(snapshot)) => {
-                let (e, c) = neo4j_policy::select(&rem.neo4j_policies, &t.target, snapshot, gates);
+                let (e, c) = neo4j_policy::select(
+                    &rem.neo4j_policies.values().cloned().collect::<Vec<_>>(),
+                    &t.target,
+                    snapshot,
+                    gates,
+                );
                 Replayed::Neo4j(e, c)
             }
             (None, None) => {

@@ -67,7 +67,7 @@ impl EvictionAuditLog {
     pub fn new(rem: &Remediation, metrics: Arc<Metrics>) -> Self {
         EvictionAuditLog {
             log: rem.audit.clone(),
-            instance: rem.settings.instance.clone(),
+            instance: rem.settings.instance().to_string(),
             mode: rem.settings.mode,
             metrics,
             pending: Mutex::default(),
@@ -213,7 +213,7 @@ fn action_label(d: &EvictionDecision) -> Option<&'static str> {
 /// `kubernetes_api_reachable` check fails with the reason, the others are unknown.
 pub fn unreachable_status(settings: &KubernetesSettings, error: &str) -> KubernetesStatus {
     let snapshot = unreachable_snapshot(settings, error, now_ms());
-    let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+    let checks = pod_checks(&snapshot, &settings.thresholds(), now_ms());
     KubernetesStatus {
         snapshot,
         checks,
@@ -263,11 +263,11 @@ const VOLUME_STATS_TIMEOUT: Duration = Duration::from_secs(5);
 /// checks do not depend on any of it.
 #[cfg(feature = "kubernetes")]
 pub async fn observe_kubernetes_once(settings: &KubernetesSettings) -> KubernetesReport {
-    let client = match build_client(&settings.credentials, &settings.namespace).await {
+    let client = match build_client(&settings.credentials(), &settings.namespace).await {
         Ok(c) => c,
         Err(e) => {
             let snapshot = unreachable_snapshot(settings, &e.to_string(), now_ms());
-            let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+            let checks = pod_checks(&snapshot, &settings.thresholds(), now_ms());
             return KubernetesReport { checks, snapshot };
         }
     };
@@ -284,7 +284,7 @@ pub async fn observe_kubernetes_once(settings: &KubernetesSettings) -> Kubernete
         Ok(o) => o,
         Err(e) => {
             let snapshot = unreachable_snapshot(settings, &e, now_ms());
-            let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+            let checks = pod_checks(&snapshot, &settings.thresholds(), now_ms());
             return KubernetesReport { checks, snapshot };
         }
     };
@@ -325,7 +325,7 @@ pub async fn observe_kubernetes_once(settings: &KubernetesSettings) -> Kubernete
     cancel.cancel();
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-    let checks = pod_checks(&snapshot, &settings.thresholds, now_ms());
+    let checks = pod_checks(&snapshot, &settings.thresholds(), now_ms());
     KubernetesReport { checks, snapshot }
 }
 
@@ -528,7 +528,7 @@ async fn run_inner(
             }
             was_reachable = snapshot.api_reachable;
         }
-        let checks = pod_checks(&snapshot, &settings.thresholds, now);
+        let checks = pod_checks(&snapshot, &settings.thresholds(), now);
         for c in &checks {
             if c.status == KubeCheckStatus::Fail {
                 tracing::debug!(target = %c.target, check = c.check.as_str(), message = %c.message, "Kubernetes check failing");

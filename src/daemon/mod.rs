@@ -167,7 +167,8 @@ pub async fn start_kubernetes(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) {
-    match crate::kubernetes::client::build_client(&settings.credentials, &settings.namespace).await
+    match crate::kubernetes::client::build_client(&settings.credentials(), &settings.namespace)
+        .await
     {
         Ok(client) => {
             tracing::info!(

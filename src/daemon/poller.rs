@@ -11,11 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::state::{SharedState, TargetStatus};
-use crate::config::TargetSettings;
 use crate::evaluate::{self, CheckResult, CheckStatus, HoldState};
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
-use crate::observe::{self, PollError, PostgresObserver};
+use crate::observe::{self, PollError, PostgresObserver, TargetSettings};
 use crate::telemetry::metrics::Metrics;
 
 /// What the loop needs of an observer: the kind-specific parts of a tick.
@@ -167,12 +166,12 @@ async fn run_inner<O: Observer>(
 ) {
     let name = observer.name().to_string();
     let settings = observer.settings().clone();
-    let interval = settings.poll_interval;
-    let backoff_max = settings.backoff_max;
+    let interval = settings.poll_interval();
+    let backoff_max = settings.backoff_max();
     let waker = state.waker(&name).unwrap_or_default();
     let mut status = TargetStatus::new(&name, O::KIND);
     status.poll_interval_seconds = interval.as_secs_f64();
-    status.poll_timeout_seconds = settings.poll_timeout.as_secs_f64();
+    status.poll_timeout_seconds = settings.poll_timeout().as_secs_f64();
     let mut hold = HoldState::default();
     let clock = Instant::now();
 

@@ -1,7 +1,7 @@
 //! How each check measures a snapshot. Pure functions.
 
+use super::Thresholds;
 use super::{CheckId, Measurement};
-use crate::config::Thresholds;
 use crate::observe::{PgSnapshot, Role, SessionState, XID_WRAP};
 
 /// Measures one check on a snapshot: its value and whether the condition is violated.

@@ -9,6 +9,7 @@
 mod checks;
 mod neo4j;
 mod summary;
+mod thresholds;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,8 +21,8 @@ pub use neo4j::{
     Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, summarize_neo4j,
 };
 pub use summary::{PgSummary, summarize};
+pub use thresholds::{CountRange, Limit, Neo4jThresholds, Thresholds};
 
-use crate::config::{Limit, Thresholds};
 use crate::observe::PgSnapshot;
 
 /// The runbook's checks for a PostgreSQL target. The label value of each is

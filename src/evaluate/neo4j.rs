@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{CheckId, CheckResult, HoldState, Limit, Measurement, down, fmt_secs, judge};
-use crate::config::{CountRange, Neo4jThresholds};
+use super::{
+    CheckId, CheckResult, CountRange, HoldState, Limit, Measurement, Neo4jThresholds, down,
+    fmt_secs, judge,
+};
 use crate::observe::neo4j::Neo4jSnapshot;
 
 fn limit(check: CheckId, t: &Neo4jThresholds) -> Limit {

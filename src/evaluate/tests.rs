@@ -11,7 +11,7 @@ use super::{
     CheckId, CheckResult, CheckStatus, HoldState, Measurement, evaluate, evaluate_down,
     evaluate_once, fmt_secs, measure, summarize,
 };
-use crate::config::{Limit, Thresholds};
+use super::{Limit, Thresholds};
 use crate::observe::{
     Archiver, DatabaseStats, DiskUsage, PgSnapshot, RecoveryStatus, ReplicationSlot, ServerInfo,
     Session, SessionState, Standby, XID_WRAP,
@@ -131,7 +131,7 @@ impl Pg {
     fn own_session(self, state: SessionState, age_secs: f64) -> Self {
         self.session(state, age_secs).edit_last(|s| {
             s.is_self = true;
-            s.application_name = crate::config::APPLICATION_NAME.into();
+            s.application_name = crate::observe::APPLICATION_NAME.into();
         })
     }
 

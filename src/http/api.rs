@@ -47,8 +47,8 @@ pub(super) async fn status(
         json!({
             "mode": r.settings.mode,
             "paused": r.pause.info(),
-            "policies": r.settings.policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-            "neo4j_policies": r.settings.neo4j_policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "policies": r.settings.policies.keys().cloned().collect::<Vec<_>>(),
+            "neo4j_policies": r.settings.neo4j_policies.keys().cloned().collect::<Vec<_>>(),
         })
     });
     // The Kubernetes loop's latest status (pods, StatefulSets, volumes,

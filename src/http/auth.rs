@@ -4,7 +4,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// True when the request carries `Authorization: Bearer <token>` with the
 /// expected token. The comparison takes the same time wherever the tokens

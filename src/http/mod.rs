@@ -11,6 +11,9 @@
 mod alertmanager;
 mod api;
 pub mod auth;
+mod settings;
+
+pub use settings::{DEFAULT_LISTEN, ServerSettings};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +39,7 @@ pub struct AppState {
     /// Present when remediation is configured.
     pub remediation: Option<Arc<Remediation>>,
     /// The bearer token of the Alertmanager receiver; `None` disables it.
-    pub alertmanager_token: Option<crate::config::Secret>,
+    pub alertmanager_token: Option<crate::secret::Secret>,
     /// The alerts Alertmanager reports firing, and its dedupe memory.
     pub alerts: Arc<crate::daemon::alerts::FiringAlerts>,
 }

@@ -37,17 +37,33 @@ use super::snapshot::{KubernetesSnapshot, PodFacts};
 use crate::remediate::audit::Mode;
 use crate::remediate::budget::Budget;
 
-/// The eviction policy. Off unless configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The eviction policy, `[kubernetes.eviction]`. Off unless configured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EvictionPolicy {
+    /// Always `kubernetes_eviction` (set at load).
+    #[serde(skip)]
     pub name: String,
     /// The targets it applies to; empty: every target.
     pub targets: Vec<String>,
     /// How long a pod must have been not ready before it is evicted.
+    #[serde(with = "crate::settings::duration")]
     pub not_ready_for: Duration,
     /// After an eviction (or a PDB refusal), how long its StatefulSet (or the
     /// lone pod) is left alone to recover.
+    #[serde(with = "crate::settings::duration")]
     pub cooldown: Duration,
+}
+
+impl Default for EvictionPolicy {
+    fn default() -> Self {
+        EvictionPolicy {
+            name: super::settings::EVICTION_POLICY_NAME.to_string(),
+            targets: Vec::new(),
+            not_ready_for: Duration::from_secs(600),
+            cooldown: Duration::from_secs(900),
+        }
+    }
 }
 
 impl EvictionPolicy {

@@ -35,16 +35,33 @@ use tokio_util::sync::CancellationToken;
 #[cfg(feature = "kubernetes")]
 use super::{KubeError, duration_ms};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[kubernetes.lease]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LeaseSettings {
     /// The Lease's name, in the configured namespace.
     pub name: String,
-    /// This replica's identity (e.g. the pod name); unique per replica.
+    /// This replica's identity: `remediation.instance`, else `$HOSTNAME`
+    /// (the pod name); unique per replica. Resolved at load.
+    #[serde(skip)]
     pub holder_identity: String,
     /// `leaseDurationSeconds`.
+    #[serde(with = "crate::settings::duration")]
     pub duration: Duration,
     /// How often to renew (well below `duration`, e.g. a third of it).
+    #[serde(with = "crate::settings::duration")]
     pub renew_every: Duration,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            name: "dbwarden".to_string(),
+            holder_identity: String::new(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
 }
 
 /// What the last election round found.

@@ -5,7 +5,7 @@
 //! Phase 1 is a self-contained library; the daemon, the configuration, the
 //! metrics and the audit trail are wired to it through the seams below:
 //!
-//! - [`KubernetesSettings`]: plain, already validated settings (no parsing here).
+//! - [`KubernetesSettings`]: `[kubernetes]`, its serde types and validation.
 //! - [`client::build_client`]: a `kube::Client` from in-cluster credentials or a kubeconfig.
 //! - [`pods::PodObserver`]: reflectors over the targets' pods (and the
 //!   namespace's StatefulSets); [`pods::PodObserver::snapshot`] returns a
@@ -17,7 +17,7 @@
 //!   budget → audit intent → re-check → evict → audit outcome).
 //! - [`lease::LeaseElector`]: `coordination.k8s.io` Lease election.
 //!
-//! Phase 2 wires it: `config::kubernetes` builds the settings,
+//! Phase 2 wires it: the configuration loader reads the settings,
 //! `daemon::kubernetes` runs the loop (publish → checks → Lease → eviction),
 //! `telemetry::metrics` exports it, `dbwarden check` and the status API show it.
 //!
@@ -33,6 +33,7 @@ pub mod lease;
 #[cfg(feature = "kubernetes")]
 pub mod pods;
 pub mod selector;
+pub mod settings;
 pub mod snapshot;
 #[cfg(feature = "kubernetes")]
 pub mod volumes;
@@ -42,6 +43,7 @@ use std::time::{Duration, SystemTime};
 
 pub use evict::EvictionPolicy;
 pub use lease::LeaseSettings;
+pub use settings::KubernetesSettings;
 pub use snapshot::KubernetesSnapshot;
 
 /// How dbwarden authenticates to the API server.
@@ -66,32 +68,6 @@ pub struct KubernetesTarget {
     /// A Kubernetes label selector, in the API's string form
     /// (`app=postgres,role!=backup`, `tier in (db)`, `!canary`).
     pub label_selector: String,
-}
-
-/// The validated `kubernetes` section. Phase 2 builds it from the config file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KubernetesSettings {
-    pub credentials: Credentials,
-    /// The namespace holding the database pods (and the Lease).
-    pub namespace: String,
-    pub targets: Vec<KubernetesTarget>,
-    /// Watch the namespace's StatefulSets for ready against desired replicas.
-    /// Needs `statefulsets` get/list/watch in the `apps` group.
-    pub statefulsets: bool,
-    /// Read volume usage from the kubelet stats summary (needs `nodes/proxy` get).
-    pub volume_stats: bool,
-    /// The opt-in eviction policy; `None` (the default) never evicts.
-    pub eviction: Option<EvictionPolicy>,
-    /// Lease election among dbwarden replicas; `None`: this replica acts alone.
-    pub lease: Option<LeaseSettings>,
-    /// The pure checks' thresholds.
-    pub thresholds: checks::KubeThresholds,
-    /// How often the snapshot is published, the checks evaluated and the
-    /// eviction policy run even when no watch event arrived (time-based
-    /// conditions such as `not_ready_for` need it).
-    pub interval: Duration,
-    /// How often the kubelet stats summaries are read (with `volume_stats`).
-    pub volume_stats_interval: Duration,
 }
 
 /// Milliseconds since the Unix epoch, the time unit of every snapshot.

@@ -3,11 +3,16 @@
 use std::path::Path;
 
 use super::snapshot::DiskUsage;
-use crate::config::WatchedPath;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-/// statvfs of each path. Failures are reported per volume, never as a poll failure.
-pub fn usage(paths: &[WatchedPath]) -> Vec<DiskUsage> {
-    paths.iter().map(|w| one(&w.volume, &w.path)).collect()
+/// statvfs of each path, by volume name. Failures are reported per volume,
+/// never as a poll failure.
+pub fn usage(paths: &BTreeMap<String, PathBuf>) -> Vec<DiskUsage> {
+    paths
+        .iter()
+        .map(|(volume, path)| one(volume, path))
+        .collect()
 }
 
 fn one(volume: &str, path: &Path) -> DiskUsage {
@@ -42,10 +47,7 @@ mod tests {
 
     #[test]
     fn statvfs_of_a_real_directory() {
-        let u = usage(&[WatchedPath {
-            volume: "tmp".into(),
-            path: std::env::temp_dir(),
-        }]);
+        let u = usage(&BTreeMap::from([("tmp".to_string(), std::env::temp_dir())]));
         assert_eq!(u.len(), 1);
         assert!(u[0].error.is_none(), "{:?}", u[0].error);
         assert!(u[0].size_bytes > 0 && u[0].free_bytes <= u[0].size_bytes);
@@ -55,10 +57,10 @@ mod tests {
 
     #[test]
     fn missing_path_is_a_per_volume_error() {
-        let u = usage(&[WatchedPath {
-            volume: "x".into(),
-            path: "/nonexistent/dbwarden".into(),
-        }]);
+        let u = usage(&BTreeMap::from([(
+            "x".to_string(),
+            PathBuf::from("/nonexistent/dbwarden"),
+        )]));
         assert!(
             u[0].error
                 .as_deref()

@@ -5,6 +5,7 @@
 pub mod disk;
 pub mod neo4j;
 pub mod postgres;
+pub mod settings;
 pub mod snapshot;
 
 use std::time::{Duration, Instant};
@@ -13,9 +14,8 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 
+pub use settings::{APPLICATION_NAME, PostgresTarget, SslMode, TargetSettings};
 pub use snapshot::*;
-
-use crate::config::PostgresTarget;
 
 /// Why a poll failed, as a small closed set usable as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -158,7 +158,7 @@ impl PostgresObserver {
     /// (its connection is kept: the server stops the statement at its
     /// `statement_timeout`, and the next use of the connection waits for that).
     pub async fn poll(&mut self) -> Result<PgSnapshot, PollError> {
-        let timeout = self.target.settings.poll_timeout;
+        let timeout = self.target.settings.poll_timeout();
         match tokio::time::timeout(timeout, self.poll_inner()).await {
             Ok(r) => r,
             // Still no connection when time ran out: the server is not reachable.
@@ -183,11 +183,12 @@ impl PostgresObserver {
     /// if one is still under way).
     async fn connection(&mut self) -> Result<&mut PgConnection, PollError> {
         if self.conn.is_none() {
-            let options = self.target.connect.0.clone();
+            let options = self.target.connect_options();
             let attempt = self.connecting.get_or_insert_with(|| {
                 tokio::spawn(async move { PgConnection::connect_with(&options).await })
             });
-            let joined = tokio::time::timeout(self.target.settings.connect_timeout, attempt).await;
+            let joined =
+                tokio::time::timeout(self.target.settings.connect_timeout(), attempt).await;
             let joined = match joined {
                 Ok(j) => j,
                 Err(_) => {
@@ -195,7 +196,7 @@ impl PostgresObserver {
                         PollErrorKind::Connect,
                         format!(
                             "could not connect within connect_timeout {} (the attempt continues)",
-                            humantime::format_duration(self.target.settings.connect_timeout)
+                            humantime::format_duration(self.target.settings.connect_timeout())
                         ),
                     ));
                 }
@@ -215,7 +216,7 @@ impl PostgresObserver {
         let sizes_due = self
             .sizes
             .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= self.target.settings.database_sizes_interval);
+            .is_none_or(|(at, _)| at.elapsed() >= self.target.settings.database_sizes_interval());
         let sessions_hint = self.last_sessions;
         let conn = self.connection().await?;
         let result = postgres::read_snapshot(conn, sizes_due, sessions_hint).await;

@@ -111,7 +111,7 @@ pub async fn signal(
         .bind(xact_start)
         .bind(need_idle)
         .bind(state_change)
-        .bind(cond.blocking.is_some())
+        .bind(cond.blocking().is_some())
         .fetch_optional(&mut *conn)
         .await;
     let row = match row {

@@ -221,7 +221,7 @@ async fn run_inner(
     let policies: Vec<Neo4jPolicy> = rem
         .settings
         .neo4j_policies
-        .iter()
+        .values()
         .filter(|p| p.applies_to(&target.name))
         .cloned()
         .collect();
@@ -244,7 +244,7 @@ async fn run_inner(
                 .init_action(&target.name, &p.name, "terminate", o, mode.as_str());
         }
     }
-    let limit = target.settings.poll_timeout;
+    let limit = target.settings.poll_timeout();
     let mut client: Option<Neo4jClient> = None;
     let mut was_paused = false;
     let mut exhausted = false;
@@ -311,7 +311,7 @@ async fn run_inner(
             };
             let id = format!(
                 "{}-{}-{}",
-                rem.settings.instance,
+                rem.settings.instance(),
                 c.transaction.id,
                 now_ms()
             );
@@ -376,13 +376,13 @@ async fn act(
         AuditRecord::for_transaction(
             SystemTime::now(),
             id,
-            &s.instance,
+            s.instance(),
             &target.name,
             s.mode,
             decision,
             c,
             outcome,
-            s.query_max_chars,
+            s.query_max_chars as usize,
             s.redact_queries,
         )
     };
@@ -472,7 +472,9 @@ mod tests {
     fn the_recheck_names_what_changed() {
         let c = Neo4jConditions {
             running_for: Some(Duration::from_secs(1)),
-            match_query: Some(regex::Regex::new("MATCH").unwrap()),
+            match_query: Some(crate::settings::Pattern(
+                regex::Regex::new("MATCH").unwrap(),
+            )),
             ..Neo4jConditions::default()
         };
         let before = tx("alice", "Running", 5_000, Some("MATCH (n) RETURN n"));

@@ -10,52 +10,85 @@
 
 use std::time::Duration;
 
-use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::policy::{Gates, Victims};
 use crate::evaluate::CheckId;
 use crate::observe::neo4j::{Neo4jSnapshot, Neo4jTransaction};
+use crate::settings::{Pattern, duration, non_empty};
 
 /// Transactions on this database administer users, roles and databases.
 pub const SYSTEM_DATABASE: &str = "system";
 
-/// The conditions of a Neo4j policy. Every `Some` / non-empty field must hold.
-#[derive(Debug, Clone, Default)]
+/// The conditions of a Neo4j policy, `[remediation.neo4j_policies.<name>.when]`.
+/// Every `Some` / non-empty field must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Neo4jConditions {
     /// Running (elapsed) for at least this long.
+    #[serde(with = "duration::option")]
     pub running_for: Option<Duration>,
     /// The status must be one of these, as the server says it (Running,
-    /// Blocked, ...); empty: any status.
+    /// Blocked); empty: any status.
+    #[serde(rename = "status")]
     pub statuses: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
     pub match_users: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
     pub ignore_users: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
     pub match_databases: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
     pub ignore_databases: Vec<String>,
     /// Searched in the current query (not anchored).
-    pub match_query: Option<Regex>,
-    pub ignore_query: Option<Regex>,
+    pub match_query: Option<Pattern>,
+    pub ignore_query: Option<Pattern>,
 }
 
-/// A validated Neo4j policy. Its only action is to terminate the
-/// transaction (`TERMINATE TRANSACTIONS` on 4.4+, `dbms.killQuery` before).
-#[derive(Debug, Clone)]
+/// A Neo4j policy: `[remediation.neo4j_policies.<name>]`. Its only action
+/// is to terminate the transaction (`TERMINATE TRANSACTIONS` on 4.4+,
+/// `dbms.killQuery` before).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Neo4jPolicy {
+    #[serde(skip)]
     pub name: String,
-    /// The Neo4j targets it applies to; empty means every Neo4j target.
-    pub targets: Vec<String>,
+    /// The Neo4j targets it applies to; `None` means every Neo4j target.
+    pub targets: Option<Vec<String>>,
+    /// Always "terminate" (the default).
+    #[serde(default = "terminate")]
+    pub action: String,
+    #[serde(default = "all")]
     pub victims: Victims,
+    #[serde(default = "max_per_cycle")]
     pub max_per_cycle: u32,
-    pub conditions: Neo4jConditions,
     /// Act only while all of these checks fail on the target.
+    #[serde(default)]
     pub only_while_failing: Vec<CheckId>,
     /// Act only while all of these alerts fire for the target.
+    #[serde(default)]
     pub only_while_alerts: Vec<String>,
+    #[serde(default, rename = "when")]
+    pub conditions: Neo4jConditions,
+}
+
+fn terminate() -> String {
+    "terminate".to_string()
+}
+
+fn all() -> Victims {
+    Victims::All
+}
+
+fn max_per_cycle() -> u32 {
+    super::settings::DEFAULT_MAX_PER_CYCLE
 }
 
 impl Neo4jPolicy {
     pub fn applies_to(&self, target: &str) -> bool {
-        self.targets.is_empty() || self.targets.iter().any(|t| t == target)
+        self.targets
+            .as_ref()
+            .is_none_or(|ts| ts.iter().any(|t| t == target))
     }
 }
 

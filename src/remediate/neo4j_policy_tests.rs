@@ -36,7 +36,8 @@ fn snapshot(transactions: Vec<Neo4jTransaction>) -> Neo4jSnapshot {
 fn policy(conditions: Neo4jConditions) -> Neo4jPolicy {
     Neo4jPolicy {
         name: "slow".into(),
-        targets: vec![],
+        targets: None,
+        action: "terminate".into(),
         victims: Victims::All,
         max_per_cycle: 10,
         conditions,
@@ -110,12 +111,16 @@ fn query_conditions_never_act_on_hidden_text() {
     hidden.query = None;
     let s = snapshot(vec![hidden, tx("v", "alice", "neo4j", "Running", 10_000)]);
     let mut c = slow_for(1);
-    c.ignore_query = Some(Regex::new("backup").unwrap());
+    c.ignore_query = Some(crate::settings::Pattern(
+        regex::Regex::new("backup").unwrap(),
+    ));
     let e = evaluate_policy(&policy(c), &s, Gates::default());
     assert_eq!(ids(&e.selected), ["v"]);
     assert_eq!(e.protected[0].1, Neo4jProtection::QueryTextHidden);
     let mut c = slow_for(1);
-    c.match_query = Some(Regex::new("WHERE").unwrap());
+    c.match_query = Some(crate::settings::Pattern(
+        regex::Regex::new("WHERE").unwrap(),
+    ));
     let e = evaluate_policy(&policy(c), &s, Gates::default());
     assert_eq!(ids(&e.selected), ["v"]);
 }
@@ -147,7 +152,7 @@ fn select_acts_once_per_transaction_and_respects_targets() {
     second.name = "second".into();
     let mut elsewhere = policy(slow_for(1));
     elsewhere.name = "elsewhere".into();
-    elsewhere.targets = vec!["other".into()];
+    elsewhere.targets = Some(vec!["other".into()]);
     let (evals, chosen) = select(
         &[policy(slow_for(1)), second, elsewhere],
         "graph",
@@ -218,8 +223,8 @@ fn arb_conditions() -> impl Strategy<Value = Neo4jConditions> {
             ignore_users: iu,
             match_databases: md,
             ignore_databases: id,
-            match_query: mq.map(|r| Regex::new(r).unwrap()),
-            ignore_query: iq.map(|r| Regex::new(r).unwrap()),
+            match_query: mq.map(|r| crate::settings::Pattern(regex::Regex::new(r).unwrap())),
+            ignore_query: iq.map(|r| crate::settings::Pattern(regex::Regex::new(r).unwrap())),
         })
 }
 

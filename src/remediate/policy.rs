@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::APPLICATION_NAME;
 use crate::evaluate::CheckId;
-use crate::observe::{PgSnapshot, Session, SessionState};
+use crate::observe::{APPLICATION_NAME, PgSnapshot, Session, SessionState};
+use crate::settings::{Pattern, duration, non_empty, regex_reason};
 
 /// What to do to a selected session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,7 +32,7 @@ pub enum Action {
     Terminate,
     /// Cancel, then terminate if the same query is still there after `grace`.
     CancelThenTerminate {
-        #[serde(serialize_with = "crate::util::ser_duration")]
+        #[serde(serialize_with = "crate::settings::duration::serialize")]
         grace: Duration,
     },
 }
@@ -47,8 +47,27 @@ impl Action {
     }
 }
 
+/// A policy's `action` as written; with `grace` it makes an [`Action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Cancel,
+    Terminate,
+    CancelThenTerminate,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Cancel => "cancel",
+            ActionKind::Terminate => "terminate",
+            ActionKind::CancelThenTerminate => "cancel_then_terminate",
+        }
+    }
+}
+
 /// Which of the candidates to act on in one cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Victims {
     /// Every candidate, oldest first, up to `max_per_cycle`.
@@ -59,21 +78,28 @@ pub enum Victims {
 
 /// Matches a text by exact names or by full-match regular expressions.
 /// Built only through [`NameSet::new`], which anchors every pattern, so
-/// `psql` never matches `billing-psql-loader`.
+/// `psql` never matches `billing-psql-loader`. Written as a list of
+/// patterns; compared and printed by them.
 #[derive(Debug, Clone, Default)]
 pub struct NameSet {
     exact: Vec<String>,
+    written: Vec<String>,
     patterns: Vec<Regex>,
 }
 
 impl NameSet {
     /// Exact names and regular expressions; each expression must match the whole name.
     pub fn new<S: AsRef<str>>(exact: Vec<String>, patterns: &[S]) -> Result<Self, regex::Error> {
-        let patterns = patterns
+        let written: Vec<String> = patterns.iter().map(|p| p.as_ref().to_string()).collect();
+        let patterns = written
             .iter()
-            .map(|p| Regex::new(&format!("^(?:{})$", p.as_ref())))
+            .map(|p| Regex::new(&format!("^(?:{p})$")))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(NameSet { exact, patterns })
+        Ok(NameSet {
+            exact,
+            written,
+            patterns,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,33 +111,140 @@ impl NameSet {
     }
 }
 
-/// The conditions of a policy. Every `Some` / non-empty field must hold.
-#[derive(Debug, Clone, Default)]
+impl PartialEq for NameSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.exact == other.exact && self.written == other.written
+    }
+}
+
+impl Serialize for NameSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.written.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NameSet {
+    /// Every pattern checked; the first bad one is named with the regex
+    /// crate's reason.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let list: Vec<String> = non_empty(d)?;
+        for p in &list {
+            if let Err(e) = Regex::new(p) {
+                return Err(D::Error::custom(format!(
+                    "invalid regex {p:?}: {}",
+                    regex_reason(&e)
+                )));
+            }
+        }
+        NameSet::new(Vec::new(), &list).map_err(|e| {
+            let shown: Vec<String> = list.iter().map(|p| format!("{p:?}")).collect();
+            D::Error::custom(format!(
+                "{} cannot be matched as a whole name: {}",
+                shown.join(", "),
+                regex_reason(&e)
+            ))
+        })
+    }
+}
+
+/// A list of client networks as written: CIDR, or a bare address as a
+/// single-host network (/32, /128). An IPv4-mapped IPv6 network is kept as
+/// the IPv4 network it maps, since sessions' addresses are compared in
+/// canonical form.
+mod networks {
+    use ipnet::{IpNet, Ipv4Net};
+    use serde::{Deserializer, Serialize, Serializer, de};
+    use std::net::IpAddr;
+
+    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        let shown: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+        shown.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        crate::settings::non_empty::<_, String>(d)?
+            .iter()
+            .map(|text| {
+                network(text).ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "invalid network {text:?}: expected CIDR notation such as \"10.0.0.0/8\" or \"fd00::/8\", or an IP address"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    fn network(text: &str) -> Option<IpNet> {
+        let net = text
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
+        if let IpNet::V6(v6) = net
+            && v6.prefix_len() >= 96
+            && let Some(v4) = v6.addr().to_ipv4_mapped()
+            && let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+        {
+            return Some(IpNet::V4(n));
+        }
+        Some(net)
+    }
+}
+
+/// The conditions of a policy, `[remediation.policies.<name>.when]`. Every
+/// `Some` / non-empty field must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Conditions {
     /// The session's state must be one of these (empty: any state).
+    #[serde(rename = "state")]
     pub states: Vec<SessionState>,
     /// Idle (state idle, idle in transaction or idle in transaction (aborted))
     /// for at least this long (since `state_change`).
+    #[serde(with = "duration::option")]
     pub idle_for: Option<Duration>,
     /// Active, with the current query running for at least this long.
+    #[serde(with = "duration::option")]
     pub query_running_for: Option<Duration>,
     /// A transaction open for at least this long.
+    #[serde(with = "duration::option")]
     pub transaction_open_for: Option<Duration>,
     /// Connected for at least this long.
+    #[serde(with = "duration::option")]
     pub connected_for: Option<Duration>,
+    #[serde(deserialize_with = "non_empty")]
     pub match_users: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
     pub ignore_users: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
     pub match_databases: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
     pub ignore_databases: Vec<String>,
     pub match_applications: NameSet,
     pub ignore_applications: NameSet,
+    #[serde(with = "networks")]
     pub match_client_addrs: Vec<IpNet>,
+    #[serde(with = "networks")]
     pub ignore_client_addrs: Vec<IpNet>,
     /// Searched in the query text (not anchored).
-    pub match_query: Option<Regex>,
-    pub ignore_query: Option<Regex>,
-    /// The session is the root of a lock chain.
-    pub blocking: Option<Blocking>,
+    pub match_query: Option<Pattern>,
+    pub ignore_query: Option<Pattern>,
+    /// The session is the root of a lock chain with at least this many
+    /// sessions behind it ...
+    pub blocking_waiters: Option<u32>,
+    /// ... each of which has waited at least this long (default 0s).
+    #[serde(with = "duration::option")]
+    pub blocking_for: Option<Duration>,
+}
+
+impl Conditions {
+    /// The lock-chain condition, when `blocking_waiters` is set.
+    pub fn blocking(&self) -> Option<Blocking> {
+        self.blocking_waiters.map(|n| Blocking {
+            min_waiters: n,
+            waited_for: self.blocking_for.unwrap_or(Duration::ZERO),
+        })
+    }
 }
 
 /// The session blocks at least `min_waiters` sessions (directly or through a
@@ -123,28 +256,64 @@ pub struct Blocking {
     pub waited_for: Duration,
 }
 
-/// A validated remediation policy.
-#[derive(Debug, Clone)]
+/// A remediation policy: `[remediation.policies.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// The table's key.
+    #[serde(skip)]
     pub name: String,
-    /// The targets it applies to; empty means every target.
-    pub targets: Vec<String>,
-    pub action: Action,
+    /// The targets it applies to; `None` means every PostgreSQL target.
+    pub targets: Option<Vec<String>>,
+    /// Required (`None` is reported at load).
+    #[serde(rename = "action")]
+    pub kind: Option<ActionKind>,
+    /// With `cancel_then_terminate`: how long after the cancel to terminate.
+    #[serde(default, with = "duration::option")]
+    pub grace: Option<Duration>,
+    #[serde(default = "all")]
     pub victims: Victims,
+    #[serde(default = "max_per_cycle")]
     pub max_per_cycle: u32,
-    pub conditions: Conditions,
     /// Pressure gate: act only while all of these checks fail on the target
     /// (e.g. `connections_used`, the runbook's exhaustion scenario). Empty: always.
+    #[serde(default)]
     pub only_while_failing: Vec<CheckId>,
     /// Second gate, for teams that want a human-visible alert before any
     /// action: act only while all of these alerts fire for the target, as
     /// Alertmanager reports them to `POST /api/v1/alertmanager`. Empty: no gate.
+    #[serde(default)]
     pub only_while_alerts: Vec<String>,
+    #[serde(default, rename = "when")]
+    pub conditions: Conditions,
+}
+
+fn all() -> Victims {
+    Victims::All
+}
+
+fn max_per_cycle() -> u32 {
+    super::settings::DEFAULT_MAX_PER_CYCLE
 }
 
 impl Policy {
     pub fn applies_to(&self, target: &str) -> bool {
-        self.targets.is_empty() || self.targets.iter().any(|t| t == target)
+        self.targets
+            .as_ref()
+            .is_none_or(|ts| ts.iter().any(|t| t == target))
+    }
+
+    /// What the policy does. Validation refuses a policy without an
+    /// action and `cancel_then_terminate` without a grace; were one to get
+    /// here, it would only cancel.
+    pub fn action(&self) -> Action {
+        match (self.kind, self.grace) {
+            (Some(ActionKind::Terminate), _) => Action::Terminate,
+            (Some(ActionKind::CancelThenTerminate), Some(grace)) => {
+                Action::CancelThenTerminate { grace }
+            }
+            _ => Action::Cancel,
+        }
     }
 }
 
@@ -272,7 +441,7 @@ pub fn evaluate_policy(
     let (gate_open, gate_reason) =
         gate(&policy.only_while_failing, &policy.only_while_alerts, gates);
 
-    let waiters = blocked_waiters(snapshot, policy.conditions.blocking.map(|b| b.waited_for));
+    let waiters = blocked_waiters(snapshot, policy.conditions.blocking().map(|b| b.waited_for));
     let mut candidates = Vec::new();
     let mut protected = Vec::new();
     for s in &snapshot.sessions {
@@ -287,7 +456,7 @@ pub fn evaluate_policy(
         let age = policy_age(&policy.conditions, &facts);
         candidates.push(Candidate {
             policy: policy.name.clone(),
-            action: policy.action,
+            action: policy.action(),
             facts,
             reason,
             age_seconds: age,
@@ -528,7 +697,7 @@ fn matches(c: &Conditions, s: &Session, f: &SessionFacts) -> Option<String> {
         }
         why.push(format!("query matches /{}/", r.as_str()));
     }
-    if let Some(b) = c.blocking {
+    if let Some(b) = c.blocking() {
         if s.waits_on_lock() || f.blocked_waiters < b.min_waiters {
             return None;
         }

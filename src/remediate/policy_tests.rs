@@ -14,12 +14,13 @@ use proptest::prelude::*;
 use regex::Regex;
 
 use super::{
-    Action, Blocking, Candidate, Conditions, NameSet, Policy, PolicyEvaluation, Protection,
+    Action, ActionKind, Candidate, Conditions, NameSet, Policy, PolicyEvaluation, Protection,
     Victims, evaluate_policy, is_own, select,
 };
-use crate::config::APPLICATION_NAME;
 use crate::evaluate::CheckId;
+use crate::observe::APPLICATION_NAME;
 use crate::observe::{Archiver, PgSnapshot, ServerInfo, Session, SessionState};
+use crate::settings::Pattern;
 
 // ---------------------------------------------------------------------------
 // Fixture
@@ -218,8 +219,9 @@ fn snapshot_of(sessions: Vec<Session>) -> PgSnapshot {
 fn policy(name: &str, conditions: Conditions) -> Policy {
     Policy {
         name: name.into(),
-        targets: Vec::new(),
-        action: Action::Terminate,
+        targets: None,
+        kind: Some(ActionKind::Terminate),
+        grace: None,
         victims: Victims::All,
         max_per_cycle: 100,
         conditions,
@@ -240,8 +242,8 @@ fn nets(v: &[&str]) -> Vec<IpNet> {
     v.iter().map(|n| n.parse().unwrap()).collect()
 }
 
-fn re(p: &str) -> Regex {
-    Regex::new(p).unwrap()
+fn re(p: &str) -> Pattern {
+    Pattern(Regex::new(p).unwrap())
 }
 
 fn pids(cs: &[Candidate]) -> Vec<i32> {
@@ -683,10 +685,8 @@ fn blocking(min_waiters: u32, waited_for: u64) -> Policy {
     policy(
         "blocking",
         Conditions {
-            blocking: Some(Blocking {
-                min_waiters,
-                waited_for: Duration::from_secs(waited_for),
-            }),
+            blocking_waiters: Some(min_waiters),
+            blocking_for: Some(Duration::from_secs(waited_for)),
             ..Default::default()
         },
     )
@@ -969,9 +969,9 @@ fn select_acts_on_a_session_once_first_policy_wins() {
     ]);
     let first = long_active_queries();
     let mut everything = policy("everything", Conditions::default());
-    everything.action = Action::Cancel;
+    everything.kind = Some(ActionKind::Cancel);
     let mut elsewhere = policy("elsewhere", Conditions::default());
-    elsewhere.targets = strings(&["db2"]);
+    elsewhere.targets = Some(strings(&["db2"]));
 
     let (evals, chosen) = select(
         &[first.clone(), everything.clone(), elsewhere.clone()],
@@ -1176,7 +1176,7 @@ fn name_set() -> impl Strategy<Value = NameSet> {
     })
 }
 
-fn query_re() -> impl Strategy<Value = Option<Regex>> {
+fn query_re() -> impl Strategy<Value = Option<Pattern>> {
     prop::option::weighted(
         0.15,
         prop::sample::select(QUERY_PATTERNS.to_vec()).prop_map(re),
@@ -1202,13 +1202,7 @@ fn conditions() -> impl Strategy<Value = Conditions> {
         (
             query_re(),
             query_re(),
-            prop::option::weighted(
-                0.15,
-                (0u32..5, 0u64..=120).prop_map(|(m, w)| Blocking {
-                    min_waiters: m,
-                    waited_for: Duration::from_secs(w),
-                }),
-            ),
+            prop::option::weighted(0.15, (0u32..5, 0u64..=120)),
         ),
     )
         .prop_map(
@@ -1233,7 +1227,8 @@ fn conditions() -> impl Strategy<Value = Conditions> {
                 ignore_client_addrs: nets(&ignore_nets),
                 match_query,
                 ignore_query,
-                blocking,
+                blocking_waiters: blocking.map(|(m, _)| m),
+                blocking_for: blocking.map(|(_, w)| Duration::from_secs(w)),
             },
         )
 }
@@ -1245,13 +1240,16 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         0u32..=5,
         some_of(&GATE_CHECKS),
         some_of(&["db1", "db2"]),
-        prop::sample::select(vec![Action::Cancel, Action::Terminate]),
+        prop::sample::select(vec![ActionKind::Cancel, ActionKind::Terminate]),
     )
         .prop_map(
             |(conditions, victims, max_per_cycle, gate, targets, action)| Policy {
                 name: "p".into(),
-                targets: targets.into_iter().map(String::from).collect(),
-                action,
+                // No targets: every target.
+                targets: (!targets.is_empty())
+                    .then(|| targets.into_iter().map(String::from).collect()),
+                kind: Some(action),
+                grace: None,
                 victims,
                 max_per_cycle,
                 conditions,
@@ -1355,7 +1353,7 @@ fn meets(c: &Conditions, s: &Session, snap: &PgSnapshot) -> bool {
             .as_ref()
             .is_some_and(|r| r.is_match(&s.query))
         && c.match_query.as_ref().is_none_or(|r| r.is_match(&s.query))
-        && c.blocking.is_none_or(|b| {
+        && c.blocking().is_none_or(|b| {
             !waits(s)
                 && waiters_behind(snap, b.waited_for)
                     .get(&s.pid)
@@ -1457,7 +1455,10 @@ fn add_condition(p: &Policy, q: &Conditions, field: usize) -> (Policy, bool) {
             .extend(q.ignore_client_addrs.iter().cloned()),
         13 if c.match_query.is_none() => c.match_query = q.match_query.clone(),
         14 if c.ignore_query.is_none() => c.ignore_query = q.ignore_query.clone(),
-        15 if c.blocking.is_none() => c.blocking = q.blocking,
+        15 if c.blocking_waiters.is_none() => {
+            c.blocking_waiters = q.blocking_waiters;
+            c.blocking_for = q.blocking_for;
+        }
         _ => {}
     }
     (s, added_match_users)
@@ -1524,7 +1525,7 @@ proptest! {
             prop_assert!(meets(&p.conditions, s, &snap), "candidate {:?} fails a condition of {:?}", s, p.conditions);
             prop_assert_eq!(&cand.facts.state, &s.state);
             prop_assert_eq!(&cand.policy, &p.name);
-            prop_assert_eq!(cand.action, p.action);
+            prop_assert_eq!(cand.action, p.action());
         }
         let expected: BTreeSet<i32> =
             snap.sessions.iter().filter(|s| meets(&p.conditions, s, &snap) && !must_not_touch(&p, s)).map(|s| s.pid).collect();
@@ -1619,7 +1620,8 @@ proptest! {
     ) {
         let waited_for = Duration::from_secs(waited);
         let p = policy("roots", Conditions {
-            blocking: Some(Blocking { min_waiters, waited_for }),
+            blocking_waiters: Some(min_waiters),
+            blocking_for: Some(waited_for),
             ..Default::default()
         });
         let e = evaluate_policy(&p, &snap, gates(&[]));

@@ -46,7 +46,7 @@ impl Remediation {
         settings: RemediationSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, super::audit::AuditError> {
-        let mut global = Budget::new(settings.global_budget.0, settings.global_budget.1);
+        let mut global = Budget::new(settings.global_budget().0, settings.global_budget().1);
         let mut targets: HashMap<String, Budget> = HashMap::new();
         let audit = if settings.mode == Mode::Observe {
             None
@@ -81,7 +81,7 @@ impl Remediation {
                 targets
                     .entry(r.target.clone())
                     .or_insert_with(|| {
-                        Budget::new(settings.target_budget.0, settings.target_budget.1)
+                        Budget::new(settings.target_budget().0, settings.target_budget().1)
                     })
                     .record(r.time_ms);
             }
@@ -89,7 +89,7 @@ impl Remediation {
             Some(Arc::new(log))
         };
         let pause = PauseSwitch::load(
-            &settings.pause_state_file,
+            &settings.pause_state_file(),
             settings.sentinel_file.as_deref(),
         );
         // Export the state found on disk at once, not after the first poll.
@@ -106,14 +106,17 @@ impl Remediation {
     }
 
     pub fn applies_to(&self, target: &str) -> bool {
-        self.settings.policies.iter().any(|p| p.applies_to(target))
+        self.settings
+            .policies
+            .values()
+            .any(|p| p.applies_to(target))
     }
 
     /// Whether a Neo4j policy applies to this Neo4j target.
     pub fn applies_to_neo4j(&self, target: &str) -> bool {
         self.settings
             .neo4j_policies
-            .iter()
+            .values()
             .any(|p| p.applies_to(target))
     }
 
@@ -121,7 +124,10 @@ impl Remediation {
     pub(crate) fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         let tb = t.entry(target.to_string()).or_insert_with(|| {
-            Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
+            Budget::new(
+                self.settings.target_budget().0,
+                self.settings.target_budget().1,
+            )
         });
         let g = self
             .global
@@ -151,7 +157,10 @@ impl Remediation {
     pub(crate) fn try_spend(&self, target: &str, now: u64) -> bool {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         let tb = t.entry(target.to_string()).or_insert_with(|| {
-            Budget::new(self.settings.target_budget.0, self.settings.target_budget.1)
+            Budget::new(
+                self.settings.target_budget().0,
+                self.settings.target_budget().1,
+            )
         });
         let mut g = self.global.lock().unwrap_or_else(|e| e.into_inner());
         if tb.remaining(now) == 0 || g.remaining(now) == 0 {
@@ -248,18 +257,18 @@ async fn run_inner(
     let Some(mut updates) = state.subscribe(&target.name) else {
         return;
     };
-    let mut actor = Actor::new(target.connect.0.clone(), &rem.settings.instance);
+    let mut actor = Actor::new(target.connect_options(), rem.settings.instance());
     let policies: Vec<Policy> = rem
         .settings
         .policies
-        .iter()
+        .values()
         .filter(|p| p.applies_to(&target.name))
         .cloned()
         .collect();
     // Every decision series exists from the start at 0, so `increase()`
     // sees the first one.
     for p in &policies {
-        let signals: &[Signal] = match p.action {
+        let signals: &[Signal] = match p.action() {
             Action::Cancel => &[Signal::Cancel],
             Action::Terminate => &[Signal::Terminate],
             Action::CancelThenTerminate { .. } => &[Signal::Cancel, Signal::Terminate],
@@ -289,7 +298,7 @@ async fn run_inner(
         }
     }
     // Bound on each statement of the actor connection, on our side.
-    let limit = target.settings.poll_timeout;
+    let limit = target.settings.poll_timeout();
     let mut was_paused = false;
     let mut exhausted = false;
     // Sessions not to decide on again while they exist: in dry-run, those
@@ -344,7 +353,7 @@ async fn run_inner(
         };
         if let Some(h) = &holder {
             rem.metrics
-                .set_actor(&target.name, h, &rem.settings.instance);
+                .set_actor(&target.name, h, rem.settings.instance());
         }
         if chosen.is_empty() {
             continue;
@@ -385,7 +394,7 @@ async fn run_inner(
                 continue;
             };
             let first = first_signal(c.action);
-            let id = format!("{}-{}-{}", rem.settings.instance, c.facts.pid, now_ms());
+            let id = format!("{}-{}-{}", rem.settings.instance(), c.facts.pid, now_ms());
             let outcome = act(
                 &rem,
                 &mut actor,
@@ -431,7 +440,7 @@ async fn run_inner(
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
-            let id = format!("{}-{}-{}/t", rem.settings.instance, c.facts.pid, now_ms());
+            let id = format!("{}-{}-{}/t", rem.settings.instance(), c.facts.pid, now_ms());
             act(
                 &rem,
                 &mut actor,
@@ -468,14 +477,14 @@ async fn act(
         AuditRecord::new(
             SystemTime::now(),
             id,
-            &s.instance,
+            s.instance(),
             target,
             s.mode,
             signal.as_str(),
             decision,
             c,
             outcome,
-            s.query_max_chars,
+            s.query_max_chars as usize,
             s.redact_queries,
         )
     };

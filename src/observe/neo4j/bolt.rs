@@ -7,9 +7,10 @@ use std::time::{Instant, SystemTime};
 use neo4rs::{BoltType, ConfigBuilder, Graph, Query, Row};
 
 use super::METADATA_APP_KEY;
+use super::Neo4jTarget;
 use super::snapshot::*;
 use super::statements::*;
-use crate::config::{APPLICATION_NAME, Neo4jTarget};
+use crate::observe::{APPLICATION_NAME, TargetSettings};
 use crate::observe::{PollError, PollErrorKind};
 
 /// Rows fetched per PULL: 1,000 transactions take two round trips.
@@ -27,8 +28,8 @@ pub struct Neo4jClient {
 impl Neo4jClient {
     pub fn new(target: &Neo4jTarget, purpose: &'static str) -> Result<Self, PollError> {
         let config = ConfigBuilder::default()
-            .uri(target.uri.as_str())
-            .user(target.user.as_str())
+            .uri(target.uri())
+            .user(target.user())
             .password(target.password.as_ref().map_or("", |p| p.expose()))
             .fetch_size(FETCH_SIZE)
             .max_connections(1)
@@ -68,8 +69,8 @@ impl Neo4jClient {
 
 /// The timeout handed to neo4rs, which applies it to the connect and to
 /// every read: longer than dbwarden's own bounds, so that those fire first.
-fn neo4rs_timeout(s: &crate::config::TargetSettings) -> std::time::Duration {
-    s.poll_timeout.max(s.connect_timeout) + std::time::Duration::from_secs(1)
+fn neo4rs_timeout(s: &TargetSettings) -> std::time::Duration {
+    s.poll_timeout().max(s.connect_timeout()) + std::time::Duration::from_secs(1)
 }
 
 /// Polls one Neo4j target.
@@ -116,8 +117,8 @@ impl Neo4jObserver {
                 c
             }
         };
-        let timeout = self.target.settings.poll_timeout;
-        let connect_within = (!self.established).then_some(self.target.settings.connect_timeout);
+        let timeout = self.target.settings.poll_timeout();
+        let connect_within = (!self.established).then_some(self.target.settings.connect_timeout());
         let poll = observe_within(&client, &self.target, connect_within);
         let result = match tokio::time::timeout(timeout, poll).await {
             Ok(r) => r,
@@ -219,7 +220,7 @@ pub async fn observe(
 
     let mut indexes = Vec::new();
     let mut counts = Vec::new();
-    for db in &target.databases {
+    for db in &target.databases() {
         let statement = match generation {
             Generation::Procedures => DB_INDEXES,
             _ => SHOW_INDEXES,

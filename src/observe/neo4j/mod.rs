@@ -20,8 +20,10 @@
 //! (`timeout`). After a timeout or a broken connection the client is
 //! rebuilt, so the next poll starts clean.
 
+pub mod settings;
 pub mod snapshot;
 
+pub use settings::Neo4jTarget;
 pub use snapshot::*;
 
 /// The statements, by generation. Each is matched verbatim by the Bolt test
@@ -45,7 +47,7 @@ pub mod statements {
 }
 
 /// The metadata key that marks dbwarden's own transactions (its value is
-/// [`crate::config::APPLICATION_NAME`]).
+/// [`crate::observe::APPLICATION_NAME`]).
 pub const METADATA_APP_KEY: &str = "app";
 
 /// The Bolt client and observer (neo4rs): only in builds with the `neo4j`

@@ -1,0 +1,845 @@
+//! From text and environment to a [`Config`]: figment merges the file and
+//! the `DBWARDEN_*` overrides; each section is read into its owner's serde
+//! type; every mistake serde finds is recorded with its key path and the
+//! offending key taken out, and the section read again, until it reads; then
+//! each part validates its own settings.
+//!
+//! The file is parsed here, not by figment's `Toml` provider, for two
+//! reasons: `toml`'s own syntax messages quote the offending line, which
+//! may hold a password, and figment keeps tables sorted by key, which would
+//! lose the order of the policies (the first policy to select a session
+//! acts). The environment is read here too, from the variables handed in
+//! (tests pass their own), as strings that figment's lossy extraction turns
+//! into numbers and booleans where a number or a boolean is expected.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use figment::error::{Actual, Kind};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::de::DeserializeOwned;
+
+use super::Config;
+use crate::evaluate::{Neo4jThresholds, Thresholds};
+use crate::http::ServerSettings;
+use crate::kubernetes::{EvictionPolicy, KubernetesSettings, LeaseSettings};
+use crate::observe::neo4j::Neo4jTarget;
+use crate::observe::{PostgresTarget, TargetSettings};
+use crate::remediate::RemediationSettings;
+use crate::remediate::policy::{Conditions, Policy};
+use crate::remediate::settings::Budget;
+use crate::secret::redact_url;
+use crate::settings::{Context, Issue, Issues, Origin, field_names, join};
+use crate::telemetry::logging::LogSettings;
+
+/// The environment variable prefix; nested keys are separated by `__`,
+/// e.g. `DBWARDEN_SERVER__LISTEN=0.0.0.0:9641`. Variables without `__` (such
+/// as `DBWARDEN_CONFIG`, the config file's path) are not overrides.
+pub const ENV_PREFIX: &str = "DBWARDEN_";
+/// Separates nested keys in an override's name.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The file's sections, in the order issues are reported.
+const SECTIONS: [&str; 8] = [
+    "server",
+    "log",
+    "defaults",
+    "thresholds",
+    "postgres",
+    "neo4j",
+    "kubernetes",
+    "remediation",
+];
+
+/// One layer of the configuration for figment: the file, or the environment.
+struct Layer(&'static str, Dict);
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.0)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.1.clone()))
+    }
+}
+
+#[derive(Default)]
+struct Loader {
+    ctx: Context,
+    /// What serde refused, at the key paths of the file.
+    parse: Issues,
+    /// What the parts' validation found.
+    issues: Issues,
+    /// The key paths set by environment variables, and their variables.
+    env_vars: BTreeMap<String, String>,
+}
+
+pub(super) fn load(text: &str, env: Vec<(String, String)>) -> Result<Config, Vec<Issue>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| vec![syntax_issue(text, &e)])?;
+    let order = |section: &str| -> Vec<String> {
+        table
+            .get("remediation")
+            .and_then(|r| r.get(section))
+            .and_then(|p| p.as_table())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let (policy_order, neo4j_policy_order) = (order("policies"), order("neo4j_policies"));
+    let mut l = Loader::default();
+    l.ctx.env = env;
+    let overrides = l.overrides();
+    let file = match Value::serialize(&table) {
+        Ok(Value::Dict(_, d)) => d,
+        _ => Dict::new(),
+    };
+    let merged = Figment::from(Layer("config file", file)).merge(Layer("environment", overrides));
+    let mut root = merged
+        .data()
+        .ok()
+        .and_then(|mut m| m.remove(&Profile::Default))
+        .unwrap_or_default();
+
+    for key in root.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            let is_table = matches!(root.get(key), Some(Value::Dict(..)));
+            l.parse.push(key, unknown("", key, &SECTIONS, is_table));
+        }
+    }
+    let mut section = |name: &str, l: &mut Loader| -> Option<Dict> {
+        match root.remove(name)? {
+            Value::Dict(_, d) => Some(d),
+            other => {
+                l.parse.push(
+                    name,
+                    format!("expected a table, found {}", describe(&other)),
+                );
+                None
+            }
+        }
+    };
+    let server = section("server", &mut l);
+    let log = section("log", &mut l);
+    let defaults = section("defaults", &mut l).unwrap_or_default();
+    let thresholds = section("thresholds", &mut l).unwrap_or_default();
+    let postgres = section("postgres", &mut l).unwrap_or_default();
+    let neo4j = section("neo4j", &mut l).unwrap_or_default();
+    let kubernetes = section("kubernetes", &mut l);
+    let remediation = section("remediation", &mut l);
+
+    let mut server: ServerSettings = l.read(server.unwrap_or_default(), "server", false);
+    let log: LogSettings = l.read(log.unwrap_or_default(), "log", false);
+    let defaults_read: TargetSettings = l.read(defaults.clone(), "defaults", false);
+    let (global_pg, global_neo4j) = l.global_thresholds(thresholds);
+
+    l.ctx.postgres = postgres.keys().cloned().collect();
+    l.ctx.neo4j = neo4j.keys().cloned().collect();
+    l.ctx.remediation = remediation.is_some();
+    l.ctx.instance = remediation
+        .as_ref()
+        .and_then(|r| r.get("instance"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let mut pg_targets = Vec::new();
+    for (name, t) in postgres {
+        let (t, fallback) = l.target("postgres", &name, t, &defaults, &global_pg.0);
+        let mut t: PostgresTarget = l
+            .read_over(t, &fallback, &join("postgres", &name), true)
+            .unwrap_or_default();
+        t.name = name;
+        pg_targets.push(t);
+    }
+    let mut neo4j_targets = Vec::new();
+    for (name, t) in neo4j {
+        let (t, fallback) = l.target("neo4j", &name, t, &defaults, &global_neo4j.0);
+        let mut t: Neo4jTarget = l
+            .read_over(t, &fallback, &join("neo4j", &name), true)
+            .unwrap_or_default();
+        t.name = name;
+        neo4j_targets.push(t);
+    }
+    let kubernetes: Option<KubernetesSettings> = kubernetes.map(|k| l.read(k, "kubernetes", false));
+    let mut remediation: Option<RemediationSettings> =
+        remediation.map(|r| l.read(r, "remediation", false));
+    if let Some(r) = &mut remediation {
+        // The file's order; policies only the environment adds come last, by name.
+        let rank = |order: &[String], name: &str| {
+            (
+                order.iter().position(|n| n == name).unwrap_or(usize::MAX),
+                name.to_string(),
+            )
+        };
+        r.policies
+            .sort_by_cached_key(|name, _| rank(&policy_order, name));
+        r.neo4j_policies
+            .sort_by_cached_key(|name, _| rank(&neo4j_policy_order, name));
+    }
+
+    // Each part validates its own settings.
+    let (ctx, issues) = (&l.ctx, &mut l.issues);
+    server.validate(ctx, issues);
+    log.validate(ctx, issues);
+    defaults_read.validate("defaults", ctx, issues);
+    global_pg.1.validate("thresholds", ctx, issues);
+    global_neo4j.1.validate("thresholds", ctx, issues);
+    if pg_targets.is_empty() && neo4j_targets.is_empty() {
+        issues.push(
+            "postgres",
+            "no targets configured: add a [postgres.<name>] table with a url (or a [neo4j.<name>] table with a uri)",
+        );
+    }
+    for t in &neo4j_targets {
+        if ctx.postgres.contains(&t.name) {
+            issues.push(
+                join("neo4j", &t.name),
+                format!(
+                    "the name {:?} is also a PostgreSQL target: target names must be unique",
+                    t.name
+                ),
+            );
+        }
+    }
+    for t in &mut pg_targets {
+        let path = join("postgres", &t.name);
+        t.validate(&path, ctx, issues);
+    }
+    for t in &mut neo4j_targets {
+        let path = join("neo4j", &t.name);
+        t.validate(&path, ctx, issues);
+    }
+    let pods: Vec<(&str, &str, &str)> = pg_targets
+        .iter()
+        .filter_map(|t| Some(("postgres", t.name.as_str(), t.pods.as_deref()?)))
+        .chain(
+            neo4j_targets
+                .iter()
+                .filter_map(|t| Some(("neo4j", t.name.as_str(), t.pods.as_deref()?))),
+        )
+        .collect();
+    let mut kubernetes = kubernetes;
+    match &mut kubernetes {
+        Some(k) => k.validate(&pods, global_pg.1.disk_free.value, ctx, issues),
+        None => {
+            crate::kubernetes::settings::targets(&pods, false, issues);
+        }
+    }
+    if let Some(r) = &mut remediation {
+        r.validate(&pg_targets, ctx, issues);
+    }
+
+    let issues = l.finish();
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    Ok(Config {
+        server,
+        log,
+        postgres: pg_targets,
+        neo4j: neo4j_targets,
+        kubernetes,
+        remediation,
+    })
+}
+
+impl Loader {
+    /// The `DBWARDEN_A__B=value` variables as a tree of strings (an array
+    /// when the value is written as one, `["a", "b"]`). A malformed name is
+    /// an issue.
+    fn overrides(&mut self) -> Dict {
+        let mut vars: Vec<(String, String)> = self
+            .ctx
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains(ENV_SEPARATOR))
+            .cloned()
+            .collect();
+        vars.sort();
+        let mut root = Dict::new();
+        for (var, value) in vars {
+            let name = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+            let parts: Vec<&str> = name.split(ENV_SEPARATOR).collect();
+            if parts.iter().any(|p| p.is_empty()) {
+                self.parse.push(
+                    "",
+                    format!(
+                        "environment variable {var} does not name a key: separate nested keys with one \"__\", e.g. DBWARDEN_SERVER__LISTEN"
+                    ),
+                );
+                continue;
+            }
+            let value = if value.trim_start().starts_with('[') {
+                value.parse().unwrap_or_else(|_| Value::from(value.clone()))
+            } else {
+                Value::from(value.clone())
+            };
+            let mut table = &mut root;
+            for part in &parts[..parts.len() - 1] {
+                let entry = table
+                    .entry(part.to_string())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                if !matches!(entry, Value::Dict(..)) {
+                    *entry = Value::from(Dict::new());
+                }
+                let Value::Dict(_, inner) = entry else {
+                    unreachable!("just made a table")
+                };
+                table = inner;
+            }
+            table.insert(parts[parts.len() - 1].to_string(), value);
+            let path = parts.iter().fold(String::new(), |p, k| join(&p, k));
+            self.env_vars.insert(path, var);
+        }
+        root
+    }
+
+    /// `[thresholds]`: its PostgreSQL and its Neo4j checks, each over the
+    /// runbook's defaults (what targets inherit is the part as written).
+    fn global_thresholds(&mut self, t: Dict) -> ((Dict, Thresholds), (Dict, Neo4jThresholds)) {
+        let pg_checks = field_names::<Thresholds>();
+        let neo4j_checks = field_names::<Neo4jThresholds>();
+        let (mut pg, mut neo4j) = (Dict::new(), Dict::new());
+        let all: Vec<&str> = pg_checks.iter().chain(neo4j_checks).copied().collect();
+        for (k, v) in t {
+            if pg_checks.contains(&k.as_str()) {
+                pg.insert(k, v);
+            } else if neo4j_checks.contains(&k.as_str()) {
+                neo4j.insert(k, v);
+            } else {
+                let is_table = matches!(v, Value::Dict(..));
+                self.parse.push(
+                    join("thresholds", &k),
+                    unknown("thresholds", &k, &all, is_table),
+                );
+            }
+        }
+        let mut read = |written: &Dict, base: Dict| -> Dict {
+            let mut full = written.clone();
+            self.inherit(&mut full, &base, "thresholds", None);
+            full
+        };
+        let (pg_base, neo4j_base) = (
+            defaults_of::<Thresholds>(),
+            defaults_of::<Neo4jThresholds>(),
+        );
+        let pg_full = read(&pg, pg_base.clone());
+        let neo4j_full = read(&neo4j, neo4j_base.clone());
+        let pg_read = self
+            .read_over(pg_full, &pg_base, "thresholds", false)
+            .unwrap_or_default();
+        let neo4j_read = self
+            .read_over(neo4j_full, &neo4j_base, "thresholds", false)
+            .unwrap_or_default();
+        ((pg, pg_read), (neo4j, neo4j_read))
+    }
+
+    /// A target's table as its type reads it: its settings nested under
+    /// `settings`, over `[defaults]`; its thresholds over the global ones
+    /// as written, over the runbook's defaults. Where each inherited value
+    /// came from is remembered for messages.
+    /// Returns the table, and the defaults to fall back on for a refused value.
+    fn target(
+        &mut self,
+        kind: &str,
+        name: &str,
+        t: Value,
+        defaults: &Dict,
+        global: &Dict,
+    ) -> (Dict, Dict) {
+        let path = join(kind, name);
+        let mut t = match t {
+            Value::Dict(_, d) => d,
+            other => {
+                // Reported, and read as an empty table so that the target exists.
+                self.parse.push(
+                    &path,
+                    format!("expected a table, found {}", describe(&other)),
+                );
+                self.ctx.rejected.insert(path.clone());
+                Dict::new()
+            }
+        };
+        let setting_keys = field_names::<TargetSettings>();
+        let mut settings = Dict::new();
+        for k in setting_keys {
+            if let Some(v) = t.remove(*k) {
+                settings.insert(k.to_string(), v);
+            }
+        }
+        for (k, v) in defaults {
+            if setting_keys.contains(&k.as_str()) && !settings.contains_key(k) {
+                settings.insert(k.clone(), v.clone());
+                self.ctx
+                    .origins
+                    .insert(join(&path, k), Origin::Inherited(join("defaults", k)));
+            }
+        }
+        t.insert("settings".into(), Value::from(settings));
+        let th_path = join(&path, "thresholds");
+        let mut th = match t.remove("thresholds") {
+            Some(Value::Dict(_, d)) => d,
+            Some(other) => {
+                self.parse.push(
+                    &th_path,
+                    format!("expected a table, found {}", describe(&other)),
+                );
+                Dict::new()
+            }
+            None => Dict::new(),
+        };
+        let base = if kind == "neo4j" {
+            defaults_of::<Neo4jThresholds>()
+        } else {
+            defaults_of::<Thresholds>()
+        };
+        self.inherit(&mut th, global, &th_path, Some("thresholds"));
+        self.inherit(&mut th, &base, &th_path, None);
+        t.insert("thresholds".into(), Value::from(th));
+        // A refused threshold falls back on the runbook's (always valid).
+        let fallback = Dict::from([("thresholds".to_string(), Value::from(base))]);
+        (t, fallback)
+    }
+
+    /// Copies into `dst` (at `path`) what it lacks of `src`, table by table,
+    /// recording each copied value as inherited from `from` (or as a default).
+    fn inherit(&mut self, dst: &mut Dict, src: &Dict, path: &str, from: Option<&str>) {
+        for (k, v) in src {
+            let at = join(path, k);
+            let origin = from.map(|f| join(f, k));
+            match (dst.get_mut(k), v) {
+                (Some(Value::Dict(_, d)), Value::Dict(_, s)) => {
+                    self.inherit(d, s, &at, origin.as_deref());
+                }
+                (Some(_), _) => {}
+                (None, _) => {
+                    dst.insert(k.clone(), v.clone());
+                    self.mark(&at, v, origin.as_deref());
+                }
+            }
+        }
+    }
+
+    /// Records where the values under `at` came from.
+    fn mark(&mut self, at: &str, v: &Value, from: Option<&str>) {
+        match v {
+            Value::Dict(_, d) => {
+                for (k, v) in d {
+                    self.mark(&join(at, k), v, from.map(|f| join(f, k)).as_deref());
+                }
+            }
+            _ => {
+                let origin = match from {
+                    Some(f) => Origin::Inherited(f.to_string()),
+                    None => Origin::Default,
+                };
+                self.ctx.origins.entry(at.to_string()).or_insert(origin);
+            }
+        }
+    }
+
+    /// Reads `dict` (the table at `path`) into `T`, recording every mistake
+    /// serde finds and reading again without the offending key, so that all
+    /// of them are reported. `target`: the table is a target's, whose
+    /// `settings` are inline in the file.
+    fn read<T: DeserializeOwned + Default>(&mut self, dict: Dict, path: &str, target: bool) -> T {
+        self.read_over(dict, &Dict::new(), path, target)
+            .unwrap_or_default()
+    }
+
+    /// Like `read`; a refused value is replaced by what `fallback` has at
+    /// its key (what the table inherits), else taken out.
+    fn read_over<T: DeserializeOwned>(
+        &mut self,
+        mut dict: Dict,
+        fallback: &Dict,
+        path: &str,
+        target: bool,
+    ) -> Option<T> {
+        let file_path = |segs: &[String]| -> String {
+            segs.iter()
+                .enumerate()
+                .filter(|(i, s)| !(target && *i == 0 && *s == "settings"))
+                .fold(path.to_string(), |p, (_, s)| join(&p, s))
+        };
+        // Each round takes out or replaces a refused value: the loop ends.
+        loop {
+            let error = match Figment::from(Layer("configuration", dict.clone())).extract::<T>() {
+                Ok(t) => return Some(t),
+                Err(e) => e,
+            };
+            let mut segs = error.path.clone();
+            if let Kind::MissingField(f) = &error.kind {
+                let at = file_path(&segs);
+                self.parse.push(
+                    join(&at, f),
+                    format!("missing: `{f}` is required in [{at}]"),
+                );
+                self.ctx.rejected.insert(at);
+                if !remove(&mut dict, &segs) {
+                    return None;
+                }
+                continue;
+            }
+            // An element of an array: the array is the key that was written.
+            while segs.len() > 1 && segs.last().is_some_and(|s| s.parse::<usize>().is_ok()) {
+                let parent = &segs[..segs.len() - 1];
+                if matches!(lookup(&dict, parent), Some(Value::Array(..))) {
+                    segs.pop();
+                } else {
+                    break;
+                }
+            }
+            // A value the table inherited is reported where it was written.
+            let at = match self.ctx.origins.get(&file_path(&segs)) {
+                Some(Origin::Inherited(from)) => from.clone(),
+                _ => file_path(&segs),
+            };
+            // The environment's values arrive as text: read as the type expects.
+            if self.env_vars.contains_key(&at)
+                && let Kind::InvalidType(Actual::Str(text), expected) = &error.kind
+                && let Some(v) = lookup_mut(&mut dict, &segs)
+            {
+                let typed: Value = text.parse().unwrap_or_else(|_| v.clone());
+                if expected == "a sequence" && !matches!(typed, Value::Array(..)) {
+                    *v = Value::from(vec![v.clone()]);
+                    continue;
+                }
+                if !matches!(typed, Value::String(..)) {
+                    *v = typed;
+                    continue;
+                }
+            }
+            let message = match &error.kind {
+                Kind::UnknownField(key, expected) => {
+                    let table = file_path(&segs[..segs.len().saturating_sub(1)]);
+                    let is_table = matches!(lookup(&dict, &segs), Some(Value::Dict(..)));
+                    let mut known: Vec<&str> = expected.to_vec();
+                    if target {
+                        known.retain(|k| *k != "settings");
+                        known.extend(field_names::<TargetSettings>());
+                    }
+                    unknown(&table, key, &known, is_table)
+                }
+                kind => message(kind),
+            };
+            self.parse.push(&at, message);
+            self.ctx.rejected.insert(at);
+            let replaced = match (lookup(fallback, &segs), lookup_mut(&mut dict, &segs)) {
+                (Some(f), Some(v)) if !matches!(error.kind, Kind::UnknownField(..)) && f != v => {
+                    *v = f.clone();
+                    true
+                }
+                _ => false,
+            };
+            if !replaced && (segs.is_empty() || !remove(&mut dict, &segs)) {
+                return None;
+            }
+        }
+    }
+
+    /// Every issue once, validation's minus those about keys serde already
+    /// refused, in the order of the file's sections, each naming the
+    /// environment variable that set its key, if one did.
+    fn finish(self) -> Vec<Issue> {
+        let rejected = &self.ctx.rejected;
+        let refused = |p: &str| {
+            rejected
+                .iter()
+                .any(|r| p == r || p.starts_with(&format!("{r}.")))
+        };
+        let mut issues = self.parse.0;
+        issues.extend(self.issues.0.into_iter().filter(|i| !refused(&i.path)));
+        let mut seen = BTreeSet::new();
+        issues.retain(|i| seen.insert((i.path.clone(), i.message.clone())));
+        issues.sort_by_cached_key(|i| {
+            let section = i.path.split('.').next().unwrap_or_default();
+            let rank = match i.path.as_str() {
+                "" => 0,
+                _ => {
+                    1 + SECTIONS
+                        .iter()
+                        .position(|k| *k == section)
+                        .unwrap_or(SECTIONS.len())
+                }
+            };
+            (rank, i.path.clone())
+        });
+        for issue in &mut issues {
+            let set_by = self
+                .env_vars
+                .iter()
+                .find(|(p, _)| issue.path == **p || issue.path.starts_with(&format!("{p}.")));
+            if let Some((_, var)) = set_by {
+                issue
+                    .message
+                    .push_str(&format!(" (set by environment variable {var})"));
+            }
+        }
+        issues
+    }
+}
+
+/// A type's defaults as a table of values, to read partial tables over.
+fn defaults_of<T: Default + serde::Serialize>() -> Dict {
+    match Value::serialize(T::default()) {
+        Ok(Value::Dict(_, d)) => d,
+        _ => Dict::new(),
+    }
+}
+
+fn lookup<'a>(dict: &'a Dict, segs: &[String]) -> Option<&'a Value> {
+    let (first, rest) = segs.split_first()?;
+    let v = dict.get(first)?;
+    if rest.is_empty() {
+        return Some(v);
+    }
+    match v {
+        Value::Dict(_, d) => lookup(d, rest),
+        _ => None,
+    }
+}
+
+fn lookup_mut<'a>(dict: &'a mut Dict, segs: &[String]) -> Option<&'a mut Value> {
+    let (first, rest) = segs.split_first()?;
+    let v = dict.get_mut(first)?;
+    if rest.is_empty() {
+        return Some(v);
+    }
+    match v {
+        Value::Dict(_, d) => lookup_mut(d, rest),
+        _ => None,
+    }
+}
+
+/// Removes the key at `segs`; false when there is none.
+fn remove(dict: &mut Dict, segs: &[String]) -> bool {
+    match segs {
+        [] => false,
+        [key] => dict.remove(key).is_some(),
+        [first, rest @ ..] => match dict.get_mut(first) {
+            Some(Value::Dict(_, d)) => remove(d, rest),
+            _ => false,
+        },
+    }
+}
+
+/// Serde's complaint in the configuration's words.
+fn message(kind: &Kind) -> String {
+    match kind {
+        Kind::Message(m) => m.clone(),
+        Kind::InvalidType(actual, expected) => {
+            format!(
+                "expected {}, found {}",
+                expected_text(expected),
+                actual_text(actual)
+            )
+        }
+        Kind::InvalidValue(actual, expected) => format!(
+            "invalid value {}: expected {}",
+            actual_text(actual),
+            expected_text(expected)
+        ),
+        Kind::InvalidLength(n, expected) => format!("{n} elements: expected {expected}"),
+        Kind::UnknownVariant(v, expected) => format!(
+            "invalid value {:?}: expected {}",
+            redact_url(v),
+            one_of(expected)
+        ),
+        Kind::UnknownField(f, expected) => unknown("", f, expected, false),
+        Kind::MissingField(f) => format!("missing: `{f}` is required"),
+        Kind::DuplicateField(f) => format!("`{f}` is written twice"),
+        Kind::ISizeOutOfRange(n) => format!("{n} is out of range"),
+        Kind::USizeOutOfRange(n) => format!("{n} is out of range"),
+        Kind::Unsupported(actual) => format!("unsupported value {}", actual_text(actual)),
+        Kind::UnsupportedKey(actual, _) => format!("unsupported key {}", actual_text(actual)),
+    }
+}
+
+/// What serde calls a type, as the configuration would.
+fn expected_text(expected: &str) -> String {
+    match expected {
+        "a string" => "a string".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "an array of strings, e.g. [\"a\", \"b\"]".into(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number".into(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        e if e.starts_with("struct ") || e.starts_with("a map") || e == "map" => "a table".into(),
+        e => e.to_string(),
+    }
+}
+
+/// A value serde saw, quoted as written (URLs redacted).
+fn actual_text(actual: &Actual) -> String {
+    match actual {
+        Actual::Bool(b) => b.to_string(),
+        Actual::Unsigned(n) => n.to_string(),
+        Actual::Signed(n) => n.to_string(),
+        Actual::Float(f) => f.to_string(),
+        Actual::Char(c) => format!("{c:?}"),
+        Actual::Str(s) => format!("{:?}", redact_url(s)),
+        Actual::Seq => "an array".into(),
+        Actual::Map => "a table".into(),
+        Actual::Unit | Actual::Option => "nothing".into(),
+        other => other.to_string(),
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(_, s) => format!("{:?}", redact_url(s)),
+        Value::Char(_, c) => format!("{c:?}"),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(_, n) => match n.to_f64() {
+            Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
+            Some(f) => f.to_string(),
+            None => "a number".into(),
+        },
+        Value::Empty(..) => "nothing".into(),
+        Value::Dict(..) => "a table".into(),
+        Value::Array(..) => "an array".into(),
+    }
+}
+
+fn one_of(expected: &[&str]) -> String {
+    let quoted: Vec<String> = expected.iter().map(|e| format!("{e:?}")).collect();
+    match quoted.as_slice() {
+        [] => "nothing".into(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// An unknown key at `table`: the home it belongs in when it is a known
+/// key written in the wrong table, else the closest known key.
+fn unknown(table: &str, key: &str, known: &[&str], is_table: bool) -> String {
+    let segs: Vec<&str> = table.split('.').collect();
+    let other_kind = match segs.as_slice() {
+        ["neo4j", _, "thresholds"] if field_names::<Thresholds>().contains(&key) => {
+            Some("PostgreSQL")
+        }
+        ["postgres", _, "thresholds"] if field_names::<Neo4jThresholds>().contains(&key) => {
+            Some("Neo4j")
+        }
+        _ => None,
+    };
+    if let Some(kind) = other_kind {
+        return format!("is a check of {kind} targets: it does not apply here");
+    }
+    let hint = if table == "remediation" && matches!(key, "api_token" | "token") {
+        "the token is never written in the file: name the file holding it (api_token_file) or the environment variable (api_token_env)".to_string()
+    } else if let Some(home) = misplaced(table, key) {
+        format!("it belongs in {home}")
+    } else if let Some(k) = closest(key, known) {
+        format!("did you mean `{k}`?")
+    } else {
+        format!("expected one of: {}", known.join(", "))
+    };
+    let what = if is_table {
+        "unknown table"
+    } else {
+        "unknown key"
+    };
+    format!("{what} `{key}`: {hint}")
+}
+
+/// Where a known key written in the wrong table belongs, e.g. `listen` at
+/// the top level belongs in `[server]`.
+fn misplaced(table: &str, key: &str) -> Option<String> {
+    let is = |fields: &[&str]| fields.contains(&key);
+    let check = field_names::<Thresholds>()
+        .iter()
+        .chain(field_names::<Neo4jThresholds>())
+        .any(|c| *c == key);
+    let target_keys = || {
+        field_names::<PostgresTarget>()
+            .iter()
+            .chain(field_names::<Neo4jTarget>())
+            .any(|k| *k == key && !matches!(key, "settings" | "thresholds"))
+    };
+    let segs: Vec<&str> = table.split('.').collect();
+    let home = match segs.as_slice() {
+        ["remediation", "policies", name] if is(field_names::<Conditions>()) => {
+            format!("[remediation.policies.{name}.when]")
+        }
+        ["remediation", "policies", name, "when"] if is(field_names::<Policy>()) => {
+            format!("[remediation.policies.{name}]")
+        }
+        [kind @ ("postgres" | "neo4j"), name] if check => {
+            format!("[{kind}.{name}.thresholds.{key}]")
+        }
+        ["" | "kubernetes"] if key == "pods" => {
+            "a [postgres.<name>] or [neo4j.<name>] table".into()
+        }
+        ["" | "kubernetes"] if is(field_names::<EvictionPolicy>()) => {
+            "[kubernetes.eviction]".into()
+        }
+        ["" | "kubernetes"] if is(field_names::<LeaseSettings>()) => "[kubernetes.lease]".into(),
+        ["remediation"] if key == "eviction" => "[kubernetes.eviction]".into(),
+        ["" | "remediation"] if is(field_names::<Budget>()) => "[remediation.budget]".into(),
+        ["" | "remediation"] if is(field_names::<Policy>()) => {
+            "a [remediation.policies.<name>] table".into()
+        }
+        ["" | "remediation"] if is(field_names::<Conditions>()) => {
+            "a [remediation.policies.<name>.when] table".into()
+        }
+        ["" | "defaults"] if check => format!("[thresholds.{key}]"),
+        ["" | "defaults"] if target_keys() => "a [postgres.<name>] table".into(),
+        [""] if is(field_names::<ServerSettings>()) => "[server]".into(),
+        [""] if is(field_names::<LogSettings>()) => "[log]".into(),
+        [""] if is(field_names::<TargetSettings>()) => {
+            "[defaults] or a [postgres.<name>] table".into()
+        }
+        [""] if is(field_names::<RemediationSettings>()) => "[remediation]".into(),
+        [""] if is(field_names::<KubernetesSettings>()) => "[kubernetes]".into(),
+        _ => return None,
+    };
+    Some(home)
+}
+
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A TOML syntax error, located by line and column. toml's own message
+/// quotes the offending line, which may hold a password: we do not.
+fn syntax_issue(text: &str, e: &toml::de::Error) -> Issue {
+    let at = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rsplit('\n')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .count()
+                + 1;
+            format!(" at line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    let message = e.message().trim().replace('\n', "; ");
+    Issue {
+        path: String::new(),
+        message: format!("TOML syntax error{at}: {}", redact_url(&message)),
+    }
+}

@@ -1,0 +1,93 @@
+//! `[server]`: where the HTTP surface listens, how long it drains, and the
+//! Alertmanager receiver's token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+use crate::settings::{Context, Issues, Trim, duration, q, read_secret};
+
+/// Where dbwarden listens unless told otherwise. 9641 collides with none of
+/// postgres_exporter (9187), Neo4j metrics (2004) or the kubelet (10250).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9641";
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// IP:PORT; host names are not resolved.
+    #[serde(with = "listen")]
+    pub listen: SocketAddr,
+    /// On SIGTERM/SIGINT, how long running polls and requests may take to finish.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// The bearer token Alertmanager must present on `POST
+    /// /api/v1/alertmanager`, from a file or a variable (one of the two);
+    /// without one the receiver is disabled.
+    pub alertmanager_token_file: Option<PathBuf>,
+    pub alertmanager_token_env: Option<String>,
+    #[serde(skip)]
+    pub alertmanager_token: Option<Secret>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
+            shutdown_grace: Duration::from_secs(10),
+            alertmanager_token_file: None,
+            alertmanager_token_env: None,
+            alertmanager_token: None,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Checks what serde could not, and reads the receiver's token.
+    pub fn validate(&mut self, ctx: &Context, issues: &mut Issues) {
+        if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            issues.push(
+                "server.shutdown_grace",
+                format!("{} is too long: at most \"1h\"", q(self.shutdown_grace)),
+            );
+        }
+        self.alertmanager_token = read_secret(
+            "token",
+            "server",
+            (
+                "alertmanager_token_env",
+                self.alertmanager_token_env.as_deref(),
+            ),
+            (
+                "alertmanager_token_file",
+                self.alertmanager_token_file.as_deref(),
+            ),
+            Trim::Whitespace,
+            ctx,
+            issues,
+        );
+    }
+}
+
+/// `listen`: an IP:PORT, with a message that says so.
+mod listen {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|_| {
+            de::Error::custom(format!(
+                "invalid address {text:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\" or \"0.0.0.0:9641\" (host names are not resolved)"
+            ))
+        })
+    }
+}
