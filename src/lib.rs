@@ -28,4 +28,5 @@ pub mod remediate;
 pub mod scratch;
 pub mod secret;
 pub mod settings;
+pub mod state;
 pub mod telemetry;

@@ -1386,10 +1386,10 @@ async fn volume_usage_through_the_node_proxy() {
 // ---------------------------------------------------------------- the daemon's Kubernetes loop
 
 use dbwarden::config::Config;
-use dbwarden::daemon::state::{KubernetesStatus, SharedState};
 use dbwarden::kubernetes::checks::{KubeCheckId, KubeCheckStatus};
 use dbwarden::remediate::audit::{AuditLog, Decision};
 use dbwarden::remediate::runner::Remediation;
+use dbwarden::state::{KubernetesStatus, SharedState};
 use dbwarden::telemetry::metrics::Metrics;
 
 /// A config with one PostgreSQL target tied to `app=postgres` pods, the

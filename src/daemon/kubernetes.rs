@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::state::{KubernetesStatus, LeaseView, SharedState};
 use crate::kubernetes::checks::KubeCheck;
 use crate::kubernetes::checks::{KubeCheckStatus, pod_checks};
 #[cfg(feature = "kubernetes")]
@@ -44,6 +43,7 @@ use crate::kubernetes::volumes;
 use crate::kubernetes::{KubernetesSettings, KubernetesSnapshot, now_ms};
 use crate::remediate::audit::{AuditLog, AuditRecord, Decision, Mode, RECENT_CAPACITY};
 use crate::remediate::runner::Remediation;
+use crate::state::{KubernetesStatus, LeaseView, SharedState};
 use crate::telemetry::metrics::Metrics;
 
 /// How long one node's stats summary may take.
@@ -92,13 +92,12 @@ impl EvictionAuditLog {
 impl EvictionAudit for EvictionAuditLog {
     fn intent(&self, c: &EvictionCandidate) -> Result<(), String> {
         let id = self.id(c);
-        let record = AuditRecord::for_pod(
+        let record = c.audit_record(
             SystemTime::now(),
             &id,
             &self.instance,
             self.mode,
             Decision::Intent,
-            c,
             "about to evict the pod",
         );
         self.append(&record, true)?;
@@ -116,13 +115,12 @@ impl EvictionAudit for EvictionAuditLog {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&c.uid)
             .unwrap_or_else(|| self.id(c));
-        let record = AuditRecord::for_pod(
+        let record = c.audit_record(
             SystemTime::now(),
             &id,
             &self.instance,
             self.mode,
             decision_of(o),
-            c,
             o.sentence(),
         );
         if let Err(e) = self.append(&record, false) {

@@ -5,10 +5,8 @@
 //! is in (a poll is itself bounded by `poll_timeout`), and the process waits
 //! at most `server.shutdown_grace` for them.
 
-pub mod alerts;
 pub mod kubernetes;
 pub mod poller;
-pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,8 +21,8 @@ use crate::observe::PostgresObserver;
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
 use crate::remediate::runner::{self, Remediation};
+use crate::state::{SharedState, alerts};
 use crate::telemetry::metrics::Metrics;
-use state::SharedState;
 
 /// Runs the daemon until `shutdown` resolves, then drains within the grace period.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {

@@ -10,11 +10,11 @@ use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::state::{SharedState, TargetStatus};
 use crate::evaluate::{self, CheckResult, CheckStatus, HoldState};
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
 use crate::observe::{self, PollError, PostgresObserver, TargetSettings};
+use crate::state::{SharedState, TargetStatus};
 use crate::telemetry::metrics::Metrics;
 
 /// What the loop needs of an observer: the kind-specific parts of a tick.

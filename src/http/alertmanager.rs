@@ -27,7 +27,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::{AppState, auth, error};
-use crate::daemon::alerts::{AlertReport, AlertStatus, FiringAlerts, Outcome, parse_rfc3339};
+use crate::state::alerts::{AlertReport, AlertStatus, FiringAlerts, Outcome, parse_rfc3339};
 
 /// The webhook payload version this receiver understands.
 pub const PAYLOAD_VERSION: &str = "4";

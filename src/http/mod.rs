@@ -25,8 +25,8 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::daemon::state::SharedState;
 use crate::remediate::runner::Remediation;
+use crate::state::SharedState;
 use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
 
 /// The largest request body accepted, in bytes.
@@ -41,7 +41,7 @@ pub struct AppState {
     /// The bearer token of the Alertmanager receiver; `None` disables it.
     pub alertmanager_token: Option<crate::secret::Secret>,
     /// The alerts Alertmanager reports firing, and its dedupe memory.
-    pub alerts: Arc<crate::daemon::alerts::FiringAlerts>,
+    pub alerts: Arc<crate::state::alerts::FiringAlerts>,
 }
 
 pub fn router(app: AppState) -> Router {

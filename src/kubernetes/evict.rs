@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::duration_ms;
 use super::snapshot::{KubernetesSnapshot, PodFacts};
 #[cfg(feature = "kubernetes")]
-use crate::remediate::audit::Mode;
+use crate::remediate::audit::{AuditPod, AuditRecord, Decision, Mode};
 use crate::remediate::budget::Budget;
 
 /// The eviction policy, `[kubernetes.eviction]`. Off unless configured.
@@ -86,6 +86,48 @@ pub struct EvictionCandidate {
     pub not_ready_for_ms: u64,
     /// Why, for humans and the audit trail.
     pub reason: String,
+}
+
+impl EvictionCandidate {
+    /// The audit record of a decision about this pod (action `evict`).
+    pub fn audit_record(
+        &self,
+        now: std::time::SystemTime,
+        action_id: &str,
+        instance: &str,
+        mode: Mode,
+        decision: Decision,
+        outcome: impl Into<String>,
+    ) -> AuditRecord {
+        let c = self;
+        AuditRecord {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            time_ms: now
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            action_id: action_id.to_string(),
+            instance: instance.to_string(),
+            target: c.target.clone(),
+            policy: c.policy.clone(),
+            mode,
+            action: "evict".to_string(),
+            decision,
+            reason: c.reason.clone(),
+            outcome: outcome.into(),
+            session: None,
+            transaction: None,
+            pod: Some(AuditPod {
+                namespace: c.namespace.clone(),
+                name: c.pod.clone(),
+                uid: c.uid.clone(),
+                statefulset: c.statefulset.clone(),
+                node: c.node.clone(),
+                not_ready_since_ms: c.not_ready_since_ms,
+                not_ready_for_ms: c.not_ready_for_ms,
+            }),
+        }
+    }
 }
 
 impl EvictionCandidate {

@@ -263,48 +263,6 @@ impl AuditRecord {
     }
 }
 
-impl AuditRecord {
-    /// A record about a Kubernetes pod eviction (action `evict`).
-    pub fn for_pod(
-        now: SystemTime,
-        action_id: &str,
-        instance: &str,
-        mode: Mode,
-        decision: Decision,
-        candidate: &crate::kubernetes::evict::EvictionCandidate,
-        outcome: impl Into<String>,
-    ) -> Self {
-        let c = candidate;
-        AuditRecord {
-            time: humantime::format_rfc3339_millis(now).to_string(),
-            time_ms: now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            action_id: action_id.to_string(),
-            instance: instance.to_string(),
-            target: c.target.clone(),
-            policy: c.policy.clone(),
-            mode,
-            action: "evict".to_string(),
-            decision,
-            reason: c.reason.clone(),
-            outcome: outcome.into(),
-            session: None,
-            transaction: None,
-            pod: Some(AuditPod {
-                namespace: c.namespace.clone(),
-                name: c.pod.clone(),
-                uid: c.uid.clone(),
-                statefulset: c.statefulset.clone(),
-                node: c.node.clone(),
-                not_ready_since_ms: c.not_ready_since_ms,
-                not_ready_for_ms: c.not_ready_for_ms,
-            }),
-        }
-    }
-}
-
 /// The query as an audit record keeps it: redacted when configured, and
 /// cut to `max_chars`.
 fn shorten(query: &str, max_chars: usize, redact: bool) -> String {

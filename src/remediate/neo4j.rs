@@ -28,13 +28,13 @@ use super::neo4j_policy::{self, Neo4jCandidate, Neo4jConditions, Neo4jPolicy};
 use super::policy::Gates;
 use super::runner::{Remediation, gate_inputs, now_ms};
 use crate::config::Neo4jTarget;
-use crate::daemon::alerts::FiringAlerts;
-use crate::daemon::state::SharedState;
 use crate::observe::PollError;
 use crate::observe::neo4j::{
     Generation, Neo4jClient, Neo4jTransaction, classify, listed_query, shown_transaction,
     statements,
 };
+use crate::state::SharedState;
+use crate::state::alerts::FiringAlerts;
 
 /// What became of one terminate.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,9 +16,9 @@ use super::executor::{self, Actor, Holder, Outcome, Signal};
 use super::pause::PauseSwitch;
 use super::policy::{self, Action, Candidate, Policy};
 use crate::config::PostgresTarget;
-use crate::daemon::alerts::FiringAlerts;
-use crate::daemon::state::SharedState;
 use crate::evaluate::CheckStatus;
+use crate::state::SharedState;
+use crate::state::alerts::FiringAlerts;
 use crate::telemetry::metrics::Metrics;
 
 /// State shared by every target's remediation loop.
@@ -569,7 +569,7 @@ async fn act(
 /// What a policy's gates look at on one target: the checks failing in its
 /// latest status, and the alerts Alertmanager reports firing for it.
 pub(super) fn gate_inputs(
-    status: &crate::daemon::state::TargetStatus,
+    status: &crate::state::TargetStatus,
     alerts: &FiringAlerts,
 ) -> (Vec<crate::evaluate::CheckId>, Vec<String>) {
     let failing = status

@@ -28,9 +28,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::daemon::state::{SharedState, TargetStatus, unix_seconds};
 use crate::evaluate::CheckStatus;
 use crate::observe::{PgSnapshot, PollErrorKind};
+use crate::state::{SharedState, TargetStatus, unix_seconds};
 
 /// The OpenMetrics content type served on `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -795,7 +795,7 @@ impl Collector for StateCollector {
 }
 
 fn encode_kubernetes(
-    k: &crate::daemon::state::KubernetesStatus,
+    k: &crate::state::KubernetesStatus,
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     let snap = &k.snapshot;
@@ -1459,7 +1459,7 @@ fn encode_postgres(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::state::TargetStatus;
+    use crate::state::TargetStatus;
 
     #[test]
     fn the_exposition_is_rendered_once_per_change() {

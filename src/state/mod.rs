@@ -1,6 +1,10 @@
-//! The latest state of every target, published by the poll loops and read by
-//! the HTTP surface. Readers take an `Arc` snapshot and never wait on a poll
-//! or a database.
+//! The published state: the latest status of every target and of the
+//! Kubernetes loop, written by the daemon's loops and read by the HTTP
+//! surface and the metrics; and the alerts Alertmanager reports firing
+//! ([`alerts`]). Readers take an `Arc` snapshot and never wait on a poll or
+//! a database.
+
+pub mod alerts;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
