@@ -1829,3 +1829,111 @@ max_per_cycle = 2
         assert_issue(&i, "kubernetes.kubeconfig", &["not a readable file"]);
     }
 }
+
+/// Every key the schema accepts is in docs/configuration.md (in its table's
+/// section) and in config/dbwarden.example.toml (after its table's header,
+/// commented or not).
+#[test]
+fn every_key_is_documented_and_in_the_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docs = std::fs::read_to_string(format!("{root}/docs/configuration.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/config/dbwarden.example.toml")).unwrap();
+    let keys = dbwarden::config::keys();
+    let settings: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("defaults."))
+        .collect();
+    let mut missing = Vec::new();
+    for key in &keys {
+        let Some((table, leaf)) = key.rsplit_once('.') else {
+            continue;
+        };
+        let is_table = keys.iter().any(|k| k.starts_with(&format!("{key}.")));
+        if leaf == "<name>" || is_table {
+            continue; // checked through its keys
+        }
+        // A target's thresholds are documented with the global ones, and
+        // exemplified there or in a target.
+        let (doc_table, check) = match table
+            .split_once(".thresholds.")
+            .map(|(_, c)| c)
+            .or(table.strip_prefix("thresholds."))
+        {
+            Some(check) => ("thresholds.<check>".to_string(), Some(check)),
+            None => (table.to_string(), None),
+        };
+        let section = doc_section(&docs, &doc_table);
+        for word in check.into_iter().chain([leaf]) {
+            if !section.is_some_and(|s| s.contains(&format!("`{word}`"))) {
+                missing.push(format!(
+                    "docs/configuration.md: `{word}` in the section of [{doc_table}] ({key})"
+                ));
+            }
+        }
+        let target = table.starts_with("postgres.") || table.starts_with("neo4j.");
+        let headers: Vec<String> = match check {
+            Some(check) => vec![format!("thresholds.{check}"), table.to_string()],
+            // A target's settings are exemplified in [defaults].
+            None if target && settings.contains(&leaf) => vec!["defaults".to_string()],
+            None => vec![table.to_string()],
+        };
+        if !headers.iter().any(|h| in_example(&example, h, leaf)) {
+            missing.push(format!(
+                "config/dbwarden.example.toml: {leaf} under [{}] ({key})",
+                headers.join("] or [")
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} missing:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+}
+
+/// The text under the heading that names `[table]`, to the next heading.
+fn doc_section<'d>(docs: &'d str, table: &str) -> Option<&'d str> {
+    let heading = format!("`[{table}]`");
+    let start = docs
+        .lines()
+        .position(|l| l.starts_with('#') && l.contains(&heading))?;
+    let lines: Vec<&str> = docs.lines().collect();
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with('#'))
+        .map_or(lines.len(), |n| start + 1 + n);
+    let from = docs.find(lines[start])?;
+    let to = if end < lines.len() {
+        docs[from..]
+            .find(lines[end])
+            .map_or(docs.len(), |n| from + n)
+    } else {
+        docs.len()
+    };
+    Some(&docs[from..to])
+}
+
+/// `key = ...` (commented or not) after a `[table]` header, `<name>` standing
+/// for any name.
+fn in_example(example: &str, table: &str, key: &str) -> bool {
+    let header = regex::Regex::new(&format!(
+        r"^#?\s*\[{}\]\s*$",
+        regex::escape(table).replace("<name>", "[a-z0-9_-]+")
+    ))
+    .unwrap();
+    let line = regex::Regex::new(&format!(r"^[#\s]*{}\s*=", regex::escape(key))).unwrap();
+    let lines: Vec<&str> = example.lines().collect();
+    lines.iter().enumerate().any(|(i, l)| {
+        header.is_match(l)
+            && lines[i + 1..]
+                .iter()
+                .take_while(|l| !header_like(l) || header.is_match(l))
+                .any(|l| line.is_match(l))
+    })
+}
+
+fn header_like(line: &str) -> bool {
+    let l = line.trim_start_matches(['#', ' ']);
+    l.starts_with('[') && l.trim_end().ends_with(']') && !l.contains('=')
+}

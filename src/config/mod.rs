@@ -28,6 +28,7 @@
 
 mod load;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -153,6 +154,33 @@ impl Config {
             Err(e) => format!("# cannot render the configuration: {e}\n"),
         }
     }
+}
+
+/// Every key path the configuration file accepts, from the parts' own
+/// types; the names of targets, policies and volumes show as `<name>`.
+/// A target's settings sit in its own table, as in the file.
+pub fn keys() -> BTreeSet<String> {
+    use crate::evaluate::{Neo4jThresholds, Thresholds};
+    use crate::settings::key_paths;
+    let mut out = BTreeSet::new();
+    let mut add = |prefix: &str, keys: BTreeSet<String>| {
+        for k in keys {
+            let k = k.strip_prefix("settings.").unwrap_or(&k);
+            if k != "settings" {
+                out.insert(format!("{prefix}.{k}"));
+            }
+        }
+    };
+    add("server", key_paths::<ServerSettings>());
+    add("log", key_paths::<LogSettings>());
+    add("defaults", key_paths::<TargetSettings>());
+    add("thresholds", key_paths::<Thresholds>());
+    add("thresholds", key_paths::<Neo4jThresholds>());
+    add("postgres.<name>", key_paths::<PostgresTarget>());
+    add("neo4j.<name>", key_paths::<Neo4jTarget>());
+    add("kubernetes", key_paths::<KubernetesSettings>());
+    add("remediation", key_paths::<RemediationSettings>());
+    out
 }
 
 /// A target's `settings` table back into the target's own table, where the
