@@ -1937,3 +1937,226 @@ fn header_like(line: &str) -> bool {
     let l = line.trim_start_matches(['#', ' ']);
     l.starts_with('[') && l.trim_end().ends_with(']') && !l.contains('=')
 }
+
+/// Printing the effective configuration and loading it again gives the same
+/// configuration, for random configurations of every section.
+mod round_trip {
+    use dbwarden::config::Config;
+    use proptest::prelude::*;
+
+    fn pick<T: Clone + std::fmt::Debug + 'static>(v: &[T]) -> impl Strategy<Value = T> + use<T> {
+        prop::sample::select(v.to_vec())
+    }
+
+    /// `key = value` lines, each present or not.
+    fn some_lines(
+        choices: Vec<(&'static str, Vec<&'static str>)>,
+    ) -> impl Strategy<Value = String> {
+        choices
+            .into_iter()
+            .map(|(k, vs)| {
+                prop::option::of(pick(&vs))
+                    .prop_map(move |v| v.map(|v| format!("{k} = {v}\n")).unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .prop_map(|lines| lines.concat())
+    }
+
+    /// Settings that always fit together (timeouts within the intervals).
+    fn settings() -> impl Strategy<Value = String> {
+        some_lines(vec![
+            ("poll_interval", vec!["\"10s\"", "\"1m\"", "\"1h 30m\""]),
+            ("poll_timeout", vec!["\"5s\"", "\"9s\""]),
+            ("connect_timeout", vec!["\"1s\"", "\"2m\""]),
+            ("statement_timeout", vec!["\"500ms\"", "\"4s\""]),
+            ("lock_timeout", vec!["\"100ms\"", "\"1s\""]),
+            ("max_connections", vec!["2", "10"]),
+            ("database_sizes_interval", vec!["\"1day\"", "\"5m\""]),
+            ("backoff_max", vec!["\"1m\"", "\"2h\""]),
+        ])
+    }
+
+    fn thresholds(prefix: &'static str, neo4j: bool) -> impl Strategy<Value = String> {
+        let checks: Vec<(&str, Vec<(&str, Vec<&str>)>)> = if neo4j {
+            vec![
+                (
+                    "slow_queries",
+                    vec![
+                        ("max", vec!["\"1s\"", "\"30s\""]),
+                        ("for", vec!["\"0s\"", "\"1m\""]),
+                    ],
+                ),
+                ("indexes_online", vec![("for", vec!["\"5m\""])]),
+                (
+                    "node_count",
+                    vec![("min", vec!["0", "1000"]), ("for", vec!["\"1m\""])],
+                ),
+                ("relationship_count", vec![("max", vec!["100000000"])]),
+            ]
+        } else {
+            vec![
+                (
+                    "disk_free",
+                    vec![("min_ratio", vec!["0.15", "0.3"]), ("for", vec!["\"5m\""])],
+                ),
+                ("connections_used", vec![("max_ratio", vec!["0.8", "1.0"])]),
+                (
+                    "replication_lag",
+                    vec![
+                        ("max", vec!["\"5s\"", "\"1h 30m\""]),
+                        ("for", vec!["\"2m\""]),
+                    ],
+                ),
+                (
+                    "replication_streaming",
+                    vec![("min_standbys", vec!["0", "2"])],
+                ),
+                (
+                    "replication_slot_retained_wal",
+                    vec![("max_bytes", vec!["1073741824"])],
+                ),
+                (
+                    "idle_session",
+                    vec![("max", vec!["\"10m\""]), ("for", vec!["\"0s\""])],
+                ),
+                ("invalid_indexes", vec![("for", vec!["\"1m\""])]),
+            ]
+        };
+        checks
+            .into_iter()
+            .map(move |(check, keys)| {
+                prop::option::of(some_lines(keys)).prop_map(move |b| {
+                    b.map(|b| format!("[{prefix}.{check}]\n{b}"))
+                        .unwrap_or_default()
+                })
+            })
+            .collect::<Vec<_>>()
+            .prop_map(|t| t.concat())
+    }
+
+    fn policy(i: usize) -> impl Strategy<Value = String> {
+        (
+            pick(&[
+                "action = \"terminate\"",
+                "action = \"cancel\"",
+                "action = \"cancel_then_terminate\"\ngrace = \"15s\"",
+            ]),
+            pick(&[
+                "state = [\"idle\"]\nidle_for = \"10m\"",
+                "state = [\"active\"]\nquery_running_for = \"5m\"",
+                "connected_for = \"1day\"\nmatch_client_addrs = [\"10.0.0.0/8\", \"::1\"]",
+                "blocking_waiters = 3\nblocking_for = \"30s\"\nstate = [\"idle_in_transaction\"]",
+            ]),
+            some_lines(vec![
+                ("victims", vec!["\"all\"", "\"oldest\""]),
+                ("max_per_cycle", vec!["1", "1000"]),
+                ("only_while_failing", vec!["[\"connections_used\"]", "[]"]),
+                ("only_while_alerts", vec!["[\"DbWardenConnectionsHigh\"]"]),
+                ("targets", vec!["[\"pg0\"]"]),
+            ]),
+            some_lines(vec![
+                ("ignore_applications", vec!["[\"psql\", \"pg_dump|pg_basebackup\"]"]),
+                ("match_users", vec!["[\"app\"]"]),
+                ("ignore_query", vec!["\"(?i)vacuum\""]),
+            ]),
+        )
+            .prop_map(move |(action, when, more, narrow)| {
+                format!("[remediation.policies.p{i}]\n{action}\n{more}[remediation.policies.p{i}.when]\n{when}\n{narrow}")
+            })
+    }
+
+    fn config() -> impl Strategy<Value = String> {
+        (
+            some_lines(vec![
+                ("listen", vec!["\"0.0.0.0:9641\"", "\"[::1]:1\""]),
+                ("shutdown_grace", vec!["\"1h\"", "\"0s\""]),
+            ]),
+            settings(),
+            thresholds("thresholds", false),
+            thresholds("thresholds", true),
+            (1usize..3, settings(), thresholds("postgres.pg0.thresholds", false)),
+            (
+                prop::option::of(settings().prop_map(|s| {
+                    s.lines()
+                        .filter(|l| !["statement", "lock", "max_conn", "database"].iter().any(|p| l.starts_with(p)))
+                        .map(|l| format!("{l}\n"))
+                        .collect::<String>()
+                })),
+                thresholds("neo4j.graph.thresholds", true),
+            ),
+            prop::option::of((
+                some_lines(vec![
+                    ("mode", vec!["\"observe\"", "\"dry-run\"", "\"enforce\""]),
+                    ("instance", vec!["\"dbwarden-0\""]),
+                    ("pacing", vec!["\"0s\"", "\"1s\""]),
+                    ("redact_queries", vec!["true"]),
+                    ("api_token_env", vec!["\"API_TOKEN\""]),
+                ]),
+                prop::collection::vec(0usize..4, 0..4),
+            )),
+        )
+            .prop_flat_map(|(server, defaults, th, neo4j_th, (n, own, own_th), (graph, graph_th), remediation)| {
+                let policies: Vec<_> = remediation
+                    .as_ref()
+                    .map(|(_, ps)| ps.iter().enumerate().map(|(i, _)| policy(i).boxed()).collect())
+                    .unwrap_or_default();
+                (Just((server, defaults, th, neo4j_th, n, own, own_th, graph, graph_th, remediation)), policies)
+            })
+            .prop_map(|((server, defaults, th, neo4j_th, n, own, own_th, graph, graph_th, remediation), policies)| {
+                let mut t = format!("[server]\n{server}[defaults]\n{defaults}{th}{neo4j_th}");
+                for i in 0..n {
+                    t += &format!("[postgres.pg{i}]\nurl = \"postgres://app:pw-{i}@db{i}:5432/app?sslmode=require\"\n");
+                    if i == 0 {
+                        t += &own;
+                        t += "[postgres.pg0.paths]\ndata = \"/var/lib/pg\"\n";
+                        t += &own_th;
+                    }
+                }
+                if let Some(g) = graph {
+                    t += &format!("[neo4j.graph]\nuri = \"bolt://neo4j:7687\"\npassword_env = \"NEO4J_PASSWORD\"\n{g}{graph_th}");
+                }
+                if let Some((r, _)) = remediation {
+                    t += &format!("[remediation]\n{r}");
+                    t += &policies.concat();
+                }
+                t
+            })
+    }
+
+    fn env() -> Vec<(String, String)> {
+        [
+            ("API_TOKEN", "tok-9"),
+            ("NEO4J_PASSWORD", "n-pw"),
+            ("HOSTNAME", "host-1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec()
+    }
+
+    /// What a configuration means: a target with a default written out is
+    /// the same target.
+    fn meaning(c: &Config) -> Config {
+        let mut c = c.clone();
+        c.postgres = c.postgres.iter().map(|t| t.resolved()).collect();
+        c.neo4j = c.neo4j.iter().map(|t| t.resolved()).collect();
+        c
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn printing_and_loading_again_gives_the_same_configuration(text in config()) {
+            let first = Config::from_toml_with_env(&text, env())
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let printed = first.to_redacted_toml();
+            // The URL's password is redacted: load it back with the same one.
+            let reloadable = (0..3).fold(printed.clone(), |p, i| {
+                p.replace(&format!("app:<redacted>@db{i}"), &format!("app:pw-{i}@db{i}"))
+            });
+            let second = Config::from_toml_with_env(&reloadable, env())
+                .unwrap_or_else(|e| panic!("the printed configuration does not load: {e}\n{printed}"));
+            prop_assert_eq!(meaning(&first), meaning(&second));
+            prop_assert_eq!(second.to_redacted_toml(), printed);
+        }
+    }
+}
