@@ -144,7 +144,7 @@ fn bench(polls: usize) {
             .neo4j
             .remove(0);
         let (walls, cpu, seen) = rt.block_on(async {
-            let mut observer = Neo4jObserver::new(target.clone());
+            let mut observer = Neo4jObserver::new(target.target.clone());
             // Warm up: connect, first allocations.
             for _ in 0..10 {
                 observer.poll().await.expect("poll");

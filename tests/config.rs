@@ -59,21 +59,33 @@ const MIN: &str = "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\n";
 fn the_example_loads_with_the_runbook_defaults_and_its_overrides() {
     let c = ok(EXAMPLE, &EXAMPLE_ENV);
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:9641");
-    let names: Vec<_> = c.postgres.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<_> = c.postgres.iter().map(|t| t.target.name.as_str()).collect();
     assert_eq!(names, ["primary", "standby"]);
     let (primary, standby) = (&c.postgres[0], &c.postgres[1]);
-    assert_eq!(primary.password_env.as_deref(), Some("PG_PRIMARY_PASSWORD"));
-    assert_eq!(primary.effective_sslmode(), SslMode::VerifyFull);
     assert_eq!(
-        standby.effective_sslmode(),
+        primary.target.password_env.as_deref(),
+        Some("PG_PRIMARY_PASSWORD")
+    );
+    assert_eq!(primary.target.effective_sslmode(), SslMode::VerifyFull);
+    assert_eq!(
+        standby.target.effective_sslmode(),
         SslMode::Require,
         "from the url"
     );
-    assert_eq!(primary.settings.poll_interval(), Duration::from_secs(5));
-    assert_eq!(standby.settings.poll_interval(), Duration::from_secs(15));
-    assert_eq!(standby.settings.poll_timeout(), Duration::from_secs(5));
-    assert_eq!(primary.settings.max_connections().get(), 3);
-    assert_eq!(primary.paths.len(), 2);
+    assert_eq!(
+        primary.target.settings.poll_interval(),
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        standby.target.settings.poll_interval(),
+        Duration::from_secs(15)
+    );
+    assert_eq!(
+        standby.target.settings.poll_timeout(),
+        Duration::from_secs(5)
+    );
+    assert_eq!(primary.target.settings.max_connections().get(), 3);
+    assert_eq!(primary.target.paths.len(), 2);
 
     // The file's [thresholds] are the built-in defaults, which are the runbook's.
     let d = Thresholds::default();
@@ -237,7 +249,10 @@ fn a_password_file_is_printed_by_path_and_loads_back() {
     std::fs::write(&file, "file-secret-3\n").unwrap();
     let toml = format!("{MIN}password_file = {:?}\n", file.display().to_string());
     let c = ok(&toml, &[]);
-    assert_eq!(c.postgres[0].password_file.as_deref(), Some(file.as_path()));
+    assert_eq!(
+        c.postgres[0].target.password_file.as_deref(),
+        Some(file.as_path())
+    );
     let printed = c.to_redacted_toml();
     assert!(printed.contains(&format!("password_file = {:?}", file.display().to_string())));
     assert!(!printed.contains("file-secret-3"));
@@ -345,7 +360,7 @@ fn an_unset_password_env_is_an_error() {
         &["\"MAIN_PW\"", "empty"],
     );
     let c = ok(&toml, &[("MAIN_PW", "pw")]);
-    assert_eq!(c.postgres[0].connect_options().get_username(), "app");
+    assert_eq!(c.postgres[0].target.connect_options().get_username(), "app");
 }
 
 #[test]
@@ -375,11 +390,14 @@ fn environment_variables_override_the_file() {
     );
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:9999");
     let t = &c.postgres[0];
-    assert_eq!(t.settings.poll_interval(), Duration::from_secs(2));
+    assert_eq!(t.target.settings.poll_interval(), Duration::from_secs(2));
     // Unset, the timeouts shrink to fit a short interval.
-    assert_eq!(t.settings.poll_timeout(), Duration::from_secs(2));
-    assert_eq!(t.settings.statement_timeout(), Duration::from_secs(2));
-    assert_eq!(t.settings.max_connections().get(), 3);
+    assert_eq!(t.target.settings.poll_timeout(), Duration::from_secs(2));
+    assert_eq!(
+        t.target.settings.statement_timeout(),
+        Duration::from_secs(2)
+    );
+    assert_eq!(t.target.settings.max_connections().get(), 3);
     assert_eq!(t.thresholds.disk_free.value, 0.25);
     // An override replaces a value written in the file.
     let c = ok(
@@ -524,9 +542,12 @@ fn sslmode_comes_from_the_key_or_the_url_and_they_must_agree() {
         "[postgres.a]\nurl = \"postgres://h/d?sslmode=verify-full\"\n",
         &[],
     );
-    assert_eq!(c.postgres[0].effective_sslmode(), SslMode::VerifyFull);
+    assert_eq!(
+        c.postgres[0].target.effective_sslmode(),
+        SslMode::VerifyFull
+    );
     let c = ok(MIN, &[]);
-    assert_eq!(c.postgres[0].effective_sslmode(), SslMode::Prefer);
+    assert_eq!(c.postgres[0].target.effective_sslmode(), SslMode::Prefer);
     let issues = issues(
         "[postgres.a]\nurl = \"postgres://h/d?sslmode=verify-full\"\nsslmode = \"disable\"\n",
         &[],
@@ -560,7 +581,7 @@ fn url_parameters_sqlx_would_ignore_are_errors() {
         "[postgres.a]\nurl = \"postgres://h/d?options[search_path]=x&sslrootcert=/x\"\n",
         &[],
     );
-    assert_eq!(c.postgres[0].effective_sslmode(), SslMode::Prefer);
+    assert_eq!(c.postgres[0].target.effective_sslmode(), SslMode::Prefer);
 }
 
 #[test]
@@ -631,7 +652,7 @@ fn load_reads_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
     std::fs::write(&file, MIN).unwrap();
-    assert_eq!(Config::load(&file).unwrap().postgres[0].name, "main");
+    assert_eq!(Config::load(&file).unwrap().postgres[0].target.name, "main");
     let missing = dir.path().join("none.toml");
     assert!(matches!(
         Config::load(&missing),
@@ -1441,9 +1462,12 @@ mod neo4j {
         let c = load(GRAPH).unwrap();
         assert!(c.postgres.is_empty());
         let t = &c.neo4j[0];
-        assert_eq!(t.user(), "neo4j");
-        assert_eq!(t.databases(), ["neo4j"]);
-        assert_eq!(t.password.as_ref().map(|p| p.expose()), Some("s3cret-pw"));
+        assert_eq!(t.target.user(), "neo4j");
+        assert_eq!(t.target.databases(), ["neo4j"]);
+        assert_eq!(
+            t.target.password.as_ref().map(|p| p.expose()),
+            Some("s3cret-pw")
+        );
         assert_eq!(t.thresholds, Neo4jThresholds::default());
         let printed = c.to_redacted_toml();
         assert!(!printed.contains("s3cret-pw"), "{printed}");
@@ -2137,8 +2161,12 @@ mod round_trip {
     /// the same target.
     fn meaning(c: &Config) -> Config {
         let mut c = c.clone();
-        c.postgres = c.postgres.iter().map(|t| t.resolved()).collect();
-        c.neo4j = c.neo4j.iter().map(|t| t.resolved()).collect();
+        for t in &mut c.postgres {
+            t.target = t.target.resolved();
+        }
+        for t in &mut c.neo4j {
+            t.target = t.target.resolved();
+        }
         c
     }
 

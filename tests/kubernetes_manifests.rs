@@ -2052,15 +2052,19 @@ fn the_rendered_config_loads_as_the_pod_would_load_it() {
                 cfg.server.listen
             ));
         }
-        let names: Vec<&str> = cfg.postgres.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = cfg
+            .postgres
+            .iter()
+            .map(|t| t.target.name.as_str())
+            .collect();
         if names != ["main"] {
             err(format!("targets {names:?}, expected one, main"));
         }
         for t in &cfg.postgres {
-            if t.password_file.is_none() || t.password_env.is_some() {
+            if t.target.password_file.is_none() || t.target.password_env.is_some() {
                 err(format!(
                     "postgres.{}: the password from a mounted Secret (password_file), got password_env {:?}, password_file {:?}",
-                    t.name, t.password_env, t.password_file
+                    t.target.name, t.target.password_env, t.target.password_file
                 ));
             }
         }

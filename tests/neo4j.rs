@@ -1275,9 +1275,13 @@ fn dbwarden_config_prints_a_neo4j_target_without_its_password_and_reloads() {
     let config = Config::from_toml_with_env(&printed, std::iter::empty())
         .unwrap_or_else(|e| panic!("the printed config does not load: {e}\n{printed}"));
     assert_eq!(config.neo4j.len(), 1);
-    assert_eq!(config.neo4j[0].uri(), "bolt://graph.example.com:7687");
+    assert_eq!(
+        config.neo4j[0].target.uri(),
+        "bolt://graph.example.com:7687"
+    );
     assert_eq!(
         config.neo4j[0]
+            .target
             .password
             .as_ref()
             .map(|p| p.expose().to_string()),
@@ -1318,13 +1322,13 @@ fn the_example_configs_neo4j_target_is_valid_uncommented() {
         .unwrap_or_else(|e| panic!("the example's Neo4j target is invalid: {e}\n{block}"));
     assert_eq!(config.neo4j.len(), 1);
     let t = &config.neo4j[0];
-    assert_eq!(t.name, "graph");
+    assert_eq!(t.target.name, "graph");
     assert_eq!(
-        t.password.as_ref().map(|p| p.expose().to_string()),
+        t.target.password.as_ref().map(|p| p.expose().to_string()),
         Some("example-pw".into())
     );
-    assert_eq!(t.databases(), ["neo4j", "movies"]);
-    assert_eq!(t.settings.poll_interval(), Duration::from_secs(10));
+    assert_eq!(t.target.databases(), ["neo4j", "movies"]);
+    assert_eq!(t.target.settings.poll_interval(), Duration::from_secs(10));
     assert_eq!(t.thresholds.slow_queries.value, 30.0);
     assert_eq!(t.thresholds.slow_queries.hold, Duration::from_secs(60));
     assert_eq!(t.thresholds.node_count.min, Some(1000));

@@ -416,6 +416,7 @@ fn target(server: &BoltServer, dir: &Path) -> dbwarden::observe::neo4j::Neo4jTar
         .expect("valid config")
         .neo4j
         .remove(0)
+        .target
 }
 
 fn candidate(id: &str, user: &str, query: &str, elapsed_ms: i64) -> Neo4jCandidate {

@@ -746,7 +746,7 @@ async fn the_guarded_signal_rechecks_the_session_when_acting() {
     let config =
         Config::from_toml_with_env(&fast_target(TARGET, &fx.url(), ""), std::iter::empty())
             .expect("target config");
-    let mut observer = PostgresObserver::new(config.postgres[0].clone());
+    let mut observer = PostgresObserver::new(config.postgres[0].target.clone());
     let policy = Policy {
         name: "idle".into(),
         targets: None,

@@ -7,12 +7,14 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Format, exit};
-use crate::config::{Config, PostgresTarget};
+use crate::config::{Config, TargetConfig};
 use crate::daemon::kubernetes::KubernetesReport;
 #[cfg(feature = "kubernetes")]
 use crate::daemon::kubernetes::observe_kubernetes_once;
+use crate::evaluate::Thresholds;
 use crate::evaluate::{self, CheckResult, CheckStatus, Neo4jSummary, PgSummary, fmt_secs};
 use crate::kubernetes::checks::KubeCheckStatus;
+use crate::observe::PostgresTarget;
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
 use crate::observe::neo4j::Neo4jSnapshot;
@@ -113,7 +115,8 @@ pub async fn run(config: Config, format: Format) -> u8 {
     if ok { exit::OK } else { exit::FAILED }
 }
 
-async fn observe_once(target: &PostgresTarget) -> TargetReport {
+async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> TargetReport {
+    let (target, thresholds) = (&config.target, &config.thresholds);
     let mut observer = PostgresObserver::new(target.clone());
     let result = observer.poll().await;
     observer.close().await;
@@ -124,7 +127,7 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
             url: target.redacted_url(),
             up: true,
             error: None,
-            checks: evaluate::evaluate_once(&snapshot, &target.thresholds),
+            checks: evaluate::evaluate_once(&snapshot, thresholds),
             summary: Some(evaluate::summarize(&snapshot)),
             snapshot: Some(snapshot),
             neo4j: None,
@@ -135,7 +138,7 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
             kind: "postgres",
             url: target.redacted_url(),
             up: false,
-            checks: evaluate::evaluate_down(&target.thresholds, &e.message),
+            checks: evaluate::evaluate_down(thresholds, &e.message),
             error: Some(e),
             summary: None,
             snapshot: None,
@@ -146,7 +149,10 @@ async fn observe_once(target: &PostgresTarget) -> TargetReport {
 }
 
 #[cfg(feature = "neo4j")]
-async fn observe_neo4j_once(target: &crate::observe::neo4j::Neo4jTarget) -> TargetReport {
+async fn observe_neo4j_once(
+    config: &TargetConfig<crate::observe::neo4j::Neo4jTarget, crate::evaluate::Neo4jThresholds>,
+) -> TargetReport {
+    let (target, thresholds) = (&config.target, &config.thresholds);
     let mut observer = Neo4jObserver::new(target.clone());
     let result = observer.poll().await;
     observer.close().await;
@@ -154,14 +160,14 @@ async fn observe_neo4j_once(target: &crate::observe::neo4j::Neo4jTarget) -> Targ
         Ok(snapshot) => (
             true,
             None,
-            evaluate::evaluate_neo4j_once(&snapshot, &target.thresholds),
-            Some(evaluate::summarize_neo4j(&snapshot, &target.thresholds)),
+            evaluate::evaluate_neo4j_once(&snapshot, thresholds),
+            Some(evaluate::summarize_neo4j(&snapshot, thresholds)),
             Some(snapshot),
         ),
         Err(e) => (
             false,
             Some(e.clone()),
-            evaluate::evaluate_neo4j_down(&target.thresholds, &e.message),
+            evaluate::evaluate_neo4j_down(thresholds, &e.message),
             None,
             None,
         ),

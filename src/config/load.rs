@@ -19,7 +19,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::de::DeserializeOwned;
 
-use super::Config;
+use super::{Config, TargetConfig};
 use crate::evaluate::{Neo4jThresholds, Thresholds};
 use crate::http::ServerSettings;
 use crate::kubernetes::{EvictionPolicy, KubernetesSettings, LeaseSettings};
@@ -142,21 +142,21 @@ pub(super) fn load(text: &str, env: Vec<(String, String)>) -> Result<Config, Vec
         .map(str::to_string);
     let mut pg_targets = Vec::new();
     for (name, t) in postgres {
-        let (t, fallback) = l.target("postgres", &name, t, &defaults, &global_pg.0);
-        let mut t: PostgresTarget = l
-            .read_over(t, &fallback, &join("postgres", &name), true)
-            .unwrap_or_default();
-        t.name = name;
-        pg_targets.push(t);
+        let path = join("postgres", &name);
+        let (t, th) = l.target(&path, t, &defaults, &global_pg.0);
+        let mut target: PostgresTarget = l.read(t, &path, true);
+        target.name = name;
+        let thresholds: Thresholds = l.thresholds(th, &path);
+        pg_targets.push(TargetConfig { target, thresholds });
     }
     let mut neo4j_targets = Vec::new();
     for (name, t) in neo4j {
-        let (t, fallback) = l.target("neo4j", &name, t, &defaults, &global_neo4j.0);
-        let mut t: Neo4jTarget = l
-            .read_over(t, &fallback, &join("neo4j", &name), true)
-            .unwrap_or_default();
-        t.name = name;
-        neo4j_targets.push(t);
+        let path = join("neo4j", &name);
+        let (t, th) = l.target(&path, t, &defaults, &global_neo4j.0);
+        let mut target: Neo4jTarget = l.read(t, &path, true);
+        target.name = name;
+        let thresholds: Neo4jThresholds = l.thresholds(th, &path);
+        neo4j_targets.push(TargetConfig { target, thresholds });
     }
     let kubernetes: Option<KubernetesSettings> = kubernetes.map(|k| l.read(k, "kubernetes", false));
     let mut remediation: Option<RemediationSettings> =
@@ -188,31 +188,32 @@ pub(super) fn load(text: &str, env: Vec<(String, String)>) -> Result<Config, Vec
             "no targets configured: add a [postgres.<name>] table with a url (or a [neo4j.<name>] table with a uri)",
         );
     }
-    for t in &neo4j_targets {
-        if ctx.postgres.contains(&t.name) {
-            issues.push(
-                join("neo4j", &t.name),
-                format!(
-                    "the name {:?} is also a PostgreSQL target: target names must be unique",
-                    t.name
-                ),
-            );
-        }
+    for name in ctx.neo4j.iter().filter(|n| ctx.postgres.contains(n)) {
+        issues.push(
+            join("neo4j", name),
+            format!("the name {name:?} is also a PostgreSQL target: target names must be unique"),
+        );
     }
     for t in &mut pg_targets {
-        let path = join("postgres", &t.name);
-        t.validate(&path, ctx, issues);
+        let path = join("postgres", &t.target.name);
+        t.target.validate(&path, ctx, issues);
+        t.thresholds
+            .validate(&join(&path, "thresholds"), ctx, issues);
     }
     for t in &mut neo4j_targets {
-        let path = join("neo4j", &t.name);
-        t.validate(&path, ctx, issues);
+        let path = join("neo4j", &t.target.name);
+        t.target.validate(&path, ctx, issues);
+        t.thresholds
+            .validate(&join(&path, "thresholds"), ctx, issues);
     }
     let pods: Vec<(&str, &str, &str)> = pg_targets
         .iter()
+        .map(|t| &t.target)
         .filter_map(|t| Some(("postgres", t.name.as_str(), t.pods.as_deref()?)))
         .chain(
             neo4j_targets
                 .iter()
+                .map(|t| &t.target)
                 .filter_map(|t| Some(("neo4j", t.name.as_str(), t.pods.as_deref()?))),
         )
         .collect();
@@ -224,7 +225,8 @@ pub(super) fn load(text: &str, env: Vec<(String, String)>) -> Result<Config, Vec
         }
     }
     if let Some(r) = &mut remediation {
-        r.validate(&pg_targets, ctx, issues);
+        let targets: Vec<&PostgresTarget> = pg_targets.iter().map(|t| &t.target).collect();
+        r.validate(&targets, ctx, issues);
     }
 
     let issues = l.finish();
@@ -332,20 +334,12 @@ impl Loader {
         ((pg, pg_read), (neo4j, neo4j_read))
     }
 
-    /// A target's table as its type reads it: its settings nested under
-    /// `settings`, over `[defaults]`; its thresholds over the global ones
-    /// as written, over the runbook's defaults. Where each inherited value
-    /// came from is remembered for messages.
-    /// Returns the table, and the defaults to fall back on for a refused value.
-    fn target(
-        &mut self,
-        kind: &str,
-        name: &str,
-        t: Value,
-        defaults: &Dict,
-        global: &Dict,
-    ) -> (Dict, Dict) {
-        let path = join(kind, name);
+    /// A target's table as its types read it: its settings nested under
+    /// `settings`, over `[defaults]`; and apart, its thresholds over the
+    /// global ones as written. Where each inherited value came from is
+    /// remembered for messages.
+    fn target(&mut self, path: &str, t: Value, defaults: &Dict, global: &Dict) -> (Dict, Dict) {
+        let path = path.to_string();
         let mut t = match t {
             Value::Dict(_, d) => d,
             other => {
@@ -386,17 +380,20 @@ impl Loader {
             }
             None => Dict::new(),
         };
-        let base = if kind == "neo4j" {
-            defaults_of::<Neo4jThresholds>()
-        } else {
-            defaults_of::<Thresholds>()
-        };
         self.inherit(&mut th, global, &th_path, Some("thresholds"));
-        self.inherit(&mut th, &base, &th_path, None);
-        t.insert("thresholds".into(), Value::from(th));
-        // A refused threshold falls back on the runbook's (always valid).
-        let fallback = Dict::from([("thresholds".to_string(), Value::from(base))]);
-        (t, fallback)
+        (t, th)
+    }
+
+    /// A target's thresholds over the runbook's defaults, on which a
+    /// refused value also falls back (they are always valid).
+    fn thresholds<Th>(&mut self, mut th: Dict, target: &str) -> Th
+    where
+        Th: DeserializeOwned + Default + serde::Serialize,
+    {
+        let path = join(target, "thresholds");
+        let base = defaults_of::<Th>();
+        self.inherit(&mut th, &base, &path, None);
+        self.read_over(th, &base, &path, false).unwrap_or_default()
     }
 
     /// Copies into `dst` (at `path`) what it lacks of `src`, table by table,

@@ -32,6 +32,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
+
+use crate::evaluate::{Neo4jThresholds, Thresholds};
 use serde::Serialize;
 
 pub use crate::http::ServerSettings;
@@ -48,12 +50,21 @@ pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 pub struct Config {
     pub server: ServerSettings,
     pub log: LogSettings,
-    pub postgres: Vec<PostgresTarget>,
-    pub neo4j: Vec<Neo4jTarget>,
+    pub postgres: Vec<TargetConfig<PostgresTarget, Thresholds>>,
+    pub neo4j: Vec<TargetConfig<Neo4jTarget, Neo4jThresholds>>,
     /// Present when a `[kubernetes]` section is configured.
     pub kubernetes: Option<KubernetesSettings>,
     /// Present when a `[remediation]` section is configured.
     pub remediation: Option<RemediationSettings>,
+}
+
+/// A target's table: what observation needs, and the thresholds its
+/// checks use (`[<kind>.<name>.thresholds]`, owned by `evaluate`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetConfig<T, Th> {
+    #[serde(flatten)]
+    pub target: T,
+    pub thresholds: Th,
 }
 
 /// Everything wrong with a configuration, all at once.
@@ -112,8 +123,8 @@ impl Config {
         struct File<'a> {
             server: &'a ServerSettings,
             log: &'a LogSettings,
-            postgres: IndexMap<&'a str, PostgresTarget>,
-            neo4j: IndexMap<&'a str, Neo4jTarget>,
+            postgres: IndexMap<&'a str, TargetConfig<PostgresTarget, &'a Thresholds>>,
+            neo4j: IndexMap<&'a str, TargetConfig<Neo4jTarget, &'a Neo4jThresholds>>,
             kubernetes: Option<&'a KubernetesSettings>,
             remediation: Option<&'a RemediationSettings>,
         }
@@ -123,12 +134,12 @@ impl Config {
             postgres: self
                 .postgres
                 .iter()
-                .map(|t| (t.name.as_str(), t.resolved()))
+                .map(|t| (t.target.name.as_str(), t.resolved()))
                 .collect(),
             neo4j: self
                 .neo4j
                 .iter()
-                .map(|t| (t.name.as_str(), t.resolved()))
+                .map(|t| (t.target.name.as_str(), t.resolved()))
                 .collect(),
             kubernetes: self.kubernetes.as_ref(),
             remediation: self.remediation.as_ref(),
@@ -156,11 +167,29 @@ impl Config {
     }
 }
 
+impl<Th> TargetConfig<PostgresTarget, Th> {
+    /// What `dbwarden config` prints: every default written in.
+    fn resolved(&self) -> TargetConfig<PostgresTarget, &Th> {
+        TargetConfig {
+            target: self.target.resolved(),
+            thresholds: &self.thresholds,
+        }
+    }
+}
+
+impl<Th> TargetConfig<Neo4jTarget, Th> {
+    fn resolved(&self) -> TargetConfig<Neo4jTarget, &Th> {
+        TargetConfig {
+            target: self.target.resolved(),
+            thresholds: &self.thresholds,
+        }
+    }
+}
+
 /// Every key path the configuration file accepts, from the parts' own
 /// types; the names of targets, policies and volumes show as `<name>`.
 /// A target's settings sit in its own table, as in the file.
 pub fn keys() -> BTreeSet<String> {
-    use crate::evaluate::{Neo4jThresholds, Thresholds};
     use crate::settings::key_paths;
     let mut out = BTreeSet::new();
     let mut add = |prefix: &str, keys: BTreeSet<String>| {
@@ -177,7 +206,9 @@ pub fn keys() -> BTreeSet<String> {
     add("thresholds", key_paths::<Thresholds>());
     add("thresholds", key_paths::<Neo4jThresholds>());
     add("postgres.<name>", key_paths::<PostgresTarget>());
+    add("postgres.<name>.thresholds", key_paths::<Thresholds>());
     add("neo4j.<name>", key_paths::<Neo4jTarget>());
+    add("neo4j.<name>.thresholds", key_paths::<Neo4jThresholds>());
     add("kubernetes", key_paths::<KubernetesSettings>());
     add("remediation", key_paths::<RemediationSettings>());
     out

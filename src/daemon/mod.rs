@@ -35,8 +35,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config
             .postgres
             .iter()
-            .map(|t| (t.name.as_str(), "postgres"))
-            .chain(config.neo4j.iter().map(|t| (t.name.as_str(), "neo4j"))),
+            .map(|t| (t.target.name.as_str(), "postgres"))
+            .chain(
+                config
+                    .neo4j
+                    .iter()
+                    .map(|t| (t.target.name.as_str(), "neo4j")),
+            ),
     ));
     let metrics = Arc::new(Metrics::new(state.clone()));
     let token = CancellationToken::new();
@@ -60,13 +65,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // Alerts Alertmanager reports, shared by the receiver and the alert gate of policies.
     let firing_alerts = Arc::new(alerts::FiringAlerts::new());
-    for target in &config.postgres {
+    for crate::config::TargetConfig { target, thresholds } in &config.postgres {
         // Polls use one connection; a target remediation acts on uses a second
         // one, the actor's (lock holder and signal sender). Validation keeps
         // both within the target's max_connections.
         let observer = PostgresObserver::new(target.clone());
         tracker.spawn(poller::run(
             observer,
+            thresholds.clone(),
             state.clone(),
             metrics.clone(),
             token.child_token(),
@@ -82,10 +88,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     #[cfg(feature = "neo4j")]
-    for target in &config.neo4j {
+    for crate::config::TargetConfig { target, thresholds } in &config.neo4j {
         // One connection to poll; where remediation acts, a second one for the actor.
         tracker.spawn(poller::run(
             Neo4jObserver::new(target.clone()),
+            thresholds.clone(),
             state.clone(),
             metrics.clone(),
             token.child_token(),

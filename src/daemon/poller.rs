@@ -20,6 +20,8 @@ use crate::telemetry::metrics::Metrics;
 /// What the loop needs of an observer: the kind-specific parts of a tick.
 pub trait Observer: Send + 'static {
     type Snapshot: Send;
+    /// The limits its checks are evaluated against.
+    type Thresholds: Send + Sync + 'static;
     const KIND: &'static str;
     fn name(&self) -> &str;
     fn settings(&self) -> &TargetSettings;
@@ -31,11 +33,12 @@ pub trait Observer: Send + 'static {
     fn evaluate(
         &self,
         snapshot: Self::Snapshot,
+        thresholds: &Self::Thresholds,
         status: &mut TargetStatus,
         hold: &HoldState,
         now_ms: u64,
     ) -> HoldState;
-    fn down(&self, error: &str) -> Vec<CheckResult>;
+    fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult>;
     /// Adds the target's persistent volumes, as the kubelet reports them,
     /// to a fresh snapshot before it is evaluated (no-op by default).
     fn add_kubernetes_volumes(
@@ -54,6 +57,7 @@ pub fn pvc_volume_name(v: &crate::kubernetes::snapshot::VolumeUsage) -> String {
 
 impl Observer for PostgresObserver {
     type Snapshot = observe::PgSnapshot;
+    type Thresholds = evaluate::Thresholds;
     const KIND: &'static str = "postgres";
     fn name(&self) -> &str {
         &self.target().name
@@ -73,11 +77,11 @@ impl Observer for PostgresObserver {
     fn evaluate(
         &self,
         snapshot: Self::Snapshot,
+        thresholds: &Self::Thresholds,
         status: &mut TargetStatus,
         hold: &HoldState,
         now_ms: u64,
     ) -> HoldState {
-        let thresholds = &self.target().thresholds;
         let (checks, next) = evaluate::evaluate(&snapshot, thresholds, hold, now_ms);
         log_check_changes(&status.checks, &checks);
         status.checks = checks;
@@ -85,8 +89,8 @@ impl Observer for PostgresObserver {
         status.snapshot = Some(Arc::new(snapshot));
         next
     }
-    fn down(&self, error: &str) -> Vec<CheckResult> {
-        evaluate::evaluate_down(&self.target().thresholds, error)
+    fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult> {
+        evaluate::evaluate_down(thresholds, error)
     }
     /// The pods' claims join the statvfs paths: the same disk-free check
     /// and disk metrics, the claim as the volume (`pvc/<claim>`).
@@ -110,6 +114,7 @@ impl Observer for PostgresObserver {
 #[cfg(feature = "neo4j")]
 impl Observer for Neo4jObserver {
     type Snapshot = observe::neo4j::Neo4jSnapshot;
+    type Thresholds = evaluate::Neo4jThresholds;
     const KIND: &'static str = "neo4j";
     fn name(&self) -> &str {
         &self.target().name
@@ -129,11 +134,11 @@ impl Observer for Neo4jObserver {
     fn evaluate(
         &self,
         snapshot: Self::Snapshot,
+        thresholds: &Self::Thresholds,
         status: &mut TargetStatus,
         hold: &HoldState,
         now_ms: u64,
     ) -> HoldState {
-        let thresholds = &self.target().thresholds;
         let (checks, next) = evaluate::evaluate_neo4j(&snapshot, thresholds, hold, now_ms);
         log_check_changes(&status.checks, &checks);
         status.checks = checks;
@@ -141,25 +146,27 @@ impl Observer for Neo4jObserver {
         status.neo4j_snapshot = Some(Arc::new(snapshot));
         next
     }
-    fn down(&self, error: &str) -> Vec<CheckResult> {
-        evaluate::evaluate_neo4j_down(&self.target().thresholds, error)
+    fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult> {
+        evaluate::evaluate_neo4j_down(thresholds, error)
     }
 }
 
 pub async fn run<O: Observer>(
     observer: O,
+    thresholds: O::Thresholds,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let span = tracing::info_span!("poller", target = %observer.name(), kind = O::KIND);
-    run_inner(observer, state, metrics, cancel)
+    run_inner(observer, thresholds, state, metrics, cancel)
         .instrument(span)
         .await
 }
 
 async fn run_inner<O: Observer>(
     mut observer: O,
+    thresholds: O::Thresholds,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -202,7 +209,7 @@ async fn run_inner<O: Observer>(
                     observer.add_kubernetes_volumes(&mut snapshot, &mine);
                 }
                 let now_ms = clock.elapsed().as_millis() as u64;
-                hold = observer.evaluate(snapshot, &mut status, &hold, now_ms);
+                hold = observer.evaluate(snapshot, &thresholds, &mut status, &hold, now_ms);
                 status.up = true;
                 status.last_success_at = status.last_poll_at;
                 status.last_error = None;
@@ -220,7 +227,7 @@ async fn run_inner<O: Observer>(
                     tracing::debug!(kind = e.kind.as_str(), error = %e.message, failures = status.consecutive_failures, "poll failed again");
                 }
                 status.up = false;
-                status.checks = observer.down(&e.message);
+                status.checks = observer.down(&thresholds, &e.message);
                 let kind = e.kind;
                 status.last_error = Some(e);
                 Some(kind)

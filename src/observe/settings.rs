@@ -1,5 +1,6 @@
 //! What observation needs to know of a target: where it is, how to log in,
-//! and how often and how patiently to poll it. `[postgres.<name>]` tables
+//! and how often and how patiently to poll it (its thresholds belong to
+//! `evaluate`). `[postgres.<name>]` tables
 //! are [`PostgresTarget`]s; [`TargetSettings`] are the cadence, timeouts and
 //! connection budget, written in `[defaults]` for every target and in a
 //! target's own table, which wins key by key (the loader merges them).
@@ -13,7 +14,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
-use crate::evaluate::Thresholds;
 use crate::secret::{REDACTED, Secret, redact_url, url_password};
 use crate::settings::{Context, Issues, Trim, duration, join, q, read_secret, valid_name};
 
@@ -318,7 +318,6 @@ pub struct PostgresTarget {
     /// In the file, these keys sit in the target's own table.
     #[serde(default)]
     pub settings: TargetSettings,
-    pub thresholds: Thresholds,
     #[serde(skip)]
     pub password: Option<Secret>,
     #[serde(skip)]
@@ -428,7 +427,6 @@ impl PostgresTarget {
         let key = |k: &str| join(path, k);
         validate_target_name(&self.name, path, issues);
         self.settings.validate(path, ctx, issues);
-        self.thresholds.validate(&key("thresholds"), ctx, issues);
 
         let url = self.url.as_ref().map(|u| u.expose().to_string());
         let written_password = url

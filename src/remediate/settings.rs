@@ -120,7 +120,7 @@ impl RemediationSettings {
 
     /// Checks the section and its policies against the configured
     /// targets, reads the API token and resolves the instance name.
-    pub fn validate(&mut self, postgres: &[PostgresTarget], ctx: &Context, issues: &mut Issues) {
+    pub fn validate(&mut self, postgres: &[&PostgresTarget], ctx: &Context, issues: &mut Issues) {
         let key = |k: &str| join("remediation", k);
         self.instance = Some(match self.instance.take() {
             Some(i) => {
@@ -191,7 +191,7 @@ impl RemediationSettings {
     /// Every target a policy acts on needs a second connection, for the actor.
     fn check_connection_budgets(
         &self,
-        postgres: &[PostgresTarget],
+        postgres: &[&PostgresTarget],
         ctx: &Context,
         issues: &mut Issues,
     ) {

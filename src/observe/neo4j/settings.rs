@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::Neo4jThresholds;
 use crate::observe::settings::{TargetSettings, validate_target_name};
 use crate::secret::{Secret, redact_url};
 use crate::settings::{Context, Issues, Trim, join, read_secret};
@@ -48,7 +47,6 @@ pub struct Neo4jTarget {
     /// Only poll_interval, poll_timeout, connect_timeout and backoff_max apply.
     #[serde(default)]
     pub settings: TargetSettings,
-    pub thresholds: Neo4jThresholds,
     #[serde(skip)]
     pub password: Option<Secret>,
 }
@@ -122,7 +120,6 @@ impl Neo4jTarget {
             ..self.settings.clone()
         };
         cadence.validate(path, ctx, issues);
-        self.thresholds.validate(&key("thresholds"), ctx, issues);
 
         match self.uri.as_deref() {
             None => issues.push(
