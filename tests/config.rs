@@ -2001,7 +2001,8 @@ mod round_trip {
     }
 
     fn thresholds(prefix: &'static str, neo4j: bool) -> impl Strategy<Value = String> {
-        let checks: Vec<(&str, Vec<(&str, Vec<&str>)>)> = if neo4j {
+        type Keys = Vec<(&'static str, Vec<&'static str>)>;
+        let checks: Vec<(&str, Keys)> = if neo4j {
             vec![
                 (
                     "slow_queries",
