@@ -101,7 +101,7 @@ pub fn main() -> ExitCode {
         },
         Command::Run { config } => match load(&config) {
             Ok(c) => {
-                crate::telemetry::logging::init(&c.log);
+                let _level = crate::telemetry::logging::init(&c.log);
                 runtime(async move {
                     match crate::daemon::run(c, crate::daemon::shutdown_signal()).await {
                         Ok(()) => exit::OK,

@@ -7,6 +7,8 @@
 
 pub mod kubernetes;
 pub mod poller;
+pub mod reload;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

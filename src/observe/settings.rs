@@ -411,6 +411,21 @@ impl PostgresTarget {
             .map(|o| SslMode::of(o.get_ssl_mode()))
     }
 
+    /// Whether `other` connects the same way: same server, credentials, TLS
+    /// and session settings. Otherwise a reload reconnects.
+    pub fn same_connection(&self, other: &PostgresTarget) -> bool {
+        let (a, b) = (&self.settings, &other.settings);
+        self.url == other.url
+            && self.password == other.password
+            && self.effective_sslmode() == other.effective_sslmode()
+            && self.ssl_root_cert == other.ssl_root_cert
+            && a.connect_timeout() == b.connect_timeout()
+            && a.statement_timeout() == b.statement_timeout()
+            && a.lock_timeout() == b.lock_timeout()
+            // idle_in_transaction_session_timeout is twice poll_timeout.
+            && a.poll_timeout() == b.poll_timeout()
+    }
+
     /// What `dbwarden config` prints: every default written in.
     pub fn resolved(&self) -> PostgresTarget {
         PostgresTarget {

@@ -111,37 +111,67 @@ pub struct KubernetesStatus {
 }
 
 /// Shared between the poll loops (writers, one per target) and the HTTP
-/// handlers (readers).
+/// handlers (readers). Targets come and go with a reload.
 #[derive(Debug)]
 pub struct SharedState {
     targets: RwLock<BTreeMap<String, Arc<TargetStatus>>>,
-    wakers: BTreeMap<String, Arc<Notify>>,
-    /// Bumped on every publish, so followers (remediation) run after each poll.
-    published: BTreeMap<String, watch::Sender<u64>>,
+    /// Per target: its waker, and a channel bumped on every publish so that
+    /// followers (remediation) run after each poll.
+    channels: RwLock<BTreeMap<String, Channels>>,
     /// Bumped on every publish of any target: renderers cache by it.
     generation: AtomicU64,
     /// The latest Kubernetes status, when `[kubernetes]` is configured.
     kubernetes: RwLock<Option<Arc<KubernetesStatus>>>,
 }
 
+#[derive(Debug)]
+struct Channels {
+    waker: Arc<Notify>,
+    published: watch::Sender<u64>,
+}
+
 impl SharedState {
     /// State for the named targets, none polled yet.
     pub fn new<'a>(targets: impl IntoIterator<Item = (&'a str, &'static str)>) -> Self {
-        let mut map = BTreeMap::new();
-        let mut wakers = BTreeMap::new();
-        let mut published = BTreeMap::new();
-        for (name, kind) in targets {
-            map.insert(name.to_string(), Arc::new(TargetStatus::new(name, kind)));
-            wakers.insert(name.to_string(), Arc::new(Notify::new()));
-            published.insert(name.to_string(), watch::channel(0).0);
-        }
-        SharedState {
-            targets: RwLock::new(map),
-            wakers,
-            published,
+        let state = SharedState {
+            targets: RwLock::new(BTreeMap::new()),
+            channels: RwLock::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
             kubernetes: RwLock::new(None),
+        };
+        for (name, kind) in targets {
+            state.add_target(name, kind);
         }
+        state
+    }
+
+    /// Starts tracking a target (none polled yet); a target already
+    /// tracked keeps its status.
+    pub fn add_target(&self, name: &str, kind: &'static str) {
+        let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| Arc::new(TargetStatus::new(name, kind)));
+        self.channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| Channels {
+                waker: Arc::new(Notify::new()),
+                published: watch::channel(0).0,
+            });
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Stops tracking a target: its status leaves the metrics and the API,
+    /// and its followers see their channel close.
+    pub fn remove_target(&self, name: &str) {
+        let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(name);
+        self.channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Publishes the Kubernetes loop's latest status.
@@ -159,17 +189,23 @@ impl SharedState {
             .clone()
     }
 
+    /// Publishes a target's latest status; ignored for a target no longer
+    /// tracked (its poll loop is stopping).
     pub fn publish(&self, status: TargetStatus) {
         let name = status.target.clone();
         let polls = status.polls_completed;
         {
             let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
-            map.insert(name.clone(), Arc::new(status));
+            let Some(slot) = map.get_mut(&name) else {
+                return;
+            };
+            *slot = Arc::new(status);
             // Inside the write lock: a reader that sees the new generation sees the new status.
             self.generation.fetch_add(1, Ordering::Release);
         }
-        if let Some(tx) = self.published.get(&name) {
-            tx.send_replace(polls);
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(&name) {
+            c.published.send_replace(polls);
         }
     }
 
@@ -180,7 +216,11 @@ impl SharedState {
 
     /// A receiver that changes after every publish for `target`.
     pub fn subscribe(&self, target: &str) -> Option<watch::Receiver<u64>> {
-        self.published.get(target).map(|tx| tx.subscribe())
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .map(|c| c.published.subscribe())
     }
 
     pub fn get(&self, target: &str) -> Option<Arc<TargetStatus>> {
@@ -204,7 +244,7 @@ impl SharedState {
     /// Wakes the target's poll loop so it polls now instead of at its next tick.
     /// Returns false for an unknown target.
     pub fn wake(&self, target: &str) -> bool {
-        match self.wakers.get(target) {
+        match self.waker(target) {
             Some(n) => {
                 n.notify_one();
                 true
@@ -214,7 +254,11 @@ impl SharedState {
     }
 
     pub fn waker(&self, target: &str) -> Option<Arc<Notify>> {
-        self.wakers.get(target).cloned()
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .map(|c| c.waker.clone())
     }
 
     /// True once every target has finished at least one poll.

@@ -13,6 +13,7 @@
 //! [`METRIC_NAMES`] lists every exported family, for the tests that check
 //! alert rules and dashboards against what really exists.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -86,6 +87,11 @@ struct CodeLabels {
 pub const ALERTMANAGER_CODES: [&str; 7] = ["202", "400", "401", "403", "413", "500", "other"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     target: String,
     kind: &'static str,
@@ -112,6 +118,12 @@ pub struct Metrics {
     am_alerts: Family<AlertStatusLabels, Counter>,
     am_duplicates: Counter,
     am_requests: Family<CodeLabels, Counter>,
+    reload_successful: Gauge,
+    reload_success_time: Gauge<f64, AtomicU64>,
+    reloads: Family<ResultLabels, Counter>,
+    /// The decision and candidate series created so far, so that those of
+    /// a target or a policy a reload removed can be removed too.
+    created: Mutex<(HashSet<ActionLabels>, HashSet<PolicyLabels>)>,
     /// Bumped by every recording method; with the state's generation it keys
     /// the rendered exposition, so scrapes between changes copy nothing.
     generation: AtomicU64,
@@ -148,19 +160,6 @@ impl Metrics {
             Unit::Seconds,
             poll_duration.clone(),
         );
-        for t in state.all() {
-            let l = TargetLabels {
-                target: t.target.clone(),
-            };
-            let _ = polls.get_or_create(&l);
-            let _ = poll_duration.get_or_create(&l);
-            for kind in PollErrorKind::ALL {
-                let _ = poll_errors.get_or_create(&ErrorLabels {
-                    target: t.target.clone(),
-                    kind: kind.as_str(),
-                });
-            }
-        }
         let actions = Family::<ActionLabels, Counter>::default();
         registry.register(
             "remediation_actions",
@@ -237,10 +236,34 @@ impl Metrics {
             am_requests.clone(),
         );
         let _ = am_requests.get_or_create(&CodeLabels { code: "202" });
+        let reload_successful = Gauge::default();
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration reload applied (or none was tried), 0 when it was refused",
+            reload_successful.clone(),
+        );
+        reload_successful.set(1);
+        let reload_success_time = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the configuration in effect was loaded (start-up or the last successful reload)",
+            Unit::Seconds,
+            reload_success_time.clone(),
+        );
+        reload_success_time.set(unix_seconds(std::time::SystemTime::now()));
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result (success, failure)",
+            reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
         registry.register_collector(Box::new(StateCollector {
             state: state.clone(),
         }));
-        Metrics {
+        let metrics = Metrics {
             registry,
             polls,
             poll_errors,
@@ -258,10 +281,18 @@ impl Metrics {
             am_alerts,
             am_duplicates,
             am_requests,
+            reload_successful,
+            reload_success_time,
+            reloads,
+            created: Mutex::default(),
             generation: AtomicU64::new(0),
             state,
             rendered: Mutex::new(None),
+        };
+        for t in metrics.state.all() {
+            metrics.add_target(&t.target);
         }
+        metrics
     }
 
     /// Marks the exposition as changed.
@@ -272,13 +303,21 @@ impl Metrics {
     /// Creates a decision series at 0 without counting anything.
     pub fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
         self.touch();
-        let _ = self.actions.get_or_create(&ActionLabels {
+        let l = ActionLabels {
             target: target.to_string(),
             policy: policy.to_string(),
             action: action.to_string(),
             outcome: outcome.to_string(),
             mode: mode.to_string(),
-        });
+        };
+        let _ = self.actions.get_or_create(&l);
+        self.lock_created().0.insert(l);
+    }
+
+    fn lock_created(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (HashSet<ActionLabels>, HashSet<PolicyLabels>)> {
+        self.created.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Exports the remediation mode: 1 for the configured mode, 0 for the others.
@@ -296,25 +335,115 @@ impl Metrics {
     /// Counts one remediation decision.
     pub fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
         self.touch();
-        self.actions
-            .get_or_create(&ActionLabels {
-                target: target.to_string(),
-                policy: policy.to_string(),
-                action: action.to_string(),
-                outcome: outcome.to_string(),
-                mode: mode.to_string(),
-            })
-            .inc();
+        let l = ActionLabels {
+            target: target.to_string(),
+            policy: policy.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            mode: mode.to_string(),
+        };
+        self.actions.get_or_create(&l).inc();
+        self.lock_created().0.insert(l);
     }
 
     pub fn set_candidates(&self, target: &str, policy: &str, n: usize) {
         self.touch();
-        self.candidates
-            .get_or_create(&PolicyLabels {
+        let l = PolicyLabels {
+            target: target.to_string(),
+            policy: policy.to_string(),
+        };
+        self.candidates.get_or_create(&l).set(n as i64);
+        self.lock_created().1.insert(l);
+    }
+
+    /// Removes every series of a target a reload removed: its polls, its
+    /// remediation decisions, candidates, budget and actor.
+    pub fn forget_target(&self, target: &str) {
+        self.touch();
+        let l = TargetLabels {
+            target: target.to_string(),
+        };
+        self.polls.remove(&l);
+        self.poll_duration.remove(&l);
+        self.actor.remove(&l);
+        for kind in PollErrorKind::ALL {
+            self.poll_errors.remove(&ErrorLabels {
                 target: target.to_string(),
-                policy: policy.to_string(),
-            })
-            .set(n as i64);
+                kind: kind.as_str(),
+            });
+        }
+        let scope = ScopeLabels {
+            scope: target.to_string(),
+        };
+        self.budget_remaining.remove(&scope);
+        self.budget_exhausted.remove(&scope);
+        let holder = self
+            .last_holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
+        if let Some(holder) = holder {
+            self.actor_holder.remove(&HolderLabels {
+                target: target.to_string(),
+                holder,
+            });
+        }
+        self.forget_series(|t, _| t == target);
+    }
+
+    /// Removes the decision and candidate series of policies a reload
+    /// removed (or that no longer apply to a target).
+    pub fn forget_policy(&self, target: &str, policy: &str) {
+        self.touch();
+        self.forget_series(|t, p| t == target && p == policy);
+    }
+
+    fn forget_series(&self, gone: impl Fn(&str, &str) -> bool) {
+        let mut created = self.lock_created();
+        let (actions, candidates) = &mut *created;
+        actions.retain(|l| {
+            let keep = !gone(&l.target, &l.policy);
+            if !keep {
+                self.actions.remove(l);
+            }
+            keep
+        });
+        candidates.retain(|l| {
+            let keep = !gone(&l.target, &l.policy);
+            if !keep {
+                self.candidates.remove(l);
+            }
+            keep
+        });
+    }
+
+    /// Starts counting a target a reload added (its counters at zero).
+    pub fn add_target(&self, target: &str) {
+        self.touch();
+        let l = TargetLabels {
+            target: target.to_string(),
+        };
+        let _ = self.polls.get_or_create(&l);
+        let _ = self.poll_duration.get_or_create(&l);
+        for kind in PollErrorKind::ALL {
+            let _ = self.poll_errors.get_or_create(&ErrorLabels {
+                target: target.to_string(),
+                kind: kind.as_str(),
+            });
+        }
+    }
+
+    /// Records a configuration reload: applied, or refused (invalid, or a
+    /// change that needs a restart).
+    pub fn record_reload(&self, applied: bool) {
+        self.touch();
+        let result = if applied { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.reload_successful.set(i64::from(applied));
+        if applied {
+            self.reload_success_time
+                .set(unix_seconds(std::time::SystemTime::now()));
+        }
     }
 
     pub fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
@@ -450,6 +579,9 @@ impl Metrics {
 /// the exposition (histograms and counters with their sample suffixes).
 pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_build_info",
+    "dbwarden_config_last_reload_successful",
+    "dbwarden_config_last_reload_success_timestamp_seconds",
+    "dbwarden_config_reloads_total",
     "dbwarden_polls_total",
     "dbwarden_poll_errors_total",
     "dbwarden_poll_duration_seconds_bucket",

@@ -66,6 +66,17 @@ impl Neo4jTarget {
             .unwrap_or_else(|| vec![DEFAULT_DATABASE.to_string()])
     }
 
+    /// Whether `other` connects the same way (server, credentials and the
+    /// timeouts the client is built with). Otherwise a reload reconnects.
+    pub fn same_connection(&self, other: &Neo4jTarget) -> bool {
+        let (a, b) = (&self.settings, &other.settings);
+        self.uri == other.uri
+            && self.user() == other.user()
+            && self.password == other.password
+            && a.connect_timeout() == b.connect_timeout()
+            && a.poll_timeout() == b.poll_timeout()
+    }
+
     /// What `dbwarden config` prints: every default written in, and none
     /// of the PostgreSQL-only settings it may have inherited from `[defaults]`.
     pub fn resolved(&self) -> Neo4jTarget {

@@ -1,0 +1,270 @@
+//! Reload in place: what a new configuration changes against the running
+//! one, and whether that can be applied without a restart. Pure: two
+//! configurations in, a plan out; `daemon` applies it.
+//!
+//! What survives every reload: the connections of targets whose connection
+//! settings did not change (and their hold timers, check by check, where
+//! the check's limit did not change), the budgets already spent, the pause
+//! state, the actor locks and the audit file.
+
+use crate::config::{Config, TargetConfig};
+use crate::kubernetes::KubernetesSettings;
+use crate::remediate::RemediationSettings;
+
+/// What a reload changes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Settings that cannot change in place, by key path; any refuses the reload.
+    pub needs_restart: Vec<String>,
+    /// Targets to start.
+    pub added: Vec<String>,
+    /// Targets to stop (their connections closed, their series removed).
+    pub removed: Vec<String>,
+    /// Targets whose connection settings changed: stopped and started again.
+    pub reconnected: Vec<String>,
+    /// Targets whose other settings or thresholds changed: updated in place.
+    pub updated: Vec<String>,
+    /// `[remediation]`'s mode, budgets, pacing or policies changed.
+    pub remediation: bool,
+    pub log_level: bool,
+    pub server: bool,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        *self == Plan::default()
+    }
+
+    /// One line for the log and the API: what changed.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("reconnected", &self.reconnected),
+            ("updated", &self.updated),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what} {}", names.join(", ")));
+            }
+        }
+        for (what, changed) in [
+            ("remediation", self.remediation),
+            ("log level", self.log_level),
+            ("server", self.server),
+        ] {
+            if changed {
+                parts.push(format!("{what} changed"));
+            }
+        }
+        if parts.is_empty() {
+            "nothing changed".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// Compares the running configuration with a new, valid one.
+pub fn plan(old: &Config, new: &Config) -> Plan {
+    let mut p = Plan::default();
+    let mut restart = |changed: bool, key: &str| {
+        if changed {
+            p.needs_restart.push(key.to_string());
+        }
+    };
+    restart(old.server.listen != new.server.listen, "server.listen");
+    restart(old.log.format != new.log.format, "log.format");
+    restart_remediation(
+        old.remediation.as_ref(),
+        new.remediation.as_ref(),
+        &mut restart,
+    );
+    restart_kubernetes(
+        old.kubernetes.as_ref(),
+        new.kubernetes.as_ref(),
+        &mut restart,
+    );
+    p.server = old.server != new.server;
+    p.log_level = old.log.level != new.log.level;
+    p.remediation = old.remediation != new.remediation;
+    targets(&old.postgres, &new.postgres, &mut p, |a, b| {
+        a.same_connection(b)
+    });
+    targets(&old.neo4j, &new.neo4j, &mut p, |a, b| a.same_connection(b));
+    p
+}
+
+/// The remediation settings a running remediation cannot take in place:
+/// its identity among replicas, and the files it holds.
+fn restart_remediation(
+    old: Option<&RemediationSettings>,
+    new: Option<&RemediationSettings>,
+    restart: &mut impl FnMut(bool, &str),
+) {
+    match (old, new) {
+        (Some(a), Some(b)) => {
+            restart(a.instance != b.instance, "remediation.instance");
+            restart(a.audit_file != b.audit_file, "remediation.audit_file");
+            restart(a.state_dir != b.state_dir, "remediation.state_dir");
+            restart(
+                a.sentinel_file != b.sentinel_file,
+                "remediation.sentinel_file",
+            );
+        }
+        (None, None) => {}
+        // Adding or removing the section opens or closes the audit trail.
+        _ => restart(true, "remediation"),
+    }
+}
+
+/// The Kubernetes loop keeps watches, the Lease and the eviction cooldowns:
+/// a change to its section or to the targets' pods needs a restart, so that
+/// no cooldown is forgotten.
+fn restart_kubernetes(
+    old: Option<&KubernetesSettings>,
+    new: Option<&KubernetesSettings>,
+    restart: &mut impl FnMut(bool, &str),
+) {
+    restart(old != new, "kubernetes");
+}
+
+fn targets<T, Th: PartialEq>(
+    old: &[TargetConfig<T, Th>],
+    new: &[TargetConfig<T, Th>],
+    p: &mut Plan,
+    same_connection: impl Fn(&T, &T) -> bool,
+) where
+    T: PartialEq + Named,
+{
+    for n in new {
+        match old.iter().find(|o| o.target.name() == n.target.name()) {
+            None => p.added.push(n.target.name().to_string()),
+            Some(o) if !same_connection(&o.target, &n.target) => {
+                p.reconnected.push(n.target.name().to_string())
+            }
+            Some(o) if o != n => p.updated.push(n.target.name().to_string()),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| n.target.name() == o.target.name()) {
+            p.removed.push(o.target.name().to_string());
+        }
+    }
+}
+
+/// A target's name, whatever its kind.
+pub trait Named {
+    fn name(&self) -> &str;
+}
+
+impl Named for crate::observe::PostgresTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for crate::observe::neo4j::Neo4jTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let env = [("PW", "secret-1"), ("PW2", "secret-2")].map(|(k, v)| (k.into(), v.into()));
+        Config::from_toml_with_env(text, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const BASE: &str =
+        "[postgres.a]\nurl = \"postgres://u@h/d\"\n[postgres.b]\nurl = \"postgres://u@h/e\"\n";
+
+    #[test]
+    fn the_same_configuration_changes_nothing() {
+        let p = plan(&config(BASE), &config(BASE));
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.summary(), "nothing changed");
+    }
+
+    #[test]
+    fn targets_are_added_removed_reconnected_or_updated() {
+        let new = "[postgres.a]\nurl = \"postgres://u@h/d\"\npoll_interval = \"30s\"\n\
+                   [postgres.a.thresholds.idle_session]\nmax = \"1m\"\n\
+                   [postgres.c]\nurl = \"postgres://u@h/f\"\n";
+        let p = plan(&config(BASE), &config(new));
+        assert_eq!((p.added, p.removed), (vec!["c".into()], vec!["b".into()]));
+        assert_eq!(p.updated, ["a"]);
+        assert!(p.reconnected.is_empty() && p.needs_restart.is_empty());
+        // The server, the credentials or a session setting: a new connection.
+        for change in [
+            "url = \"postgres://u@h2/d\"\n",
+            "url = \"postgres://u@h/d\"\npassword_env = \"PW\"\n",
+            "url = \"postgres://u@h/d\"\nsslmode = \"require\"\n",
+            "url = \"postgres://u@h/d\"\nstatement_timeout = \"2s\"\n",
+            "url = \"postgres://u@h/d\"\npoll_timeout = \"4s\"\n",
+        ] {
+            let p = plan(&config(BASE), &config(&format!("[postgres.a]\n{change}")));
+            assert_eq!(p.reconnected, ["a"], "{change}");
+        }
+        // A rotated password (same variable, new value) reconnects too.
+        let with = |pw: &str| {
+            Config::from_toml_with_env(
+                "[postgres.a]\nurl = \"postgres://u@h/d\"\npassword_env = \"PW\"\n",
+                [("PW".to_string(), pw.to_string())],
+            )
+            .unwrap()
+        };
+        assert_eq!(plan(&with("one"), &with("two")).reconnected, ["a"]);
+    }
+
+    #[test]
+    fn what_cannot_change_in_place_is_named() {
+        let rem =
+            |extra: &str| format!("{BASE}[remediation]\naudit_file = \"/a/audit.jsonl\"\n{extra}");
+        let cases = [
+            (
+                BASE.to_string(),
+                format!("[server]\nlisten = \"127.0.0.1:1\"\n{BASE}"),
+                "server.listen",
+            ),
+            (
+                BASE.to_string(),
+                format!("[log]\nformat = \"json\"\n{BASE}"),
+                "log.format",
+            ),
+            (BASE.to_string(), rem(""), "remediation"),
+            (
+                rem(""),
+                rem("instance = \"other\"\n"),
+                "remediation.instance",
+            ),
+            (
+                rem(""),
+                rem("state_dir = \"/b\"\n"),
+                "remediation.state_dir",
+            ),
+        ];
+        for (old, new, key) in cases {
+            let p = plan(&config(&old), &config(&new));
+            assert_eq!(p.needs_restart, [key], "{new}");
+        }
+        // What can: the mode, the budgets, the level, the grace.
+        let p = plan(
+            &config(&rem("")),
+            &config(&format!(
+                "[server]\nshutdown_grace = \"1m\"\n[log]\nlevel = \"debug\"\n{}",
+                rem("mode = \"enforce\"\n[remediation.budget]\nper_target = 1\n")
+            )),
+        );
+        assert!(p.needs_restart.is_empty(), "{p:?}");
+        assert!(p.remediation && p.log_level && p.server);
+        assert_eq!(
+            p.summary(),
+            "remediation changed; log level changed; server changed"
+        );
+    }
+}
