@@ -67,14 +67,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // Alerts Alertmanager reports, shared by the receiver and the alert gate of policies.
     let firing_alerts = Arc::new(alerts::FiringAlerts::new());
-    for crate::config::TargetConfig { target, thresholds } in &config.postgres {
+    for target_config in &config.postgres {
+        let target = &target_config.target;
         // Polls use one connection; a target remediation acts on uses a second
         // one, the actor's (lock holder and signal sender). Validation keeps
         // both within the target's max_connections.
         let observer = PostgresObserver::new(target.clone());
         tracker.spawn(poller::run(
             observer,
-            thresholds.clone(),
+            tokio::sync::watch::channel(target_config.clone()).1,
             state.clone(),
             metrics.clone(),
             token.child_token(),
@@ -90,11 +91,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     #[cfg(feature = "neo4j")]
-    for crate::config::TargetConfig { target, thresholds } in &config.neo4j {
+    for target_config in &config.neo4j {
+        let target = &target_config.target;
         // One connection to poll; where remediation acts, a second one for the actor.
         tracker.spawn(poller::run(
             Neo4jObserver::new(target.clone()),
-            thresholds.clone(),
+            tokio::sync::watch::channel(target_config.clone()).1,
             state.clone(),
             metrics.clone(),
             token.child_token(),

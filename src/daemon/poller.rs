@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::evaluate::{self, CheckResult, CheckStatus, HoldState};
+use crate::config::TargetConfig;
+use crate::evaluate::{self, CheckId, CheckResult, CheckStatus, HoldState, Limit};
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
 use crate::observe::{self, PollError, PostgresObserver, TargetSettings};
@@ -20,11 +22,17 @@ use crate::telemetry::metrics::Metrics;
 /// What the loop needs of an observer: the kind-specific parts of a tick.
 pub trait Observer: Send + 'static {
     type Snapshot: Send;
+    /// What the observer is built from, and may take again from a reload.
+    type Target: Clone + Send + Sync + 'static;
     /// The limits its checks are evaluated against.
-    type Thresholds: Send + Sync + 'static;
+    type Thresholds: Clone + Send + Sync + 'static;
     const KIND: &'static str;
     fn name(&self) -> &str;
     fn settings(&self) -> &TargetSettings;
+    /// Takes the target's settings from a reload that left its connection alone.
+    fn update(&mut self, target: Self::Target);
+    /// Each check's limit, to tell which checks a reload changed.
+    fn limits(thresholds: &Self::Thresholds) -> Vec<(CheckId, Limit)>;
     fn poll(&mut self) -> impl Future<Output = Result<Self::Snapshot, PollError>> + Send;
     fn open_connections(&self) -> u32;
     fn close(&mut self) -> impl Future<Output = ()> + Send;
@@ -57,7 +65,14 @@ pub fn pvc_volume_name(v: &crate::kubernetes::snapshot::VolumeUsage) -> String {
 
 impl Observer for PostgresObserver {
     type Snapshot = observe::PgSnapshot;
+    type Target = observe::PostgresTarget;
     type Thresholds = evaluate::Thresholds;
+    fn update(&mut self, target: Self::Target) {
+        PostgresObserver::update(self, target)
+    }
+    fn limits(thresholds: &Self::Thresholds) -> Vec<(CheckId, Limit)> {
+        evaluate::limits(thresholds)
+    }
     const KIND: &'static str = "postgres";
     fn name(&self) -> &str {
         &self.target().name
@@ -114,7 +129,14 @@ impl Observer for PostgresObserver {
 #[cfg(feature = "neo4j")]
 impl Observer for Neo4jObserver {
     type Snapshot = observe::neo4j::Neo4jSnapshot;
+    type Target = observe::neo4j::Neo4jTarget;
     type Thresholds = evaluate::Neo4jThresholds;
+    fn update(&mut self, target: Self::Target) {
+        Neo4jObserver::update(self, target)
+    }
+    fn limits(thresholds: &Self::Thresholds) -> Vec<(CheckId, Limit)> {
+        evaluate::neo4j_limits(thresholds)
+    }
     const KIND: &'static str = "neo4j";
     fn name(&self) -> &str {
         &self.target().name
@@ -151,38 +173,52 @@ impl Observer for Neo4jObserver {
     }
 }
 
+/// A target's configuration as the poll loop receives it: at start, and
+/// again after a reload that changed it in place.
+pub type Updates<O> =
+    watch::Receiver<TargetConfig<<O as Observer>::Target, <O as Observer>::Thresholds>>;
+
 pub async fn run<O: Observer>(
     observer: O,
-    thresholds: O::Thresholds,
+    updates: Updates<O>,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let span = tracing::info_span!("poller", target = %observer.name(), kind = O::KIND);
-    run_inner(observer, thresholds, state, metrics, cancel)
+    run_inner(observer, updates, state, metrics, cancel)
         .instrument(span)
         .await
 }
 
 async fn run_inner<O: Observer>(
     mut observer: O,
-    thresholds: O::Thresholds,
+    mut updates: Updates<O>,
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let name = observer.name().to_string();
-    let settings = observer.settings().clone();
-    let interval = settings.poll_interval();
-    let backoff_max = settings.backoff_max();
     let waker = state.waker(&name).unwrap_or_default();
     let mut status = TargetStatus::new(&name, O::KIND);
-    status.poll_interval_seconds = interval.as_secs_f64();
-    status.poll_timeout_seconds = settings.poll_timeout().as_secs_f64();
+    let mut thresholds = updates.borrow_and_update().thresholds.clone();
     let mut hold = HoldState::default();
     let clock = Instant::now();
+    // A reload seen while waiting for the next poll.
+    let mut reloaded = false;
 
     loop {
+        if std::mem::take(&mut reloaded) || updates.has_changed().unwrap_or(false) {
+            let new = updates.borrow_and_update().clone();
+            observer.update(new.target);
+            hold.keep_unchanged(&O::limits(&thresholds), &O::limits(&new.thresholds));
+            thresholds = new.thresholds;
+            tracing::info!("settings reloaded");
+        }
+        let settings = observer.settings().clone();
+        let (interval, backoff_max) = (settings.poll_interval(), settings.backoff_max());
+        status.poll_interval_seconds = interval.as_secs_f64();
+        status.poll_timeout_seconds = settings.poll_timeout().as_secs_f64();
         let started = Instant::now();
         let result = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -242,6 +278,8 @@ async fn run_inner<O: Observer>(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until((started + delay).into()) => {}
             _ = waker.notified() => tracing::debug!("woken early"),
+            // A reload: its new settings and thresholds apply at once.
+            Ok(()) = updates.changed() => reloaded = true,
         }
     }
     observer.close().await;

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use checks::{fmt_pct, fmt_secs, measure};
 pub use neo4j::{
-    Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, summarize_neo4j,
+    Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, neo4j_limits,
+    summarize_neo4j,
 };
 pub use summary::{PgSummary, summarize};
 pub use thresholds::{CountRange, Limit, Neo4jThresholds, Thresholds};
@@ -242,6 +243,28 @@ pub struct Measurement {
 /// held. Carried from one evaluation to the next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HoldState(BTreeMap<CheckId, u64>);
+
+impl HoldState {
+    /// After new thresholds (a reload): a check whose limit changed starts
+    /// its hold over; the others keep holding since when they did.
+    pub fn keep_unchanged(&mut self, before: &[(CheckId, Limit)], after: &[(CheckId, Limit)]) {
+        self.0.retain(|check, _| {
+            let limit =
+                |ls: &[(CheckId, Limit)]| ls.iter().find(|(c, _)| c == check).map(|(_, l)| *l);
+            limit(before) == limit(after)
+        });
+    }
+
+    /// The checks holding, and since when.
+    pub fn since(&self, check: CheckId) -> Option<u64> {
+        self.0.get(&check).copied()
+    }
+}
+
+/// Every PostgreSQL check's limit.
+pub fn limits(t: &Thresholds) -> Vec<(CheckId, Limit)> {
+    CheckId::ALL.iter().map(|c| (*c, c.limit(t))).collect()
+}
 
 /// Evaluates every check on a fresh snapshot.
 ///

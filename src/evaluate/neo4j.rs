@@ -31,6 +31,11 @@ fn limit(check: CheckId, t: &Neo4jThresholds) -> Limit {
     }
 }
 
+/// Every Neo4j check's limit.
+pub fn neo4j_limits(t: &Neo4jThresholds) -> Vec<(CheckId, Limit)> {
+    CheckId::NEO4J.iter().map(|c| (*c, limit(*c, t))).collect()
+}
+
 /// Measures one Neo4j check.
 pub fn measure(check: CheckId, s: &Neo4jSnapshot, t: &Neo4jThresholds) -> Measurement {
     match check {

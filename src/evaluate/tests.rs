@@ -1752,3 +1752,27 @@ fn huge_duration_threshold_does_not_panic() {
     let s = primary(100, 3).session(SessionState::Active, 10.0).build();
     assert!(!measure(CheckId::LongRunningQuery, &s, &t).violated);
 }
+
+/// A reload's new thresholds restart the hold of the checks whose limit
+/// changed, and only those.
+#[test]
+fn new_thresholds_restart_only_the_changed_checks_holds() {
+    let s = crowded();
+    let old = Thresholds::default();
+    let (_, mut hold) = evaluate(&s, &old, &HoldState::default(), 1_000);
+    let since = hold.since(CheckId::ConnectionsUsed);
+    assert_eq!(since, Some(1_000));
+    // Unchanged limits: the hold keeps its start.
+    hold.keep_unchanged(&super::limits(&old), &super::limits(&old.clone()));
+    assert_eq!(hold.since(CheckId::ConnectionsUsed), since);
+    // Another check's limit changed: still kept.
+    let mut other = old.clone();
+    other.idle_session.value = 60.0;
+    hold.keep_unchanged(&super::limits(&old), &super::limits(&other));
+    assert_eq!(hold.since(CheckId::ConnectionsUsed), since);
+    // Its own `for` changed: it starts over.
+    let mut longer = other.clone();
+    longer.connections_used.hold = Duration::from_secs(600);
+    hold.keep_unchanged(&super::limits(&other), &super::limits(&longer));
+    assert_eq!(hold.since(CheckId::ConnectionsUsed), None);
+}

@@ -145,6 +145,12 @@ impl PostgresObserver {
         }
     }
 
+    /// Takes settings a reload changed in place; the connection stays (the
+    /// caller checked `same_connection`).
+    pub fn update(&mut self, target: PostgresTarget) {
+        self.target = target;
+    }
+
     pub fn target(&self) -> &PostgresTarget {
         &self.target
     }

@@ -90,6 +90,12 @@ impl Neo4jObserver {
         }
     }
 
+    /// Takes settings a reload changed in place; the connection stays (the
+    /// caller checked `same_connection`).
+    pub fn update(&mut self, target: Neo4jTarget) {
+        self.target = target;
+    }
+
     pub fn target(&self) -> &Neo4jTarget {
         &self.target
     }
