@@ -41,6 +41,7 @@ use crate::kubernetes::snapshot::VolumeUsage;
 #[cfg(feature = "kubernetes")]
 use crate::kubernetes::volumes;
 use crate::kubernetes::{KubernetesSettings, KubernetesSnapshot, now_ms};
+use crate::remediate::Recorder;
 use crate::remediate::audit::{AuditLog, AuditRecord, Decision, Mode, RECENT_CAPACITY};
 use crate::remediate::runner::Remediation;
 use crate::state::{KubernetesStatus, LeaseView, SharedState};

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, auth, error};
+use crate::remediate::Recorder;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,21 +15,32 @@ use super::budget::Budget;
 use super::executor::{self, Actor, Holder, Outcome, Signal};
 use super::pause::PauseSwitch;
 use super::policy::{self, Action, Candidate, Policy};
+use super::recorder::Recorder;
 use crate::config::PostgresTarget;
 use crate::evaluate::CheckStatus;
 use crate::state::SharedState;
 use crate::state::alerts::FiringAlerts;
-use crate::telemetry::metrics::Metrics;
 
 /// State shared by every target's remediation loop.
-#[derive(Debug)]
 pub struct Remediation {
     pub settings: RemediationSettings,
     pub audit: Option<Arc<AuditLog>>,
     pub pause: PauseSwitch,
     global: Mutex<Budget>,
     targets: Mutex<HashMap<String, Budget>>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<dyn Recorder>,
+}
+
+impl std::fmt::Debug for Remediation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remediation")
+            .field("settings", &self.settings)
+            .field("audit", &self.audit)
+            .field("pause", &self.pause)
+            .field("global", &self.global)
+            .field("targets", &self.targets)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -44,7 +55,7 @@ impl Remediation {
     /// from the actions it records, and loads the pause switch.
     pub fn start(
         settings: RemediationSettings,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn Recorder>,
     ) -> Result<Arc<Self>, super::audit::AuditError> {
         let mut global = Budget::new(settings.global_budget().0, settings.global_budget().1);
         let mut targets: HashMap<String, Budget> = HashMap::new();

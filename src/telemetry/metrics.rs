@@ -30,6 +30,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::evaluate::CheckStatus;
 use crate::observe::{PgSnapshot, PollErrorKind};
+use crate::remediate::Recorder;
+use crate::remediate::executor::Holder;
 use crate::state::{SharedState, TargetStatus, unix_seconds};
 
 /// The OpenMetrics content type served on `/metrics`.
@@ -269,116 +271,6 @@ impl Metrics {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Creates a decision series at 0 without counting anything.
-    pub fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
-        self.touch();
-        let _ = self.actions.get_or_create(&ActionLabels {
-            target: target.to_string(),
-            policy: policy.to_string(),
-            action: action.to_string(),
-            outcome: outcome.to_string(),
-            mode: mode.to_string(),
-        });
-    }
-
-    /// Exports the remediation mode: 1 for the configured mode, 0 for the others.
-    pub fn set_mode(&self, mode: &str) {
-        self.touch();
-        for m in ["observe", "dry-run", "enforce"] {
-            self.mode
-                .get_or_create(&ModeLabels {
-                    mode: m.to_string(),
-                })
-                .set(i64::from(m == mode));
-        }
-    }
-
-    /// Counts one remediation decision.
-    pub fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
-        self.touch();
-        self.actions
-            .get_or_create(&ActionLabels {
-                target: target.to_string(),
-                policy: policy.to_string(),
-                action: action.to_string(),
-                outcome: outcome.to_string(),
-                mode: mode.to_string(),
-            })
-            .inc();
-    }
-
-    pub fn set_candidates(&self, target: &str, policy: &str, n: usize) {
-        self.touch();
-        self.candidates
-            .get_or_create(&PolicyLabels {
-                target: target.to_string(),
-                policy: policy.to_string(),
-            })
-            .set(n as i64);
-    }
-
-    pub fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
-        self.touch();
-        let l = ScopeLabels {
-            scope: scope.to_string(),
-        };
-        self.budget_remaining
-            .get_or_create(&l)
-            .set(i64::from(remaining));
-        self.budget_exhausted
-            .get_or_create(&l)
-            .set(i64::from(exhausted));
-    }
-
-    pub fn set_paused(&self, paused: bool) {
-        self.touch();
-        self.paused.set(i64::from(paused));
-    }
-
-    /// Records who holds the actor lock of `target`.
-    pub fn set_actor(
-        &self,
-        target: &str,
-        holder: &crate::remediate::executor::Holder,
-        instance: &str,
-    ) {
-        self.touch();
-        use crate::remediate::executor::Holder;
-        let us = matches!(holder, Holder::Us);
-        self.actor
-            .get_or_create(&TargetLabels {
-                target: target.to_string(),
-            })
-            .set(i64::from(us));
-        let name = match holder {
-            Holder::Us => Some(instance.to_string()),
-            Holder::Other(n) => Some(n.clone()),
-            Holder::Nobody => None,
-        };
-        // One series per target: drop the previous holder's before setting the new one.
-        let mut last = self.last_holder.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(prev) = last.remove(target) {
-            self.actor_holder.remove(&HolderLabels {
-                target: target.to_string(),
-                holder: prev,
-            });
-        }
-        if let Some(holder) = name {
-            self.actor_holder
-                .get_or_create(&HolderLabels {
-                    target: target.to_string(),
-                    holder: holder.clone(),
-                })
-                .set(1);
-            last.insert(target.to_string(), holder);
-        }
-    }
-
-    pub fn audit_error(&self) {
-        self.touch();
-        self.audit_errors.inc();
-    }
-
     /// Records one request to the Alertmanager receiver: its status code and
     /// the alerts it carried.
     pub fn record_alertmanager(&self, code: u16, firing: u64, resolved: u64, duplicates: u64) {
@@ -443,6 +335,110 @@ impl Metrics {
         let body = Bytes::from(out);
         *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
         body
+    }
+}
+
+/// Remediation's events, as the metrics above (remediation records through
+/// this trait and does not know these metrics exist).
+impl Recorder for Metrics {
+    fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        self.touch();
+        let _ = self.actions.get_or_create(&ActionLabels {
+            target: target.to_string(),
+            policy: policy.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            mode: mode.to_string(),
+        });
+    }
+
+    fn set_mode(&self, mode: &str) {
+        self.touch();
+        for m in ["observe", "dry-run", "enforce"] {
+            self.mode
+                .get_or_create(&ModeLabels {
+                    mode: m.to_string(),
+                })
+                .set(i64::from(m == mode));
+        }
+    }
+
+    fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        self.touch();
+        self.actions
+            .get_or_create(&ActionLabels {
+                target: target.to_string(),
+                policy: policy.to_string(),
+                action: action.to_string(),
+                outcome: outcome.to_string(),
+                mode: mode.to_string(),
+            })
+            .inc();
+    }
+
+    fn set_candidates(&self, target: &str, policy: &str, n: usize) {
+        self.touch();
+        self.candidates
+            .get_or_create(&PolicyLabels {
+                target: target.to_string(),
+                policy: policy.to_string(),
+            })
+            .set(n as i64);
+    }
+
+    fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
+        self.touch();
+        let l = ScopeLabels {
+            scope: scope.to_string(),
+        };
+        self.budget_remaining
+            .get_or_create(&l)
+            .set(i64::from(remaining));
+        self.budget_exhausted
+            .get_or_create(&l)
+            .set(i64::from(exhausted));
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.touch();
+        self.paused.set(i64::from(paused));
+    }
+
+    fn set_actor(&self, target: &str, holder: &Holder, instance: &str) {
+        self.touch();
+        let us = matches!(holder, Holder::Us);
+        self.actor
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(i64::from(us));
+        let name = match holder {
+            Holder::Us => Some(instance.to_string()),
+            Holder::Other(n) => Some(n.clone()),
+            Holder::Nobody => None,
+        };
+        // One series per target: drop the previous holder's before setting the new one.
+        let mut last = self.last_holder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prev) = last.remove(target) {
+            self.actor_holder.remove(&HolderLabels {
+                target: target.to_string(),
+                holder: prev,
+            });
+        }
+        if let Some(holder) = name {
+            self.actor_holder
+                .get_or_create(&HolderLabels {
+                    target: target.to_string(),
+                    holder: holder.clone(),
+                })
+                .set(1);
+            last.insert(target.to_string(), holder);
+        }
+    }
+
+    fn audit_error(&self) {
+        self.touch();
+        self.audit_errors.inc();
     }
 }
 
