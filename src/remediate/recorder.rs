@@ -1,5 +1,5 @@
 //! What remediation reports about itself, as events: the loops and the
-//! shared [`Remediation`](super::runner::Remediation) state call a [`Recorder`]
+//! shared [`Remediation`](super::Remediation) state call a [`Recorder`]
 //! and never name a metric. `telemetry::metrics::Metrics` implements it
 //! (the one place metrics are defined); tests record the events in memory.
 //! Remediation therefore does not depend on telemetry.
