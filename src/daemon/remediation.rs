@@ -103,22 +103,30 @@ impl<S: Send + Sync + 'static> Feed<S> {
                 _ = cancel.cancelled() => break,
                 changed = published.changed() => if changed.is_err() { break },
             }
-            let cycle = self.state.get(&self.target).and_then(|s| self.cycle(&s));
+            let cycle = self
+                .state
+                .get(&self.target)
+                .and_then(|status| cycle_of(&status, (self.snapshot_of)(&status), &self.alerts));
             if cycles.send(cycle).is_err() {
                 break;
             }
         }
     }
+}
 
-    /// The cycle a published status gives: only after a successful poll.
-    fn cycle(&self, status: &TargetStatus) -> Option<Cycle<S>> {
-        let snapshot = (self.snapshot_of)(status).filter(|_| status.up)?.clone();
-        Some(Cycle {
-            snapshot,
-            failing: failing(status),
-            firing: firing(&self.alerts, &status.target),
-        })
-    }
+/// The cycle a published status gives: only after a successful poll, which
+/// left its snapshot.
+fn cycle_of<S>(
+    status: &TargetStatus,
+    snapshot: Option<&Arc<S>>,
+    alerts: &FiringAlerts,
+) -> Option<Cycle<S>> {
+    let snapshot = snapshot.filter(|_| status.up)?.clone();
+    Some(Cycle {
+        snapshot,
+        failing: failing(status),
+        firing: firing(alerts, &status.target),
+    })
 }
 
 /// The checks failing in a status: a policy's pressure gate.
@@ -139,4 +147,72 @@ fn firing(alerts: &FiringAlerts, target: &str) -> Vec<String> {
         .filter(|a| a.target == target)
         .map(|a| a.alertname)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluate::{CheckId, CheckResult};
+    use crate::state::alerts::{AlertReport, AlertStatus};
+
+    fn check(check: CheckId, status: CheckStatus) -> CheckResult {
+        CheckResult {
+            check,
+            status,
+            value: None,
+            threshold: 0.0,
+            for_seconds: 0.0,
+            held_seconds: 0.0,
+            detail: String::new(),
+        }
+    }
+
+    fn fire(alerts: &FiringAlerts, fingerprint: &str, alertname: &str, target: &str) {
+        let report = AlertReport {
+            status: AlertStatus::Firing,
+            fingerprint,
+            starts_at: "2026-01-01T00:00:00Z",
+            ends_at: None,
+            alertname: Some(alertname),
+            target: Some(target),
+        };
+        alerts.observe(&report, SystemTime::now());
+    }
+
+    #[test]
+    fn a_cycle_carries_the_failing_checks_and_the_target_s_firing_alerts() {
+        let mut status = TargetStatus::new("main", "postgres");
+        status.up = true;
+        status.checks = vec![
+            check(CheckId::ConnectionsUsed, CheckStatus::Fail),
+            check(CheckId::ReplicationLag, CheckStatus::Pass),
+            check(CheckId::IdleInTransaction, CheckStatus::Fail),
+        ];
+        let alerts = FiringAlerts::new();
+        fire(&alerts, "a", "ConnectionsHigh", "main");
+        fire(&alerts, "b", "ConnectionsHigh", "other");
+        let snapshot = Arc::new(7);
+        let cycle = cycle_of(&status, Some(&snapshot), &alerts).expect("a cycle");
+        assert!(Arc::ptr_eq(&cycle.snapshot, &snapshot));
+        let failing = [CheckId::ConnectionsUsed, CheckId::IdleInTransaction];
+        assert_eq!(cycle.failing, failing);
+        assert_eq!(cycle.firing, ["ConnectionsHigh"]);
+    }
+
+    #[test]
+    fn no_cycle_without_a_successful_poll() {
+        let alerts = FiringAlerts::new();
+        let mut status = TargetStatus::new("main", "postgres");
+        status.up = true;
+        assert!(
+            cycle_of::<u32>(&status, None, &alerts).is_none(),
+            "no snapshot yet"
+        );
+        status.up = false;
+        let stale = Arc::new(7);
+        assert!(
+            cycle_of(&status, Some(&stale), &alerts).is_none(),
+            "down: the snapshot is old"
+        );
+    }
 }

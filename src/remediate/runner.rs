@@ -502,3 +502,7 @@ fn count<K: Kind>(cx: &Context<'_, K>, c: &K::Candidate, signal: Signal, outcome
         .recorder()
         .action(cx.target, K::policy(c), signal.as_str(), outcome, mode);
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;
