@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::duration_ms;
 use super::snapshot::{KubernetesSnapshot, PodFacts};
-#[cfg(feature = "kubernetes")]
 use crate::remediate::audit::{AuditPod, AuditRecord, Decision, Mode};
 use crate::remediate::budget::Budget;
 
