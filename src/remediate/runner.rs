@@ -89,8 +89,9 @@ pub enum Event<'a> {
     NotActed(&'a str),
 }
 
-/// What the loop needs of a kind of target.
-pub trait Kind: Send + 'static {
+/// What the loop needs of a kind of target: only what differs between
+/// PostgreSQL and Neo4j. None of it decides whether to act.
+pub trait Kind: Sized + Send + 'static {
     type Snapshot: Send + Sync + 'static;
     type Policy: Send + Sync + 'static;
     type Candidate: Clone + Send + Sync + 'static;
@@ -132,26 +133,21 @@ pub trait Kind: Send + 'static {
         signal: Signal,
         decision: Decision,
         outcome: String,
-    ) -> AuditRecord
-    where
-        Self: Sized;
+    ) -> AuditRecord;
     fn log(c: &Self::Candidate, signal: Signal, event: Event<'_>);
     /// Who may act on the target: asked on every cycle that is not paused,
     /// candidates or not, so every replica knows the holder beforehand.
-    fn contend(&mut self, cx: &Context<'_, Self>) -> impl Future<Output = Holder> + Send
-    where
-        Self: Sized;
-    /// Sends `signal` if the candidate still qualifies: the decision and
-    /// the sentence the audit and the log record. Called only after the
-    /// intent is on disk.
+    fn contend(&mut self, cx: &Context<'_, Self>) -> impl Future<Output = Holder> + Send;
+    /// Sends `signal` if the candidate still qualifies, and says what
+    /// became of it: `Acted`, `Skipped`, `Refused` or `Failed` (also the
+    /// metric outcome), with the sentence the audit and the log record.
+    /// Called only once the intent is on disk.
     fn act(
         &mut self,
         cx: &Context<'_, Self>,
         c: &Self::Candidate,
         signal: Signal,
-    ) -> impl Future<Output = (Decision, String)> + Send
-    where
-        Self: Sized;
+    ) -> impl Future<Output = (Decision, String)> + Send;
     fn close(self) -> impl Future<Output = ()> + Send;
 }
 

@@ -137,7 +137,9 @@ impl Remediation {
         }
         let mode = new.mode;
         {
-            // The order try_spend takes them in: targets, global, settings.
+            // In try_spend's order (targets, then global). A target budget
+            // is created under the targets' lock, so it gets either the
+            // old limits and is resized here, or the new ones.
             let mut targets = lock(&self.targets);
             let mut global = lock(&self.global);
             let (per_target, window) = new.target_budget();
