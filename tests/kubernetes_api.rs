@@ -1387,8 +1387,8 @@ async fn volume_usage_through_the_node_proxy() {
 
 use dbwarden::config::Config;
 use dbwarden::kubernetes::checks::{KubeCheckId, KubeCheckStatus};
+use dbwarden::remediate::Remediation;
 use dbwarden::remediate::audit::{AuditLog, Decision};
-use dbwarden::remediate::runner::Remediation;
 use dbwarden::state::{KubernetesStatus, SharedState};
 use dbwarden::telemetry::metrics::Metrics;
 

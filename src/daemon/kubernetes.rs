@@ -42,7 +42,7 @@ use crate::kubernetes::snapshot::VolumeUsage;
 use crate::kubernetes::volumes;
 use crate::kubernetes::{KubernetesSettings, KubernetesSnapshot, now_ms};
 use crate::remediate::audit::{AuditLog, AuditRecord, Decision, Mode, RECENT_CAPACITY};
-use crate::remediate::runner::Remediation;
+use crate::remediate::{Recorder, Remediation};
 use crate::state::{KubernetesStatus, LeaseView, SharedState};
 use crate::telemetry::metrics::Metrics;
 
@@ -65,10 +65,11 @@ pub struct EvictionAuditLog {
 
 impl EvictionAuditLog {
     pub fn new(rem: &Remediation, metrics: Arc<Metrics>) -> Self {
+        let settings = rem.settings();
         EvictionAuditLog {
             log: rem.audit.clone(),
-            instance: rem.settings.instance().to_string(),
-            mode: rem.settings.mode,
+            instance: settings.instance().to_string(),
+            mode: settings.mode,
             metrics,
             pending: Mutex::default(),
         }
@@ -168,10 +169,13 @@ pub fn eviction_runner(
         Some(e) => e.actor_flag(),
         None => Arc::new(|| true),
     };
+    // Evictions keep the mode and pacing they started with (a
+    // reconfiguration applies to them at the next start).
+    let settings = rem.settings();
     let mut runner = EvictionRunner::new(
         policy.clone(),
-        rem.settings.mode,
-        rem.settings.pacing,
+        settings.mode,
+        settings.pacing,
         Arc::new(SharedBudget(rem.clone())),
         Arc::new(move || paused.pause.is_paused()),
         is_actor,
@@ -453,7 +457,9 @@ async fn run_inner(
         }
         _ => None,
     };
-    if let (Some(rem), Some(policy)) = (&remediation, &settings.eviction) {
+    // The mode the eviction runner was started in labels its decisions.
+    let mode = remediation.as_ref().map(|r| r.settings().mode.as_str());
+    if let (Some(mode), Some(policy)) = (mode, &settings.eviction) {
         for t in settings
             .targets
             .iter()
@@ -468,13 +474,7 @@ async fn run_inner(
                 "budget_exhausted",
                 "audit_failed",
             ] {
-                metrics.init_action(
-                    &t.name,
-                    &policy.name,
-                    "evict",
-                    outcome,
-                    rem.settings.mode.as_str(),
-                );
+                metrics.init_action(&t.name, &policy.name, "evict", outcome, mode);
             }
         }
     }
@@ -532,7 +532,7 @@ async fn run_inner(
                 tracing::debug!(target = %c.target, check = c.check.as_str(), message = %c.message, "Kubernetes check failing");
             }
         }
-        if let (Some(r), Some(rem)) = (runner.as_mut(), &remediation) {
+        if let (Some(r), Some(rem), Some(mode)) = (runner.as_mut(), &remediation, mode) {
             let reports = r.run_once(&client, &snapshot, now, &cancel).await;
             if let Some(policy) = &settings.eviction {
                 for t in settings
@@ -554,7 +554,7 @@ async fn run_inner(
                         &report.candidate.policy,
                         "evict",
                         label,
-                        rem.settings.mode.as_str(),
+                        mode,
                     );
                 }
             }

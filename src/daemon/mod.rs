@@ -1,4 +1,5 @@
-//! Wiring: one poll loop per target, the HTTP server, and shutdown.
+//! Wiring: one poll loop per target (and, where a policy applies, its
+//! remediation loop, fed by [`remediation`]), the HTTP server, and shutdown.
 //!
 //! Every task hangs off one [`CancellationToken`] and one [`TaskTracker`]:
 //! on SIGTERM/SIGINT the token is cancelled, each loop finishes the step it
@@ -8,6 +9,7 @@
 pub mod kubernetes;
 pub mod poller;
 pub mod reload;
+pub mod remediation;
 pub mod watch;
 
 use std::future::Future;
@@ -22,7 +24,7 @@ use crate::http;
 use crate::observe::PostgresObserver;
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
-use crate::remediate::runner::{self, Remediation};
+use crate::remediate::Remediation;
 use crate::state::{SharedState, alerts};
 use crate::telemetry::metrics::Metrics;
 
@@ -56,10 +58,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None => None,
     };
     if let Some(rem) = &remediation {
+        let settings = rem.settings();
         tracing::info!(
-            mode = rem.settings.mode.as_str(),
-            policies = rem.settings.policies.len(),
-            neo4j_policies = rem.settings.neo4j_policies.len(),
+            mode = settings.mode.as_str(),
+            policies = settings.policies.len(),
+            neo4j_policies = settings.neo4j_policies.len(),
             paused = rem.pause.is_paused(),
             "remediation configured"
         );
@@ -80,14 +83,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             metrics.clone(),
             token.child_token(),
         ));
-        if let Some(rem) = remediation.as_ref().filter(|r| r.applies_to(&target.name)) {
-            tracker.spawn(runner::run(
-                rem.clone(),
-                target.clone(),
+        if let Some(rem) = remediation.as_ref().filter(|r| r.applies_to(&target.name))
+            && let Some(task) = remediation::postgres(
+                rem,
+                target,
                 state.clone(),
                 firing_alerts.clone(),
                 token.child_token(),
-            ));
+            )
+        {
+            tracker.spawn(task);
         }
     }
     #[cfg(feature = "neo4j")]
@@ -104,14 +109,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         if let Some(rem) = remediation
             .as_ref()
             .filter(|r| r.applies_to_neo4j(&target.name))
-        {
-            tracker.spawn(crate::remediate::neo4j::run(
-                rem.clone(),
-                target.clone(),
+            && let Some(task) = remediation::neo4j(
+                rem,
+                target,
                 state.clone(),
                 firing_alerts.clone(),
                 token.child_token(),
-            ));
+            )
+        {
+            tracker.spawn(task);
         }
     }
     // Without the `kubernetes` feature, validation refuses `[kubernetes]`.

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, auth, error};
+use crate::remediate::Recorder;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,11 +45,12 @@ pub(super) async fn status(
         })
         .collect();
     let remediation = app.remediation.as_ref().map(|r| {
+        let settings = r.settings();
         json!({
-            "mode": r.settings.mode,
+            "mode": settings.mode,
             "paused": r.pause.info(),
-            "policies": r.settings.policies.keys().cloned().collect::<Vec<_>>(),
-            "neo4j_policies": r.settings.neo4j_policies.keys().cloned().collect::<Vec<_>>(),
+            "policies": settings.policies.keys().cloned().collect::<Vec<_>>(),
+            "neo4j_policies": settings.neo4j_policies.keys().cloned().collect::<Vec<_>>(),
         })
     });
     // The Kubernetes loop's latest status (pods, StatefulSets, volumes,
@@ -123,7 +125,8 @@ async fn switch(
     let Some(rem) = app.remediation else {
         return error(StatusCode::NOT_FOUND, "remediation is not configured");
     };
-    let Some(token) = rem.settings.api_token.as_ref() else {
+    let settings = rem.settings();
+    let Some(token) = settings.api_token.as_ref() else {
         return error(
             StatusCode::FORBIDDEN,
             "the pause API is disabled: set remediation.api_token_file or api_token_env (the sentinel file still works)",

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::remediate::runner::Remediation;
+use crate::remediate::Remediation;
 use crate::state::SharedState;
 use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
 

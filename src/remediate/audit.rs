@@ -21,7 +21,7 @@ use crate::observe::SessionState;
 pub const RECENT_CAPACITY: usize = 1000;
 
 /// The mode remediation runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Evaluate and export candidates; no audit, no signal.

@@ -77,6 +77,15 @@ impl Budget {
     pub fn max(&self) -> u32 {
         self.max
     }
+
+    /// Changes the limit and the window in place (a reconfiguration),
+    /// keeping the actions spent: a smaller limit or a shorter window
+    /// allows less at once; a longer window counts the actions the old one
+    /// still held (those it had already let go of stay forgotten).
+    pub fn resize(&mut self, max: u32, window: Duration) {
+        self.max = max;
+        self.window_ms = window.as_millis() as u64;
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +122,21 @@ mod tests {
         let mut b = Budget::new(0, Duration::from_secs(1));
         assert!(!b.try_spend(0));
         assert!(!b.try_spend(1_000_000));
+    }
+
+    #[test]
+    fn a_resize_keeps_the_actions_spent() {
+        let mut b = Budget::new(2, Duration::from_secs(10));
+        assert!(b.try_spend(0));
+        assert!(b.try_spend(1_000));
+        b.resize(3, Duration::from_secs(10));
+        assert_eq!(b.remaining(2_000), 1, "two of three spent");
+        b.resize(1, Duration::from_secs(10));
+        assert_eq!(b.remaining(2_000), 0);
+        assert!(!b.try_spend(2_000));
+        assert_eq!(b.next_allowed_ms(2_000), Some(11_000));
+        b.resize(5, Duration::from_secs(1));
+        assert_eq!(b.remaining(2_000), 5, "both left the one-second window");
     }
 
     proptest! {
@@ -152,6 +176,58 @@ mod tests {
                 let ok = b.try_spend(t);
                 prop_assert_eq!(ok, live < max);
                 if ok { granted.push(t); }
+            }
+        }
+
+        /// Right after a resize, the budget counts exactly the actions both
+        /// windows hold: what the old one still held and the new one covers.
+        #[test]
+        fn a_resize_counts_what_both_windows_hold(
+            max in 0u32..6,
+            window_ms in 1u64..5_000,
+            new_max in 0u32..6,
+            new_window_ms in 1u64..5_000,
+            mut times in proptest::collection::vec(0u64..20_000, 0..200),
+            after in 0u64..5_000,
+        ) {
+            times.sort();
+            let mut b = Budget::new(max, Duration::from_millis(window_ms));
+            let granted: Vec<u64> = times.iter().copied().filter(|&t| b.try_spend(t)).collect();
+            let now = times.last().copied().unwrap_or(0) + after;
+            b.remaining(now);
+            b.resize(new_max, Duration::from_millis(new_window_ms));
+            let both = window_ms.min(new_window_ms);
+            let held = granted.iter().filter(|&&g| g + both > now).count() as u32;
+            prop_assert_eq!(b.remaining(now), new_max.saturating_sub(held));
+        }
+
+        /// Across a resize, a request is refused exactly when the window in
+        /// force is full, counting what the old window held at the resize:
+        /// the new limit is never exceeded.
+        #[test]
+        fn refuses_only_when_full_across_a_resize(
+            max in 0u32..6,
+            window_ms in 1u64..5_000,
+            new_max in 0u32..6,
+            new_window_ms in 1u64..5_000,
+            mut times in proptest::collection::vec(0u64..20_000, 1..200),
+            resize_at in 0usize..200,
+        ) {
+            times.sort();
+            let resize_at = resize_at.min(times.len() - 1);
+            let mut b = Budget::new(max, Duration::from_millis(window_ms));
+            let mut held: Vec<u64> = Vec::new();
+            for (i, &t) in times.iter().enumerate() {
+                if i == resize_at {
+                    b.remaining(t);
+                    held.retain(|&g| g + window_ms > t);
+                    b.resize(new_max, Duration::from_millis(new_window_ms));
+                }
+                let (limit, window) = if i < resize_at { (max, window_ms) } else { (new_max, new_window_ms) };
+                let live = held.iter().filter(|&&g| g + window > t).count() as u32;
+                let ok = b.try_spend(t);
+                prop_assert_eq!(ok, live < limit, "at {} ({} live, limit {})", t, live, limit);
+                if ok { held.push(t); }
             }
         }
     }

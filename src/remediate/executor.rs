@@ -19,7 +19,7 @@ use super::policy::{Candidate, Conditions};
 /// advisory locks are per database.
 pub const ACTOR_LOCK: (i32, i32) = (0x6462_7764, 0x6163_746f);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
     Cancel,
     Terminate,

@@ -6,10 +6,17 @@
 //! - [`audit`]: the append-only, write-ahead audit trail.
 //! - [`pause`]: the kill switch (API state file and sentinel file).
 //! - [`executor`]: the guarded signal statements and the actor lock.
-//! - [`runner`]: the per-target loop that ties them together.
-//! - [`neo4j_policy`]: pure selection of Neo4j transactions; [`neo4j`]: the
-//!   re-checked terminate and the Neo4j target's loop, under the same mode,
-//!   pause switch, budgets, pacing and audit.
+//! - [`shared`]: what every target's loop shares ([`Remediation`]): the
+//!   settings, swappable in place, the pause switch, the budgets, the audit.
+//! - [`runner`]: the per-target loop that ties them together, one for every
+//!   kind of target ([`runner::Kind`]): [`postgres`] (the guarded signal
+//!   under the actor lock) and [`neo4j`] (the re-checked terminate).
+//! - [`neo4j_policy`]: pure selection of Neo4j transactions.
+//! - [`recorder`]: the metric events remediation emits ([`Recorder`]).
+//!
+//! Remediation imports neither telemetry, the published state nor the
+//! daemon: its metrics go through [`Recorder`], and each loop receives its
+//! inputs ([`runner::Cycle`]) through a channel.
 
 pub mod audit;
 pub mod budget;
@@ -19,9 +26,14 @@ pub mod neo4j;
 pub mod neo4j_policy;
 pub mod pause;
 pub mod policy;
+pub mod postgres;
+pub mod recorder;
 pub mod runner;
 pub mod settings;
+pub mod shared;
 
 pub use audit::Mode;
 pub use policy::Policy;
+pub use recorder::Recorder;
 pub use settings::RemediationSettings;
+pub use shared::{NotInPlace, Remediation};

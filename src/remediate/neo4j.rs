@@ -1,6 +1,7 @@
-//! Terminating Neo4j transactions: the re-check, the kill statement, and
-//! the per-target loop, under the same bounds as PostgreSQL remediation
-//! (mode, pause switch, budgets, pacing, write-ahead audit).
+//! Neo4j as a kind of remediation target: transactions selected by
+//! [`neo4j_policy::select`], and the re-check and kill statement that act on
+//! them, run by the same loop as PostgreSQL ([`super::runner`]) under the
+//! same bounds (mode, pause switch, budgets, pacing, write-ahead audit).
 //!
 //! Neo4j has no way to re-check and terminate in one statement, so the
 //! actor re-reads the transaction right before terminating it and
@@ -15,26 +16,21 @@
 //! A second TERMINATE of the same transaction answers "Transaction not
 //! found." and is recorded as skipped, and not charged to the budget.
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use neo4rs::Row;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use super::audit::{AuditRecord, Decision, Mode};
+use super::RemediationSettings;
+use super::audit::{AuditRecord, Decision};
+use super::executor::{Holder, Signal};
 use super::neo4j_policy::{self, Neo4jCandidate, Neo4jConditions, Neo4jPolicy};
 use super::policy::Gates;
-use super::runner::{Remediation, gate_inputs, now_ms};
-use crate::config::Neo4jTarget;
+use super::runner::{Context, Event, Kind, Selection};
 use crate::observe::PollError;
 use crate::observe::neo4j::{
-    Generation, Neo4jClient, Neo4jTransaction, classify, listed_query, shown_transaction,
-    statements,
+    Generation, Neo4jClient, Neo4jSnapshot, Neo4jTarget, Neo4jTransaction, classify, listed_query,
+    shown_transaction, statements,
 };
-use crate::state::SharedState;
-use crate::state::alerts::FiringAlerts;
 
 /// What became of one terminate.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,12 +58,13 @@ impl Neo4jOutcome {
         }
     }
 
-    fn label(&self) -> (Decision, &'static str) {
+    /// The audit decision (and metric outcome) it records.
+    fn decision(&self) -> Decision {
         match self {
-            Neo4jOutcome::Terminated => (Decision::Acted, "acted"),
-            Neo4jOutcome::Gone | Neo4jOutcome::Changed(_) => (Decision::Skipped, "skipped"),
-            Neo4jOutcome::Refused(_) => (Decision::Refused, "refused"),
-            Neo4jOutcome::Failed(_) => (Decision::Failed, "failed"),
+            Neo4jOutcome::Terminated => Decision::Acted,
+            Neo4jOutcome::Gone | Neo4jOutcome::Changed(_) => Decision::Skipped,
+            Neo4jOutcome::Refused(_) => Decision::Refused,
+            Neo4jOutcome::Failed(_) => Decision::Failed,
         }
     }
 }
@@ -195,189 +192,117 @@ pub async fn terminate(
     }
 }
 
-pub async fn run(
-    rem: Arc<Remediation>,
+/// One Neo4j target's side of the loop: the target, and the client of its
+/// actor connection, opened at the first action and rebuilt after a failure.
+pub struct Neo4j {
     target: Neo4jTarget,
-    state: Arc<SharedState>,
-    alerts: Arc<FiringAlerts>,
-    cancel: CancellationToken,
-) {
-    let span = tracing::info_span!("remediation", target = %target.name, kind = "neo4j");
-    run_inner(rem, target, state, alerts, cancel)
-        .instrument(span)
-        .await
-}
-
-async fn run_inner(
-    rem: Arc<Remediation>,
-    target: Neo4jTarget,
-    state: Arc<SharedState>,
-    alerts: Arc<FiringAlerts>,
-    cancel: CancellationToken,
-) {
-    let Some(mut updates) = state.subscribe(&target.name) else {
-        return;
-    };
-    let policies: Vec<Neo4jPolicy> = rem
-        .settings
-        .neo4j_policies
-        .values()
-        .filter(|p| p.applies_to(&target.name))
-        .cloned()
-        .collect();
-    let mode = rem.settings.mode;
-    let outcomes: &[&str] = match mode {
-        Mode::Observe => &[],
-        Mode::DryRun => &["would_act", "audit_failed", "budget_exhausted"],
-        Mode::Enforce => &[
-            "acted",
-            "skipped",
-            "refused",
-            "failed",
-            "audit_failed",
-            "budget_exhausted",
-        ],
-    };
-    for p in &policies {
-        for o in outcomes {
-            rem.metrics
-                .init_action(&target.name, &p.name, "terminate", o, mode.as_str());
-        }
-    }
-    let limit = target.settings.poll_timeout();
-    let mut client: Option<Neo4jClient> = None;
-    let mut was_paused = false;
-    let mut exhausted = false;
-    // Transactions not to decide on again while they exist (dry-run: already
-    // reported; enforce: refused by the server).
-    let mut settled: HashSet<(String, String)> = HashSet::new();
-    rem.publish_budgets(&target.name);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            changed = updates.changed() => if changed.is_err() { break },
-        }
-        let paused = rem.pause.is_paused();
-        rem.metrics.set_paused(paused);
-        let Some(status) = state.get(&target.name) else {
-            continue;
-        };
-        let Some(snapshot) = status.neo4j_snapshot.clone().filter(|_| status.up) else {
-            continue;
-        };
-        settled.retain(|k| {
-            snapshot
-                .transactions
-                .iter()
-                .any(|t| (t.database.clone(), t.id.clone()) == *k)
-        });
-        let (failing, firing) = gate_inputs(&status, &alerts);
-        let gates = Gates {
-            failing: &failing,
-            firing_alerts: &firing,
-        };
-        let (evaluations, chosen) = neo4j_policy::select(&policies, &target.name, &snapshot, gates);
-        for e in &evaluations {
-            rem.metrics
-                .set_candidates(&target.name, &e.policy, e.candidates.len());
-        }
-        rem.publish_budgets(&target.name);
-        if mode == Mode::Observe || chosen.is_empty() {
-            continue;
-        }
-        if paused {
-            if !was_paused {
-                tracing::warn!(
-                    candidates = chosen.len(),
-                    "remediation is paused: not acting"
-                );
-            }
-            was_paused = true;
-            continue;
-        }
-        was_paused = false;
-        for c in &chosen {
-            if cancel.is_cancelled() {
-                break;
-            }
-            let key = (c.transaction.database.clone(), c.transaction.id.clone());
-            if settled.contains(&key) {
-                continue;
-            }
-            let Some(spent_at) =
-                rem.spend_one(&target.name, &c.policy, "terminate", &mut exhausted)
-            else {
-                continue;
-            };
-            let id = format!(
-                "{}-{}-{}",
-                rem.settings.instance(),
-                c.transaction.id,
-                now_ms()
-            );
-            let conditions = policies
-                .iter()
-                .find(|p| p.name == c.policy)
-                .map(|p| p.conditions.clone())
-                .unwrap_or_default();
-            let outcome = act(
-                &rem,
-                &target,
-                &mut client,
-                snapshot.generation,
-                &id,
-                c,
-                &conditions,
-                limit,
-            )
-            .await;
-            match &outcome {
-                Some(Neo4jOutcome::Terminated) => {}
-                None if mode == Mode::DryRun => {
-                    settled.insert(key);
-                }
-                Some(Neo4jOutcome::Refused(_)) => {
-                    rem.refund(&target.name, spent_at);
-                    settled.insert(key);
-                }
-                _ => rem.refund(&target.name, spent_at),
-            }
-            if outcome.is_none() && mode == Mode::Enforce {
-                // The audit failed: act on nothing more this cycle.
-                break;
-            }
-            if mode == Mode::Enforce && !rem.settings.pacing.is_zero() {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(rem.settings.pacing) => {}
-                }
-            }
-        }
-        rem.publish_budgets(&target.name);
-    }
-}
-
-/// One decision: audit, then (in enforce mode) the re-checked terminate and
-/// its outcome. `None` when nothing was sent: dry-run, or the intent could
-/// not be written.
-#[allow(clippy::too_many_arguments)] // one decision's whole context, passed once
-async fn act(
-    rem: &Remediation,
-    target: &Neo4jTarget,
-    client: &mut Option<Neo4jClient>,
-    generation: Generation,
-    id: &str,
-    c: &Neo4jCandidate,
-    conditions: &Neo4jConditions,
+    client: Option<Neo4jClient>,
+    /// Bound on each re-check and terminate, on our side.
     limit: Duration,
-) -> Option<Neo4jOutcome> {
-    let s = &rem.settings;
-    let record = |decision: Decision, outcome: String| {
+}
+
+impl Neo4j {
+    pub fn new(target: Neo4jTarget) -> Self {
+        let limit = target.settings.poll_timeout();
+        Neo4j {
+            target,
+            client: None,
+            limit,
+        }
+    }
+
+    /// The actor's client: the one kept from before, or a new one.
+    fn client(&mut self) -> Result<Neo4jClient, PollError> {
+        match &self.client {
+            Some(c) => Ok(c.clone()),
+            None => Neo4jClient::new(&self.target, "remediate")
+                .inspect(|c| self.client = Some(c.clone())),
+        }
+    }
+}
+
+impl Kind for Neo4j {
+    type Snapshot = Neo4jSnapshot;
+    type Policy = Neo4jPolicy;
+    type Candidate = Neo4jCandidate;
+    /// A transaction's database and id (ids are never reused).
+    type Key = (String, String);
+
+    fn target(&self) -> &str {
+        &self.target.name
+    }
+
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("remediation", target = %self.target.name, kind = "neo4j")
+    }
+
+    fn policies(&self, settings: &RemediationSettings) -> Vec<Neo4jPolicy> {
+        settings
+            .neo4j_policies
+            .values()
+            .filter(|p| p.applies_to(&self.target.name))
+            .cloned()
+            .collect()
+    }
+
+    fn series(p: &Neo4jPolicy) -> (&str, &'static [Signal]) {
+        (&p.name, &[Signal::Terminate])
+    }
+
+    fn select(
+        &self,
+        policies: &[Neo4jPolicy],
+        snapshot: &Neo4jSnapshot,
+        gates: Gates<'_>,
+    ) -> Selection<Neo4jCandidate> {
+        let (evaluations, chosen) =
+            neo4j_policy::select(policies, &self.target.name, snapshot, gates);
+        Selection {
+            candidates: evaluations
+                .into_iter()
+                .map(|e| (e.policy, e.candidates.len()))
+                .collect(),
+            chosen,
+        }
+    }
+
+    fn key(c: &Neo4jCandidate) -> (String, String) {
+        (c.transaction.database.clone(), c.transaction.id.clone())
+    }
+
+    fn exists(snapshot: &Neo4jSnapshot, (database, id): &(String, String)) -> bool {
+        snapshot
+            .transactions
+            .iter()
+            .any(|t| t.database == *database && t.id == *id)
+    }
+
+    fn policy(c: &Neo4jCandidate) -> &str {
+        &c.policy
+    }
+
+    fn subject(c: &Neo4jCandidate) -> String {
+        c.transaction.id.clone()
+    }
+
+    fn first_signal(_: &Neo4jCandidate) -> Signal {
+        Signal::Terminate
+    }
+
+    fn record(
+        cx: &Context<'_, Self>,
+        id: &str,
+        c: &Neo4jCandidate,
+        _: Signal,
+        decision: Decision,
+        outcome: String,
+    ) -> AuditRecord {
+        let s = cx.settings;
         AuditRecord::for_transaction(
             SystemTime::now(),
             id,
             s.instance(),
-            &target.name,
+            cx.target,
             s.mode,
             decision,
             c,
@@ -385,70 +310,66 @@ async fn act(
             s.query_max_chars as usize,
             s.redact_queries,
         )
-    };
-    let tx = &c.transaction.id;
-    if s.mode == Mode::DryRun {
-        let written = rem
-            .audit(record(Decision::WouldAct, "would terminate".into()), false)
-            .await;
-        tracing::info!(transaction = %tx, policy = %c.policy, reason = %c.reason, "dry-run: would terminate");
-        rem.metrics.action(
-            &target.name,
-            &c.policy,
-            "terminate",
-            if written { "would_act" } else { "audit_failed" },
-            s.mode.as_str(),
-        );
-        return None;
     }
-    // Write-ahead: the intent is on disk before anything is sent.
-    if !rem
-        .audit(record(Decision::Intent, "about to terminate".into()), true)
-        .await
-    {
-        rem.metrics.action(
-            &target.name,
-            &c.policy,
-            "terminate",
-            "audit_failed",
-            s.mode.as_str(),
-        );
-        return None;
-    }
-    let actor = match client {
-        Some(c) => Ok(c.clone()),
-        None => Neo4jClient::new(target, "remediate").inspect(|c| *client = Some(c.clone())),
-    };
-    let outcome = match actor {
-        Ok(actor) => {
-            match tokio::time::timeout(limit, terminate(&actor, generation, c, conditions)).await {
-                Ok(o) => o,
-                Err(_) => Neo4jOutcome::Failed(format!(
-                    "no answer within {}: the transaction may or may not have been terminated",
-                    humantime::format_duration(limit)
-                )),
+
+    fn log(c: &Neo4jCandidate, _: Signal, event: Event<'_>) {
+        let (tx, policy, reason) = (&c.transaction.id, &c.policy, &c.reason);
+        match event {
+            // Not logged, as before the loops were one.
+            Event::Settled => {}
+            Event::WouldAct => {
+                tracing::info!(transaction = %tx, policy = %policy, reason = %reason, "dry-run: would terminate")
+            }
+            Event::Acted => {
+                tracing::warn!(transaction = %tx, policy = %policy, reason = %reason, "terminated a transaction")
+            }
+            Event::NotActed(outcome) => {
+                tracing::info!(transaction = %tx, policy = %policy, outcome = %outcome, "did not terminate")
             }
         }
-        Err(e) => Neo4jOutcome::Failed(e.message),
-    };
-    if matches!(outcome, Neo4jOutcome::Failed(_)) {
-        // The connection may be mid-exchange: start over next time.
-        *client = None;
     }
-    let (decision, label) = outcome.label();
-    let sentence = outcome.sentence();
-    match decision {
-        Decision::Acted => {
-            tracing::warn!(transaction = %tx, policy = %c.policy, reason = %c.reason, "terminated a transaction")
-        }
-        _ => {
-            tracing::info!(transaction = %tx, policy = %c.policy, outcome = %sentence, "did not terminate")
-        }
+
+    /// Neo4j has no actor lock: every instance may act (a second terminate
+    /// of the same transaction is "not found", skipped and not charged).
+    async fn contend(&mut self, _: &Context<'_, Self>) -> Holder {
+        Holder::Us
     }
-    rem.audit(record(decision, sentence), false).await;
-    rem.metrics
-        .action(&target.name, &c.policy, "terminate", label, s.mode.as_str());
-    Some(outcome)
+
+    /// The re-check and the terminate, bounded on our side.
+    async fn act(
+        &mut self,
+        cx: &Context<'_, Self>,
+        c: &Neo4jCandidate,
+        _: Signal,
+    ) -> (Decision, String) {
+        let conditions = cx
+            .policies
+            .iter()
+            .find(|p| p.name == c.policy)
+            .map(|p| p.conditions.clone())
+            .unwrap_or_default();
+        let generation = cx.snapshot.generation;
+        let outcome = match self.client() {
+            Ok(client) => {
+                let terminated = terminate(&client, generation, c, &conditions);
+                match tokio::time::timeout(self.limit, terminated).await {
+                    Ok(o) => o,
+                    Err(_) => Neo4jOutcome::Failed(format!(
+                        "no answer within {}: the transaction may or may not have been terminated",
+                        humantime::format_duration(self.limit)
+                    )),
+                }
+            }
+            Err(e) => Neo4jOutcome::Failed(e.message),
+        };
+        if matches!(outcome, Neo4jOutcome::Failed(_)) {
+            // The connection may be mid-exchange: start over next time.
+            self.client = None;
+        }
+        (outcome.decision(), outcome.sentence())
+    }
+
+    async fn close(self) {}
 }
 
 #[cfg(test)]

@@ -1,614 +1,504 @@
-//! The remediation loop of one target: after each poll, select (pure), then
-//! act within the bounds: mode, pause switch, actor lock, budgets, pacing,
-//! and the write-ahead audit.
+//! The remediation loop of one target, for every kind of target: after each
+//! poll, select (pure), then act within the bounds: mode, pause switch,
+//! actor lock, budgets, pacing, and the write-ahead audit.
+//!
+//! What differs between PostgreSQL and Neo4j sits behind [`Kind`] (as
+//! `daemon::poller::Observer` does for polling): the selection, the
+//! statement that acts, the key of a candidate, the audit record and the
+//! log lines. Everything that bounds an action is written once, here.
+//!
+//! The loop reads no shared state: the daemon sends it a [`Cycle`] after
+//! each poll of its target, and it reads the settings from [`Remediation`]
+//! at the start of every cycle, so a reconfiguration applies from the next.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::RemediationSettings;
-use super::audit::{AuditLog, AuditRecord, Decision, Mode};
-use super::budget::Budget;
-use super::executor::{self, Actor, Holder, Outcome, Signal};
-use super::pause::PauseSwitch;
-use super::policy::{self, Action, Candidate, Policy};
-use crate::config::PostgresTarget;
-use crate::evaluate::CheckStatus;
-use crate::state::SharedState;
-use crate::state::alerts::FiringAlerts;
-use crate::telemetry::metrics::Metrics;
+use super::audit::{AuditRecord, Decision, Mode};
+use super::executor::{Holder, Signal};
+use super::policy::Gates;
+use super::shared::{Remediation, now_ms};
+use crate::evaluate::CheckId;
 
-/// State shared by every target's remediation loop.
+/// How long after a poll a candidate must wait at most; exported for docs and tests.
+pub const MAX_REACTION_AFTER_POLL: Duration = Duration::from_millis(250);
+
+/// What one cycle decides on: the latest successful poll of the target and
+/// what its policies' gates read.
 #[derive(Debug)]
-pub struct Remediation {
-    pub settings: RemediationSettings,
-    pub audit: Option<Arc<AuditLog>>,
-    pub pause: PauseSwitch,
-    global: Mutex<Budget>,
-    targets: Mutex<HashMap<String, Budget>>,
-    pub(super) metrics: Arc<Metrics>,
+pub struct Cycle<S> {
+    pub snapshot: Arc<S>,
+    /// The checks failing in that poll (the pressure gate).
+    pub failing: Vec<CheckId>,
+    /// The alerts Alertmanager reports firing for the target (the alert gate).
+    pub firing: Vec<String>,
 }
 
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+impl<S> Clone for Cycle<S> {
+    fn clone(&self) -> Self {
+        Cycle {
+            snapshot: self.snapshot.clone(),
+            failing: self.failing.clone(),
+            firing: self.firing.clone(),
+        }
+    }
 }
 
-impl Remediation {
-    /// Opens the audit file (except in observe mode), rebuilds the budgets
-    /// from the actions it records, and loads the pause switch.
-    pub fn start(
-        settings: RemediationSettings,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<Self>, super::audit::AuditError> {
-        let mut global = Budget::new(settings.global_budget().0, settings.global_budget().1);
-        let mut targets: HashMap<String, Budget> = HashMap::new();
-        let audit = if settings.mode == Mode::Observe {
+/// The cycles of one target, newest only. `None`: the latest poll failed,
+/// so there is nothing to decide on (the pause switch is still read).
+pub type Cycles<S> = watch::Receiver<Option<Cycle<S>>>;
+
+/// What the policies chose in one snapshot.
+#[derive(Debug)]
+pub struct Selection<C> {
+    /// Candidates per policy, for the candidates gauge.
+    pub candidates: Vec<(String, usize)>,
+    /// What to act on, in order, each at most once.
+    pub chosen: Vec<C>,
+}
+
+/// The settings and the state one cycle decides under, passed to each step.
+pub struct Context<'a, K: Kind> {
+    pub rem: &'a Remediation,
+    /// Taken once at the start of the cycle.
+    pub settings: &'a RemediationSettings,
+    pub target: &'a str,
+    pub snapshot: &'a K::Snapshot,
+    /// The policies that apply to the target, in file order.
+    pub policies: &'a [K::Policy],
+}
+
+/// A log line about one candidate; each kind words its own.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Already decided on (reported in dry-run, refused by the server): not again.
+    Settled,
+    /// Dry-run: this would have been sent.
+    WouldAct,
+    /// Sent.
+    Acted,
+    /// Not sent; the sentence says why.
+    NotActed(&'a str),
+}
+
+/// What the loop needs of a kind of target: only what differs between
+/// PostgreSQL and Neo4j. None of it decides whether to act.
+pub trait Kind: Sized + Send + 'static {
+    type Snapshot: Send + Sync + 'static;
+    type Policy: Send + Sync + 'static;
+    type Candidate: Clone + Send + Sync + 'static;
+    /// A candidate's identity for the settled set: when it changes (a new
+    /// query, a new transaction), it is a new decision.
+    type Key: Eq + Hash + Send + Sync + 'static;
+
+    fn target(&self) -> &str;
+    /// The span every line of the loop is logged in.
+    fn span(&self) -> tracing::Span;
+    /// The policies in `settings` that apply to this target, in file order.
+    fn policies(&self, settings: &RemediationSettings) -> Vec<Self::Policy>;
+    /// A policy's name and the signals it may send (one decision series each).
+    fn series(policy: &Self::Policy) -> (&str, &'static [Signal]);
+    fn select(
+        &self,
+        policies: &[Self::Policy],
+        snapshot: &Self::Snapshot,
+        gates: Gates<'_>,
+    ) -> Selection<Self::Candidate>;
+    fn key(c: &Self::Candidate) -> Self::Key;
+    /// Whether what `key` names is still in the snapshot.
+    fn exists(snapshot: &Self::Snapshot, key: &Self::Key) -> bool;
+    fn policy(c: &Self::Candidate) -> &str;
+    /// What the candidate is called in action ids (a pid, a transaction id).
+    fn subject(c: &Self::Candidate) -> String;
+    /// The signal an action starts with.
+    fn first_signal(c: &Self::Candidate) -> Signal;
+    /// After a first signal that was sent, a terminate due after this long
+    /// (`cancel_then_terminate`).
+    fn follow_up(_c: &Self::Candidate) -> Option<Duration> {
+        None
+    }
+    /// The audit record of a decision about `c`.
+    fn record(
+        cx: &Context<'_, Self>,
+        id: &str,
+        c: &Self::Candidate,
+        signal: Signal,
+        decision: Decision,
+        outcome: String,
+    ) -> AuditRecord;
+    fn log(c: &Self::Candidate, signal: Signal, event: Event<'_>);
+    /// Who may act on the target: asked on every cycle that is not paused,
+    /// candidates or not, so every replica knows the holder beforehand.
+    fn contend(&mut self, cx: &Context<'_, Self>) -> impl Future<Output = Holder> + Send;
+    /// Sends `signal` if the candidate still qualifies, and says what
+    /// became of it: `Acted`, `Skipped`, `Refused` or `Failed` (also the
+    /// metric outcome), with the sentence the audit and the log record.
+    /// Called only once the intent is on disk.
+    fn act(
+        &mut self,
+        cx: &Context<'_, Self>,
+        c: &Self::Candidate,
+        signal: Signal,
+    ) -> impl Future<Output = (Decision, String)> + Send;
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// The metric outcomes a decision can have in `mode`, so every series
+/// exists from the start at 0 and `increase()` sees the first one.
+fn outcomes(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::Observe => &[],
+        Mode::DryRun => &["would_act", "audit_failed", "budget_exhausted"],
+        Mode::Enforce => &[
+            "acted",
+            "skipped",
+            "refused",
+            "failed",
+            "audit_failed",
+            "budget_exhausted",
+        ],
+    }
+}
+
+/// Runs one target's loop until `cancel` or until the cycles stop coming.
+pub async fn run<K: Kind>(
+    rem: Arc<Remediation>,
+    kind: K,
+    cycles: Cycles<K::Snapshot>,
+    cancel: CancellationToken,
+) {
+    let span = kind.span();
+    Runner::new(rem, kind, cancel)
+        .run(cycles)
+        .instrument(span)
+        .await
+}
+
+/// One target's loop and what it carries from cycle to cycle.
+struct Runner<K: Kind> {
+    rem: Arc<Remediation>,
+    kind: K,
+    target: String,
+    cancel: CancellationToken,
+    settings: Arc<RemediationSettings>,
+    policies: Arc<[K::Policy]>,
+    /// Decision series created so far: (policy, signal, mode).
+    series: HashSet<(String, Signal, Mode)>,
+    /// Candidates not to decide on again while they exist: in dry-run,
+    /// those already reported (enforce would have acted once); in enforce,
+    /// those the server refused (retrying would only burn the budget).
+    settled: HashSet<K::Key>,
+    was_paused: bool,
+    /// A budget was exhausted at the last spend (logged once per exhaustion).
+    exhausted: bool,
+}
+
+/// How a decision ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Decided {
+    /// Dry-run: reported (or its report failed); nothing sent.
+    Reported,
+    /// Enforce: the intent could not be written, so nothing was sent.
+    Unaudited,
+    /// Enforce: the kind acted or decided not to (acted, skipped, refused, failed).
+    Done(Decision),
+}
+
+impl<K: Kind> Runner<K> {
+    fn new(rem: Arc<Remediation>, kind: K, cancel: CancellationToken) -> Self {
+        let settings = rem.settings();
+        let mut runner = Runner {
+            target: kind.target().to_string(),
+            policies: kind.policies(&settings).into(),
+            settings,
+            rem,
+            kind,
+            cancel,
+            series: HashSet::new(),
+            settled: HashSet::new(),
+            was_paused: false,
+            exhausted: false,
+        };
+        runner.init_series();
+        runner
+    }
+
+    async fn run(mut self, mut cycles: Cycles<K::Snapshot>) {
+        self.rem.publish_budgets(&self.target);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                changed = cycles.changed() => if changed.is_err() { break },
+            }
+            // Cloned out: the channel's lock must not be held across awaits.
+            let cycle = cycles.borrow_and_update().clone();
+            self.cycle(cycle).await;
+        }
+        self.kind.close().await;
+    }
+
+    /// Takes the settings in force; when they changed, the policies that
+    /// apply now and their decision series.
+    fn refresh(&mut self) {
+        let settings = self.rem.settings();
+        if Arc::ptr_eq(&settings, &self.settings) {
+            return;
+        }
+        if settings.mode != self.settings.mode {
+            // What was settled in one mode means nothing in another: a
+            // session reported in dry-run is acted on once enforced.
+            self.settled.clear();
+        }
+        self.policies = self.kind.policies(&settings).into();
+        self.settings = settings;
+        self.init_series();
+    }
+
+    /// Creates at 0 the decision series of policies and modes not seen yet.
+    fn init_series(&mut self) {
+        let mode = self.settings.mode;
+        for p in self.policies.iter() {
+            let (policy, signals) = K::series(p);
+            for &s in signals {
+                if !self.series.insert((policy.to_string(), s, mode)) {
+                    continue;
+                }
+                for o in outcomes(mode) {
+                    let (t, a, m) = (&self.target, s.as_str(), mode.as_str());
+                    self.rem.recorder().init_action(t, policy, a, o, m);
+                }
+            }
+        }
+    }
+
+    async fn cycle(&mut self, cycle: Option<Cycle<K::Snapshot>>) {
+        self.refresh();
+        let paused = self.rem.pause.is_paused();
+        self.rem.recorder().set_paused(paused);
+        let Some(cycle) = cycle else {
+            return;
+        };
+        let chosen = self.select(&cycle);
+        if self.settings.mode == Mode::Observe {
+            return;
+        }
+        // Owned by this call, so the steps below may borrow the runner mutably.
+        let (rem, settings, policies, target) = (
+            self.rem.clone(),
+            self.settings.clone(),
+            self.policies.clone(),
+            self.target.clone(),
+        );
+        let cx = Context {
+            rem: &rem,
+            settings: &settings,
+            target: &target,
+            snapshot: &*cycle.snapshot,
+            policies: &policies,
+        };
+        // Contend on every cycle, candidates or not: every replica then
+        // knows and exports the holder before anything needs doing, and
+        // another replica takes over on its first cycle after the holder's
+        // connection is gone, not only once it sees a candidate.
+        let holder = if paused {
             None
         } else {
-            let log = AuditLog::open(&settings.audit_file)?;
-            let (records, bad) = AuditLog::read_all(&settings.audit_file)?;
-            if bad > 0 {
-                tracing::warn!(lines = bad, file = %settings.audit_file.display(), "audit file has unreadable lines (a torn write?); they are kept, not counted");
-            }
-            // A restart must not hand out a fresh budget: count what this mode
-            // spent. An intent counts unless its outcome says nothing was sent
-            // (an intent without an outcome, after a crash, counts).
-            let unsent: std::collections::HashSet<&str> = records
-                .iter()
-                .filter(|r| {
-                    matches!(
-                        r.decision,
-                        Decision::Skipped | Decision::Refused | Decision::Failed
-                    )
-                })
-                .map(|r| r.action_id.as_str())
-                .collect();
-            let spends = |r: &&AuditRecord| {
-                r.mode == settings.mode
-                    && matches!(r.decision, Decision::Intent | Decision::WouldAct)
-                    && !unsent.contains(r.action_id.as_str())
-                    // The terminate after a cancel is part of the same action.
-                    && !r.action_id.ends_with("/t")
-            };
-            for r in records.iter().filter(spends) {
-                global.record(r.time_ms);
-                targets
-                    .entry(r.target.clone())
-                    .or_insert_with(|| {
-                        Budget::new(settings.target_budget().0, settings.target_budget().1)
-                    })
-                    .record(r.time_ms);
-            }
-            log.seed_recent(&records);
-            Some(Arc::new(log))
+            Some(self.kind.contend(&cx).await)
         };
-        let pause = PauseSwitch::load(
-            &settings.pause_state_file(),
-            settings.sentinel_file.as_deref(),
-        );
-        // Export the state found on disk at once, not after the first poll.
-        metrics.set_paused(pause.is_paused());
-        metrics.set_mode(settings.mode.as_str());
-        Ok(Arc::new(Remediation {
-            settings,
-            audit,
-            pause,
-            global: Mutex::new(global),
-            targets: Mutex::new(targets),
-            metrics,
-        }))
-    }
-
-    pub fn applies_to(&self, target: &str) -> bool {
-        self.settings
-            .policies
-            .values()
-            .any(|p| p.applies_to(target))
-    }
-
-    /// Whether a Neo4j policy applies to this Neo4j target.
-    pub fn applies_to_neo4j(&self, target: &str) -> bool {
-        self.settings
-            .neo4j_policies
-            .values()
-            .any(|p| p.applies_to(target))
-    }
-
-    /// Remaining actions (target, global) right now.
-    pub(crate) fn remaining(&self, target: &str, now: u64) -> (u32, u32) {
-        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        let tb = t.entry(target.to_string()).or_insert_with(|| {
-            Budget::new(
-                self.settings.target_budget().0,
-                self.settings.target_budget().1,
-            )
-        });
-        let g = self
-            .global
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remaining(now);
-        (tb.remaining(now), g)
-    }
-
-    /// Gives back an action spent at `at` on both budgets.
-    pub(crate) fn refund(&self, target: &str, at: u64) {
-        if let Some(b) = self
-            .targets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(target)
-        {
-            b.refund(at);
+        if chosen.is_empty() || self.held_back(paused, holder, chosen.len()) {
+            return;
         }
-        self.global
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refund(at);
+        self.act_on(&cx, &chosen).await;
+        self.rem.publish_budgets(&self.target);
     }
 
-    /// Spends one action from both budgets, or neither.
-    pub(crate) fn try_spend(&self, target: &str, now: u64) -> bool {
-        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        let tb = t.entry(target.to_string()).or_insert_with(|| {
-            Budget::new(
-                self.settings.target_budget().0,
-                self.settings.target_budget().1,
-            )
-        });
-        let mut g = self.global.lock().unwrap_or_else(|e| e.into_inner());
-        if tb.remaining(now) == 0 || g.remaining(now) == 0 {
-            return false;
+    /// The candidates chosen in this cycle's snapshot; exports each
+    /// policy's candidates and the budgets, and forgets the settled
+    /// candidates that are gone.
+    fn select(&mut self, cycle: &Cycle<K::Snapshot>) -> Vec<K::Candidate> {
+        self.settled.retain(|k| K::exists(&cycle.snapshot, k));
+        let gates = Gates {
+            failing: &cycle.failing,
+            firing_alerts: &cycle.firing,
+        };
+        let selection = self.kind.select(&self.policies, &cycle.snapshot, gates);
+        for (policy, n) in &selection.candidates {
+            self.rem.recorder().set_candidates(&self.target, policy, *n);
         }
-        tb.try_spend(now) && g.try_spend(now)
+        self.rem.publish_budgets(&self.target);
+        selection.chosen
     }
 
-    /// Spends one action of `target`'s and the global budget: the time it
+    /// Whether the pause switch or another replica's lock keeps this
+    /// instance from acting on the candidates it has.
+    fn held_back(&mut self, paused: bool, holder: Option<Holder>, candidates: usize) -> bool {
+        if paused {
+            if !self.was_paused {
+                tracing::warn!(candidates, "remediation is paused: not acting");
+            }
+            self.was_paused = true;
+            return true;
+        }
+        self.was_paused = false;
+        if holder != Some(Holder::Us) {
+            tracing::debug!(?holder, "not the actor for this target: observing only");
+            return true;
+        }
+        false
+    }
+
+    /// One decision per chosen candidate, in order, each charged to the
+    /// budgets; then the follow-up terminates that came due.
+    async fn act_on(&mut self, cx: &Context<'_, K>, chosen: &[K::Candidate]) {
+        let enforce = cx.settings.mode == Mode::Enforce;
+        let mut follow_ups: Vec<(K::Candidate, Instant)> = Vec::new();
+        for c in chosen {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let signal = K::first_signal(c);
+            if self.settled.contains(&K::key(c)) {
+                K::log(c, signal, Event::Settled);
+                continue;
+            }
+            let Some(spent_at) = self.spend(cx, c, signal) else {
+                continue;
+            };
+            let id = format!("{}-{}-{}", cx.settings.instance(), K::subject(c), now_ms());
+            let decided = decide(&mut self.kind, cx, c, signal, &id).await;
+            self.settle(cx, c, decided, spent_at);
+            if let (Decided::Done(Decision::Acted), Some(grace)) = (decided, K::follow_up(c)) {
+                follow_ups.push((c.clone(), Instant::now() + grace));
+            }
+            if decided == Decided::Unaudited {
+                // The audit failed: act on nothing more this cycle.
+                break;
+            }
+            if enforce && !cx.settings.pacing.is_zero() {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(cx.settings.pacing) => {}
+                }
+            }
+        }
+        self.follow_up(cx, follow_ups).await;
+    }
+
+    /// Spends one action of the target's and the global budget: the time it
     /// was spent at (to refund it if nothing is sent), or `None` when a
-    /// budget is exhausted, which is logged once per exhaustion (`exhausted`
-    /// carries that between calls) and counted as a `budget_exhausted` decision.
-    pub(super) fn spend_one(
-        &self,
-        target: &str,
-        policy: &str,
-        action: &str,
-        exhausted: &mut bool,
-    ) -> Option<u64> {
+    /// budget is exhausted, which is logged once per exhaustion and counted
+    /// as a `budget_exhausted` decision.
+    fn spend(&mut self, cx: &Context<'_, K>, c: &K::Candidate, signal: Signal) -> Option<u64> {
         let spent_at = now_ms();
-        if self.try_spend(target, spent_at) {
-            *exhausted = false;
+        if cx.rem.try_spend(cx.target, spent_at) {
+            self.exhausted = false;
             return Some(spent_at);
         }
-        if !*exhausted {
-            let (t, g) = self.remaining(target, now_ms());
+        if !self.exhausted {
+            let (t, g) = cx.rem.remaining(cx.target, now_ms());
             tracing::error!(
                 target_remaining = t,
                 global_remaining = g,
                 "remediation budget exhausted: no more actions until the window allows"
             );
         }
-        *exhausted = true;
-        self.metrics.action(
-            target,
-            policy,
-            action,
-            "budget_exhausted",
-            self.settings.mode.as_str(),
-        );
+        self.exhausted = true;
+        count(cx, c, signal, "budget_exhausted");
         None
     }
 
-    pub(crate) fn publish_budgets(&self, target: &str) {
-        let (t, g) = self.remaining(target, now_ms());
-        self.metrics.set_budget(target, t, t == 0);
-        self.metrics.set_budget("global", g, g == 0);
-    }
-
-    /// Writes a record through a blocking task; false when it could not be written.
-    /// `durable`: flush to disk (`fsync`) before returning. Intents must be;
-    /// other records are flushed by the next intent's `fsync` at the latest.
-    pub(super) async fn audit(&self, record: AuditRecord, durable: bool) -> bool {
-        let Some(log) = self.audit.clone() else {
-            return false;
-        };
-        let r = tokio::task::spawn_blocking(move || log.append(&record, durable)).await;
-        match r {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                self.metrics.audit_error();
-                tracing::error!(error = %e, "cannot write the audit record: not acting");
-                false
+    /// What a decision leaves behind: a refund when nothing was sent, and
+    /// the candidate settled when deciding on it again would be pointless.
+    fn settle(&mut self, cx: &Context<'_, K>, c: &K::Candidate, decided: Decided, spent_at: u64) {
+        match decided {
+            Decided::Done(Decision::Acted) => {}
+            Decided::Reported => {
+                self.settled.insert(K::key(c));
             }
-            Err(e) => {
-                self.metrics.audit_error();
-                tracing::error!(error = %e, "audit task failed: not acting");
-                false
+            Decided::Done(Decision::Refused) => {
+                // Nothing was sent, and retrying would be refused again.
+                cx.rem.refund(cx.target, spent_at);
+                self.settled.insert(K::key(c));
             }
+            // Nothing was sent: the action is not charged.
+            Decided::Unaudited | Decided::Done(_) => cx.rem.refund(cx.target, spent_at),
         }
     }
-}
 
-pub async fn run(
-    rem: Arc<Remediation>,
-    target: PostgresTarget,
-    state: Arc<SharedState>,
-    alerts: Arc<FiringAlerts>,
-    cancel: CancellationToken,
-) {
-    let span = tracing::info_span!("remediation", target = %target.name);
-    run_inner(rem, target, state, alerts, cancel)
-        .instrument(span)
-        .await
-}
-
-async fn run_inner(
-    rem: Arc<Remediation>,
-    target: PostgresTarget,
-    state: Arc<SharedState>,
-    alerts: Arc<FiringAlerts>,
-    cancel: CancellationToken,
-) {
-    let Some(mut updates) = state.subscribe(&target.name) else {
-        return;
-    };
-    let mut actor = Actor::new(target.connect_options(), rem.settings.instance());
-    let policies: Vec<Policy> = rem
-        .settings
-        .policies
-        .values()
-        .filter(|p| p.applies_to(&target.name))
-        .cloned()
-        .collect();
-    // Every decision series exists from the start at 0, so `increase()`
-    // sees the first one.
-    for p in &policies {
-        let signals: &[Signal] = match p.action() {
-            Action::Cancel => &[Signal::Cancel],
-            Action::Terminate => &[Signal::Terminate],
-            Action::CancelThenTerminate { .. } => &[Signal::Cancel, Signal::Terminate],
-        };
-        let outcomes: &[&str] = match rem.settings.mode {
-            Mode::Observe => &[],
-            Mode::DryRun => &["would_act", "audit_failed", "budget_exhausted"],
-            Mode::Enforce => &[
-                "acted",
-                "skipped",
-                "refused",
-                "failed",
-                "audit_failed",
-                "budget_exhausted",
-            ],
-        };
-        for s in signals {
-            for o in outcomes {
-                rem.metrics.init_action(
-                    &target.name,
-                    &p.name,
-                    s.as_str(),
-                    o,
-                    rem.settings.mode.as_str(),
-                );
-            }
-        }
-    }
-    // Bound on each statement of the actor connection, on our side.
-    let limit = target.settings.poll_timeout();
-    let mut was_paused = false;
-    let mut exhausted = false;
-    // Sessions not to decide on again while they exist: in dry-run, those
-    // already reported (enforce would have acted once); in enforce, those
-    // the server refused to signal (retrying would only burn the budget).
-    // Keyed by backend identity and query start, so a new query is a new decision.
-    let mut settled: HashSet<SessionKey> = HashSet::new();
-    rem.publish_budgets(&target.name);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            changed = updates.changed() => if changed.is_err() { break },
-        }
-        let paused = rem.pause.is_paused();
-        rem.metrics.set_paused(paused);
-        let Some(status) = state.get(&target.name) else {
-            continue;
-        };
-        let Some(snapshot) = status.snapshot.clone().filter(|_| status.up) else {
-            continue;
-        };
-        settled.retain(|k| snapshot.sessions.iter().any(|s| key_of_session(s) == *k));
-        let (failing, firing) = gate_inputs(&status, &alerts);
-        let gates = policy::Gates {
-            failing: &failing,
-            firing_alerts: &firing,
-        };
-        let (evaluations, chosen) = policy::select(&policies, &target.name, &snapshot, gates);
-        for e in &evaluations {
-            rem.metrics
-                .set_candidates(&target.name, &e.policy, e.candidates.len());
-        }
-        rem.publish_budgets(&target.name);
-        if rem.settings.mode == Mode::Observe {
-            continue;
-        }
-        // Contend for the actor lock on every cycle, candidates or not: every
-        // replica then knows and exports the holder before anything needs
-        // doing, and another replica takes over on its first cycle after the
-        // holder's connection is gone, not only once it sees a candidate.
-        let holder = if paused {
-            None
-        } else {
-            match tokio::time::timeout(limit, actor.ensure()).await {
-                Ok(h) => Some(h),
-                Err(_) => {
-                    tracing::warn!("the actor connection did not answer in time: dropping it");
-                    actor.reset();
-                    Some(Holder::Nobody)
-                }
-            }
-        };
-        if let Some(h) = &holder {
-            rem.metrics
-                .set_actor(&target.name, h, rem.settings.instance());
-        }
-        if chosen.is_empty() {
-            continue;
-        }
-        if paused {
-            if !was_paused {
-                tracing::warn!(
-                    candidates = chosen.len(),
-                    "remediation is paused: not acting"
-                );
-            }
-            was_paused = true;
-            continue;
-        }
-        was_paused = false;
-        if holder != Some(Holder::Us) {
-            tracing::debug!(?holder, "not the actor for this target: observing only");
-            continue;
-        }
-        let mut follow_ups: Vec<(Candidate, tokio::time::Instant)> = Vec::new();
-        for c in &chosen {
-            if cancel.is_cancelled() {
-                break;
-            }
-            if settled.contains(&key_of(c)) {
-                tracing::debug!(
-                    pid = c.facts.pid,
-                    "already decided on this session: not again"
-                );
-                continue;
-            }
-            let Some(spent_at) = rem.spend_one(
-                &target.name,
-                &c.policy,
-                first_signal(c.action).as_str(),
-                &mut exhausted,
-            ) else {
-                continue;
-            };
-            let first = first_signal(c.action);
-            let id = format!("{}-{}-{}", rem.settings.instance(), c.facts.pid, now_ms());
-            let outcome = act(
-                &rem,
-                &mut actor,
-                &target.name,
-                &id,
-                first,
-                c,
-                &policies,
-                limit,
-            )
-            .await;
-            match (&outcome, rem.settings.mode) {
-                (Some(Outcome::Signalled), _) => {}
-                (None, Mode::DryRun) => {
-                    settled.insert(key_of(c));
-                }
-                (Some(Outcome::Refused(_)), _) => {
-                    // Nothing was sent, and retrying would be refused again.
-                    rem.refund(&target.name, spent_at);
-                    settled.insert(key_of(c));
-                }
-                // Nothing was sent: the action is not charged.
-                _ => rem.refund(&target.name, spent_at),
-            }
-            if let (Some(Outcome::Signalled), Action::CancelThenTerminate { grace }) =
-                (&outcome, c.action)
-            {
-                follow_ups.push((c.clone(), tokio::time::Instant::now() + grace));
-            }
-            if outcome.is_none() && rem.settings.mode == Mode::Enforce {
-                // The audit failed: act on nothing more this cycle.
-                break;
-            }
-            if rem.settings.mode == Mode::Enforce && !rem.settings.pacing.is_zero() {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(rem.settings.pacing) => {}
-                }
-            }
-        }
-        for (c, due) in follow_ups {
+    /// `cancel_then_terminate`'s terminates, each after its grace. Part of
+    /// the action already charged: no budget, and nothing settled.
+    async fn follow_up(&mut self, cx: &Context<'_, K>, due: Vec<(K::Candidate, Instant)>) {
+        for (c, at) in due {
             tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(due) => {}
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(at) => {}
             }
-            let id = format!("{}-{}-{}/t", rem.settings.instance(), c.facts.pid, now_ms());
-            act(
-                &rem,
-                &mut actor,
-                &target.name,
-                &id,
-                Signal::Terminate,
-                &c,
-                &policies,
-                limit,
-            )
-            .await;
+            let id = format!(
+                "{}-{}-{}/t",
+                cx.settings.instance(),
+                K::subject(&c),
+                now_ms()
+            );
+            decide(&mut self.kind, cx, &c, Signal::Terminate, &id).await;
         }
-        rem.publish_budgets(&target.name);
     }
-    actor.close().await;
 }
 
-/// One decision: audit, then (in enforce mode) the guarded signal and its
-/// outcome. Returns the outcome, or `None` when nothing was sent because the
-/// audit could not be written (or in dry-run).
-#[allow(clippy::too_many_arguments)] // one decision's whole context, passed once
-async fn act(
-    rem: &Remediation,
-    actor: &mut Actor,
-    target: &str,
-    id: &str,
+/// One decision: audit, then (in enforce mode) the kind's statement and its
+/// outcome, each recorded in the audit, the log and the metrics. In enforce
+/// mode nothing is sent unless the intent is on disk first.
+async fn decide<K: Kind>(
+    kind: &mut K,
+    cx: &Context<'_, K>,
+    c: &K::Candidate,
     signal: Signal,
-    c: &Candidate,
-    policies: &[Policy],
-    limit: Duration,
-) -> Option<Outcome> {
-    let s = &rem.settings;
-    let record = |decision: Decision, outcome: String| {
-        AuditRecord::new(
-            SystemTime::now(),
-            id,
-            s.instance(),
-            target,
-            s.mode,
-            signal.as_str(),
-            decision,
+    id: &str,
+) -> Decided {
+    let record = |decision, outcome| K::record(cx, id, c, signal, decision, outcome);
+    if cx.settings.mode == Mode::DryRun {
+        let report = record(Decision::WouldAct, format!("would {}", signal.as_str()));
+        let written = cx.rem.audit(report, false).await;
+        K::log(c, signal, Event::WouldAct);
+        count(
+            cx,
             c,
-            outcome,
-            s.query_max_chars as usize,
-            s.redact_queries,
-        )
-    };
-    if s.mode == Mode::DryRun {
-        let written = rem
-            .audit(
-                record(Decision::WouldAct, format!("would {}", signal.as_str())),
-                false,
-            )
-            .await;
-        tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "dry-run: would act");
-        rem.metrics.action(
-            target,
-            &c.policy,
-            signal.as_str(),
+            signal,
             if written { "would_act" } else { "audit_failed" },
-            s.mode.as_str(),
         );
-        return None;
+        return Decided::Reported;
     }
-    // Write-ahead: the intent is on disk before the signal is sent.
-    if !rem
-        .audit(
-            record(Decision::Intent, format!("about to {}", signal.as_str())),
-            true,
-        )
-        .await
-    {
-        rem.metrics.action(
-            target,
-            &c.policy,
-            signal.as_str(),
-            "audit_failed",
-            s.mode.as_str(),
-        );
-        return None;
+    // Write-ahead: the intent is on disk before anything is sent.
+    let intent = record(Decision::Intent, format!("about to {}", signal.as_str()));
+    if !cx.rem.audit(intent, true).await {
+        count(cx, c, signal, "audit_failed");
+        return Decided::Unaudited;
     }
-    let cond = &policies
-        .iter()
-        .find(|p| p.name == c.policy)
-        .map(|p| p.conditions.clone())
-        .unwrap_or_default();
-    let outcome = match actor.connection() {
-        // A hung server or network must not hang remediation: bound the
-        // statement on our side too (the server's statement_timeout cannot
-        // fire if the server does not answer at all).
-        Some(conn) => {
-            match tokio::time::timeout(limit, executor::signal(conn, signal, c, cond)).await {
-                Ok(o) => o,
-                Err(_) => Outcome::Failed(format!(
-                    "no answer within {}: the signal may or may not have been delivered",
-                    humantime::format_duration(limit)
-                )),
-            }
-        }
-        None => Outcome::Failed("lost the actor connection".into()),
-    };
-    if matches!(outcome, Outcome::Failed(_)) {
-        actor.reset();
-    }
-    let (decision, label) = match &outcome {
-        Outcome::Signalled => (Decision::Acted, "acted"),
-        Outcome::Gone | Outcome::Changed(_) => (Decision::Skipped, "skipped"),
-        Outcome::Refused(_) => (Decision::Refused, "refused"),
-        Outcome::Failed(_) => (Decision::Failed, "failed"),
-    };
-    let sentence = outcome.sentence(signal);
+    let (decision, sentence) = kind.act(cx, c, signal).await;
     match decision {
-        Decision::Acted => {
-            tracing::warn!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), reason = %c.reason, "acted on a session")
-        }
-        _ => {
-            tracing::info!(pid = c.facts.pid, policy = %c.policy, action = signal.as_str(), outcome = %sentence, "did not act")
-        }
+        Decision::Acted => K::log(c, signal, Event::Acted),
+        _ => K::log(c, signal, Event::NotActed(&sentence)),
     }
-    rem.audit(record(decision, sentence), false).await;
-    rem.metrics
-        .action(target, &c.policy, signal.as_str(), label, s.mode.as_str());
-    Some(outcome)
+    cx.rem.audit(record(decision, sentence), false).await;
+    count(cx, c, signal, decision.as_str());
+    Decided::Done(decision)
 }
 
-/// What a policy's gates look at on one target: the checks failing in its
-/// latest status, and the alerts Alertmanager reports firing for it.
-pub(super) fn gate_inputs(
-    status: &crate::state::TargetStatus,
-    alerts: &FiringAlerts,
-) -> (Vec<crate::evaluate::CheckId>, Vec<String>) {
-    let failing = status
-        .checks
-        .iter()
-        .filter(|c| c.status == CheckStatus::Fail)
-        .map(|c| c.check)
-        .collect();
-    let firing = alerts
-        .firing(SystemTime::now())
-        .into_iter()
-        .filter(|a| a.target == status.target)
-        .map(|a| a.alertname)
-        .collect();
-    (failing, firing)
+/// Counts one decision about `c` in the cycle's mode.
+fn count<K: Kind>(cx: &Context<'_, K>, c: &K::Candidate, signal: Signal, outcome: &str) {
+    let mode = cx.settings.mode.as_str();
+    cx.rem
+        .recorder()
+        .action(cx.target, K::policy(c), signal.as_str(), outcome, mode);
 }
 
-/// A session's identity for `settled`: pid, backend start and query start.
-type SessionKey = (i32, Option<i64>, Option<i64>);
-
-fn key_of(c: &Candidate) -> SessionKey {
-    (
-        c.facts.pid,
-        c.facts.backend_start_us,
-        c.facts.query_start_us,
-    )
-}
-
-fn key_of_session(s: &crate::observe::Session) -> SessionKey {
-    (s.pid, s.backend_start_us, s.query_start_us)
-}
-
-/// The signal an action starts with.
-fn first_signal(action: Action) -> Signal {
-    match action {
-        Action::Cancel | Action::CancelThenTerminate { .. } => Signal::Cancel,
-        Action::Terminate => Signal::Terminate,
-    }
-}
-
-/// How long after a poll a candidate must wait at most; exported for docs and tests.
-pub const MAX_REACTION_AFTER_POLL: Duration = Duration::from_millis(250);
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

@@ -31,6 +31,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::evaluate::CheckStatus;
 use crate::observe::{PgSnapshot, PollErrorKind};
+use crate::remediate::Recorder;
+use crate::remediate::executor::Holder;
 use crate::state::{SharedState, TargetStatus, unix_seconds};
 
 /// The OpenMetrics content type served on `/metrics`.
@@ -300,60 +302,10 @@ impl Metrics {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Creates a decision series at 0 without counting anything.
-    pub fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
-        self.touch();
-        let l = ActionLabels {
-            target: target.to_string(),
-            policy: policy.to_string(),
-            action: action.to_string(),
-            outcome: outcome.to_string(),
-            mode: mode.to_string(),
-        };
-        let _ = self.actions.get_or_create(&l);
-        self.lock_created().0.insert(l);
-    }
-
     fn lock_created(
         &self,
     ) -> std::sync::MutexGuard<'_, (HashSet<ActionLabels>, HashSet<PolicyLabels>)> {
         self.created.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Exports the remediation mode: 1 for the configured mode, 0 for the others.
-    pub fn set_mode(&self, mode: &str) {
-        self.touch();
-        for m in ["observe", "dry-run", "enforce"] {
-            self.mode
-                .get_or_create(&ModeLabels {
-                    mode: m.to_string(),
-                })
-                .set(i64::from(m == mode));
-        }
-    }
-
-    /// Counts one remediation decision.
-    pub fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
-        self.touch();
-        let l = ActionLabels {
-            target: target.to_string(),
-            policy: policy.to_string(),
-            action: action.to_string(),
-            outcome: outcome.to_string(),
-            mode: mode.to_string(),
-        };
-        self.actions.get_or_create(&l).inc();
-        self.lock_created().0.insert(l);
-    }
-
-    pub fn set_candidates(&self, target: &str, policy: &str, n: usize) {
-        self.touch();
-        let l = PolicyLabels {
-            target: target.to_string(),
-            policy: policy.to_string(),
-        };
-        self.candidates.get_or_create(&l).set(n as i64);
-        self.lock_created().1.insert(l);
     }
 
     /// Removes every series of a target a reload removed: its polls, its
@@ -391,8 +343,8 @@ impl Metrics {
         self.forget_series(|t, _| t == target);
     }
 
-    /// Removes the decision and candidate series of policies a reload
-    /// removed (or that no longer apply to a target).
+    /// Removes the decision and candidate series of a policy a reload
+    /// removed (or that no longer applies to the target).
     pub fn forget_policy(&self, target: &str, policy: &str) {
         self.touch();
         self.forget_series(|t, p| t == target && p == policy);
@@ -417,7 +369,8 @@ impl Metrics {
         });
     }
 
-    /// Starts counting a target a reload added (its counters at zero).
+    /// Starts counting a target (its counters at zero, so that `rate()`
+    /// sees the first error): at start-up, and when a reload adds one.
     pub fn add_target(&self, target: &str) {
         self.touch();
         let l = TargetLabels {
@@ -444,68 +397,6 @@ impl Metrics {
             self.reload_success_time
                 .set(unix_seconds(std::time::SystemTime::now()));
         }
-    }
-
-    pub fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
-        self.touch();
-        let l = ScopeLabels {
-            scope: scope.to_string(),
-        };
-        self.budget_remaining
-            .get_or_create(&l)
-            .set(i64::from(remaining));
-        self.budget_exhausted
-            .get_or_create(&l)
-            .set(i64::from(exhausted));
-    }
-
-    pub fn set_paused(&self, paused: bool) {
-        self.touch();
-        self.paused.set(i64::from(paused));
-    }
-
-    /// Records who holds the actor lock of `target`.
-    pub fn set_actor(
-        &self,
-        target: &str,
-        holder: &crate::remediate::executor::Holder,
-        instance: &str,
-    ) {
-        self.touch();
-        use crate::remediate::executor::Holder;
-        let us = matches!(holder, Holder::Us);
-        self.actor
-            .get_or_create(&TargetLabels {
-                target: target.to_string(),
-            })
-            .set(i64::from(us));
-        let name = match holder {
-            Holder::Us => Some(instance.to_string()),
-            Holder::Other(n) => Some(n.clone()),
-            Holder::Nobody => None,
-        };
-        // One series per target: drop the previous holder's before setting the new one.
-        let mut last = self.last_holder.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(prev) = last.remove(target) {
-            self.actor_holder.remove(&HolderLabels {
-                target: target.to_string(),
-                holder: prev,
-            });
-        }
-        if let Some(holder) = name {
-            self.actor_holder
-                .get_or_create(&HolderLabels {
-                    target: target.to_string(),
-                    holder: holder.clone(),
-                })
-                .set(1);
-            last.insert(target.to_string(), holder);
-        }
-    }
-
-    pub fn audit_error(&self) {
-        self.touch();
-        self.audit_errors.inc();
     }
 
     /// Records one request to the Alertmanager receiver: its status code and
@@ -572,6 +463,112 @@ impl Metrics {
         let body = Bytes::from(out);
         *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
         body
+    }
+}
+
+/// Remediation's events, as the metrics above (remediation records through
+/// this trait and does not know these metrics exist).
+impl Recorder for Metrics {
+    fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        self.touch();
+        let l = ActionLabels {
+            target: target.to_string(),
+            policy: policy.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            mode: mode.to_string(),
+        };
+        let _ = self.actions.get_or_create(&l);
+        self.lock_created().0.insert(l);
+    }
+
+    fn set_mode(&self, mode: &str) {
+        self.touch();
+        for m in ["observe", "dry-run", "enforce"] {
+            self.mode
+                .get_or_create(&ModeLabels {
+                    mode: m.to_string(),
+                })
+                .set(i64::from(m == mode));
+        }
+    }
+
+    fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
+        self.touch();
+        let l = ActionLabels {
+            target: target.to_string(),
+            policy: policy.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            mode: mode.to_string(),
+        };
+        self.actions.get_or_create(&l).inc();
+        self.lock_created().0.insert(l);
+    }
+
+    fn set_candidates(&self, target: &str, policy: &str, n: usize) {
+        self.touch();
+        let l = PolicyLabels {
+            target: target.to_string(),
+            policy: policy.to_string(),
+        };
+        self.candidates.get_or_create(&l).set(n as i64);
+        self.lock_created().1.insert(l);
+    }
+
+    fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
+        self.touch();
+        let l = ScopeLabels {
+            scope: scope.to_string(),
+        };
+        self.budget_remaining
+            .get_or_create(&l)
+            .set(i64::from(remaining));
+        self.budget_exhausted
+            .get_or_create(&l)
+            .set(i64::from(exhausted));
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.touch();
+        self.paused.set(i64::from(paused));
+    }
+
+    fn set_actor(&self, target: &str, holder: &Holder, instance: &str) {
+        self.touch();
+        let us = matches!(holder, Holder::Us);
+        self.actor
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(i64::from(us));
+        let name = match holder {
+            Holder::Us => Some(instance.to_string()),
+            Holder::Other(n) => Some(n.clone()),
+            Holder::Nobody => None,
+        };
+        // One series per target: drop the previous holder's before setting the new one.
+        let mut last = self.last_holder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prev) = last.remove(target) {
+            self.actor_holder.remove(&HolderLabels {
+                target: target.to_string(),
+                holder: prev,
+            });
+        }
+        if let Some(holder) = name {
+            self.actor_holder
+                .get_or_create(&HolderLabels {
+                    target: target.to_string(),
+                    holder: holder.clone(),
+                })
+                .set(1);
+            last.insert(target.to_string(), holder);
+        }
+    }
+
+    fn audit_error(&self) {
+        self.touch();
+        self.audit_errors.inc();
     }
 }
 
