@@ -34,9 +34,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: poll every target, serve /metrics and the API.
+    /// SIGHUP (and POST /api/v1/reload) reloads the configuration in place.
     Run {
         #[arg(long, short, value_name = "FILE", env = "DBWARDEN_CONFIG")]
         config: PathBuf,
+        /// Also reload when the file changes (a Kubernetes ConfigMap volume
+        /// included: its directory is watched).
+        #[arg(long)]
+        watch_config: bool,
     },
     /// Observe every target once and print the runbook's checks. Exit 0 when
     /// all pass, 1 when any fails, 2 on usage or config errors. Changes nothing.
@@ -99,11 +104,23 @@ pub fn main() -> ExitCode {
             Ok(c) => replay::run(&c, &snapshot, format, &assume_firing),
             Err(code) => code,
         },
-        Command::Run { config } => match load(&config) {
+        Command::Run {
+            config,
+            watch_config,
+        } => match load(&config) {
             Ok(c) => {
-                let _level = crate::telemetry::logging::init(&c.log);
+                let options = crate::daemon::Options {
+                    source: Some(crate::daemon::ConfigSource {
+                        path: config,
+                        env: None,
+                    }),
+                    watch_config,
+                    log: Some(crate::telemetry::logging::init(&c.log)),
+                };
                 runtime(async move {
-                    match crate::daemon::run(c, crate::daemon::shutdown_signal()).await {
+                    match crate::daemon::run_with(c, options, crate::daemon::shutdown_signal())
+                        .await
+                    {
                         Ok(()) => exit::OK,
                         Err(e) => {
                             tracing::error!(error = format!("{e:#}"), "dbwarden failed");

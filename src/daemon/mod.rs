@@ -5,6 +5,11 @@
 //! on SIGTERM/SIGINT the token is cancelled, each loop finishes the step it
 //! is in (a poll is itself bounded by `poll_timeout`), and the process waits
 //! at most `server.shutdown_grace` for them.
+//!
+//! A reload (`SIGHUP`, `POST /api/v1/reload`, `--watch-config`) re-reads
+//! the configuration; [`reload::plan`] says what changed, and the daemon
+//! starts, stops, reconnects or updates targets in place, one reload at a
+//! time, or changes nothing.
 
 pub mod kubernetes;
 pub mod poller;
@@ -12,24 +17,89 @@ pub mod reload;
 pub mod remediation;
 pub mod watch;
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::{mpsc, watch as watch_channel};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, TargetConfig};
+use crate::evaluate::{Neo4jThresholds, Thresholds};
 use crate::http;
-use crate::observe::PostgresObserver;
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
+use crate::observe::neo4j::Neo4jTarget;
+use crate::observe::{PostgresObserver, PostgresTarget};
 use crate::remediate::Remediation;
+use crate::secret::Secret;
 use crate::state::{SharedState, alerts};
+use crate::telemetry::logging::LogLevel;
 use crate::telemetry::metrics::Metrics;
 
-/// Runs the daemon until `shutdown` resolves, then drains within the grace period.
+/// Where the daemon reads its configuration again on a reload.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// `None`: the process environment, read at each reload.
+    pub env: Option<Vec<(String, String)>>,
+}
+
+impl ConfigSource {
+    /// Reads and validates the file and the environment (off the runtime:
+    /// it reads files).
+    async fn load(&self) -> Result<Config, ConfigError> {
+        let source = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || match source.env {
+            None => Config::load(&source.path),
+            Some(env) => {
+                let text =
+                    std::fs::read_to_string(&source.path).map_err(|e| ConfigError::Read {
+                        path: source.path.clone(),
+                        source: e,
+                    })?;
+                Config::from_toml_with_env(&text, env)
+            }
+        })
+        .await;
+        loaded.unwrap_or_else(|e| {
+            Err(ConfigError::Invalid(vec![crate::config::ConfigIssue {
+                path: String::new(),
+                message: format!("the reload task failed: {e}"),
+            }]))
+        })
+    }
+}
+
+/// How `dbwarden run` runs the daemon beyond its configuration.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Where a reload reads the configuration; `None`: reloads are refused.
+    pub source: Option<ConfigSource>,
+    /// Reload when the file (or a ConfigMap volume holding it) changes.
+    pub watch_config: bool,
+    /// The installed log subscriber's level, which a reload may change.
+    pub log: Option<LogLevel>,
+}
+
+/// Runs the daemon until `shutdown` resolves, then drains within the grace
+/// period; without a configuration file to reload.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, Options::default(), shutdown).await
+}
+
+/// Runs the daemon, reloading its configuration on `SIGHUP`, on `POST
+/// /api/v1/reload` and, with `watch_config`, when the file changes.
+pub async fn run_with(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -67,59 +137,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "remediation configured"
         );
     }
-
-    // Alerts Alertmanager reports, shared by the receiver and the alert gate of policies.
-    let firing_alerts = Arc::new(alerts::FiringAlerts::new());
-    for target_config in &config.postgres {
-        let target = &target_config.target;
-        // Polls use one connection; a target remediation acts on uses a second
-        // one, the actor's (lock holder and signal sender). Validation keeps
-        // both within the target's max_connections.
-        let observer = PostgresObserver::new(target.clone());
-        tracker.spawn(poller::run(
-            observer,
-            tokio::sync::watch::channel(target_config.clone()).1,
-            state.clone(),
-            metrics.clone(),
-            token.child_token(),
-        ));
-        if let Some(rem) = remediation.as_ref().filter(|r| r.applies_to(&target.name))
-            && let Some(task) = remediation::postgres(
-                rem,
-                target,
-                state.clone(),
-                firing_alerts.clone(),
-                token.child_token(),
-            )
-        {
-            tracker.spawn(task);
-        }
-    }
-    #[cfg(feature = "neo4j")]
-    for target_config in &config.neo4j {
-        let target = &target_config.target;
-        // One connection to poll; where remediation acts, a second one for the actor.
-        tracker.spawn(poller::run(
-            Neo4jObserver::new(target.clone()),
-            tokio::sync::watch::channel(target_config.clone()).1,
-            state.clone(),
-            metrics.clone(),
-            token.child_token(),
-        ));
-        if let Some(rem) = remediation
-            .as_ref()
-            .filter(|r| r.applies_to_neo4j(&target.name))
-            && let Some(task) = remediation::neo4j(
-                rem,
-                target,
-                state.clone(),
-                firing_alerts.clone(),
-                token.child_token(),
-            )
-        {
-            tracker.spawn(task);
-        }
-    }
     // Without the `kubernetes` feature, validation refuses `[kubernetes]`.
     #[cfg(feature = "kubernetes")]
     if let Some(k) = config.kubernetes.clone() {
@@ -133,14 +150,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )
         .await;
     }
-    // What Alertmanager reports firing: fed by the receiver; remediation's
-    // second gate ("act only while the named alert fires") reads it.
-    let app = http::AppState {
+
+    let (reloads, mut reload_requests) = mpsc::channel(16);
+    let mut daemon = Running {
         state: state.clone(),
         metrics: metrics.clone(),
         remediation: remediation.clone(),
-        alertmanager_token: config.server.alertmanager_token.clone(),
-        alerts: firing_alerts,
+        // Alerts Alertmanager reports: fed by the receiver; remediation's
+        // second gate ("act only while the named alert fires") reads them.
+        alerts: Arc::new(alerts::FiringAlerts::new()),
+        alertmanager_token: Arc::new(RwLock::new(config.server.alertmanager_token.clone())),
+        tracker: tracker.clone(),
+        token: token.clone(),
+        targets: BTreeMap::new(),
+        log: options.log,
+        config,
+    };
+    daemon.start_targets();
+    let app = http::AppState {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        remediation,
+        alertmanager_token: daemon.alertmanager_token.clone(),
+        reloads: options.source.is_some().then(|| reloads.clone()),
+        alerts: daemon.alerts.clone(),
     };
     let http_token = token.clone();
     tracker.spawn(async move {
@@ -149,26 +182,396 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             http_token.cancel();
         }
     });
-    tracker.close();
+    tracker.spawn(reload_on_sighup(reloads.clone(), token.clone()));
+    let _watcher = match (&options.source, options.watch_config) {
+        (Some(source), true) => Some(watch_config(&source.path, reloads, &tracker, &token)?),
+        _ => None,
+    };
     tracing::info!(
         listen = %local,
-        postgres = config.postgres.len(),
-        neo4j = config.neo4j.len(),
+        postgres = daemon.config.postgres.len(),
+        neo4j = daemon.config.neo4j.len(),
         "dbwarden started"
     );
 
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutdown requested: draining"),
-        _ = token.cancelled() => tracing::error!("a component failed: shutting down"),
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested: draining");
+                break;
+            }
+            _ = token.cancelled() => {
+                tracing::error!("a component failed: shutting down");
+                break;
+            }
+            Some(request) = reload_requests.recv() => {
+                let result = match &options.source {
+                    Some(source) => daemon.reload(source, request.by).await,
+                    None => Err(vec!["no configuration file to reload".to_string()]),
+                };
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
     }
     token.cancel();
-    let grace = config.server.shutdown_grace;
+    tracker.close();
+    let grace = daemon.config.server.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(grace = %humantime::format_duration(grace), "tasks did not stop within the grace period; exiting anyway");
     }
     tracing::info!("dbwarden stopped");
     Ok(())
 }
+
+/// Asks for a reload on every `SIGHUP` (one waiting is enough: a storm of
+/// signals is one or two reloads).
+async fn reload_on_sighup(reloads: http::Reloads, cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload through the API");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            let _ = reloads.try_send(http::ReloadRequest {
+                by: "SIGHUP",
+                reply: None,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (reloads, cancel);
+}
+
+/// Starts watching the configuration file; each change asks for a reload.
+fn watch_config(
+    path: &std::path::Path,
+    reloads: http::Reloads,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<impl Drop> {
+    let (changed, mut changes) = mpsc::channel(1);
+    let watcher = watch::watch(path, changed).map_err(|e| anyhow::anyhow!(e))?;
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = changes.recv() => if got.is_none() { return },
+            }
+            let _ = reloads.try_send(http::ReloadRequest {
+                by: "the file watcher",
+                reply: None,
+            });
+        }
+    });
+    tracing::info!(file = %path.display(), "watching the configuration file: a change reloads it");
+    Ok(watcher)
+}
+
+/// The daemon's running parts: what a reload changes.
+struct Running {
+    config: Config,
+    state: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    remediation: Option<Arc<Remediation>>,
+    alerts: Arc<alerts::FiringAlerts>,
+    alertmanager_token: Arc<RwLock<Option<Secret>>>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+    targets: BTreeMap<String, RunningTarget>,
+    log: Option<LogLevel>,
+}
+
+/// One target's tasks: its poll loop and, where a policy applies, its
+/// remediation; and the channel that gives its poll loop new settings.
+struct RunningTarget {
+    cancel: CancellationToken,
+    updates: Updates,
+    poller: JoinHandle<()>,
+    /// The remediation task and its own token.
+    remediation: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+enum Updates {
+    Postgres(watch_channel::Sender<TargetConfig<PostgresTarget, Thresholds>>),
+    #[cfg_attr(not(feature = "neo4j"), allow(dead_code))]
+    Neo4j(watch_channel::Sender<TargetConfig<Neo4jTarget, Neo4jThresholds>>),
+}
+
+impl Running {
+    fn start_targets(&mut self) {
+        let names: Vec<String> = self.target_names();
+        for name in names {
+            self.start_target(&name);
+        }
+    }
+
+    fn target_names(&self) -> Vec<String> {
+        let pg = self.config.postgres.iter().map(|t| t.target.name.clone());
+        let neo4j = self.config.neo4j.iter().map(|t| t.target.name.clone());
+        pg.chain(neo4j).collect()
+    }
+
+    /// Starts the poll loop of the configured target `name` (and its
+    /// remediation, where a policy applies).
+    fn start_target(&mut self, name: &str) {
+        let cancel = self.token.child_token();
+        let (updates, poller) =
+            if let Some(t) = self.config.postgres.iter().find(|t| t.target.name == name) {
+                self.state.add_target(name, "postgres");
+                let (tx, rx) = watch_channel::channel(t.clone());
+                let observer = PostgresObserver::new(t.target.clone());
+                let poller = poller::run(
+                    observer,
+                    rx,
+                    self.state.clone(),
+                    self.metrics.clone(),
+                    cancel.clone(),
+                );
+                (Updates::Postgres(tx), self.tracker.spawn(poller))
+            } else {
+                #[cfg(feature = "neo4j")]
+                {
+                    let Some(t) = self.config.neo4j.iter().find(|t| t.target.name == name) else {
+                        return;
+                    };
+                    self.state.add_target(name, "neo4j");
+                    let (tx, rx) = watch_channel::channel(t.clone());
+                    let observer = Neo4jObserver::new(t.target.clone());
+                    let poller = poller::run(
+                        observer,
+                        rx,
+                        self.state.clone(),
+                        self.metrics.clone(),
+                        cancel.clone(),
+                    );
+                    (Updates::Neo4j(tx), self.tracker.spawn(poller))
+                }
+                // Without the `neo4j` feature, validation refuses Neo4j targets.
+                #[cfg(not(feature = "neo4j"))]
+                return;
+            };
+        self.metrics.add_target(name);
+        self.targets.insert(
+            name.to_string(),
+            RunningTarget {
+                cancel,
+                updates,
+                poller,
+                remediation: None,
+            },
+        );
+        self.follow_remediation(name);
+    }
+
+    /// Starts or stops the target's remediation to match the policies: a
+    /// reload may make a policy apply to it, or no longer.
+    fn follow_remediation(&mut self, name: &str) {
+        let Some(running) = self.targets.get_mut(name) else {
+            return;
+        };
+        let wanted = self.remediation.as_ref().filter(|r| match running.updates {
+            Updates::Postgres(_) => r.applies_to(name),
+            Updates::Neo4j(_) => r.applies_to_neo4j(name),
+        });
+        match (wanted, &running.remediation) {
+            (Some(rem), None) => {
+                let cancel = running.cancel.child_token();
+                let task = match &running.updates {
+                    Updates::Postgres(tx) => remediation::postgres(
+                        rem,
+                        &tx.borrow().target,
+                        self.state.clone(),
+                        self.alerts.clone(),
+                        cancel.clone(),
+                    ),
+                    #[cfg(feature = "neo4j")]
+                    Updates::Neo4j(tx) => remediation::neo4j(
+                        rem,
+                        &tx.borrow().target,
+                        self.state.clone(),
+                        self.alerts.clone(),
+                        cancel.clone(),
+                    ),
+                    #[cfg(not(feature = "neo4j"))]
+                    Updates::Neo4j(_) => None,
+                };
+                if let Some(task) = task {
+                    running.remediation = Some((cancel, self.tracker.spawn(task)));
+                }
+            }
+            (None, Some((cancel, _))) => {
+                cancel.cancel();
+                running.remediation = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops a target's tasks and waits until they are done (its
+    /// connections closed), at most a little longer than a poll may take.
+    async fn stop_target(&mut self, name: &str) {
+        let Some(running) = self.targets.remove(name) else {
+            return;
+        };
+        running.cancel.cancel();
+        let limit = self.poll_timeout_of(name) + STOP_GRACE;
+        let mut handles = vec![running.poller];
+        handles.extend(running.remediation.map(|(_, h)| h));
+        for h in handles {
+            if tokio::time::timeout(limit, h).await.is_err() {
+                tracing::warn!(target = name, "a task of the target did not stop in time");
+            }
+        }
+    }
+
+    fn poll_timeout_of(&self, name: &str) -> Duration {
+        let pg = self.config.postgres.iter().find(|t| t.target.name == name);
+        let neo4j = self.config.neo4j.iter().find(|t| t.target.name == name);
+        pg.map(|t| t.target.settings.poll_timeout())
+            .or(neo4j.map(|t| t.target.settings.poll_timeout()))
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Re-reads the configuration and applies what changed, or nothing.
+    async fn reload(&mut self, source: &ConfigSource, by: &str) -> http::ReloadResult {
+        let result = match source.load().await {
+            Err(ConfigError::Invalid(issues)) => {
+                Err(issues.iter().map(|i| i.to_string()).collect())
+            }
+            Err(e) => Err(vec![e.to_string()]),
+            Ok(new) => self.apply(new).await,
+        };
+        match &result {
+            Ok(summary) => tracing::info!(by, changes = %summary, "configuration reloaded"),
+            Err(errors) => tracing::error!(
+                by,
+                "reload refused, the running configuration is kept:\n{}",
+                errors
+                    .iter()
+                    .map(|e| format!("  - {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+        self.metrics.record_reload(result.is_ok());
+        result
+    }
+
+    /// Applies a valid configuration in place; refuses all of it when a
+    /// setting needs a restart.
+    async fn apply(&mut self, new: Config) -> http::ReloadResult {
+        let plan = reload::plan(&self.config, &new);
+        if !plan.needs_restart.is_empty() {
+            return Err(plan
+                .needs_restart
+                .iter()
+                .map(|k| format!("{k}: cannot change while dbwarden runs: needs a restart"))
+                .collect());
+        }
+        // Remediation first: the one part that may still refuse.
+        if let (Some(rem), Some(settings)) = (&self.remediation, &new.remediation)
+            && plan.remediation
+        {
+            rem.reconfigure(settings.clone()).map_err(|e| {
+                e.0.iter()
+                    .map(|m| format!("remediation: {m}: needs a restart"))
+                    .collect::<Vec<_>>()
+            })?;
+        }
+        let old = std::mem::replace(&mut self.config, new);
+        for name in plan.removed.iter().chain(&plan.reconnected) {
+            self.stop_target(name).await;
+        }
+        for name in &plan.removed {
+            self.state.remove_target(name);
+            self.metrics.forget_target(name);
+        }
+        for name in plan.added.iter().chain(&plan.reconnected) {
+            self.start_target(name);
+        }
+        for name in &plan.updated {
+            self.update_target(name);
+        }
+        if plan.remediation {
+            self.follow_policies(&old);
+        }
+        if plan.server {
+            *self
+                .alertmanager_token
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = self.config.server.alertmanager_token.clone();
+        }
+        if plan.log_level
+            && let Some(log) = &self.log
+        {
+            log.set(&self.config.log.level);
+        }
+        Ok(plan.summary())
+    }
+
+    /// Gives a running target's poll loop its new settings and thresholds.
+    fn update_target(&mut self, name: &str) {
+        let Some(running) = self.targets.get(name) else {
+            return;
+        };
+        match &running.updates {
+            Updates::Postgres(tx) => {
+                if let Some(t) = self.config.postgres.iter().find(|t| t.target.name == name) {
+                    tx.send_replace(t.clone());
+                }
+            }
+            Updates::Neo4j(tx) => {
+                if let Some(t) = self.config.neo4j.iter().find(|t| t.target.name == name) {
+                    tx.send_replace(t.clone());
+                }
+            }
+        }
+    }
+
+    /// After new policies: each target's remediation starts or stops, and
+    /// the series of policies that no longer apply to it leave the metrics.
+    fn follow_policies(&mut self, old: &Config) {
+        let applying = |c: &Config, target: &str| -> Vec<String> {
+            let Some(r) = &c.remediation else {
+                return Vec::new();
+            };
+            let pg = r
+                .policies
+                .values()
+                .filter(|p| p.applies_to(target))
+                .map(|p| p.name.clone());
+            let neo4j = r
+                .neo4j_policies
+                .values()
+                .filter(|p| p.applies_to(target))
+                .map(|p| p.name.clone());
+            pg.chain(neo4j).collect()
+        };
+        for name in self.target_names() {
+            let now = applying(&self.config, &name);
+            for gone in applying(old, &name).iter().filter(|p| !now.contains(p)) {
+                self.metrics.forget_policy(&name, gone);
+            }
+            self.follow_remediation(&name);
+        }
+    }
+}
+
+/// How much longer than a poll a stopping target's tasks may take.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Builds the Kubernetes client and spawns the Kubernetes loop. Credentials
 /// that cannot be loaded are reported as an unreachable API server in the

@@ -9,7 +9,7 @@
 
 use crate::config::{Config, TargetConfig};
 use crate::kubernetes::KubernetesSettings;
-use crate::remediate::RemediationSettings;
+use crate::remediate::{Mode, RemediationSettings};
 
 /// What a reload changes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -110,6 +110,11 @@ fn restart_remediation(
             restart(
                 a.sentinel_file != b.sentinel_file,
                 "remediation.sentinel_file",
+            );
+            // Observe mode runs without the audit file: acting needs it opened.
+            restart(
+                a.mode == Mode::Observe && b.mode != Mode::Observe,
+                "remediation.mode",
             );
         }
         (None, None) => {}
@@ -246,6 +251,11 @@ mod tests {
                 rem(""),
                 rem("state_dir = \"/b\"\n"),
                 "remediation.state_dir",
+            ),
+            (
+                rem("mode = \"observe\"\n"),
+                rem("mode = \"dry-run\"\n"),
+                "remediation.mode",
             ),
         ];
         for (old, new, key) in cases {

@@ -59,7 +59,9 @@ pub(super) async fn status(
         .state
         .kubernetes()
         .map(|k| serde_json::to_value(k.as_ref()).unwrap_or_default());
-    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation, "kubernetes": kubernetes})).into_response()
+    // The process itself: its live tasks (a leak shows here first).
+    let runtime = json!({"tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks()});
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation, "kubernetes": kubernetes, "runtime": runtime})).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,8 +11,10 @@
 mod alertmanager;
 mod api;
 pub mod auth;
+mod reload;
 mod settings;
 
+pub use reload::{ReloadRequest, ReloadResult, Reloads};
 pub use settings::{DEFAULT_LISTEN, ServerSettings};
 
 use std::future::Future;
@@ -39,7 +41,11 @@ pub struct AppState {
     /// Present when remediation is configured.
     pub remediation: Option<Arc<Remediation>>,
     /// The bearer token of the Alertmanager receiver; `None` disables it.
-    pub alertmanager_token: Option<crate::secret::Secret>,
+    /// A reload may change it.
+    pub alertmanager_token: Arc<std::sync::RwLock<Option<crate::secret::Secret>>>,
+    /// Where `POST /api/v1/reload` sends its request; `None` without a
+    /// configuration file to reload.
+    pub reloads: Option<Reloads>,
     /// The alerts Alertmanager reports firing, and its dedupe memory.
     pub alerts: Arc<crate::state::alerts::FiringAlerts>,
 }
@@ -53,6 +59,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/actions", get(api::actions))
         .route("/api/v1/pause", post(api::pause))
         .route("/api/v1/resume", post(api::resume))
+        .route("/api/v1/reload", post(reload::reload))
         .route(
             "/api/v1/alertmanager",
             post(alertmanager::receive).get(alertmanager::firing),

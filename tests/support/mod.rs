@@ -623,15 +623,21 @@ impl DaemonProcess {
     /// `/livez` answers, panicking with the log if the process exits.
     pub async fn spawn(name: &str, dir: &Path, toml: &str) -> DaemonProcess {
         let addr = format!("127.0.0.1:{}", free_port());
-        let listen = format!("[server]\nlisten = \"{addr}\"\n");
-        let full = if toml.contains("[server]\n") {
-            toml.replacen("[server]\n", &listen, 1)
-        } else {
-            format!("{listen}\n{toml}")
-        };
         let config_file = dir.join(format!("{name}.toml"));
-        std::fs::write(&config_file, &full)
+        std::fs::write(&config_file, with_listen(toml, &addr))
             .unwrap_or_else(|e| panic!("write {}: {e}", config_file.display()));
+        Self::start(name, dir, &config_file, &addr, &[]).await
+    }
+
+    /// Starts `dbwarden run --config <config_file> <args>` on a config the
+    /// caller wrote, listening on `addr` (see [`with_listen`]).
+    pub async fn start(
+        name: &str,
+        dir: &Path,
+        config_file: &Path,
+        addr: &str,
+        args: &[&str],
+    ) -> DaemonProcess {
         let log = dir.join(format!("{name}.log"));
         let out =
             std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
@@ -639,7 +645,8 @@ impl DaemonProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbwarden"));
         cmd.arg("run")
             .arg("--config")
-            .arg(&config_file)
+            .arg(config_file)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -654,12 +661,12 @@ impl DaemonProcess {
         let mut d = DaemonProcess {
             name: name.to_string(),
             base_url: format!("http://{addr}"),
-            config_file,
+            config_file: config_file.to_path_buf(),
             pid: child.id(),
             child: Some(child),
             log,
             client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
                 .build()
                 .expect("reqwest client"),
         };
@@ -677,6 +684,39 @@ impl DaemonProcess {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         d
+    }
+
+    /// The address it listens on, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
+    }
+
+    /// Its whole output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// POST `path` with `body` and, if given, a bearer token: status code and body.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("POST {path} on {}: {e}", self.name))?;
+        let code = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((code, body))
     }
 
     /// The child's process id (also after it was killed).
@@ -758,6 +798,17 @@ impl Drop for DaemonProcess {
         if was_running && std::thread::panicking() {
             eprintln!("{}", self.log_tail());
         }
+    }
+}
+
+/// `toml` with a `[server] listen = "<addr>"` (added to its `[server]`
+/// table, or as one).
+pub fn with_listen(toml: &str, addr: &str) -> String {
+    let listen = format!("[server]\nlisten = \"{addr}\"\n");
+    if toml.contains("[server]\n") {
+        toml.replacen("[server]\n", &listen, 1)
+    } else {
+        format!("{listen}\n{toml}")
     }
 }
 
