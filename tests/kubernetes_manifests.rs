@@ -1476,9 +1476,9 @@ fn rendered_pods_are_hardened_probed_and_bounded() {
             }
         }
         let args = c.args.clone().unwrap_or_default();
-        if args != ["run", "--config", CONFIG_PATH] {
+        if args != ["run", "--config", CONFIG_PATH, "--watch-config"] {
             err(format!(
-                "args {args:?}, expected run --config {CONFIG_PATH}"
+                "args {args:?}, expected run --config {CONFIG_PATH} --watch-config"
             ));
         }
         if c.command.is_some() {
