@@ -75,8 +75,37 @@ struct Loader {
     env_vars: BTreeMap<String, String>,
 }
 
+/// What the sections read into, before the parts validate them: the
+/// configuration, and what only validation needs (`[defaults]` and
+/// `[thresholds]` as read on their own).
+struct Read {
+    config: Config,
+    defaults: TargetSettings,
+    thresholds: (Thresholds, Neo4jThresholds),
+}
+
 pub(super) fn load(text: &str, env: Vec<(String, String)>) -> Result<Config, Vec<Issue>> {
     let table: toml::Table = toml::from_str(text).map_err(|e| vec![syntax_issue(text, &e)])?;
+    let mut l = Loader::default();
+    l.ctx.env = env;
+    let root = l.merge(&table);
+    let mut read = l.read_sections(root);
+    order_policies(&mut read.config, &table);
+    l.validate(&mut read);
+    let issues = l.finish();
+    if issues.is_empty() {
+        Ok(read.config)
+    } else {
+        Err(issues)
+    }
+}
+
+/// Keeps the policies in the file's order (the first to select a session
+/// acts); policies only the environment adds come last, by name.
+fn order_policies(config: &mut Config, table: &toml::Table) {
+    let Some(r) = &mut config.remediation else {
+        return;
+    };
     let order = |section: &str| -> Vec<String> {
         table
             .get("remediation")
@@ -85,165 +114,162 @@ pub(super) fn load(text: &str, env: Vec<(String, String)>) -> Result<Config, Vec
             .map(|t| t.keys().cloned().collect())
             .unwrap_or_default()
     };
-    let (policy_order, neo4j_policy_order) = (order("policies"), order("neo4j_policies"));
-    let mut l = Loader::default();
-    l.ctx.env = env;
-    let overrides = l.overrides();
-    let file = match Value::serialize(&table) {
-        Ok(Value::Dict(_, d)) => d,
-        _ => Dict::new(),
+    let rank = |order: &[String], name: &str| {
+        let at = order.iter().position(|n| n == name);
+        (at.unwrap_or(usize::MAX), name.to_string())
     };
-    let merged = Figment::from(Layer("config file", file)).merge(Layer("environment", overrides));
-    let mut root = merged
-        .data()
-        .ok()
-        .and_then(|mut m| m.remove(&Profile::Default))
-        .unwrap_or_default();
-
-    for key in root.keys() {
-        if !SECTIONS.contains(&key.as_str()) {
-            let is_table = matches!(root.get(key), Some(Value::Dict(..)));
-            l.parse.push(key, unknown("", key, &SECTIONS, is_table));
-        }
-    }
-    let mut section = |name: &str, l: &mut Loader| -> Option<Dict> {
-        match root.remove(name)? {
-            Value::Dict(_, d) => Some(d),
-            other => {
-                l.parse.push(
-                    name,
-                    format!("expected a table, found {}", describe(&other)),
-                );
-                None
-            }
-        }
-    };
-    let server = section("server", &mut l);
-    let log = section("log", &mut l);
-    let defaults = section("defaults", &mut l).unwrap_or_default();
-    let thresholds = section("thresholds", &mut l).unwrap_or_default();
-    let postgres = section("postgres", &mut l).unwrap_or_default();
-    let neo4j = section("neo4j", &mut l).unwrap_or_default();
-    let kubernetes = section("kubernetes", &mut l);
-    let remediation = section("remediation", &mut l);
-
-    let mut server: ServerSettings = l.read(server.unwrap_or_default(), "server", false);
-    let log: LogSettings = l.read(log.unwrap_or_default(), "log", false);
-    let defaults_read: TargetSettings = l.read(defaults.clone(), "defaults", false);
-    let (global_pg, global_neo4j) = l.global_thresholds(thresholds);
-
-    l.ctx.postgres = postgres.keys().cloned().collect();
-    l.ctx.neo4j = neo4j.keys().cloned().collect();
-    l.ctx.remediation = remediation.is_some();
-    l.ctx.instance = remediation
-        .as_ref()
-        .and_then(|r| r.get("instance"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    let mut pg_targets = Vec::new();
-    for (name, t) in postgres {
-        let path = join("postgres", &name);
-        let (t, th) = l.target(&path, t, &defaults, &global_pg.0);
-        let mut target: PostgresTarget = l.read(t, &path, true);
-        target.name = name;
-        let thresholds: Thresholds = l.thresholds(th, &path);
-        pg_targets.push(TargetConfig { target, thresholds });
-    }
-    let mut neo4j_targets = Vec::new();
-    for (name, t) in neo4j {
-        let path = join("neo4j", &name);
-        let (t, th) = l.target(&path, t, &defaults, &global_neo4j.0);
-        let mut target: Neo4jTarget = l.read(t, &path, true);
-        target.name = name;
-        let thresholds: Neo4jThresholds = l.thresholds(th, &path);
-        neo4j_targets.push(TargetConfig { target, thresholds });
-    }
-    let kubernetes: Option<KubernetesSettings> = kubernetes.map(|k| l.read(k, "kubernetes", false));
-    let mut remediation: Option<RemediationSettings> =
-        remediation.map(|r| l.read(r, "remediation", false));
-    if let Some(r) = &mut remediation {
-        // The file's order; policies only the environment adds come last, by name.
-        let rank = |order: &[String], name: &str| {
-            (
-                order.iter().position(|n| n == name).unwrap_or(usize::MAX),
-                name.to_string(),
-            )
-        };
-        r.policies
-            .sort_by_cached_key(|name, _| rank(&policy_order, name));
-        r.neo4j_policies
-            .sort_by_cached_key(|name, _| rank(&neo4j_policy_order, name));
-    }
-
-    // Each part validates its own settings.
-    let (ctx, issues) = (&l.ctx, &mut l.issues);
-    server.validate(ctx, issues);
-    log.validate(ctx, issues);
-    defaults_read.validate("defaults", ctx, issues);
-    global_pg.1.validate("thresholds", ctx, issues);
-    global_neo4j.1.validate("thresholds", ctx, issues);
-    if pg_targets.is_empty() && neo4j_targets.is_empty() {
-        issues.push(
-            "postgres",
-            "no targets configured: add a [postgres.<name>] table with a url (or a [neo4j.<name>] table with a uri)",
-        );
-    }
-    for name in ctx.neo4j.iter().filter(|n| ctx.postgres.contains(n)) {
-        issues.push(
-            join("neo4j", name),
-            format!("the name {name:?} is also a PostgreSQL target: target names must be unique"),
-        );
-    }
-    for t in &mut pg_targets {
-        let path = join("postgres", &t.target.name);
-        t.target.validate(&path, ctx, issues);
-        t.thresholds
-            .validate(&join(&path, "thresholds"), ctx, issues);
-    }
-    for t in &mut neo4j_targets {
-        let path = join("neo4j", &t.target.name);
-        t.target.validate(&path, ctx, issues);
-        t.thresholds
-            .validate(&join(&path, "thresholds"), ctx, issues);
-    }
-    let pods: Vec<(&str, &str, &str)> = pg_targets
-        .iter()
-        .map(|t| &t.target)
-        .filter_map(|t| Some(("postgres", t.name.as_str(), t.pods.as_deref()?)))
-        .chain(
-            neo4j_targets
-                .iter()
-                .map(|t| &t.target)
-                .filter_map(|t| Some(("neo4j", t.name.as_str(), t.pods.as_deref()?))),
-        )
-        .collect();
-    let mut kubernetes = kubernetes;
-    match &mut kubernetes {
-        Some(k) => k.validate(&pods, global_pg.1.disk_free.value, ctx, issues),
-        None => {
-            crate::kubernetes::settings::targets(&pods, false, issues);
-        }
-    }
-    if let Some(r) = &mut remediation {
-        let targets: Vec<&PostgresTarget> = pg_targets.iter().map(|t| &t.target).collect();
-        r.validate(&targets, ctx, issues);
-    }
-
-    let issues = l.finish();
-    if !issues.is_empty() {
-        return Err(issues);
-    }
-    Ok(Config {
-        server,
-        log,
-        postgres: pg_targets,
-        neo4j: neo4j_targets,
-        kubernetes,
-        remediation,
-    })
+    let (pg, neo4j) = (order("policies"), order("neo4j_policies"));
+    r.policies.sort_by_cached_key(|name, _| rank(&pg, name));
+    r.neo4j_policies
+        .sort_by_cached_key(|name, _| rank(&neo4j, name));
 }
 
 impl Loader {
+    /// The file and the environment merged with figment (the environment
+    /// wins), unknown sections reported.
+    fn merge(&mut self, table: &toml::Table) -> Dict {
+        let overrides = self.overrides();
+        let file = match Value::serialize(table) {
+            Ok(Value::Dict(_, d)) => d,
+            _ => Dict::new(),
+        };
+        let merged =
+            Figment::from(Layer("config file", file)).merge(Layer("environment", overrides));
+        let root = merged
+            .data()
+            .ok()
+            .and_then(|mut m| m.remove(&Profile::Default))
+            .unwrap_or_default();
+        for (key, v) in &root {
+            if !SECTIONS.contains(&key.as_str()) {
+                let is_table = matches!(v, Value::Dict(..));
+                self.parse.push(key, unknown("", key, &SECTIONS, is_table));
+            }
+        }
+        root
+    }
+
+    /// A section's table; anything else is reported.
+    fn section(&mut self, root: &mut Dict, name: &str) -> Option<Dict> {
+        match root.remove(name)? {
+            Value::Dict(_, d) => Some(d),
+            other => {
+                let found = describe(&other);
+                self.parse
+                    .push(name, format!("expected a table, found {found}"));
+                None
+            }
+        }
+    }
+
+    /// Every section read into its owner's type.
+    fn read_sections(&mut self, mut root: Dict) -> Read {
+        let mut section = |name| self.section(&mut root, name);
+        let (server, log) = (section("server"), section("log"));
+        let (defaults, thresholds) = (section("defaults"), section("thresholds"));
+        let (postgres, neo4j) = (section("postgres"), section("neo4j"));
+        let (kubernetes, remediation) = (section("kubernetes"), section("remediation"));
+        let defaults = defaults.unwrap_or_default();
+        let (postgres, neo4j) = (postgres.unwrap_or_default(), neo4j.unwrap_or_default());
+        self.ctx.postgres = postgres.keys().cloned().collect();
+        self.ctx.neo4j = neo4j.keys().cloned().collect();
+        self.ctx.remediation = remediation.is_some();
+        self.ctx.instance = remediation
+            .as_ref()
+            .and_then(|r| r.get("instance"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let (global_pg, global_neo4j) = self.global_thresholds(thresholds.unwrap_or_default());
+        let mut pg_targets = Vec::new();
+        for (name, t) in postgres {
+            let path = join("postgres", &name);
+            let (t, th) = self.target(&path, t, &defaults, &global_pg.0);
+            let mut target: PostgresTarget = self.read(t, &path, true);
+            target.name = name;
+            let thresholds: Thresholds = self.thresholds(th, &path);
+            pg_targets.push(TargetConfig { target, thresholds });
+        }
+        let mut neo4j_targets = Vec::new();
+        for (name, t) in neo4j {
+            let path = join("neo4j", &name);
+            let (t, th) = self.target(&path, t, &defaults, &global_neo4j.0);
+            let mut target: Neo4jTarget = self.read(t, &path, true);
+            target.name = name;
+            let thresholds: Neo4jThresholds = self.thresholds(th, &path);
+            neo4j_targets.push(TargetConfig { target, thresholds });
+        }
+        Read {
+            config: Config {
+                server: self.read(server.unwrap_or_default(), "server", false),
+                log: self.read(log.unwrap_or_default(), "log", false),
+                postgres: pg_targets,
+                neo4j: neo4j_targets,
+                kubernetes: kubernetes.map(|k| self.read(k, "kubernetes", false)),
+                remediation: remediation.map(|r| self.read(r, "remediation", false)),
+            },
+            defaults: self.read(defaults, "defaults", false),
+            thresholds: (global_pg.1, global_neo4j.1),
+        }
+    }
+
+    /// Each part validates its own settings; what spans parts is checked here.
+    fn validate(&mut self, read: &mut Read) {
+        let (ctx, issues) = (&self.ctx, &mut self.issues);
+        let c = &mut read.config;
+        c.server.validate(ctx, issues);
+        c.log.validate(ctx, issues);
+        read.defaults.validate("defaults", ctx, issues);
+        read.thresholds.0.validate("thresholds", ctx, issues);
+        read.thresholds.1.validate("thresholds", ctx, issues);
+        if c.postgres.is_empty() && c.neo4j.is_empty() {
+            issues.push(
+                "postgres",
+                "no targets configured: add a [postgres.<name>] table with a url (or a [neo4j.<name>] table with a uri)",
+            );
+        }
+        for name in ctx.neo4j.iter().filter(|n| ctx.postgres.contains(n)) {
+            issues.push(
+                join("neo4j", name),
+                format!(
+                    "the name {name:?} is also a PostgreSQL target: target names must be unique"
+                ),
+            );
+        }
+        for t in &mut c.postgres {
+            let path = join("postgres", &t.target.name);
+            t.target.validate(&path, ctx, issues);
+            t.thresholds
+                .validate(&join(&path, "thresholds"), ctx, issues);
+        }
+        for t in &mut c.neo4j {
+            let path = join("neo4j", &t.target.name);
+            t.target.validate(&path, ctx, issues);
+            t.thresholds
+                .validate(&join(&path, "thresholds"), ctx, issues);
+        }
+        let pods: Vec<(&str, &str, &str)> = c
+            .postgres
+            .iter()
+            .map(|t| ("postgres", &t.target.name, &t.target.pods))
+            .chain(
+                c.neo4j
+                    .iter()
+                    .map(|t| ("neo4j", &t.target.name, &t.target.pods)),
+            )
+            .filter_map(|(kind, name, pods)| Some((kind, name.as_str(), pods.as_deref()?)))
+            .collect();
+        match &mut c.kubernetes {
+            Some(k) => k.validate(&pods, read.thresholds.0.disk_free.value, ctx, issues),
+            None => {
+                crate::kubernetes::settings::targets(&pods, false, issues);
+            }
+        }
+        if let Some(r) = &mut c.remediation {
+            let targets: Vec<&PostgresTarget> = c.postgres.iter().map(|t| &t.target).collect();
+            r.validate(&targets, ctx, issues);
+        }
+    }
+
     /// The `DBWARDEN_A__B=value` variables as a tree of strings (an array
     /// when the value is written as one, `["a", "b"]`). A malformed name is
     /// an issue.
