@@ -1862,7 +1862,7 @@ fn every_key_is_documented_and_in_the_example() {
     let root = env!("CARGO_MANIFEST_DIR");
     let docs = std::fs::read_to_string(format!("{root}/docs/configuration.md")).unwrap();
     let example = std::fs::read_to_string(format!("{root}/config/dbwarden.example.toml")).unwrap();
-    let keys = dbwarden::config::keys();
+    let keys = schema::all();
     let settings: Vec<&str> = keys
         .iter()
         .filter_map(|k| k.strip_prefix("defaults."))
@@ -2187,5 +2187,312 @@ mod round_trip {
             prop_assert_eq!(meaning(&first), meaning(&second));
             prop_assert_eq!(second.to_redacted_toml(), printed);
         }
+    }
+}
+
+/// Every key the configuration accepts, read from the parts' derived
+/// `Deserialize` (a walk that answers every struct with the keys it has not
+/// explored yet): what the documentation must cover.
+mod schema {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// Every key path the configuration file accepts, from the parts' own
+    /// types; the names of targets, policies and volumes show as `<name>`.
+    /// A target's settings sit in its own table, as in the file.
+    fn keys() -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut add = |prefix: &str, keys: BTreeSet<String>| {
+            for k in keys {
+                let k = k.strip_prefix("settings.").unwrap_or(&k);
+                if k != "settings" {
+                    out.insert(format!("{prefix}.{k}"));
+                }
+            }
+        };
+        add("server", key_paths::<dbwarden::config::ServerSettings>());
+        add("log", key_paths::<dbwarden::config::LogSettings>());
+        add("defaults", key_paths::<dbwarden::config::TargetSettings>());
+        add("thresholds", key_paths::<dbwarden::evaluate::Thresholds>());
+        add(
+            "thresholds",
+            key_paths::<dbwarden::evaluate::Neo4jThresholds>(),
+        );
+        add(
+            "postgres.<name>",
+            key_paths::<dbwarden::config::PostgresTarget>(),
+        );
+        add(
+            "postgres.<name>.thresholds",
+            key_paths::<dbwarden::evaluate::Thresholds>(),
+        );
+        add("neo4j.<name>", key_paths::<dbwarden::config::Neo4jTarget>());
+        add(
+            "neo4j.<name>.thresholds",
+            key_paths::<dbwarden::evaluate::Neo4jThresholds>(),
+        );
+        add(
+            "kubernetes",
+            key_paths::<dbwarden::config::KubernetesSettings>(),
+        );
+        add(
+            "remediation",
+            key_paths::<dbwarden::config::RemediationSettings>(),
+        );
+        out
+    }
+
+    /// Every key path a settings type accepts, read from its derived
+    /// `Deserialize`: `listen`, `budget.window`, `policies.<name>.when.state`
+    /// (a map's keys show as `<name>`). The documentation's completeness is
+    /// checked against it.
+    fn key_paths<T: serde::de::DeserializeOwned>() -> BTreeSet<String> {
+        let walk = walk::Walk::default();
+        // Each pass explores at least one key it had not, until none is left.
+        for _ in 0..10_000 {
+            let _ = T::deserialize(walk::Walker {
+                walk: &walk,
+                path: String::new(),
+            });
+            if walk.done.borrow().contains("") {
+                break;
+            }
+        }
+        walk.keys.into_inner()
+    }
+
+    /// A deserializer that answers every struct with the keys it has not yet
+    /// explored and every leaf with a made-up value: it records the keys it is
+    /// asked for, not what they hold.
+    mod walk {
+        use std::cell::RefCell;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        use serde::de::{
+            self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+        };
+
+        /// `parent.key`, unquoted (`<name>` stands for a map's keys).
+        fn join(parent: &str, key: &str) -> String {
+            if parent.is_empty() {
+                key.to_string()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+
+        #[derive(Default)]
+        pub(super) struct Walk {
+            /// Every table's fields, by its path.
+            tables: RefCell<BTreeMap<String, Vec<&'static str>>>,
+            /// The paths explored to the end.
+            pub(super) done: RefCell<BTreeSet<String>>,
+            pub(super) keys: RefCell<BTreeSet<String>>,
+        }
+
+        #[derive(Debug)]
+        pub(super) struct Stop;
+        impl std::fmt::Display for Stop {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("stop")
+            }
+        }
+        impl std::error::Error for Stop {}
+        impl de::Error for Stop {
+            fn custom<M: std::fmt::Display>(_: M) -> Self {
+                Stop
+            }
+        }
+
+        pub(super) struct Walker<'w> {
+            pub(super) walk: &'w Walk,
+            pub(super) path: String,
+        }
+
+        impl Walk {
+            fn finish(&self, path: &str) {
+                let complete = match self.tables.borrow().get(path) {
+                    Some(fields) => {
+                        let done = self.done.borrow();
+                        fields.iter().all(|f| done.contains(&join(path, f)))
+                    }
+                    None => true,
+                };
+                if complete {
+                    self.done.borrow_mut().insert(path.to_string());
+                }
+            }
+        }
+
+        /// The keys of one table still to explore, or a map's one `<name>`.
+        struct Entries<'w> {
+            walk: &'w Walk,
+            path: String,
+            pending: Vec<&'static str>,
+            current: Option<String>,
+        }
+
+        impl<'de> MapAccess<'de> for Entries<'_> {
+            type Error = Stop;
+            fn next_key_seed<K: DeserializeSeed<'de>>(
+                &mut self,
+                seed: K,
+            ) -> Result<Option<K::Value>, Stop> {
+                let Some(key) = self.pending.pop() else {
+                    return Ok(None);
+                };
+                let child = join(&self.path, key);
+                self.walk.keys.borrow_mut().insert(child.clone());
+                self.current = Some(child);
+                seed.deserialize(key.into_deserializer()).map(Some)
+            }
+            fn next_value_seed<V: DeserializeSeed<'de>>(
+                &mut self,
+                seed: V,
+            ) -> Result<V::Value, Stop> {
+                let child = self.current.take().unwrap_or_default();
+                let r = seed.deserialize(Walker {
+                    walk: self.walk,
+                    path: child.clone(),
+                });
+                self.walk.finish(&child);
+                r
+            }
+        }
+
+        struct One<'w>(Option<Walker<'w>>);
+
+        impl<'de> SeqAccess<'de> for One<'_> {
+            type Error = Stop;
+            fn next_element_seed<T: DeserializeSeed<'de>>(
+                &mut self,
+                seed: T,
+            ) -> Result<Option<T::Value>, Stop> {
+                match self.0.take() {
+                    Some(w) => seed.deserialize(w).map(Some),
+                    None => Ok(None),
+                }
+            }
+        }
+
+        impl<'de> Deserializer<'de> for Walker<'_> {
+            type Error = Stop;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+                Err(Stop)
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                v: V,
+            ) -> Result<V::Value, Stop> {
+                self.walk
+                    .tables
+                    .borrow_mut()
+                    .insert(self.path.clone(), fields.to_vec());
+                let done = self.walk.done.borrow().clone();
+                let mut pending: Vec<&'static str> = fields
+                    .iter()
+                    .filter(|f| !done.contains(&join(&self.path, f)))
+                    .copied()
+                    .collect();
+                pending.reverse();
+                let r = v.visit_map(Entries {
+                    walk: self.walk,
+                    path: self.path.clone(),
+                    pending,
+                    current: None,
+                });
+                self.walk.finish(&self.path);
+                r
+            }
+            fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                self.walk
+                    .tables
+                    .borrow_mut()
+                    .insert(self.path.clone(), vec!["<name>"]);
+                let r = v.visit_map(Entries {
+                    walk: self.walk,
+                    path: self.path.clone(),
+                    pending: vec!["<name>"],
+                    current: None,
+                });
+                self.walk.finish(&self.path);
+                r
+            }
+            fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_some(self)
+            }
+            fn deserialize_newtype_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                v: V,
+            ) -> Result<V::Value, Stop> {
+                v.visit_newtype_struct(self)
+            }
+            fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_seq(One(Some(self)))
+            }
+            fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_str("")
+            }
+            fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_str("")
+            }
+            fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_bool(false)
+            }
+            fn deserialize_u32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_u32(1)
+            }
+            fn deserialize_u64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_u64(1)
+            }
+            fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
+                v.visit_f64(0.5)
+            }
+            serde::forward_to_deserialize_any! {
+                i8 i16 i32 i64 i128 u8 u16 u128 f32 char bytes byte_buf unit
+                unit_struct tuple tuple_struct enum identifier ignored_any
+            }
+        }
+    }
+
+    pub(super) fn all() -> BTreeSet<String> {
+        keys()
+    }
+
+    #[test]
+    fn key_paths_walk_nested_tables_options_lists_and_maps() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            #[serde(with = "dbwarden::settings::duration")]
+            every: std::time::Duration,
+            names: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            a: u32,
+            inner: Option<Inner>,
+            #[serde(rename = "for")]
+            hold: bool,
+            by_name: BTreeMap<String, Inner>,
+        }
+        let keys: Vec<String> = key_paths::<Outer>().into_iter().collect();
+        assert_eq!(
+            keys,
+            [
+                "a",
+                "by_name",
+                "by_name.<name>",
+                "by_name.<name>.every",
+                "by_name.<name>.names",
+                "for",
+                "inner",
+                "inner.every",
+                "inner.names",
+            ]
+        );
     }
 }

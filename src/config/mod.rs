@@ -28,7 +28,6 @@
 
 mod load;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -184,34 +183,6 @@ impl<Th> TargetConfig<Neo4jTarget, Th> {
             thresholds: &self.thresholds,
         }
     }
-}
-
-/// Every key path the configuration file accepts, from the parts' own
-/// types; the names of targets, policies and volumes show as `<name>`.
-/// A target's settings sit in its own table, as in the file.
-pub fn keys() -> BTreeSet<String> {
-    use crate::settings::key_paths;
-    let mut out = BTreeSet::new();
-    let mut add = |prefix: &str, keys: BTreeSet<String>| {
-        for k in keys {
-            let k = k.strip_prefix("settings.").unwrap_or(&k);
-            if k != "settings" {
-                out.insert(format!("{prefix}.{k}"));
-            }
-        }
-    };
-    add("server", key_paths::<ServerSettings>());
-    add("log", key_paths::<LogSettings>());
-    add("defaults", key_paths::<TargetSettings>());
-    add("thresholds", key_paths::<Thresholds>());
-    add("thresholds", key_paths::<Neo4jThresholds>());
-    add("postgres.<name>", key_paths::<PostgresTarget>());
-    add("postgres.<name>.thresholds", key_paths::<Thresholds>());
-    add("neo4j.<name>", key_paths::<Neo4jTarget>());
-    add("neo4j.<name>.thresholds", key_paths::<Neo4jThresholds>());
-    add("kubernetes", key_paths::<KubernetesSettings>());
-    add("remediation", key_paths::<RemediationSettings>());
-    out
 }
 
 /// A target's `settings` table back into the target's own table, where the

@@ -330,34 +330,18 @@ impl Running {
         let cancel = self.token.child_token();
         let (updates, poller) =
             if let Some(t) = self.config.postgres.iter().find(|t| t.target.name == name) {
-                self.state.add_target(name, "postgres");
-                let (tx, rx) = watch_channel::channel(t.clone());
                 let observer = PostgresObserver::new(t.target.clone());
-                let poller = poller::run(
-                    observer,
-                    rx,
-                    self.state.clone(),
-                    self.metrics.clone(),
-                    cancel.clone(),
-                );
-                (Updates::Postgres(tx), self.tracker.spawn(poller))
+                let (tx, poller) = self.spawn_poller(observer, t.clone(), &cancel);
+                (Updates::Postgres(tx), poller)
             } else {
                 #[cfg(feature = "neo4j")]
                 {
                     let Some(t) = self.config.neo4j.iter().find(|t| t.target.name == name) else {
                         return;
                     };
-                    self.state.add_target(name, "neo4j");
-                    let (tx, rx) = watch_channel::channel(t.clone());
                     let observer = Neo4jObserver::new(t.target.clone());
-                    let poller = poller::run(
-                        observer,
-                        rx,
-                        self.state.clone(),
-                        self.metrics.clone(),
-                        cancel.clone(),
-                    );
-                    (Updates::Neo4j(tx), self.tracker.spawn(poller))
+                    let (tx, poller) = self.spawn_poller(observer, t.clone(), &cancel);
+                    (Updates::Neo4j(tx), poller)
                 }
                 // Without the `neo4j` feature, validation refuses Neo4j targets.
                 #[cfg(not(feature = "neo4j"))]
@@ -374,6 +358,28 @@ impl Running {
             },
         );
         self.follow_remediation(name);
+    }
+
+    /// Spawns a poll loop; returns the channel that gives it new settings.
+    fn spawn_poller<O: poller::Observer>(
+        &self,
+        observer: O,
+        config: TargetConfig<O::Target, O::Thresholds>,
+        cancel: &CancellationToken,
+    ) -> (
+        watch_channel::Sender<TargetConfig<O::Target, O::Thresholds>>,
+        JoinHandle<()>,
+    ) {
+        self.state.add_target(observer.name(), O::KIND);
+        let (tx, rx) = watch_channel::channel(config);
+        let run = poller::run(
+            observer,
+            rx,
+            self.state.clone(),
+            self.metrics.clone(),
+            cancel.clone(),
+        );
+        (tx, self.tracker.spawn(run))
     }
 
     /// Starts or stops the target's remediation to match the policies: a
