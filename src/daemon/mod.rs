@@ -304,6 +304,11 @@ struct RunningTarget {
     remediation: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
+/// What gives a poll loop of observer `O` new settings.
+type ConfigSender<O> = watch_channel::Sender<
+    TargetConfig<<O as poller::Observer>::Target, <O as poller::Observer>::Thresholds>,
+>;
+
 enum Updates {
     Postgres(watch_channel::Sender<TargetConfig<PostgresTarget, Thresholds>>),
     #[cfg_attr(not(feature = "neo4j"), allow(dead_code))]
@@ -366,10 +371,7 @@ impl Running {
         observer: O,
         config: TargetConfig<O::Target, O::Thresholds>,
         cancel: &CancellationToken,
-    ) -> (
-        watch_channel::Sender<TargetConfig<O::Target, O::Thresholds>>,
-        JoinHandle<()>,
-    ) {
+    ) -> (ConfigSender<O>, JoinHandle<()>) {
         self.state.add_target(observer.name(), O::KIND);
         let (tx, rx) = watch_channel::channel(config);
         let run = poller::run(
