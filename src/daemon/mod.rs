@@ -100,6 +100,9 @@ pub async fn run_with(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let (reloads, mut reload_requests) = mpsc::channel(16);
+    let sighup = reload_on_sighup(reloads.clone(), token.clone());
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -118,7 +121,6 @@ pub async fn run_with(
             ),
     ));
     let metrics = Arc::new(Metrics::new(state.clone()));
-    let token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     let remediation = match config.remediation.clone() {
@@ -151,7 +153,6 @@ pub async fn run_with(
         .await;
     }
 
-    let (reloads, mut reload_requests) = mpsc::channel(16);
     let mut daemon = Running {
         state: state.clone(),
         metrics: metrics.clone(),
@@ -182,7 +183,7 @@ pub async fn run_with(
             http_token.cancel();
         }
     });
-    tracker.spawn(reload_on_sighup(reloads.clone(), token.clone()));
+    tracker.spawn(sighup);
     let _watcher = match (&options.source, options.watch_config) {
         (Some(source), true) => Some(watch_config(&source.path, reloads, &tracker, &token)?),
         _ => None,
@@ -228,30 +229,38 @@ pub async fn run_with(
 
 /// Asks for a reload on every `SIGHUP` (one waiting is enough: a storm of
 /// signals is one or two reloads).
-async fn reload_on_sighup(reloads: http::Reloads, cancel: CancellationToken) {
+/// The handler is installed when this is called (before start-up goes on,
+/// so an early SIGHUP does not end the process); the returned future asks.
+fn reload_on_sighup(
+    reloads: http::Reloads,
+    cancel: CancellationToken,
+) -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload through the API");
-                return;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hup = match hup {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP: reload through the API");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
+                let _ = reloads.try_send(http::ReloadRequest {
+                    by: "SIGHUP",
+                    reply: None,
+                });
             }
-        };
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
-            }
-            let _ = reloads.try_send(http::ReloadRequest {
-                by: "SIGHUP",
-                reply: None,
-            });
         }
+        #[cfg(not(unix))]
+        let _ = (reloads, cancel);
     }
-    #[cfg(not(unix))]
-    let _ = (reloads, cancel);
 }
 
 /// Starts watching the configuration file; each change asks for a reload.
