@@ -18,6 +18,41 @@ use crate::remediate::postgres::Postgres;
 use crate::remediate::recorder::Recorder;
 use crate::remediate::settings::Budget as Limits;
 
+/// The log lines of the current thread (the tests' runtime runs the loop on it).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Captures every line logged on this thread while the guard lives.
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
 /// Deadline for anything the loop should do at once.
 const DEADLINE: Duration = Duration::from_secs(10);
 const TARGET: &str = "t";
@@ -224,7 +259,9 @@ impl Kind for Fake {
         }
     }
 
-    fn log(_: &Item, _: Signal, _: Event<'_>) {}
+    fn log(c: &Item, signal: Signal, event: Event<'_>) {
+        tracing::info!(id = c.id, ?signal, ?event, "fake");
+    }
 
     async fn contend(&mut self, _: &Context<'_, Self>) -> Holder {
         self.seen.send_modify(|s| s.contended += 1);
@@ -794,4 +831,84 @@ async fn reconfigure_refuses_what_cannot_change_in_place() {
     assert!(e.to_string().contains("audit file"), "{e}");
     assert_eq!(observe.rem.settings().mode, Mode::Observe);
     observe.stop().await;
+}
+
+#[tokio::test]
+async fn dry_run_reports_without_pacing() {
+    let h = Harness::start(|d| {
+        let mut s = settings(d, Mode::DryRun, vec![terminate("p")]);
+        s.pacing = Duration::from_secs(3600);
+        s
+    })
+    .await;
+    // The cycle helper waits for the next cycle, which an hour's pacing would hold up.
+    h.cycle(&[(1, "p"), (2, "p")]).await;
+    assert_eq!(h.count("action t p terminate would_act dry-run"), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn each_decision_is_logged_by_its_kind() {
+    let (logs, _guard) = Logs::capture();
+    let h = Harness::start(|d| settings(d, Mode::Enforce, vec![terminate("p")])).await;
+    h.answer(2, Decision::Refused);
+    h.cycle(&[(1, "p"), (2, "p")]).await;
+    h.cycle(&[(2, "p")]).await;
+    assert_eq!(logs.count("id=1 signal=Terminate event=Acted"), 1);
+    assert_eq!(
+        logs.count("id=2 signal=Terminate event=NotActed(\"the fake answered refused\")"),
+        1
+    );
+    assert_eq!(logs.count("id=2 signal=Terminate event=Settled"), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_pause_is_logged_once_while_it_holds() {
+    let (logs, _guard) = Logs::capture();
+    let h = Harness::start(|d| settings(d, Mode::Enforce, vec![terminate("p")])).await;
+    let paused = "remediation is paused: not acting";
+    h.rem.pause.pause("test", "testing").expect("pause");
+    h.cycle(&[(1, "p")]).await;
+    h.cycle(&[(1, "p")]).await;
+    assert_eq!(logs.count(paused), 1);
+    h.rem.pause.resume().expect("resume");
+    h.cycle(&[]).await;
+    h.cycle(&[(1, "p")]).await;
+    assert_eq!(
+        logs.count(paused),
+        1,
+        "resumed, and there were candidates to act on"
+    );
+    h.rem.pause.pause("test", "again").expect("pause");
+    h.cycle(&[(2, "p")]).await;
+    assert_eq!(logs.count(paused), 2, "a new pause");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_is_logged_once_until_an_action_is_allowed() {
+    let (logs, _guard) = Logs::capture();
+    let h = Harness::start(|d| {
+        let mut s = settings(d, Mode::Enforce, vec![terminate("p")]);
+        s.budget.per_target = 1;
+        s
+    })
+    .await;
+    let exhausted = "remediation budget exhausted";
+    h.cycle(&[(1, "p"), (2, "p"), (3, "p")]).await;
+    h.cycle(&[(4, "p")]).await;
+    assert_eq!(logs.count(exhausted), 1);
+    assert_eq!(h.count("action t p terminate budget_exhausted enforce"), 3);
+    let mut more = (*h.rem.settings()).clone();
+    more.budget.per_target = 2;
+    h.rem.reconfigure(more).expect("in place");
+    h.cycle(&[(4, "p"), (5, "p")]).await;
+    assert_eq!(h.acted(), [(1, Signal::Terminate), (4, Signal::Terminate)]);
+    assert_eq!(
+        logs.count(exhausted),
+        2,
+        "exhausted again after an allowed action"
+    );
+    h.stop().await;
 }
