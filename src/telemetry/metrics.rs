@@ -35,6 +35,17 @@ use crate::remediate::Recorder;
 use crate::remediate::executor::Holder;
 use crate::state::{SharedState, TargetStatus, unix_seconds};
 
+/// Registers a new metric under `name` and returns its handle.
+fn add<M: Default + Clone + prometheus_client::registry::Metric>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let m = M::default();
+    registry.register(name, help, m.clone());
+    m
+}
+
 /// The OpenMetrics content type served on `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -145,11 +156,10 @@ impl Metrics {
         );
         let polls = Family::<TargetLabels, Counter>::default();
         registry.register("polls", "Polls finished, successful or not", polls.clone());
-        let poll_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
+        let poll_errors: Family<ErrorLabels, Counter> = add(
+            &mut registry,
             "poll_errors",
             "Polls that failed, by kind of failure",
-            poll_errors.clone(),
         );
         let poll_duration = Family::<TargetLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -162,87 +172,74 @@ impl Metrics {
             Unit::Seconds,
             poll_duration.clone(),
         );
-        let actions = Family::<ActionLabels, Counter>::default();
-        registry.register(
+        let actions: Family<ActionLabels, Counter> = add(
+            &mut registry,
             "remediation_actions",
             "Remediation decisions by target, policy, action (cancel/terminate), outcome and mode",
-            actions.clone(),
         );
-        let candidates = Family::<PolicyLabels, Gauge>::default();
-        registry.register(
+        let candidates: Family<PolicyLabels, Gauge> = add(
+            &mut registry,
             "remediation_candidates",
             "Sessions that meet a policy's conditions in the latest poll (protected sessions excluded)",
-            candidates.clone(),
         );
-        let budget_remaining = Family::<ScopeLabels, Gauge>::default();
-        registry.register(
+        let budget_remaining: Family<ScopeLabels, Gauge> = add(
+            &mut registry,
             "remediation_budget_remaining",
             "Actions still allowed in the current window, per target and `global`",
-            budget_remaining.clone(),
         );
-        let budget_exhausted = Family::<ScopeLabels, Gauge>::default();
-        registry.register(
+        let budget_exhausted: Family<ScopeLabels, Gauge> = add(
+            &mut registry,
             "remediation_budget_exhausted",
             "1 while the budget of the scope is exhausted and dbwarden does not act there",
-            budget_exhausted.clone(),
         );
-        let paused = Gauge::default();
-        registry.register(
+        let paused: Gauge = add(
+            &mut registry,
             "remediation_paused",
             "1 while remediation is paused (API or sentinel file)",
-            paused.clone(),
         );
-        let mode = Family::<ModeLabels, Gauge>::default();
-        registry.register(
+        let mode: Family<ModeLabels, Gauge> = add(
+            &mut registry,
             "remediation_mode",
             "1 for the configured remediation mode (observe, dry-run, enforce), 0 for the others",
-            mode.clone(),
         );
-        let actor = Family::<TargetLabels, Gauge>::default();
-        registry.register(
+        let actor: Family<TargetLabels, Gauge> = add(
+            &mut registry,
             "remediation_actor",
             "1 when this instance holds the actor lock of the target and may act on it",
-            actor.clone(),
         );
-        let actor_holder = Family::<HolderLabels, Gauge>::default();
-        registry.register(
+        let actor_holder: Family<HolderLabels, Gauge> = add(
+            &mut registry,
             "remediation_actor_holder",
             "The instance holding the actor lock of the target, as seen by this instance (value 1)",
-            actor_holder.clone(),
         );
-        let audit_errors = Counter::default();
-        registry.register(
+        let audit_errors: Counter = add(
+            &mut registry,
             "remediation_audit_errors",
             "Audit records that could not be written; dbwarden does not act without one",
-            audit_errors.clone(),
         );
-        let am_alerts = Family::<AlertStatusLabels, Counter>::default();
-        registry.register(
+        let am_alerts: Family<AlertStatusLabels, Counter> = add(
+            &mut registry,
             "alertmanager_alerts_received",
             "Alerts received from Alertmanager's webhook, duplicates included, by status (firing/resolved)",
-            am_alerts.clone(),
         );
         for status in ["firing", "resolved"] {
             let _ = am_alerts.get_or_create(&AlertStatusLabels { status });
         }
-        let am_duplicates = Counter::default();
-        registry.register(
+        let am_duplicates: Counter = add(
+            &mut registry,
             "alertmanager_duplicates",
             "Alerts received again (same fingerprint, startsAt and status) and not acted on again",
-            am_duplicates.clone(),
         );
-        let am_requests = Family::<CodeLabels, Counter>::default();
-        registry.register(
+        let am_requests: Family<CodeLabels, Counter> = add(
+            &mut registry,
             "alertmanager_requests",
             "Requests to the Alertmanager receiver by HTTP status code",
-            am_requests.clone(),
         );
         let _ = am_requests.get_or_create(&CodeLabels { code: "202" });
-        let reload_successful = Gauge::default();
-        registry.register(
+        let reload_successful: Gauge = add(
+            &mut registry,
             "config_last_reload_successful",
             "1 when the last configuration reload applied (or none was tried), 0 when it was refused",
-            reload_successful.clone(),
         );
         reload_successful.set(1);
         let reload_success_time = Gauge::<f64, AtomicU64>::default();
@@ -253,11 +250,10 @@ impl Metrics {
             reload_success_time.clone(),
         );
         reload_success_time.set(unix_seconds(std::time::SystemTime::now()));
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let reloads: Family<ResultLabels, Counter> = add(
+            &mut registry,
             "config_reloads",
             "Configuration reloads by result (success, failure)",
-            reloads.clone(),
         );
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabels { result });
