@@ -1212,7 +1212,22 @@ match_users = ["app"]
     sleeper.select_1("the cancelled sleeper").await;
     let (_, result) = stubborn.await.expect("the stubborn task");
     assert!(result.is_err(), "the stubborn query returned: {result:?}");
-    wait_polls(&daemon, 2.0).await;
+    // The sleeper may have been chosen a cycle after the stubborn session:
+    // its guarded terminate comes a grace after its cancel, so wait for it.
+    wait_until(T, "both follow-up terminates in the audit", async || {
+        let records = audit(&audit_file);
+        let done = |pid| {
+            records_of(&records, pid)
+                .iter()
+                .filter(|r| r.action_id.ends_with("/t") && r.decision != Decision::Intent)
+                .count()
+        };
+        match (done(stubborn_id.0), done(sleeper_id.0)) {
+            (0, _) | (_, 0) => Err(format!("audit {:?}", decisions(&records))),
+            _ => Ok(()),
+        }
+    })
+    .await;
 
     let records = audit(&audit_file);
     let steps = |pid: i32| -> Vec<(&'static str, String, bool)> {
