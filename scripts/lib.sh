@@ -10,6 +10,8 @@ declare -A DBWARDEN_PACKAGES=(
   [/usr/bin/prometheus-alertmanager]=prometheus-alertmanager
   [/usr/bin/prometheus-postgres-exporter]=prometheus-postgres-exporter
   [/usr/bin/curl]=curl
+  [/usr/bin/chromium]=chromium
+  [/usr/bin/chromedriver]=chromium-driver
 )
 
 # Installs whatever is missing (as root, with apt-get), or says which package to install.

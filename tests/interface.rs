@@ -421,6 +421,55 @@ fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
     }
 }
 
+/// The status page links each failing check to its alert's runbook
+/// section: that alert must be the one the shipped rules fire for the check
+/// (its expression names `check="<check>"`, or it is the target-down alert
+/// of the connection check), and every check of every kind has one.
+#[test]
+fn the_status_page_links_each_check_to_the_alert_that_fires_for_it() {
+    let rules = read(RULES);
+    let alerts = alert_names(&rules);
+    let per_rule: Vec<&str> = rules.split("- alert:").skip(1).collect();
+    let pg: Vec<&str> = CheckId::ALL.iter().map(|c| c.as_str()).collect();
+    let neo4j: Vec<&str> = CheckId::NEO4J.iter().map(|c| c.as_str()).collect();
+    let kinds = [
+        ("postgres", pg),
+        ("neo4j", neo4j),
+        ("kubernetes", kube_checks()),
+    ];
+    for (kind, checks) in &kinds {
+        for check in checks {
+            let n = dbwarden::http::CHECK_ALERTS
+                .iter()
+                .filter(|(k, c, _)| k == kind && c == check)
+                .count();
+            assert_eq!(n, 1, "CHECK_ALERTS has {n} entries for {kind}/{check}");
+        }
+    }
+    for (kind, check, alert) in dbwarden::http::CHECK_ALERTS {
+        assert!(
+            kinds.iter().any(|(k, cs)| k == kind && cs.contains(check)),
+            "CHECK_ALERTS names {kind}/{check}, which is no such check"
+        );
+        assert!(
+            alerts.iter().any(|a| a == alert),
+            "{alert} is not in {RULES}"
+        );
+        let rule = per_rule
+            .iter()
+            .find(|r| r.trim_start().starts_with(&format!("{alert}\n")))
+            .unwrap_or_else(|| panic!("{alert}: rule not found"));
+        let fires_for_check = rule.contains(&format!("check=\"{check}\""));
+        let down_alert = *check == "connection"
+            && rule.contains("dbwarden_up == 0")
+            && rule.contains(&format!("kind=\"{kind}\""));
+        assert!(
+            fires_for_check || down_alert,
+            "{alert} does not fire for {kind}/{check}:\n{rule}"
+        );
+    }
+}
+
 #[test]
 fn generated_deploy_files_are_up_to_date() {
     let out = Command::new("bash")

@@ -37,7 +37,6 @@ use crate::observe::neo4j::Neo4jObserver;
 use crate::observe::neo4j::Neo4jTarget;
 use crate::observe::{PostgresObserver, PostgresTarget};
 use crate::remediate::Remediation;
-use crate::secret::Secret;
 use crate::state::{SharedState, alerts};
 use crate::telemetry::logging::LogLevel;
 use crate::telemetry::metrics::Metrics;
@@ -160,7 +159,7 @@ pub async fn run_with(
         // Alerts Alertmanager reports: fed by the receiver; remediation's
         // second gate ("act only while the named alert fires") reads them.
         alerts: Arc::new(alerts::FiringAlerts::new()),
-        alertmanager_token: Arc::new(RwLock::new(config.server.alertmanager_token.clone())),
+        server: Arc::new(RwLock::new(Arc::new(config.server.clone()))),
         tracker: tracker.clone(),
         token: token.clone(),
         targets: BTreeMap::new(),
@@ -172,7 +171,7 @@ pub async fn run_with(
         state: state.clone(),
         metrics: metrics.clone(),
         remediation,
-        alertmanager_token: daemon.alertmanager_token.clone(),
+        server: daemon.server.clone(),
         reloads: options.source.is_some().then(|| reloads.clone()),
         alerts: daemon.alerts.clone(),
     };
@@ -296,7 +295,7 @@ struct Running {
     metrics: Arc<Metrics>,
     remediation: Option<Arc<Remediation>>,
     alerts: Arc<alerts::FiringAlerts>,
-    alertmanager_token: Arc<RwLock<Option<Secret>>>,
+    server: Arc<RwLock<Arc<http::ServerSettings>>>,
     tracker: TaskTracker,
     token: CancellationToken,
     targets: BTreeMap<String, RunningTarget>,
@@ -484,6 +483,15 @@ impl Running {
             ),
         }
         self.metrics.record_reload(result.is_ok());
+        self.state.record_reload(crate::state::ReloadOutcome {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            by: by.to_string(),
+            successful: result.is_ok(),
+            messages: match &result {
+                Ok(summary) => vec![summary.clone()],
+                Err(errors) => errors.clone(),
+            },
+        });
         result
     }
 
@@ -526,10 +534,8 @@ impl Running {
             self.follow_policies(&old);
         }
         if plan.server {
-            *self
-                .alertmanager_token
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = self.config.server.alertmanager_token.clone();
+            *self.server.write().unwrap_or_else(|e| e.into_inner()) =
+                Arc::new(self.config.server.clone());
         }
         if plan.log_level
             && let Some(log) = &self.log

@@ -70,15 +70,11 @@ struct Counts {
 
 /// The answer to a request without the right token, or `None` to go on.
 fn refuse(app: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let token = app
-        .alertmanager_token
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let Some(token) = token else {
+    let server = app.server();
+    let Some(token) = server.alertmanager_token.as_ref() else {
         return Some(error(StatusCode::FORBIDDEN, DISABLED));
     };
-    if !auth::bearer_ok(headers, &token) {
+    if !auth::bearer_ok(headers, token) {
         return Some(
             (
                 StatusCode::UNAUTHORIZED,

@@ -27,41 +27,21 @@ pub(super) async fn status(
             "unknown query parameter: the only one is snapshot=true|false",
         );
     };
-    let targets: Vec<_> = app
-        .state
-        .all()
-        .iter()
-        .map(|t| {
-            let mut v = serde_json::to_value(t.as_ref()).unwrap_or_default();
-            if q.snapshot {
-                if t.kind == "neo4j" {
-                    v["neo4j_snapshot"] =
-                        serde_json::to_value(t.neo4j_snapshot.as_deref()).unwrap_or_default();
-                } else {
-                    v["snapshot"] = serde_json::to_value(t.snapshot.as_deref()).unwrap_or_default();
-                }
+    let view = super::view::status(&app);
+    let mut body = serde_json::to_value(&view).unwrap_or_default();
+    if q.snapshot
+        && let Some(targets) = body["targets"].as_array_mut()
+    {
+        for (v, t) in targets.iter_mut().zip(&view.targets) {
+            if t.kind == "neo4j" {
+                v["neo4j_snapshot"] =
+                    serde_json::to_value(t.neo4j_snapshot.as_deref()).unwrap_or_default();
+            } else {
+                v["snapshot"] = serde_json::to_value(t.snapshot.as_deref()).unwrap_or_default();
             }
-            v
-        })
-        .collect();
-    let remediation = app.remediation.as_ref().map(|r| {
-        let settings = r.settings();
-        json!({
-            "mode": settings.mode,
-            "paused": r.pause.info(),
-            "policies": settings.policies.keys().cloned().collect::<Vec<_>>(),
-            "neo4j_policies": settings.neo4j_policies.keys().cloned().collect::<Vec<_>>(),
-        })
-    });
-    // The Kubernetes loop's latest status (pods, StatefulSets, volumes,
-    // checks, the Lease, the latest eviction round): memory only.
-    let kubernetes = app
-        .state
-        .kubernetes()
-        .map(|k| serde_json::to_value(k.as_ref()).unwrap_or_default());
-    // The process itself: its live tasks (a leak shows here first).
-    let runtime = json!({"tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks()});
-    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation, "kubernetes": kubernetes, "runtime": runtime})).into_response()
+        }
+    }
+    Json(body).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,12 +65,7 @@ pub(super) async fn actions(
         .limit
         .unwrap_or(100)
         .clamp(1, crate::remediate::audit::RECENT_CAPACITY);
-    let records = app
-        .remediation
-        .as_ref()
-        .and_then(|r| r.audit.as_ref())
-        .map(|a| a.recent(limit))
-        .unwrap_or_default();
+    let records = super::view::recent_actions(&app, limit);
     Json(json!({"actions": records})).into_response()
 }
 
@@ -124,7 +99,7 @@ async fn switch(
     body: axum::body::Bytes,
     pause: bool,
 ) -> Response {
-    let Some(rem) = app.remediation else {
+    let Some(rem) = app.remediation.clone() else {
         return error(StatusCode::NOT_FOUND, "remediation is not configured");
     };
     let settings = rem.settings();
@@ -155,27 +130,38 @@ async fn switch(
             }
         }
     };
-    let result = if pause {
-        let by = body.by.unwrap_or_else(|| "api".into());
-        let reason = body
-            .reason
-            .unwrap_or_else(|| "paused through the API".into());
-        tracing::warn!(by = %by, reason = %reason, "remediation paused through the API");
-        rem.pause.pause(&by, &reason)
-    } else {
-        tracing::warn!(
-            by = body.by.as_deref().unwrap_or("api"),
-            "remediation resumed through the API"
-        );
-        rem.pause.resume()
-    };
-    if let Err(e) = result {
-        return error(
+    match set_paused(&app, &rem, pause, body.by, body.reason, "the API") {
+        Ok(info) => Json(json!({"paused": info})).into_response(),
+        Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot persist the pause state: {e}"),
+        ),
+    }
+}
+
+/// Pauses or resumes remediation, logs who did it through `channel`, and
+/// exports the new state. Shared by the API and the status page's forms.
+pub(super) fn set_paused(
+    app: &AppState,
+    rem: &crate::remediate::Remediation,
+    pause: bool,
+    by: Option<String>,
+    reason: Option<String>,
+    channel: &str,
+) -> std::io::Result<crate::remediate::pause::PauseInfo> {
+    if pause {
+        let by = by.unwrap_or_else(|| "api".into());
+        let reason = reason.unwrap_or_else(|| format!("paused through {channel}"));
+        tracing::warn!(by = %by, reason = %reason, "remediation paused through {channel}");
+        rem.pause.pause(&by, &reason)?;
+    } else {
+        tracing::warn!(
+            by = by.as_deref().unwrap_or("api"),
+            "remediation resumed through {channel}"
         );
+        rem.pause.resume()?;
     }
     let info = rem.pause.info();
     app.metrics.set_paused(info.paused);
-    Json(json!({"paused": info})).into_response()
+    Ok(info)
 }

@@ -19,7 +19,13 @@ pub fn bearer_ok(headers: &HeaderMap, expected: &Secret) -> bool {
     else {
         return false;
     };
-    bool::from(token.trim().as_bytes().ct_eq(expected.expose().as_bytes()))
+    token_ok(token.trim(), expected)
+}
+
+/// True when `token` (from a form, say) is the expected one, compared in
+/// constant time like [`bearer_ok`].
+pub fn token_ok(token: &str, expected: &Secret) -> bool {
+    bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes()))
 }
 
 #[cfg(test)]

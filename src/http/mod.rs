@@ -1,6 +1,8 @@
 //! The HTTP surface. Every handler reads the latest published state: none
 //! waits on a poll or touches a database.
 //!
+//! - `GET /`: the status page for people ([`ui`]), with pause and resume
+//!   forms behind the API token.
 //! - `GET /metrics`, `/livez`, `/readyz`: for Prometheus and Kubernetes.
 //! - `GET /api/v1/status`, `/api/v1/actions`: read-only JSON ([`api`]).
 //! - `POST /api/v1/pause`, `/api/v1/resume`: the remediation kill switch,
@@ -13,9 +15,12 @@ mod api;
 pub mod auth;
 mod reload;
 mod settings;
+mod ui;
+mod view;
 
 pub use reload::{ReloadRequest, ReloadResult, Reloads};
-pub use settings::{DEFAULT_LISTEN, ServerSettings};
+pub use settings::{DEFAULT_LISTEN, DEFAULT_RUNBOOK_URL, ServerSettings};
+pub use ui::CHECK_ALERTS;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,9 +45,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Present when remediation is configured.
     pub remediation: Option<Arc<Remediation>>,
-    /// The bearer token of the Alertmanager receiver; `None` disables it.
-    /// A reload may change it.
-    pub alertmanager_token: Arc<std::sync::RwLock<Option<crate::secret::Secret>>>,
+    /// `[server]` as in force now: a reload may change all of it but the
+    /// listen address (the Alertmanager receiver's token, the runbook URL).
+    pub server: Arc<std::sync::RwLock<Arc<ServerSettings>>>,
     /// Where `POST /api/v1/reload` sends its request; `None` without a
     /// configuration file to reload.
     pub reloads: Option<Reloads>,
@@ -50,8 +55,21 @@ pub struct AppState {
     pub alerts: Arc<crate::state::alerts::FiringAlerts>,
 }
 
+impl AppState {
+    /// The `[server]` settings in force now.
+    pub fn server(&self) -> Arc<ServerSettings> {
+        self.server
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 pub fn router(app: AppState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/pause", get(ui::pause_form).post(ui::pause))
+        .route("/ui/resume", get(ui::resume_form).post(ui::resume))
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))

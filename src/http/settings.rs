@@ -31,7 +31,15 @@ pub struct ServerSettings {
     pub alertmanager_token_env: Option<String>,
     #[serde(skip)]
     pub alertmanager_token: Option<Secret>,
+    /// Where the status page links each failing check's runbook section
+    /// (`<runbook_url>#<alert name in lower case>`): the alert rules' own
+    /// `runbook_url`. Point it at an internal copy on an air-gapped cluster.
+    pub runbook_url: String,
 }
+
+/// The runbook the shipped alert rules link to.
+pub const DEFAULT_RUNBOOK_URL: &str =
+    "https://github.com/dbwarden/dbwarden/blob/main/docs/runbook.md";
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -41,6 +49,7 @@ impl Default for ServerSettings {
             alertmanager_token_file: None,
             alertmanager_token_env: None,
             alertmanager_token: None,
+            runbook_url: DEFAULT_RUNBOOK_URL.to_string(),
         }
     }
 }
@@ -52,6 +61,18 @@ impl ServerSettings {
             issues.push(
                 "server.shutdown_grace",
                 format!("{} is too long: at most \"1h\"", q(self.shutdown_grace)),
+            );
+        }
+        let scheme_ok = ["https://", "http://"]
+            .iter()
+            .any(|p| self.runbook_url.starts_with(p) && self.runbook_url.len() > p.len());
+        if !scheme_ok || self.runbook_url.contains(['#', '"', '<', '>', ' ']) {
+            issues.push(
+                "server.runbook_url",
+                format!(
+                    "{:?} is not a usable address: an http:// or https:// URL without a fragment, e.g. {DEFAULT_RUNBOOK_URL:?}",
+                    self.runbook_url
+                ),
             );
         }
         self.alertmanager_token = read_secret(

@@ -176,8 +176,7 @@ impl Kind for Postgres {
             }
         };
         cx.rem
-            .recorder()
-            .set_actor(&self.name, &holder, cx.settings.instance());
+            .note_actor(&self.name, &holder, cx.settings.instance());
         holder
     }
 

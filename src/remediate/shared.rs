@@ -2,13 +2,14 @@
 //! place), the pause switch, the budgets and the audit log. The loops
 //! ([`super::runner`]) and the Kubernetes evictions act within these bounds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use super::RemediationSettings;
 use super::audit::{AuditError, AuditLog, AuditRecord, Decision, Mode};
 use super::budget::Budget;
+use super::executor::Holder;
 use super::pause::PauseSwitch;
 use super::recorder::Recorder;
 
@@ -20,6 +21,8 @@ pub struct Remediation {
     pub pause: PauseSwitch,
     global: Mutex<Budget>,
     targets: Mutex<HashMap<String, Budget>>,
+    /// Who holds each PostgreSQL target's actor lock, as last seen.
+    actors: Mutex<BTreeMap<String, Option<String>>>,
     recorder: Arc<dyn Recorder>,
 }
 
@@ -33,6 +36,13 @@ impl std::fmt::Debug for Remediation {
             .field("targets", &self.targets)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`Remediation::budgets_remaining`] reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BudgetsRemaining {
+    pub global: u32,
+    pub targets: BTreeMap<String, u32>,
 }
 
 /// Settings that [`Remediation::reconfigure`] cannot apply in place: what
@@ -96,6 +106,7 @@ impl Remediation {
             pause,
             global: Mutex::new(global),
             targets: Mutex::new(targets),
+            actors: Mutex::new(BTreeMap::new()),
             recorder,
         }))
     }
@@ -209,6 +220,37 @@ impl Remediation {
     fn target_entry<'a>(&self, t: &'a mut HashMap<String, Budget>, target: &str) -> &'a mut Budget {
         t.entry(target.to_string())
             .or_insert_with(|| target_budget(&self.settings()))
+    }
+
+    /// Records (and exports) who holds `target`'s actor lock.
+    pub(crate) fn note_actor(&self, target: &str, holder: &Holder, instance: &str) {
+        let name = match holder {
+            Holder::Us => Some(instance.to_string()),
+            Holder::Other(n) => Some(n.clone()),
+            Holder::Nobody => None,
+        };
+        lock(&self.actors).insert(target.to_string(), name);
+        self.recorder.set_actor(target, holder, instance);
+    }
+
+    /// Who holds each PostgreSQL target's actor lock, as its loop last saw
+    /// it (`None`: nobody). Targets whose loop has not contended yet are absent.
+    pub fn actors(&self) -> BTreeMap<String, Option<String>> {
+        lock(&self.actors).clone()
+    }
+
+    /// The actions each budget allows now: the global one, and each
+    /// target's that a loop has created.
+    pub fn budgets_remaining(&self) -> BudgetsRemaining {
+        let now = now_ms();
+        let targets = lock(&self.targets)
+            .iter_mut()
+            .map(|(t, b)| (t.clone(), b.remaining(now)))
+            .collect();
+        BudgetsRemaining {
+            global: lock(&self.global).remaining(now),
+            targets,
+        }
     }
 
     pub(crate) fn publish_budgets(&self, target: &str) {

@@ -122,6 +122,20 @@ pub struct SharedState {
     generation: AtomicU64,
     /// The latest Kubernetes status, when `[kubernetes]` is configured.
     kubernetes: RwLock<Option<Arc<KubernetesStatus>>>,
+    /// The latest configuration reload, when one was tried.
+    last_reload: RwLock<Option<Arc<ReloadOutcome>>>,
+}
+
+/// What the latest configuration reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadOutcome {
+    /// When it was tried, as RFC 3339.
+    pub at: String,
+    /// What asked for it: `SIGHUP`, `the API`, `the file watcher`.
+    pub by: String,
+    pub successful: bool,
+    /// What changed (success) or every reason nothing did (failure).
+    pub messages: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -138,6 +152,7 @@ impl SharedState {
             channels: RwLock::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
             kubernetes: RwLock::new(None),
+            last_reload: RwLock::new(None),
         };
         for (name, kind) in targets {
             state.add_target(name, kind);
@@ -182,6 +197,18 @@ impl SharedState {
     }
 
     /// The latest Kubernetes status, if any was published.
+    pub fn record_reload(&self, outcome: ReloadOutcome) {
+        *self.last_reload.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(outcome));
+    }
+
+    /// The latest configuration reload, if one was tried since start.
+    pub fn last_reload(&self) -> Option<Arc<ReloadOutcome>> {
+        self.last_reload
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn kubernetes(&self) -> Option<Arc<KubernetesStatus>> {
         self.kubernetes
             .read()
