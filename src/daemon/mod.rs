@@ -15,6 +15,7 @@ pub mod kubernetes;
 pub mod poller;
 pub mod reload;
 pub mod remediation;
+pub mod schedule;
 pub mod watch;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::schedule;
 use crate::config::TargetConfig;
 use crate::evaluate::{self, CheckId, CheckResult, CheckStatus, HoldState, Limit};
 #[cfg(feature = "neo4j")]
@@ -220,6 +221,9 @@ async fn run_inner<O: Observer>(
         status.poll_interval_seconds = interval.as_secs_f64();
         status.poll_timeout_seconds = settings.poll_timeout().as_secs_f64();
         let started = Instant::now();
+        let started_wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let result = tokio::select! {
             _ = cancel.cancelled() => break,
             r = observer.poll() => r,
@@ -273,7 +277,13 @@ async fn run_inner<O: Observer>(
         metrics.record_poll(&name, elapsed.as_secs_f64(), error_kind);
         state.publish(status.clone());
 
-        let delay = observe::backoff(interval, backoff_max, status.consecutive_failures);
+        // Up: on the target's own grid, so that many targets spread over
+        // the interval. Down: backing off, as often as the interval at most.
+        let delay = if status.consecutive_failures == 0 {
+            schedule::next_delay(started_wall, interval, schedule::phase(&name, interval))
+        } else {
+            observe::backoff(interval, backoff_max, status.consecutive_failures)
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until((started + delay).into()) => {}
