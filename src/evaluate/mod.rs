@@ -8,6 +8,8 @@
 
 mod checks;
 mod neo4j;
+pub mod scope;
+mod sessions;
 mod summary;
 mod thresholds;
 
@@ -21,8 +23,10 @@ pub use neo4j::{
     Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, neo4j_limits,
     summarize_neo4j,
 };
+pub use scope::{Exclusion, NameSet, Scope};
+pub use sessions::{SessionMeasurement, measure_sessions};
 pub use summary::{PgSummary, summarize};
-pub use thresholds::{CountRange, Limit, Neo4jThresholds, Thresholds};
+pub use thresholds::{CountRange, Exception, Limit, Neo4jThresholds, SessionCheck, Thresholds};
 
 use crate::observe::PgSnapshot;
 
@@ -170,9 +174,9 @@ impl CheckId {
             CheckId::ReplicationLag => t.replication_lag,
             CheckId::ReplicationStreaming => t.replication_streaming,
             CheckId::ReplicationSlots => t.replication_slot_retained_wal,
-            CheckId::LongRunningQuery => t.long_running_query,
-            CheckId::IdleSession => t.idle_session,
-            CheckId::IdleInTransaction => t.idle_in_transaction,
+            CheckId::LongRunningQuery => t.long_running_query.limit(),
+            CheckId::IdleSession => t.idle_session.limit(),
+            CheckId::IdleInTransaction => t.idle_in_transaction.limit(),
             CheckId::ChecksumFailures => t.checksum_failures,
             CheckId::WalArchiving => t.wal_archiving,
             CheckId::Wraparound => t.wraparound,
@@ -228,6 +232,10 @@ pub struct CheckResult {
     pub held_seconds: f64,
     /// A sentence for people: what was measured, against what.
     pub detail: String,
+    /// For a check over sessions whose scope sets a list: the sessions it
+    /// left out, by the key that did (a key that left none out is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<BTreeMap<Exclusion, u64>>,
 }
 
 /// A check's condition before hold times apply: what [`measure`] returns.
@@ -280,8 +288,21 @@ pub fn evaluate(
     let results = CheckId::ALL
         .iter()
         .map(|&check| {
-            let m = measure(check, snapshot, thresholds);
-            judge(check, m, check.limit(thresholds), hold, &mut next, now_ms)
+            let mut limit = check.limit(thresholds);
+            match measure_sessions(check, snapshot, thresholds) {
+                // A check over sessions: judged against the limit of the
+                // session nearest its own (an exception's, perhaps).
+                Some(sm) => {
+                    limit.value = sm.threshold;
+                    let mut r = judge(check, sm.measurement, limit, hold, &mut next, now_ms);
+                    r.excluded = sm.excluded;
+                    r
+                }
+                None => {
+                    let m = measure(check, snapshot, thresholds);
+                    judge(check, m, limit, hold, &mut next, now_ms)
+                }
+            }
         })
         .collect();
     (results, next)
@@ -320,6 +341,7 @@ fn judge(
         for_seconds: limit.hold.as_secs_f64(),
         held_seconds: held.as_secs_f64(),
         detail: m.detail,
+        excluded: None,
     }
 }
 
@@ -356,6 +378,7 @@ fn down(checks: &[CheckId], limit: impl Fn(CheckId) -> Limit, error: &str) -> Ve
                 for_seconds: limit.hold.as_secs_f64(),
                 held_seconds: 0.0,
                 detail,
+                excluded: None,
             }
         })
         .collect()
@@ -371,15 +394,19 @@ pub fn evaluate_once(snapshot: &PgSnapshot, thresholds: &Thresholds) -> Vec<Chec
         &mut t.replication_lag,
         &mut t.replication_streaming,
         &mut t.replication_slot_retained_wal,
-        &mut t.long_running_query,
-        &mut t.idle_session,
-        &mut t.idle_in_transaction,
         &mut t.wraparound,
         &mut t.checksum_failures,
         &mut t.wal_archiving,
         &mut t.invalid_indexes,
     ] {
         l.hold = Duration::ZERO;
+    }
+    for c in [
+        &mut t.long_running_query,
+        &mut t.idle_session,
+        &mut t.idle_in_transaction,
+    ] {
+        c.hold = Duration::ZERO;
     }
     let mut results = evaluate(snapshot, &t, &HoldState::default(), 0).0;
     // Report the configured hold all the same, so the output shows the config.

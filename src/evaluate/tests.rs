@@ -11,7 +11,7 @@ use super::{
     CheckId, CheckResult, CheckStatus, HoldState, Measurement, evaluate, evaluate_down,
     evaluate_once, fmt_secs, measure, summarize,
 };
-use super::{Limit, Thresholds};
+use super::{Limit, SessionCheck, Thresholds};
 use crate::observe::{
     Archiver, DatabaseStats, DiskUsage, PgSnapshot, RecoveryStatus, ReplicationSlot, ServerInfo,
     Session, SessionState, Standby, XID_WRAP,
@@ -247,28 +247,40 @@ fn result_of(results: &[CheckResult], check: CheckId) -> &CheckResult {
         .expect("a result for every check")
 }
 
-/// Every limit of `t`, mutably (the same list `evaluate_once` clears).
-fn limits_mut(t: &mut Thresholds) -> [&mut Limit; 12] {
-    [
+/// Edits every limit of `t` (the same list `evaluate_once` clears), each
+/// with its index.
+fn edit_limits(t: &mut Thresholds, mut f: impl FnMut(usize, &mut Limit)) {
+    let plain = [
         &mut t.disk_free,
         &mut t.connections_used,
         &mut t.replication_lag,
         &mut t.replication_streaming,
         &mut t.replication_slot_retained_wal,
-        &mut t.long_running_query,
-        &mut t.idle_session,
-        &mut t.idle_in_transaction,
         &mut t.wraparound,
         &mut t.checksum_failures,
         &mut t.wal_archiving,
         &mut t.invalid_indexes,
+    ];
+    let n = plain.len();
+    for (i, l) in plain.into_iter().enumerate() {
+        f(i, l);
+    }
+    for (i, c) in [
+        &mut t.long_running_query,
+        &mut t.idle_session,
+        &mut t.idle_in_transaction,
     ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut l = c.limit();
+        f(n + i, &mut l);
+        c.set_limit(l);
+    }
 }
 
 fn with_holds(mut t: Thresholds, hold: Duration) -> Thresholds {
-    for l in limits_mut(&mut t) {
-        l.hold = hold;
-    }
+    edit_limits(&mut t, |_, l| l.hold = hold);
     t
 }
 
@@ -1470,6 +1482,12 @@ fn limit(value: impl Strategy<Value = f64>) -> impl Strategy<Value = Limit> {
     (value, arb_hold()).prop_map(|(value, hold)| Limit { value, hold })
 }
 
+fn unscoped(l: Limit) -> SessionCheck {
+    let mut c = SessionCheck::new(Duration::ZERO, Duration::ZERO);
+    c.set_limit(l);
+    c
+}
+
 fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
     (
         (limit(arb_ratio()), limit(arb_ratio()), limit(arb_ratio())),
@@ -1496,9 +1514,9 @@ fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
                 replication_lag,
                 replication_streaming,
                 replication_slot_retained_wal,
-                long_running_query,
-                idle_session,
-                idle_in_transaction,
+                long_running_query: unscoped(long_running_query),
+                idle_session: unscoped(idle_session),
+                idle_in_transaction: unscoped(idle_in_transaction),
                 wraparound,
                 checksum_failures,
                 wal_archiving,
@@ -1624,12 +1642,12 @@ proptest! {
         let (idle_lo, idle_hi) = sorted(idle);
         let mut lo = t.clone();
         lo.connections_used.value = ratio_lo;
-        lo.long_running_query.value = long_lo;
-        lo.idle_session.value = idle_lo;
+        lo.long_running_query.max = Duration::from_secs_f64(long_lo);
+        lo.idle_session.max = Duration::from_secs_f64(idle_lo);
         let mut hi = t;
         hi.connections_used.value = ratio_hi;
-        hi.long_running_query.value = long_hi;
-        hi.idle_session.value = idle_hi;
+        hi.long_running_query.max = Duration::from_secs_f64(long_hi);
+        hi.idle_session.max = Duration::from_secs_f64(idle_hi);
         let (r_lo, _) = evaluate(&snap, &lo, &hold, now_ms);
         let (r_hi, _) = evaluate(&snap, &hi, &hold, now_ms);
         for check in [CheckId::ConnectionsUsed, CheckId::LongRunningQuery, CheckId::IdleSession] {
@@ -1715,14 +1733,12 @@ proptest! {
     }
 }
 
-/// Every check but `connection` reads a limit of its own, and `limits_mut`
+/// Every check but `connection` reads a limit of its own, and `edit_limits`
 /// (the list `evaluate_once` also clears) covers all of them.
 #[test]
 fn every_threshold_limit_is_reachable() {
     let mut t = Thresholds::default();
-    for (i, l) in limits_mut(&mut t).into_iter().enumerate() {
-        l.value = 1000.0 + i as f64;
-    }
+    edit_limits(&mut t, |i, l| l.value = 1000.0 + i as f64);
     let seen: BTreeMap<u64, CheckId> = CheckId::ALL
         .iter()
         .filter(|&&c| c != CheckId::Connection)
@@ -1748,7 +1764,7 @@ fn violated_values_never_print_as_their_threshold() {
 #[test]
 fn huge_duration_threshold_does_not_panic() {
     let mut t = Thresholds::default();
-    t.long_running_query.value = Duration::from_secs(u64::MAX).as_secs_f64();
+    t.long_running_query.max = Duration::from_secs(u64::MAX);
     let s = primary(100, 3).session(SessionState::Active, 10.0).build();
     assert!(!measure(CheckId::LongRunningQuery, &s, &t).violated);
 }
@@ -1767,7 +1783,7 @@ fn new_thresholds_restart_only_the_changed_checks_holds() {
     assert_eq!(hold.since(CheckId::ConnectionsUsed), since);
     // Another check's limit changed: still kept.
     let mut other = old.clone();
-    other.idle_session.value = 60.0;
+    other.idle_session.max = Duration::from_secs(60);
     hold.keep_unchanged(&super::limits(&old), &super::limits(&other));
     assert_eq!(hold.since(CheckId::ConnectionsUsed), since);
     // Its own `for` changed: it starts over.
