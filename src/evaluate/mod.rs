@@ -233,7 +233,7 @@ pub struct CheckResult {
     /// A sentence for people: what was measured, against what.
     pub detail: String,
     /// For a check over sessions whose scope sets a list: the sessions it
-    /// left out, by the key that did (a key that left none out is absent).
+    /// left out, by the key that did (every key the scope sets, 0 included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub excluded: Option<BTreeMap<Exclusion, u64>>,
 }

@@ -260,12 +260,29 @@ impl Exclusion {
 impl Scope<'_> {
     /// True when no list is set: every session is in scope.
     pub fn is_empty(&self) -> bool {
-        self.match_lists() == 0
-            && self.ignore_users.is_empty()
-            && self.ignore_databases.is_empty()
-            && self.ignore_applications.is_empty()
-            && self.ignore_client_addrs.is_empty()
-            && self.ignore_query.is_none()
+        self.keys_set().is_empty()
+    }
+
+    /// The keys that are set, in the order of [`Exclusion::ALL`].
+    pub fn keys_set(&self) -> Vec<Exclusion> {
+        let set = [
+            !self.ignore_users.is_empty(),
+            !self.match_users.is_empty(),
+            !self.ignore_databases.is_empty(),
+            !self.match_databases.is_empty(),
+            !self.ignore_applications.is_empty(),
+            !self.match_applications.is_empty(),
+            !self.ignore_client_addrs.is_empty(),
+            !self.match_client_addrs.is_empty(),
+            self.ignore_query.is_some(),
+            self.match_query.is_some(),
+        ];
+        Exclusion::ALL
+            .into_iter()
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| k)
+            .collect()
     }
 
     /// How many `match_*` lists are set: how narrowly the scope selects.

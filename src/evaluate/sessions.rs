@@ -93,10 +93,12 @@ impl Worst<'_> {
 
 pub(super) fn measure(kind: &Kind, s: &PgSnapshot, c: &SessionCheck) -> SessionMeasurement {
     let scope = c.scope();
-    let scoped = !scope.is_empty();
+    let keys = scope.keys_set();
+    let scoped = !keys.is_empty();
     let exceptions = c.exceptions_in_order();
     let own_max = c.max.as_secs_f64();
-    let mut excluded: BTreeMap<Exclusion, u64> = BTreeMap::new();
+    // Every key the scope sets, so that one that leaves none out shows 0.
+    let mut excluded: BTreeMap<Exclusion, u64> = keys.into_iter().map(|k| (k, 0)).collect();
     let mut worst: Option<Worst> = None;
     for x in s
         .sessions
@@ -139,16 +141,6 @@ pub(super) fn measure(kind: &Kind, s: &PgSnapshot, c: &SessionCheck) -> SessionM
             worst = Some(this);
         }
     }
-    let left_out: u64 = excluded.values().sum();
-    let excluded_note = if left_out > 0 {
-        let by: Vec<String> = excluded
-            .iter()
-            .map(|(k, n)| format!("{n} by {}", k.as_str()))
-            .collect();
-        format!("; {left_out} sessions excluded ({})", by.join(", "))
-    } else {
-        String::new()
-    };
     let (measurement, threshold) = match worst {
         None => {
             let what = kind.states[0].1;
@@ -156,7 +148,7 @@ pub(super) fn measure(kind: &Kind, s: &PgSnapshot, c: &SessionCheck) -> SessionM
                 Measurement {
                     value: 0.0,
                     violated: false,
-                    detail: format!("no {what}{excluded_note}"),
+                    detail: format!("no {what}"),
                 },
                 own_max,
             )
@@ -166,7 +158,7 @@ pub(super) fn measure(kind: &Kind, s: &PgSnapshot, c: &SessionCheck) -> SessionM
                 value: w.age,
                 violated: w.age > w.limit,
                 detail: format!(
-                    "{} {} {} (pid {}, user {:?}, application {:?}), threshold {}{}{excluded_note}",
+                    "{} {} {} (pid {}, user {:?}, application {:?}), threshold {}{}",
                     if exceptions.is_empty() {
                         "longest"
                     } else {

@@ -1792,3 +1792,203 @@ fn new_thresholds_restart_only_the_changed_checks_holds() {
     hold.keep_unchanged(&super::limits(&other), &super::limits(&longer));
     assert_eq!(hold.since(CheckId::ConnectionsUsed), None);
 }
+
+/// The scoped session checks: the worked example of docs/configuration.md,
+/// read from the document itself, on sessions it describes.
+mod scoped {
+    use super::*;
+    use crate::evaluate::{Exclusion, SessionCheck, evaluate_once};
+
+    /// The TOML block of the worked example in docs/configuration.md.
+    fn worked_example() -> Thresholds {
+        let docs = include_str!("../../docs/configuration.md");
+        let from = docs.find("Worked example").expect("the worked example");
+        let block = docs[from..]
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("its TOML block");
+        let table: toml::Table = toml::from_str(block).expect("the example parses");
+        let th = table["thresholds"].as_table().unwrap();
+        let mut t = Thresholds::default();
+        let read = |k: &str| -> SessionCheck { th[k].clone().try_into().expect(k) };
+        t.long_running_query = read("long_running_query");
+        t.idle_session = read("idle_session");
+        t
+    }
+
+    fn who(user: &str, app: &str) -> impl FnOnce(&mut Session) {
+        let (user, app) = (user.to_string(), app.to_string());
+        move |s| {
+            s.user = Some(user);
+            s.application_name = app;
+        }
+    }
+
+    fn long(t: &Thresholds, user: &str, app: &str, secs: f64) -> CheckResult {
+        let s = primary(100, 3)
+            .session(SessionState::Active, secs)
+            .edit_last(who(user, app))
+            .build();
+        result_of(&evaluate_once(&s, t), CheckId::LongRunningQuery).clone()
+    }
+
+    #[test]
+    fn the_worked_example_does_what_the_documentation_says() {
+        let t = worked_example();
+        let h = 3600.0;
+        // A 3-hour pg_dump of the backup user: exception backup, 6 h.
+        let r = long(&t, "backup", "pg_dump", 3.0 * h);
+        assert_eq!(r.status, CheckStatus::Pass, "{r:?}");
+        assert_eq!(r.threshold, 6.0 * h);
+        assert!(r.detail.contains("(exception backup)"), "{}", r.detail);
+        // The same user from psql: the check's own 5 minutes.
+        let r = long(&t, "backup", "psql", 3.0 * h);
+        assert_eq!(r.status, CheckStatus::Fail, "{r:?}");
+        assert_eq!(r.threshold, 300.0);
+        // Reporting: 1 h.
+        assert_eq!(long(&t, "reporting", "x", 1800.0).status, CheckStatus::Pass);
+        assert_eq!(
+            long(&t, "reporting", "x", 2.0 * h).status,
+            CheckStatus::Fail
+        );
+        // Anyone else: 5 min.
+        assert_eq!(long(&t, "app", "web", 301.0).status, CheckStatus::Fail);
+        assert_eq!(long(&t, "app", "web", 299.0).status, CheckStatus::Pass);
+        // Without exceptions, nothing is scoped: no excluded count.
+        assert_eq!(long(&t, "app", "web", 1.0).excluded, None);
+        // The idle psql is left out, and counted.
+        let s = primary(100, 3)
+            .session(SessionState::Idle, 3.0 * h)
+            .edit_last(who("dba", "psql"))
+            .session(SessionState::Idle, 60.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::IdleSession).clone();
+        assert_eq!(r.status, CheckStatus::Pass, "{r:?}");
+        assert_eq!(r.value, Some(60.0));
+        assert_eq!(
+            r.excluded,
+            Some(BTreeMap::from([(Exclusion::IgnoreApplications, 1)]))
+        );
+    }
+
+    /// When two exceptions take a session, the one that sets more match_*
+    /// lists wins; among as many, the lower max; then the first by name.
+    #[test]
+    fn the_most_specific_exception_applies() {
+        let text = r#"
+            max = "5m"
+            for = "0s"
+            [exceptions.by-user]
+            max = "1h"
+            match_users = ["backup"]
+            [exceptions.by-user-and-app]
+            max = "6h"
+            match_users = ["backup"]
+            match_applications = ["pg_dump"]
+            [exceptions.a-by-app]
+            max = "2h"
+            match_applications = ["pg_dump"]
+            [exceptions.z-by-app]
+            max = "2h"
+            match_applications = ["pg_dump"]
+        "#;
+        let c: SessionCheck = toml::from_str(text).unwrap();
+        let order: Vec<&str> = c.exceptions_in_order().iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            order,
+            ["by-user-and-app", "by-user", "a-by-app", "z-by-app"]
+        );
+        let mut t = Thresholds::default();
+        t.long_running_query = c;
+        let r = long(&t, "backup", "pg_dump", 4.0 * 3600.0);
+        assert_eq!(r.status, CheckStatus::Pass);
+        assert!(r.detail.contains("by-user-and-app"), "{}", r.detail);
+        // Not pg_dump: by-user (1 h).
+        let r = long(&t, "backup", "psql", 1.5 * 3600.0);
+        assert_eq!((r.status, r.threshold), (CheckStatus::Fail, 3600.0));
+        // pg_dump of another user: the two by-app exceptions tie; a- first.
+        let r = long(&t, "app", "pg_dump", 600.0);
+        assert!(r.detail.contains("a-by-app"), "{}", r.detail);
+    }
+
+    /// The check reports the session nearest its limit, so the value
+    /// exceeds the threshold exactly when it fails.
+    #[test]
+    fn the_session_nearest_its_limit_is_reported() {
+        let text = r#"
+            max = "5m"
+            for = "0s"
+            [exceptions.backup]
+            max = "6h"
+            match_users = ["backup"]
+        "#;
+        let mut t = Thresholds::default();
+        t.long_running_query = toml::from_str(text).unwrap();
+        // A 2-hour backup (a third of its limit) and a 4-minute query (4/5).
+        let s = primary(100, 3)
+            .session(SessionState::Active, 7200.0)
+            .edit_last(who("backup", "pg_dump"))
+            .session(SessionState::Active, 240.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::LongRunningQuery).clone();
+        assert_eq!((r.value, r.threshold), (Some(240.0), 300.0));
+        assert_eq!(r.status, CheckStatus::Pass);
+        // The backup over its own limit fails the check, whatever the others.
+        let s = primary(100, 3)
+            .session(SessionState::Active, 7.0 * 3600.0)
+            .edit_last(who("backup", "pg_dump"))
+            .session(SessionState::Active, 240.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::LongRunningQuery).clone();
+        assert_eq!(r.status, CheckStatus::Fail);
+        assert_eq!(r.threshold, 6.0 * 3600.0);
+    }
+
+    /// Every key a scope sets is counted, 0 included; a session is counted
+    /// once, under the first key that leaves it out; only sessions in the
+    /// check's state count.
+    #[test]
+    fn exclusions_are_counted_by_the_key_that_made_them() {
+        let text = r#"
+            max = "5m"
+            for = "0s"
+            ignore_users = ["backup"]
+            ignore_applications = ["pg_dump"]
+            match_databases = ["app"]
+        "#;
+        let mut t = Thresholds::default();
+        t.long_running_query = toml::from_str(text).unwrap();
+        let s = primary(100, 3)
+            // Ignored by user and by application: counted by user.
+            .session(SessionState::Active, 9000.0)
+            .edit_last(who("backup", "pg_dump"))
+            .session(SessionState::Active, 9000.0)
+            .edit_last(|s| s.database = Some("other".into()))
+            .session(SessionState::Active, 10.0)
+            // Idle: not this check's state, not counted.
+            .session(SessionState::Idle, 9000.0)
+            .edit_last(who("backup", "x"))
+            .own_session(SessionState::Active, 9000.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::LongRunningQuery).clone();
+        assert_eq!(r.status, CheckStatus::Pass, "{r:?}");
+        assert_eq!(r.value, Some(10.0));
+        assert_eq!(
+            r.excluded,
+            Some(BTreeMap::from([
+                (Exclusion::IgnoreUsers, 1),
+                (Exclusion::MatchDatabases, 1),
+                (Exclusion::IgnoreApplications, 0),
+            ]))
+        );
+        // Without the lists, both fail the check.
+        let r = result_of(
+            &evaluate_once(&s, &Thresholds::default()),
+            CheckId::LongRunningQuery,
+        )
+        .clone();
+        assert_eq!(r.status, CheckStatus::Fail);
+        assert_eq!(r.excluded, None);
+    }
+}
