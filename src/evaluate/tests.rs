@@ -1899,8 +1899,10 @@ mod scoped {
             order,
             ["by-user-and-app", "by-user", "a-by-app", "z-by-app"]
         );
-        let mut t = Thresholds::default();
-        t.long_running_query = c;
+        let t = Thresholds {
+            long_running_query: c,
+            ..Thresholds::default()
+        };
         let r = long(&t, "backup", "pg_dump", 4.0 * 3600.0);
         assert_eq!(r.status, CheckStatus::Pass);
         assert!(r.detail.contains("by-user-and-app"), "{}", r.detail);
@@ -1923,8 +1925,10 @@ mod scoped {
             max = "6h"
             match_users = ["backup"]
         "#;
-        let mut t = Thresholds::default();
-        t.long_running_query = toml::from_str(text).unwrap();
+        let t = Thresholds {
+            long_running_query: toml::from_str(text).unwrap(),
+            ..Thresholds::default()
+        };
         // A 2-hour backup (a third of its limit) and a 4-minute query (4/5).
         let s = primary(100, 3)
             .session(SessionState::Active, 7200.0)
@@ -1957,8 +1961,10 @@ mod scoped {
             ignore_applications = ["pg_dump"]
             match_databases = ["app"]
         "#;
-        let mut t = Thresholds::default();
-        t.long_running_query = toml::from_str(text).unwrap();
+        let t = Thresholds {
+            long_running_query: toml::from_str(text).unwrap(),
+            ..Thresholds::default()
+        };
         let s = primary(100, 3)
             // Ignored by user and by application: counted by user.
             .session(SessionState::Active, 9000.0)
