@@ -2583,6 +2583,7 @@ fn bad_session_lists_and_exceptions_are_errors_naming_their_keys() {
          [thresholds.long_running_query.exceptions.Bad_Name]\nmax = \"1h\"\nmatch_users = [\"b\"]\n\
          [thresholds.idle_session]\nignore_client_addrs = [\"10.0.0.0/33\"]\nmatch_query = \"[\"\n\
          [thresholds.disk_free]\nignore_users = [\"backup\"]\n\
+         [thresholds.wraparound]\nmax = \"1h\"\n\
          {MIN}[postgres.main.thresholds.idle_in_transaction.exceptions.etl]\nmax = \"1h\"\nmatch_applications = [\"etl\"]\nmatch_usres = [\"x\"]\n"
     );
     let issues = issues(&toml, &[]);
@@ -2643,10 +2644,15 @@ fn bad_session_lists_and_exceptions_are_errors_naming_their_keys() {
     );
     assert_issue(
         &issues,
+        "thresholds.wraparound.max",
+        &["unknown key `max`", "max_ratio, for"],
+    );
+    assert_issue(
+        &issues,
         "postgres.main.thresholds.idle_in_transaction.exceptions.etl.match_usres",
         &["unknown key `match_usres`", "did you mean `match_users`?"],
     );
-    assert_eq!(issues.len(), 11, "{issues:#?}");
+    assert_eq!(issues.len(), 12, "{issues:#?}");
 }
 
 /// A mistake in an exception every target inherits is reported once, where it was written.

@@ -767,7 +767,9 @@ fn unknown(table: &str, key: &str, known: &[&str], is_table: bool) -> String {
     if let Some(kind) = other_kind {
         return format!("is a check of {kind} targets: it does not apply here");
     }
-    let session_check = field_names::<SessionCheck>().contains(&key);
+    // A session list or exceptions on a check that is not over sessions.
+    let session_check = field_names::<SessionCheck>().contains(&key)
+        && (key == "exceptions" || key.starts_with("match_") || key.starts_with("ignore_"));
     match segs.as_slice() {
         [.., "thresholds", check] if session_check => {
             return format!(
