@@ -263,6 +263,11 @@ impl HoldState {
         });
     }
 
+    /// After new thresholds (a reload): these checks start their hold over.
+    pub fn restart(&mut self, checks: &[CheckId]) {
+        self.0.retain(|check, _| !checks.contains(check));
+    }
+
     /// The checks holding, and since when.
     pub fn since(&self, check: CheckId) -> Option<u64> {
         self.0.get(&check).copied()
@@ -272,6 +277,33 @@ impl HoldState {
 /// Every PostgreSQL check's limit.
 pub fn limits(t: &Thresholds) -> Vec<(CheckId, Limit)> {
     CheckId::ALL.iter().map(|c| (*c, c.limit(t))).collect()
+}
+
+/// The checks over sessions whose lists or exceptions differ between two
+/// sets of thresholds: they judge other sessions now, so a reload restarts
+/// their hold as it does for a changed limit.
+pub fn rescoped(before: &Thresholds, after: &Thresholds) -> Vec<CheckId> {
+    let scope = |c: &SessionCheck| {
+        let mut c = c.clone();
+        c.max = std::time::Duration::ZERO;
+        c.hold = std::time::Duration::ZERO;
+        c
+    };
+    [
+        CheckId::LongRunningQuery,
+        CheckId::IdleSession,
+        CheckId::IdleInTransaction,
+    ]
+    .into_iter()
+    .zip(
+        before
+            .session_checks()
+            .into_iter()
+            .zip(after.session_checks()),
+    )
+    .filter(|(_, ((_, a), (_, b)))| scope(a) != scope(b))
+    .map(|(check, _)| check)
+    .collect()
 }
 
 /// Evaluates every check on a fresh snapshot.

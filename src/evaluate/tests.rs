@@ -1997,4 +1997,31 @@ mod scoped {
         assert_eq!(r.status, CheckStatus::Fail);
         assert_eq!(r.excluded, None);
     }
+
+    /// A reload that changes a session check's lists or exceptions
+    /// restarts that check's hold, and only that one's.
+    #[test]
+    fn new_lists_restart_the_session_checks_hold() {
+        let s = primary(100, 3)
+            .session(SessionState::Active, 600.0)
+            .session(SessionState::Idle, 6000.0)
+            .build();
+        let old = Thresholds::default();
+        let (_, mut hold) = evaluate(&s, &old, &HoldState::default(), 1_000);
+        assert!(hold.since(CheckId::LongRunningQuery).is_some());
+        assert!(hold.since(CheckId::IdleSession).is_some());
+        let mut new = old.clone();
+        new.long_running_query.ignore_users = vec!["backup".into()];
+        assert_eq!(
+            crate::evaluate::rescoped(&old, &new),
+            [CheckId::LongRunningQuery]
+        );
+        // Only the limit changed: not rescoped (the limit's own rule applies).
+        let mut longer = old.clone();
+        longer.idle_session.max = Duration::from_secs(1);
+        assert!(crate::evaluate::rescoped(&old, &longer).is_empty());
+        hold.restart(&crate::evaluate::rescoped(&old, &new));
+        assert_eq!(hold.since(CheckId::LongRunningQuery), None);
+        assert_eq!(hold.since(CheckId::IdleSession), Some(1_000));
+    }
 }
