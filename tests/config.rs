@@ -92,8 +92,8 @@ fn the_example_loads_with_the_runbook_defaults_and_its_overrides() {
     assert_eq!(d.disk_free.value, 0.30);
     assert_eq!(d.connections_used.value, 0.80);
     assert_eq!(d.replication_lag.value, 5.0);
-    assert_eq!(d.long_running_query.value, 5.0 * 60.0);
-    assert_eq!(d.idle_session.value, 10.0 * 60.0);
+    assert_eq!(d.long_running_query.limit().value, 5.0 * 60.0);
+    assert_eq!(d.idle_session.limit().value, 10.0 * 60.0);
     assert_eq!(ok(MIN, &[]).postgres[0].thresholds, d);
     let mut standby_expected = d.clone();
     standby_expected.replication_lag.hold = Duration::from_secs(300);
@@ -1887,7 +1887,9 @@ fn every_key_is_documented_and_in_the_example() {
             None => (table.to_string(), None),
         };
         let section = doc_section(&docs, &doc_table);
-        for word in check.into_iter().chain([leaf]) {
+        // A check's exceptions are documented with the check.
+        let check_name = check.map(|c| c.split('.').next().unwrap_or(c));
+        for word in check_name.into_iter().chain([leaf]) {
             if !section.is_some_and(|s| s.contains(&format!("`{word}`"))) {
                 missing.push(format!(
                     "docs/configuration.md: `{word}` in the section of [{doc_table}] ({key})"
@@ -2042,7 +2044,21 @@ mod round_trip {
                 ),
                 (
                     "idle_session",
-                    vec![("max", vec!["\"10m\""]), ("for", vec!["\"0s\""])],
+                    vec![
+                        ("max", vec!["\"10m\""]),
+                        ("for", vec!["\"0s\""]),
+                        ("ignore_applications", vec!["[\"psql\", \"pg_.*\"]"]),
+                        ("match_users", vec!["[\"app\"]"]),
+                        ("ignore_client_addrs", vec!["[\"10.0.0.0/8\", \"::1\"]"]),
+                        ("ignore_query", vec!["\"(?i)^listen\""]),
+                    ],
+                ),
+                (
+                    "long_running_query",
+                    vec![
+                        ("max", vec!["\"5m\""]),
+                        ("ignore_databases", vec!["[\"scratch\"]"]),
+                    ],
                 ),
                 ("invalid_indexes", vec![("for", vec!["\"1m\""])]),
             ]
@@ -2057,6 +2073,19 @@ mod round_trip {
             })
             .collect::<Vec<_>>()
             .prop_map(|t| t.concat())
+            .prop_flat_map(move |t| {
+                // An exception, merged by name over the global one.
+                let exception = format!(
+                    "[{prefix}.long_running_query.exceptions.backup]\nmax = \"6h\"\nmatch_applications = [\"pg_dump\"]\n"
+                );
+                prop::bool::ANY.prop_map(move |with| {
+                    if with && !neo4j {
+                        format!("{t}{exception}")
+                    } else {
+                        t.clone()
+                    }
+                })
+            })
     }
 
     fn policy(i: usize) -> impl Strategy<Value = String> {
@@ -2495,4 +2524,149 @@ mod schema {
             ]
         );
     }
+}
+
+/// The session checks' lists and exceptions: merged over the global ones
+/// field by field (a target's list replaces the global one; an exception
+/// is merged by name), read with the policies' own types.
+#[test]
+fn session_check_scopes_and_exceptions_merge_like_thresholds() {
+    let toml = "\
+        [thresholds.long_running_query]\nmax = \"5m\"\nignore_users = [\"etl\"]\n\
+        [thresholds.long_running_query.exceptions.backup]\nmax = \"6h\"\nmatch_applications = [\"pg_dump\"]\n\
+        [thresholds.idle_session]\nignore_applications = [\"psql\"]\n\
+        [postgres.a]\nurl = \"postgres://h/d\"\n\
+        [postgres.a.thresholds.long_running_query]\nignore_users = [\"batch\"]\n\
+        [postgres.a.thresholds.long_running_query.exceptions.backup]\nmax = \"8h\"\n\
+        [postgres.a.thresholds.long_running_query.exceptions.reports]\nmax = \"1h\"\nmatch_users = [\"reporting\"]\n\
+        [postgres.b]\nurl = \"postgres://h/d\"\n";
+    let c = ok(toml, &[]);
+    let (a, b) = (&c.postgres[0].thresholds, &c.postgres[1].thresholds);
+    assert_eq!(a.long_running_query.ignore_users, ["batch"]);
+    assert_eq!(b.long_running_query.ignore_users, ["etl"]);
+    let backup = &a.long_running_query.exceptions["backup"];
+    assert_eq!(backup.max, Duration::from_secs(8 * 3600));
+    assert!(backup.match_applications.contains("pg_dump"));
+    assert!(!backup.match_applications.contains("pg_dumpall"));
+    assert_eq!(
+        a.long_running_query.exceptions["reports"].match_users,
+        ["reporting"]
+    );
+    assert_eq!(
+        b.long_running_query.exceptions["backup"].max,
+        Duration::from_secs(6 * 3600)
+    );
+    assert!(!b.long_running_query.exceptions.contains_key("reports"));
+    for t in [a, b] {
+        assert!(t.idle_session.ignore_applications.contains("psql"));
+        assert_eq!(t.idle_session.max, Duration::from_secs(600));
+    }
+    assert!(
+        Thresholds::default()
+            .long_running_query
+            .exceptions
+            .is_empty()
+    );
+    // Printed and loaded again: the same.
+    let printed = c.to_redacted_toml();
+    assert_eq!(ok(&printed, &[]).to_redacted_toml(), printed);
+}
+
+#[test]
+fn bad_session_lists_and_exceptions_are_errors_naming_their_keys() {
+    let toml = format!(
+        "[thresholds.long_running_query]\nignore_users = []\nignore_applications = [\"(pg_dump\"]\n\
+         [thresholds.long_running_query.exceptions.backup]\nmax = \"6h\"\nignore_users = [\"x\"]\n\
+         [thresholds.long_running_query.exceptions.nightly]\nmatch_users = [\"backup\"]\n\
+         [thresholds.long_running_query.exceptions.zero]\nmax = \"0s\"\nmatch_users = [\"z\"]\n\
+         [thresholds.long_running_query.exceptions.slow]\nmax = \"1h\"\nfor = \"1m\"\nmatch_users = [\"s\"]\n\
+         [thresholds.long_running_query.exceptions.Bad_Name]\nmax = \"1h\"\nmatch_users = [\"b\"]\n\
+         [thresholds.idle_session]\nignore_client_addrs = [\"10.0.0.0/33\"]\nmatch_query = \"[\"\n\
+         [thresholds.disk_free]\nignore_users = [\"backup\"]\n\
+         [thresholds.wraparound]\nmax = \"1h\"\n\
+         {MIN}[postgres.main.thresholds.idle_in_transaction.exceptions.etl]\nmax = \"1h\"\nmatch_applications = [\"etl\"]\nmatch_usres = [\"x\"]\n"
+    );
+    let issues = issues(&toml, &[]);
+    let p = "thresholds.long_running_query";
+    assert_issue(
+        &issues,
+        &format!("{p}.ignore_users"),
+        &["empty", "leave the key out"],
+    );
+    assert_issue(
+        &issues,
+        &format!("{p}.ignore_applications"),
+        &["invalid regex \"(pg_dump\"", "unclosed group"],
+    );
+    assert_issue(
+        &issues,
+        &format!("{p}.exceptions.backup"),
+        &["no match_ list", "match_users", "change the check's max"],
+    );
+    assert_issue(
+        &issues,
+        &format!("{p}.exceptions.nightly.max"),
+        &["missing", "`max` is required"],
+    );
+    assert_issue(
+        &issues,
+        &format!("{p}.exceptions.zero.max"),
+        &["\"0s\"", "positive duration"],
+    );
+    assert_issue(
+        &issues,
+        &format!("{p}.exceptions.slow.for"),
+        &["no `for` of its own", "the check's `for`"],
+    );
+    assert_issue(
+        &issues,
+        &format!("{p}.exceptions.Bad_Name"),
+        &["invalid exception name \"Bad_Name\"", "lowercase"],
+    );
+    assert_issue(
+        &issues,
+        "thresholds.idle_session.ignore_client_addrs",
+        &["invalid network \"10.0.0.0/33\"", "CIDR"],
+    );
+    assert_issue(
+        &issues,
+        "thresholds.idle_session.match_query",
+        &["invalid regex \"[\""],
+    );
+    assert_issue(
+        &issues,
+        "thresholds.disk_free.ignore_users",
+        &[
+            "unknown key `ignore_users`",
+            "only the checks over sessions",
+            "not disk_free",
+        ],
+    );
+    assert_issue(
+        &issues,
+        "thresholds.wraparound.max",
+        &["unknown key `max`", "max_ratio, for"],
+    );
+    assert_issue(
+        &issues,
+        "postgres.main.thresholds.idle_in_transaction.exceptions.etl.match_usres",
+        &["unknown key `match_usres`", "did you mean `match_users`?"],
+    );
+    assert_eq!(issues.len(), 12, "{issues:#?}");
+}
+
+/// A mistake in an exception every target inherits is reported once, where it was written.
+#[test]
+fn a_mistake_in_an_inherited_exception_is_reported_where_it_was_written() {
+    let toml = format!(
+        "[thresholds.idle_session.exceptions.pool]\nmax = \"1h\"\nignore_users = [\"dba\"]\n\
+         {MIN}[postgres.other]\nurl = \"postgres://h/d\"\n"
+    );
+    let issues = issues(&toml, &[]);
+    assert_issue(
+        &issues,
+        "thresholds.idle_session.exceptions.pool",
+        &["no match_ list"],
+    );
+    assert_eq!(issues.len(), 1, "{issues:#?}");
 }

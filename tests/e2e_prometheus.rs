@@ -553,9 +553,11 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     );
     let neo4j_password = remediation_dir.path().join("neo4j-password");
     std::fs::write(&neo4j_password, "secret\n").expect("write the Neo4j password file");
+    // A scoped session check, so the excluded-sessions panel has data.
+    let scoped = "[thresholds.idle_session]\nignore_applications = [\"psql\"]\n\n";
     let daemon = Daemon::start(
         &format!(
-            "{}{}{}{remediation}\n{kubernetes}",
+            "{scoped}{}{}{}{remediation}\n{kubernetes}",
             with_pods(&watched("primary", &primary, "1s"), "app=postgres"),
             watched("standby", &standby, "1s"),
             with_pods(

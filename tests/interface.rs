@@ -776,7 +776,8 @@ fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str, kube: &KubeFak
     let mut toml = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"10s\"\n\n\
          [defaults]\npoll_interval = \"2s\"\npoll_timeout = \"2s\"\nstatement_timeout = \"2s\"\n\
-         database_sizes_interval = \"2s\"\n\n"
+         database_sizes_interval = \"2s\"\n\n\
+         [thresholds.idle_session]\nignore_applications = [\"psql\"]\n\n"
     );
     toml.push_str(&target(
         "local",

@@ -500,3 +500,69 @@ async fn watch_config_follows_a_configmap_symlink_swap() {
     .await;
     assert_eq!(reloads(&d, "failure").await, 0.0);
 }
+
+/// A session check's scope is a threshold like any other: a reload that
+/// ignores `psql` in `idle_session` applies in place (the same backend
+/// polls), the idle psql stops failing the check and is counted as excluded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_scopes_a_session_check_in_place() {
+    let cluster = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.url("postgres");
+    let unscoped = fast_target("a", &url, "idle_session = { max = \"1s\" }");
+    let d = DaemonProcess::spawn("reload-scope", dir.path(), &unscoped).await;
+    let _dba = connect(&cluster, "psql").await;
+    wait_until(
+        WAIT,
+        "the idle psql fails idle_session",
+        async || match metric(
+            &d,
+            "dbwarden_check_failing",
+            &[("target", "a"), ("check", "idle_session")],
+        )
+        .await?
+        {
+            1.0 => Ok(()),
+            v => Err(format!("failing {v}")),
+        },
+    )
+    .await;
+    let backend = dbwarden_backends(&cluster).unwrap()["postgres"].clone();
+
+    let scoped = fast_target(
+        "a",
+        &url,
+        "idle_session = { max = \"1s\", ignore_applications = [\"psql\"] }",
+    );
+    rewrite(&d, &scoped);
+    hup(&d);
+    wait_until(
+        WAIT,
+        "the reload applied: psql excluded and the check passing",
+        async || {
+            let text = d.try_metrics().await?;
+            let at = |name: &str, extra: &[(&str, &str)]| {
+                let mut labels = vec![("target", "a"), ("check", "idle_session")];
+                labels.extend_from_slice(extra);
+                metric_value(&text, name, &labels)
+            };
+            match (
+                at("dbwarden_check_failing", &[]),
+                at(
+                    "dbwarden_check_excluded_sessions",
+                    &[("reason", "ignore_applications")],
+                ),
+            ) {
+                (Some(0.0), Some(1.0)) => Ok(()),
+                other => Err(format!("failing, excluded: {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        dbwarden_backends(&cluster).unwrap()["postgres"],
+        backend,
+        "the same connection polls"
+    );
+    assert_eq!(reloads(&d, "success").await, 1.0);
+}

@@ -328,6 +328,19 @@ fn render_kubernetes(out: &mut String, k: &KubernetesReport) {
     }
 }
 
+/// A scoped check's sessions left out: ` [excluded 2: ignore_applications 2, match_users 0]`.
+fn excluded_note(c: &CheckResult) -> String {
+    let Some(by) = &c.excluded else {
+        return String::new();
+    };
+    let total: u64 = by.values().sum();
+    let keys: Vec<String> = by
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.as_str()))
+        .collect();
+    format!(" [excluded {total}: {}]", keys.join(", "))
+}
+
 /// The human report: diagnosis first, then one line per check.
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
@@ -428,10 +441,11 @@ pub fn render_text(report: &Report) -> String {
         for c in &t.checks {
             let _ = writeln!(
                 out,
-                "    {:<7} {:<22} {}",
+                "    {:<7} {:<22} {}{}",
                 c.status.as_str().to_uppercase(),
                 c.check.as_str(),
-                c.detail
+                c.detail,
+                excluded_note(c)
             );
         }
     }

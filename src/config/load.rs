@@ -20,7 +20,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::de::DeserializeOwned;
 
 use super::{Config, TargetConfig};
-use crate::evaluate::{Neo4jThresholds, Thresholds};
+use crate::evaluate::{Neo4jThresholds, SessionCheck, Thresholds};
 use crate::http::ServerSettings;
 use crate::kubernetes::{EvictionPolicy, KubernetesSettings, LeaseSettings};
 use crate::observe::neo4j::Neo4jTarget;
@@ -491,7 +491,10 @@ impl Loader {
             };
             let mut segs = error.path.clone();
             if let Kind::MissingField(f) = &error.kind {
-                let at = file_path(&segs);
+                let here = file_path(&segs);
+                self.ctx.rejected.insert(here.clone());
+                // A table a target inherited is reported where it was written.
+                let at = self.inherited_table(&here).unwrap_or(here);
                 self.parse.push(
                     join(&at, f),
                     format!("missing: `{f}` is required in [{at}]"),
@@ -557,6 +560,22 @@ impl Loader {
                 return None;
             }
         }
+    }
+
+    /// Where the table at `path` was written, when a target inherited it
+    /// (each of its values records where it came from).
+    fn inherited_table(&self, path: &str) -> Option<String> {
+        let prefix = format!("{path}.");
+        self.ctx.origins.iter().find_map(|(key, origin)| {
+            let rest = key.strip_prefix(&prefix)?;
+            match origin {
+                Origin::Inherited(from) => from
+                    .strip_suffix(rest)
+                    .and_then(|t| t.strip_suffix('.'))
+                    .map(str::to_string),
+                Origin::Default => None,
+            }
+        })
     }
 
     /// Every issue once, validation's minus those about keys serde already
@@ -747,6 +766,20 @@ fn unknown(table: &str, key: &str, known: &[&str], is_table: bool) -> String {
     };
     if let Some(kind) = other_kind {
         return format!("is a check of {kind} targets: it does not apply here");
+    }
+    // A session list or exceptions on a check that is not over sessions.
+    let session_check = field_names::<SessionCheck>().contains(&key)
+        && (key == "exceptions" || key.starts_with("match_") || key.starts_with("ignore_"));
+    match segs.as_slice() {
+        [.., "thresholds", check] if session_check => {
+            return format!(
+                "unknown key `{key}`: only the checks over sessions (long_running_query, idle_session, idle_in_transaction) take session lists and exceptions, not {check}"
+            );
+        }
+        [.., "thresholds", _, "exceptions", _] if key == "for" => {
+            return "unknown key `for`: an exception has no `for` of its own; the check's `for` applies to every session it judges".to_string();
+        }
+        _ => {}
     }
     let hint = if table == "remediation" && matches!(key, "api_token" | "token") {
         "the token is never written in the file: name the file holding it (api_token_file) or the environment variable (api_token_env)".to_string()

@@ -34,6 +34,11 @@ pub trait Observer: Send + 'static {
     fn update(&mut self, target: Self::Target);
     /// Each check's limit, to tell which checks a reload changed.
     fn limits(thresholds: &Self::Thresholds) -> Vec<(CheckId, Limit)>;
+    /// The checks a reload changed other than by their limit (a session
+    /// check's lists or exceptions): their hold starts over too.
+    fn rescoped(_before: &Self::Thresholds, _after: &Self::Thresholds) -> Vec<CheckId> {
+        Vec::new()
+    }
     fn poll(&mut self) -> impl Future<Output = Result<Self::Snapshot, PollError>> + Send;
     fn open_connections(&self) -> u32;
     fn close(&mut self) -> impl Future<Output = ()> + Send;
@@ -73,6 +78,9 @@ impl Observer for PostgresObserver {
     }
     fn limits(thresholds: &Self::Thresholds) -> Vec<(CheckId, Limit)> {
         evaluate::limits(thresholds)
+    }
+    fn rescoped(before: &Self::Thresholds, after: &Self::Thresholds) -> Vec<CheckId> {
+        evaluate::rescoped(before, after)
     }
     const KIND: &'static str = "postgres";
     fn name(&self) -> &str {
@@ -213,6 +221,7 @@ async fn run_inner<O: Observer>(
             let new = updates.borrow_and_update().clone();
             observer.update(new.target);
             hold.keep_unchanged(&O::limits(&thresholds), &O::limits(&new.thresholds));
+            hold.restart(&O::rescoped(&thresholds, &new.thresholds));
             thresholds = new.thresholds;
             tracing::info!("settings reloaded");
         }

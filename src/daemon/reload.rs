@@ -226,6 +226,24 @@ mod tests {
         assert_eq!(plan(&with("one"), &with("two")).reconnected, ["a"]);
     }
 
+    /// A session check's lists and exceptions are thresholds: updated in
+    /// place, globally or per target, without a reconnect.
+    #[test]
+    fn session_check_scopes_and_exceptions_update_in_place() {
+        for change in [
+            "[thresholds.idle_session]\nignore_applications = [\"psql\"]\n",
+            "[postgres.a.thresholds.long_running_query.exceptions.backup]\nmax = \"6h\"\nmatch_users = [\"backup\"]\n",
+            "[postgres.a.thresholds.idle_in_transaction]\nmatch_client_addrs = [\"10.0.0.0/8\"]\n",
+        ] {
+            let p = plan(&config(BASE), &config(&format!("{BASE}{change}")));
+            assert!(p.updated.contains(&"a".to_string()), "{change}: {p:?}");
+            assert!(
+                p.reconnected.is_empty() && p.needs_restart.is_empty(),
+                "{change}: {p:?}"
+            );
+        }
+    }
+
     #[test]
     fn what_cannot_change_in_place_is_named() {
         let rem =

@@ -164,6 +164,7 @@ mod tests {
             for_seconds: 0.0,
             held_seconds: 0.0,
             detail: String::new(),
+            excluded: None,
         }
     }
 

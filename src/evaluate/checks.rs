@@ -1,8 +1,9 @@
 //! How each check measures a snapshot. Pure functions.
 
 use super::Thresholds;
+use super::sessions;
 use super::{CheckId, Measurement};
-use crate::observe::{PgSnapshot, Role, SessionState, XID_WRAP};
+use crate::observe::{PgSnapshot, Role, XID_WRAP};
 
 /// Measures one check on a snapshot: its value and whether the condition is violated.
 pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
@@ -40,21 +41,13 @@ pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
         CheckId::ReplicationLag => replication_lag(s, t.replication_lag.value),
         CheckId::ReplicationStreaming => replication_streaming(s, t.replication_streaming.value),
         CheckId::ReplicationSlots => replication_slots(s, t.replication_slot_retained_wal.value),
-        CheckId::LongRunningQuery => longest(
-            s,
-            SessionState::Active,
-            |x| x.query_start_us,
-            t.long_running_query.value,
-            "active query running",
-        ),
-        CheckId::IdleSession => longest(
-            s,
-            SessionState::Idle,
-            |x| x.state_change_us,
-            t.idle_session.value,
-            "session idle",
-        ),
-        CheckId::IdleInTransaction => longest_idle_in_transaction(s, t.idle_in_transaction.value),
+        CheckId::LongRunningQuery => {
+            sessions::measure(&sessions::LONG_RUNNING, s, &t.long_running_query).measurement
+        }
+        CheckId::IdleSession => sessions::measure(&sessions::IDLE, s, &t.idle_session).measurement,
+        CheckId::IdleInTransaction => {
+            sessions::measure(&sessions::IDLE_IN_TRANSACTION, s, &t.idle_in_transaction).measurement
+        }
         CheckId::ChecksumFailures => {
             let n: i64 = s.databases.iter().filter_map(|d| d.checksum_failures).sum();
             let detail = if !s.server.data_checksums {
@@ -274,58 +267,6 @@ fn replication_slots(s: &PgSnapshot, max_bytes: f64) -> Measurement {
             }
         }
     }
-}
-
-fn longest(
-    s: &PgSnapshot,
-    state: SessionState,
-    since: impl Fn(&crate::observe::Session) -> Option<i64>,
-    max: f64,
-    what: &str,
-) -> Measurement {
-    let worst = s
-        .sessions
-        .iter()
-        .filter(|x| x.is_client_backend() && !x.is_self && x.state == state)
-        .filter_map(|x| s.age_seconds(since(x)).map(|a| (a, x)))
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    match worst {
-        None => Measurement {
-            value: 0.0,
-            violated: false,
-            detail: format!("no {what}"),
-        },
-        Some((age, x)) => Measurement {
-            value: age,
-            violated: age > max,
-            detail: format!(
-                "longest {what} {} (pid {}, user {:?}, application {:?}), threshold {}",
-                fmt_secs(age),
-                x.pid,
-                x.user.as_deref().unwrap_or(""),
-                x.application_name,
-                fmt_secs(max)
-            ),
-        },
-    }
-}
-
-fn longest_idle_in_transaction(s: &PgSnapshot, max: f64) -> Measurement {
-    let a = longest(
-        s,
-        SessionState::IdleInTransaction,
-        |x| x.state_change_us,
-        max,
-        "session idle in transaction",
-    );
-    let b = longest(
-        s,
-        SessionState::IdleInTransactionAborted,
-        |x| x.state_change_us,
-        max,
-        "session idle in an aborted transaction",
-    );
-    if b.value > a.value { b } else { a }
 }
 
 /// Seconds as a short human duration ("5m 3s").

@@ -8,6 +8,8 @@
 
 mod checks;
 mod neo4j;
+pub mod scope;
+mod sessions;
 mod summary;
 mod thresholds;
 
@@ -21,8 +23,10 @@ pub use neo4j::{
     Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, neo4j_limits,
     summarize_neo4j,
 };
+pub use scope::{Exclusion, NameSet, Scope};
+pub use sessions::{SessionMeasurement, measure_sessions};
 pub use summary::{PgSummary, summarize};
-pub use thresholds::{CountRange, Limit, Neo4jThresholds, Thresholds};
+pub use thresholds::{CountRange, Exception, Limit, Neo4jThresholds, SessionCheck, Thresholds};
 
 use crate::observe::PgSnapshot;
 
@@ -170,9 +174,9 @@ impl CheckId {
             CheckId::ReplicationLag => t.replication_lag,
             CheckId::ReplicationStreaming => t.replication_streaming,
             CheckId::ReplicationSlots => t.replication_slot_retained_wal,
-            CheckId::LongRunningQuery => t.long_running_query,
-            CheckId::IdleSession => t.idle_session,
-            CheckId::IdleInTransaction => t.idle_in_transaction,
+            CheckId::LongRunningQuery => t.long_running_query.limit(),
+            CheckId::IdleSession => t.idle_session.limit(),
+            CheckId::IdleInTransaction => t.idle_in_transaction.limit(),
             CheckId::ChecksumFailures => t.checksum_failures,
             CheckId::WalArchiving => t.wal_archiving,
             CheckId::Wraparound => t.wraparound,
@@ -228,6 +232,10 @@ pub struct CheckResult {
     pub held_seconds: f64,
     /// A sentence for people: what was measured, against what.
     pub detail: String,
+    /// For a check over sessions whose scope sets a list: the sessions it
+    /// left out, by the key that did (every key the scope sets, 0 included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<BTreeMap<Exclusion, u64>>,
 }
 
 /// A check's condition before hold times apply: what [`measure`] returns.
@@ -255,6 +263,11 @@ impl HoldState {
         });
     }
 
+    /// After new thresholds (a reload): these checks start their hold over.
+    pub fn restart(&mut self, checks: &[CheckId]) {
+        self.0.retain(|check, _| !checks.contains(check));
+    }
+
     /// The checks holding, and since when.
     pub fn since(&self, check: CheckId) -> Option<u64> {
         self.0.get(&check).copied()
@@ -264,6 +277,33 @@ impl HoldState {
 /// Every PostgreSQL check's limit.
 pub fn limits(t: &Thresholds) -> Vec<(CheckId, Limit)> {
     CheckId::ALL.iter().map(|c| (*c, c.limit(t))).collect()
+}
+
+/// The checks over sessions whose lists or exceptions differ between two
+/// sets of thresholds: they judge other sessions now, so a reload restarts
+/// their hold as it does for a changed limit.
+pub fn rescoped(before: &Thresholds, after: &Thresholds) -> Vec<CheckId> {
+    let scope = |c: &SessionCheck| {
+        let mut c = c.clone();
+        c.max = std::time::Duration::ZERO;
+        c.hold = std::time::Duration::ZERO;
+        c
+    };
+    [
+        CheckId::LongRunningQuery,
+        CheckId::IdleSession,
+        CheckId::IdleInTransaction,
+    ]
+    .into_iter()
+    .zip(
+        before
+            .session_checks()
+            .into_iter()
+            .zip(after.session_checks()),
+    )
+    .filter(|(_, ((_, a), (_, b)))| scope(a) != scope(b))
+    .map(|(check, _)| check)
+    .collect()
 }
 
 /// Evaluates every check on a fresh snapshot.
@@ -280,8 +320,21 @@ pub fn evaluate(
     let results = CheckId::ALL
         .iter()
         .map(|&check| {
-            let m = measure(check, snapshot, thresholds);
-            judge(check, m, check.limit(thresholds), hold, &mut next, now_ms)
+            let mut limit = check.limit(thresholds);
+            match measure_sessions(check, snapshot, thresholds) {
+                // A check over sessions: judged against the limit of the
+                // session nearest its own (an exception's, perhaps).
+                Some(sm) => {
+                    limit.value = sm.threshold;
+                    let mut r = judge(check, sm.measurement, limit, hold, &mut next, now_ms);
+                    r.excluded = sm.excluded;
+                    r
+                }
+                None => {
+                    let m = measure(check, snapshot, thresholds);
+                    judge(check, m, limit, hold, &mut next, now_ms)
+                }
+            }
         })
         .collect();
     (results, next)
@@ -320,6 +373,7 @@ fn judge(
         for_seconds: limit.hold.as_secs_f64(),
         held_seconds: held.as_secs_f64(),
         detail: m.detail,
+        excluded: None,
     }
 }
 
@@ -356,6 +410,7 @@ fn down(checks: &[CheckId], limit: impl Fn(CheckId) -> Limit, error: &str) -> Ve
                 for_seconds: limit.hold.as_secs_f64(),
                 held_seconds: 0.0,
                 detail,
+                excluded: None,
             }
         })
         .collect()
@@ -371,15 +426,19 @@ pub fn evaluate_once(snapshot: &PgSnapshot, thresholds: &Thresholds) -> Vec<Chec
         &mut t.replication_lag,
         &mut t.replication_streaming,
         &mut t.replication_slot_retained_wal,
-        &mut t.long_running_query,
-        &mut t.idle_session,
-        &mut t.idle_in_transaction,
         &mut t.wraparound,
         &mut t.checksum_failures,
         &mut t.wal_archiving,
         &mut t.invalid_indexes,
     ] {
         l.hold = Duration::ZERO;
+    }
+    for c in [
+        &mut t.long_running_query,
+        &mut t.idle_session,
+        &mut t.idle_in_transaction,
+    ] {
+        c.hold = Duration::ZERO;
     }
     let mut results = evaluate(snapshot, &t, &HoldState::default(), 0).0;
     // Report the configured hold all the same, so the output shows the config.

@@ -11,7 +11,7 @@ use super::{
     CheckId, CheckResult, CheckStatus, HoldState, Measurement, evaluate, evaluate_down,
     evaluate_once, fmt_secs, measure, summarize,
 };
-use super::{Limit, Thresholds};
+use super::{Limit, SessionCheck, Thresholds};
 use crate::observe::{
     Archiver, DatabaseStats, DiskUsage, PgSnapshot, RecoveryStatus, ReplicationSlot, ServerInfo,
     Session, SessionState, Standby, XID_WRAP,
@@ -247,28 +247,40 @@ fn result_of(results: &[CheckResult], check: CheckId) -> &CheckResult {
         .expect("a result for every check")
 }
 
-/// Every limit of `t`, mutably (the same list `evaluate_once` clears).
-fn limits_mut(t: &mut Thresholds) -> [&mut Limit; 12] {
-    [
+/// Edits every limit of `t` (the same list `evaluate_once` clears), each
+/// with its index.
+fn edit_limits(t: &mut Thresholds, mut f: impl FnMut(usize, &mut Limit)) {
+    let plain = [
         &mut t.disk_free,
         &mut t.connections_used,
         &mut t.replication_lag,
         &mut t.replication_streaming,
         &mut t.replication_slot_retained_wal,
-        &mut t.long_running_query,
-        &mut t.idle_session,
-        &mut t.idle_in_transaction,
         &mut t.wraparound,
         &mut t.checksum_failures,
         &mut t.wal_archiving,
         &mut t.invalid_indexes,
+    ];
+    let n = plain.len();
+    for (i, l) in plain.into_iter().enumerate() {
+        f(i, l);
+    }
+    for (i, c) in [
+        &mut t.long_running_query,
+        &mut t.idle_session,
+        &mut t.idle_in_transaction,
     ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut l = c.limit();
+        f(n + i, &mut l);
+        c.set_limit(l);
+    }
 }
 
 fn with_holds(mut t: Thresholds, hold: Duration) -> Thresholds {
-    for l in limits_mut(&mut t) {
-        l.hold = hold;
-    }
+    edit_limits(&mut t, |_, l| l.hold = hold);
     t
 }
 
@@ -1470,6 +1482,12 @@ fn limit(value: impl Strategy<Value = f64>) -> impl Strategy<Value = Limit> {
     (value, arb_hold()).prop_map(|(value, hold)| Limit { value, hold })
 }
 
+fn unscoped(l: Limit) -> SessionCheck {
+    let mut c = SessionCheck::new(Duration::ZERO, Duration::ZERO);
+    c.set_limit(l);
+    c
+}
+
 fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
     (
         (limit(arb_ratio()), limit(arb_ratio()), limit(arb_ratio())),
@@ -1496,9 +1514,9 @@ fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
                 replication_lag,
                 replication_streaming,
                 replication_slot_retained_wal,
-                long_running_query,
-                idle_session,
-                idle_in_transaction,
+                long_running_query: unscoped(long_running_query),
+                idle_session: unscoped(idle_session),
+                idle_in_transaction: unscoped(idle_in_transaction),
                 wraparound,
                 checksum_failures,
                 wal_archiving,
@@ -1624,12 +1642,12 @@ proptest! {
         let (idle_lo, idle_hi) = sorted(idle);
         let mut lo = t.clone();
         lo.connections_used.value = ratio_lo;
-        lo.long_running_query.value = long_lo;
-        lo.idle_session.value = idle_lo;
+        lo.long_running_query.max = Duration::from_secs_f64(long_lo);
+        lo.idle_session.max = Duration::from_secs_f64(idle_lo);
         let mut hi = t;
         hi.connections_used.value = ratio_hi;
-        hi.long_running_query.value = long_hi;
-        hi.idle_session.value = idle_hi;
+        hi.long_running_query.max = Duration::from_secs_f64(long_hi);
+        hi.idle_session.max = Duration::from_secs_f64(idle_hi);
         let (r_lo, _) = evaluate(&snap, &lo, &hold, now_ms);
         let (r_hi, _) = evaluate(&snap, &hi, &hold, now_ms);
         for check in [CheckId::ConnectionsUsed, CheckId::LongRunningQuery, CheckId::IdleSession] {
@@ -1715,14 +1733,12 @@ proptest! {
     }
 }
 
-/// Every check but `connection` reads a limit of its own, and `limits_mut`
+/// Every check but `connection` reads a limit of its own, and `edit_limits`
 /// (the list `evaluate_once` also clears) covers all of them.
 #[test]
 fn every_threshold_limit_is_reachable() {
     let mut t = Thresholds::default();
-    for (i, l) in limits_mut(&mut t).into_iter().enumerate() {
-        l.value = 1000.0 + i as f64;
-    }
+    edit_limits(&mut t, |i, l| l.value = 1000.0 + i as f64);
     let seen: BTreeMap<u64, CheckId> = CheckId::ALL
         .iter()
         .filter(|&&c| c != CheckId::Connection)
@@ -1748,7 +1764,7 @@ fn violated_values_never_print_as_their_threshold() {
 #[test]
 fn huge_duration_threshold_does_not_panic() {
     let mut t = Thresholds::default();
-    t.long_running_query.value = Duration::from_secs(u64::MAX).as_secs_f64();
+    t.long_running_query.max = Duration::from_secs(u64::MAX);
     let s = primary(100, 3).session(SessionState::Active, 10.0).build();
     assert!(!measure(CheckId::LongRunningQuery, &s, &t).violated);
 }
@@ -1767,7 +1783,7 @@ fn new_thresholds_restart_only_the_changed_checks_holds() {
     assert_eq!(hold.since(CheckId::ConnectionsUsed), since);
     // Another check's limit changed: still kept.
     let mut other = old.clone();
-    other.idle_session.value = 60.0;
+    other.idle_session.max = Duration::from_secs(60);
     hold.keep_unchanged(&super::limits(&old), &super::limits(&other));
     assert_eq!(hold.since(CheckId::ConnectionsUsed), since);
     // Its own `for` changed: it starts over.
@@ -1775,4 +1791,237 @@ fn new_thresholds_restart_only_the_changed_checks_holds() {
     longer.connections_used.hold = Duration::from_secs(600);
     hold.keep_unchanged(&super::limits(&other), &super::limits(&longer));
     assert_eq!(hold.since(CheckId::ConnectionsUsed), None);
+}
+
+/// The scoped session checks: the worked example of docs/configuration.md,
+/// read from the document itself, on sessions it describes.
+mod scoped {
+    use super::*;
+    use crate::evaluate::{Exclusion, SessionCheck, evaluate_once};
+
+    /// The TOML block of the worked example in docs/configuration.md.
+    fn worked_example() -> Thresholds {
+        let docs = include_str!("../../docs/configuration.md");
+        let from = docs.find("Worked example").expect("the worked example");
+        let block = docs[from..]
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("its TOML block");
+        let table: toml::Table = toml::from_str(block).expect("the example parses");
+        let th = table["thresholds"].as_table().unwrap();
+        let mut t = Thresholds::default();
+        let read = |k: &str| -> SessionCheck { th[k].clone().try_into().expect(k) };
+        t.long_running_query = read("long_running_query");
+        t.idle_session = read("idle_session");
+        t
+    }
+
+    fn who(user: &str, app: &str) -> impl FnOnce(&mut Session) {
+        let (user, app) = (user.to_string(), app.to_string());
+        move |s| {
+            s.user = Some(user);
+            s.application_name = app;
+        }
+    }
+
+    fn long(t: &Thresholds, user: &str, app: &str, secs: f64) -> CheckResult {
+        let s = primary(100, 3)
+            .session(SessionState::Active, secs)
+            .edit_last(who(user, app))
+            .build();
+        result_of(&evaluate_once(&s, t), CheckId::LongRunningQuery).clone()
+    }
+
+    #[test]
+    fn the_worked_example_does_what_the_documentation_says() {
+        let t = worked_example();
+        let h = 3600.0;
+        // A 3-hour pg_dump of the backup user: exception backup, 6 h.
+        let r = long(&t, "backup", "pg_dump", 3.0 * h);
+        assert_eq!(r.status, CheckStatus::Pass, "{r:?}");
+        assert_eq!(r.threshold, 6.0 * h);
+        assert!(r.detail.contains("(exception backup)"), "{}", r.detail);
+        // The same user from psql: the check's own 5 minutes.
+        let r = long(&t, "backup", "psql", 3.0 * h);
+        assert_eq!(r.status, CheckStatus::Fail, "{r:?}");
+        assert_eq!(r.threshold, 300.0);
+        // Reporting: 1 h.
+        assert_eq!(long(&t, "reporting", "x", 1800.0).status, CheckStatus::Pass);
+        assert_eq!(
+            long(&t, "reporting", "x", 2.0 * h).status,
+            CheckStatus::Fail
+        );
+        // Anyone else: 5 min.
+        assert_eq!(long(&t, "app", "web", 301.0).status, CheckStatus::Fail);
+        assert_eq!(long(&t, "app", "web", 299.0).status, CheckStatus::Pass);
+        // Without exceptions, nothing is scoped: no excluded count.
+        assert_eq!(long(&t, "app", "web", 1.0).excluded, None);
+        // The idle psql is left out, and counted.
+        let s = primary(100, 3)
+            .session(SessionState::Idle, 3.0 * h)
+            .edit_last(who("dba", "psql"))
+            .session(SessionState::Idle, 60.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::IdleSession).clone();
+        assert_eq!(r.status, CheckStatus::Pass, "{r:?}");
+        assert_eq!(r.value, Some(60.0));
+        assert_eq!(
+            r.excluded,
+            Some(BTreeMap::from([(Exclusion::IgnoreApplications, 1)]))
+        );
+    }
+
+    /// When two exceptions take a session, the one that sets more match_*
+    /// lists wins; among as many, the lower max; then the first by name.
+    #[test]
+    fn the_most_specific_exception_applies() {
+        let text = r#"
+            max = "5m"
+            for = "0s"
+            [exceptions.by-user]
+            max = "1h"
+            match_users = ["backup"]
+            [exceptions.by-user-and-app]
+            max = "6h"
+            match_users = ["backup"]
+            match_applications = ["pg_dump"]
+            [exceptions.a-by-app]
+            max = "2h"
+            match_applications = ["pg_dump"]
+            [exceptions.z-by-app]
+            max = "2h"
+            match_applications = ["pg_dump"]
+        "#;
+        let c: SessionCheck = toml::from_str(text).unwrap();
+        let order: Vec<&str> = c.exceptions_in_order().iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            order,
+            ["by-user-and-app", "by-user", "a-by-app", "z-by-app"]
+        );
+        let t = Thresholds {
+            long_running_query: c,
+            ..Thresholds::default()
+        };
+        let r = long(&t, "backup", "pg_dump", 4.0 * 3600.0);
+        assert_eq!(r.status, CheckStatus::Pass);
+        assert!(r.detail.contains("by-user-and-app"), "{}", r.detail);
+        // Not pg_dump: by-user (1 h).
+        let r = long(&t, "backup", "psql", 1.5 * 3600.0);
+        assert_eq!((r.status, r.threshold), (CheckStatus::Fail, 3600.0));
+        // pg_dump of another user: the two by-app exceptions tie; a- first.
+        let r = long(&t, "app", "pg_dump", 600.0);
+        assert!(r.detail.contains("a-by-app"), "{}", r.detail);
+    }
+
+    /// The check reports the session nearest its limit, so the value
+    /// exceeds the threshold exactly when it fails.
+    #[test]
+    fn the_session_nearest_its_limit_is_reported() {
+        let text = r#"
+            max = "5m"
+            for = "0s"
+            [exceptions.backup]
+            max = "6h"
+            match_users = ["backup"]
+        "#;
+        let t = Thresholds {
+            long_running_query: toml::from_str(text).unwrap(),
+            ..Thresholds::default()
+        };
+        // A 2-hour backup (a third of its limit) and a 4-minute query (4/5).
+        let s = primary(100, 3)
+            .session(SessionState::Active, 7200.0)
+            .edit_last(who("backup", "pg_dump"))
+            .session(SessionState::Active, 240.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::LongRunningQuery).clone();
+        assert_eq!((r.value, r.threshold), (Some(240.0), 300.0));
+        assert_eq!(r.status, CheckStatus::Pass);
+        // The backup over its own limit fails the check, whatever the others.
+        let s = primary(100, 3)
+            .session(SessionState::Active, 7.0 * 3600.0)
+            .edit_last(who("backup", "pg_dump"))
+            .session(SessionState::Active, 240.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::LongRunningQuery).clone();
+        assert_eq!(r.status, CheckStatus::Fail);
+        assert_eq!(r.threshold, 6.0 * 3600.0);
+    }
+
+    /// Every key a scope sets is counted, 0 included; a session is counted
+    /// once, under the first key that leaves it out; only sessions in the
+    /// check's state count.
+    #[test]
+    fn exclusions_are_counted_by_the_key_that_made_them() {
+        let text = r#"
+            max = "5m"
+            for = "0s"
+            ignore_users = ["backup"]
+            ignore_applications = ["pg_dump"]
+            match_databases = ["app"]
+        "#;
+        let t = Thresholds {
+            long_running_query: toml::from_str(text).unwrap(),
+            ..Thresholds::default()
+        };
+        let s = primary(100, 3)
+            // Ignored by user and by application: counted by user.
+            .session(SessionState::Active, 9000.0)
+            .edit_last(who("backup", "pg_dump"))
+            .session(SessionState::Active, 9000.0)
+            .edit_last(|s| s.database = Some("other".into()))
+            .session(SessionState::Active, 10.0)
+            // Idle: not this check's state, not counted.
+            .session(SessionState::Idle, 9000.0)
+            .edit_last(who("backup", "x"))
+            .own_session(SessionState::Active, 9000.0)
+            .build();
+        let r = result_of(&evaluate_once(&s, &t), CheckId::LongRunningQuery).clone();
+        assert_eq!(r.status, CheckStatus::Pass, "{r:?}");
+        assert_eq!(r.value, Some(10.0));
+        assert_eq!(
+            r.excluded,
+            Some(BTreeMap::from([
+                (Exclusion::IgnoreUsers, 1),
+                (Exclusion::MatchDatabases, 1),
+                (Exclusion::IgnoreApplications, 0),
+            ]))
+        );
+        // Without the lists, both fail the check.
+        let r = result_of(
+            &evaluate_once(&s, &Thresholds::default()),
+            CheckId::LongRunningQuery,
+        )
+        .clone();
+        assert_eq!(r.status, CheckStatus::Fail);
+        assert_eq!(r.excluded, None);
+    }
+
+    /// A reload that changes a session check's lists or exceptions
+    /// restarts that check's hold, and only that one's.
+    #[test]
+    fn new_lists_restart_the_session_checks_hold() {
+        let s = primary(100, 3)
+            .session(SessionState::Active, 600.0)
+            .session(SessionState::Idle, 6000.0)
+            .build();
+        let old = Thresholds::default();
+        let (_, mut hold) = evaluate(&s, &old, &HoldState::default(), 1_000);
+        assert!(hold.since(CheckId::LongRunningQuery).is_some());
+        assert!(hold.since(CheckId::IdleSession).is_some());
+        let mut new = old.clone();
+        new.long_running_query.ignore_users = vec!["backup".into()];
+        assert_eq!(
+            crate::evaluate::rescoped(&old, &new),
+            [CheckId::LongRunningQuery]
+        );
+        // Only the limit changed: not rescoped (the limit's own rule applies).
+        let mut longer = old.clone();
+        longer.idle_session.max = Duration::from_secs(1);
+        assert!(crate::evaluate::rescoped(&old, &longer).is_empty());
+        hold.restart(&crate::evaluate::rescoped(&old, &new));
+        assert_eq!(hold.since(CheckId::LongRunningQuery), None);
+        assert_eq!(hold.since(CheckId::IdleSession), Some(1_000));
+    }
 }

@@ -9,11 +9,13 @@
 //! `max = "5m"`, `max_bytes = 1073741824`); here every limit is a [`Limit`]
 //! in base units, which is what the checks compare.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Context, Issues, duration, join};
+use super::scope::with_scope;
+use crate::settings::{Context, Issues, duration, join, valid_name};
 
 /// One limit in base units (ratio 0..1, seconds, bytes, count), and how long
 /// the condition must hold before the check fails.
@@ -44,14 +46,11 @@ pub struct Thresholds {
     #[serde(with = "max_bytes")]
     pub replication_slot_retained_wal: Limit,
     /// Fails when an active query has run longer than this many seconds.
-    #[serde(with = "max_duration")]
-    pub long_running_query: Limit,
+    pub long_running_query: SessionCheck,
     /// Fails when a session has been idle longer than this many seconds.
-    #[serde(with = "max_duration")]
-    pub idle_session: Limit,
+    pub idle_session: SessionCheck,
     /// Fails when a session has been idle in transaction longer than this many seconds.
-    #[serde(with = "max_duration")]
-    pub idle_in_transaction: Limit,
+    pub idle_in_transaction: SessionCheck,
     /// Fails when the oldest database's transaction-ID age exceeds this ratio of 2^31.
     #[serde(with = "max_ratio")]
     pub wraparound: Limit,
@@ -82,9 +81,9 @@ impl Default for Thresholds {
             replication_lag: limit(5.0, 60),
             replication_streaming: limit(0.0, 60),
             replication_slot_retained_wal: limit(1024.0 * 1024.0 * 1024.0, 300),
-            long_running_query: limit(300.0, 0),
-            idle_session: limit(600.0, 0),
-            idle_in_transaction: limit(300.0, 0),
+            long_running_query: SessionCheck::new(Duration::from_secs(300), Duration::ZERO),
+            idle_session: SessionCheck::new(Duration::from_secs(600), Duration::ZERO),
+            idle_in_transaction: SessionCheck::new(Duration::from_secs(300), Duration::ZERO),
             wraparound: limit(0.50, 0),
             checksum_failures: limit(0.0, 0),
             wal_archiving: limit(0.0, 0),
@@ -98,13 +97,145 @@ impl Thresholds {
     /// (`thresholds` or `postgres.<name>.thresholds`); a mistake in a value
     /// the table inherited is reported where it was written.
     pub fn validate(&self, path: &str, ctx: &Context, issues: &mut Issues) {
-        for (check, l) in [
-            ("replication_lag", &self.replication_lag),
+        positive(
+            &self.replication_lag,
+            &join(&join(path, "replication_lag"), "max"),
+            "",
+            ctx,
+            issues,
+        );
+        for (check, c) in self.session_checks() {
+            c.validate(&join(path, check), ctx, issues);
+        }
+    }
+
+    /// The checks over sessions, which take a scope and exceptions, by name.
+    pub fn session_checks(&self) -> [(&'static str, &SessionCheck); 3] {
+        [
             ("long_running_query", &self.long_running_query),
             ("idle_session", &self.idle_session),
             ("idle_in_transaction", &self.idle_in_transaction),
-        ] {
-            positive(l, &join(&join(path, check), "max"), "", ctx, issues);
+        ]
+    }
+}
+
+with_scope! {
+/// A check over sessions (`long_running_query`, `idle_session`,
+/// `idle_in_transaction`): its limit and `for`, the sessions it considers
+/// (the scope's lists, as a policy's), and named exceptions, each with its
+/// own sessions and limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCheck {
+    /// Fails when a session in scope exceeds this (its exception's, if one takes it).
+    #[serde(with = "duration")]
+    pub max: Duration,
+    #[serde(rename = "for", with = "duration")]
+    pub hold: Duration,
+    /// By name; applied most specific first ([`SessionCheck::exception_for`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exceptions: BTreeMap<String, Exception>,
+}
+}
+
+with_scope! {
+/// `[thresholds.<check>.exceptions.<name>]`: the sessions its `match_*`
+/// lists name (minus those its `ignore_*` lists name) are judged against
+/// its `max` instead of the check's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exception {
+    #[serde(with = "duration")]
+    pub max: Duration,
+}
+}
+
+impl SessionCheck {
+    /// A check over every session, with this limit.
+    pub fn new(max: Duration, hold: Duration) -> Self {
+        SessionCheck {
+            max,
+            hold,
+            exceptions: BTreeMap::new(),
+            match_users: Vec::new(),
+            ignore_users: Vec::new(),
+            match_databases: Vec::new(),
+            ignore_databases: Vec::new(),
+            match_applications: Default::default(),
+            ignore_applications: Default::default(),
+            match_client_addrs: Vec::new(),
+            ignore_client_addrs: Vec::new(),
+            match_query: None,
+            ignore_query: None,
+        }
+    }
+
+    /// The check's own limit, as the other checks have theirs.
+    pub fn limit(&self) -> Limit {
+        Limit {
+            value: self.max.as_secs_f64(),
+            hold: self.hold,
+        }
+    }
+
+    /// Sets the check's own limit (seconds).
+    pub fn set_limit(&mut self, l: Limit) {
+        self.max = secs(l.value);
+        self.hold = l.hold;
+    }
+
+    /// The exceptions, most specific first: more `match_*` lists set
+    /// first; among as many, the lower `max` (an overlap never loosens a
+    /// limit by accident); then by name.
+    pub fn exceptions_in_order(&self) -> Vec<(&str, &Exception)> {
+        let mut out: Vec<(&str, &Exception)> = self
+            .exceptions
+            .iter()
+            .map(|(n, e)| (n.as_str(), e))
+            .collect();
+        out.sort_by(|(an, a), (bn, b)| {
+            b.scope()
+                .match_lists()
+                .cmp(&a.scope().match_lists())
+                .then(a.max.cmp(&b.max))
+                .then(an.cmp(bn))
+        });
+        out
+    }
+
+    /// `path` is the check's table (`thresholds.long_running_query`, or a
+    /// target's); a mistake in an inherited value is reported where it was
+    /// written.
+    pub fn validate(&self, path: &str, ctx: &Context, issues: &mut Issues) {
+        positive(&self.limit(), &join(path, "max"), "", ctx, issues);
+        for (name, e) in &self.exceptions {
+            let here = join(&join(path, "exceptions"), name);
+            // An exception a target inherited is reported where it was written.
+            let at = ctx
+                .written_at(&join(&here, "max"))
+                .and_then(|m| m.strip_suffix(".max").map(str::to_string))
+                .unwrap_or(here);
+            let written = |k: &str| join(&at, k);
+            if !valid_name(name) {
+                issues.push(
+                    &at,
+                    format!(
+                        "invalid exception name {name:?}: use 1-63 lowercase letters, digits, '_' or '-'"
+                    ),
+                );
+            }
+            if e.max.is_zero() {
+                issues.push(
+                    written("max"),
+                    "\"0s\" would fail all the time: use a positive duration",
+                );
+            }
+            if e.scope().match_lists() == 0 && !ctx.rejected_under(&at) {
+                issues.push(
+                    &at,
+                    "no match_ list: an exception names the sessions it applies to with match_users, match_databases, match_applications, match_client_addrs or match_query (to change the limit of every session, change the check's max)",
+                );
+            }
         }
     }
 }
@@ -287,8 +418,8 @@ mod tests {
         assert_eq!(t.disk_free.value, 0.30);
         assert_eq!(t.connections_used.value, 0.80);
         assert_eq!(t.replication_lag.value, 5.0);
-        assert_eq!(t.long_running_query.value, 5.0 * 60.0);
-        assert_eq!(t.idle_session.value, 10.0 * 60.0);
+        assert_eq!(t.long_running_query.limit().value, 5.0 * 60.0);
+        assert_eq!(t.idle_session.limit().value, 10.0 * 60.0);
         let printed = toml::to_string(&t).unwrap();
         for needle in [
             "[disk_free]\nmin_ratio = 0.3\nfor = \"5m\"\n",

@@ -11,16 +11,15 @@
 //! and roles with REPLICATION are protected too, unless the policy names them
 //! in `match_users`.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::CheckId;
+pub use crate::evaluate::NameSet;
+use crate::evaluate::scope::{client_addr, with_scope};
 use crate::observe::{APPLICATION_NAME, PgSnapshot, Session, SessionState};
-use crate::settings::{Pattern, duration, non_empty, regex_reason};
+use crate::settings::duration;
 
 /// What to do to a selected session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,123 +75,11 @@ pub enum Victims {
     Oldest,
 }
 
-/// Matches a text by exact names or by full-match regular expressions.
-/// Built only through [`NameSet::new`], which anchors every pattern, so
-/// `psql` never matches `billing-psql-loader`. Written as a list of
-/// patterns; compared and printed by them.
-#[derive(Debug, Clone, Default)]
-pub struct NameSet {
-    exact: Vec<String>,
-    written: Vec<String>,
-    patterns: Vec<Regex>,
-}
-
-impl NameSet {
-    /// Exact names and regular expressions; each expression must match the whole name.
-    pub fn new<S: AsRef<str>>(exact: Vec<String>, patterns: &[S]) -> Result<Self, regex::Error> {
-        let written: Vec<String> = patterns.iter().map(|p| p.as_ref().to_string()).collect();
-        let patterns = written
-            .iter()
-            .map(|p| Regex::new(&format!("^(?:{p})$")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(NameSet {
-            exact,
-            written,
-            patterns,
-        })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.patterns.is_empty()
-    }
-
-    pub fn contains(&self, value: &str) -> bool {
-        self.exact.iter().any(|e| e == value) || self.patterns.iter().any(|p| p.is_match(value))
-    }
-}
-
-impl PartialEq for NameSet {
-    fn eq(&self, other: &Self) -> bool {
-        self.exact == other.exact && self.written == other.written
-    }
-}
-
-impl Serialize for NameSet {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.written.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for NameSet {
-    /// Every pattern checked; the first bad one is named with the regex
-    /// crate's reason.
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let list: Vec<String> = non_empty(d)?;
-        for p in &list {
-            if let Err(e) = Regex::new(p) {
-                return Err(D::Error::custom(format!(
-                    "invalid regex {p:?}: {}",
-                    regex_reason(&e)
-                )));
-            }
-        }
-        NameSet::new(Vec::new(), &list).map_err(|e| {
-            let shown: Vec<String> = list.iter().map(|p| format!("{p:?}")).collect();
-            D::Error::custom(format!(
-                "{} cannot be matched as a whole name: {}",
-                shown.join(", "),
-                regex_reason(&e)
-            ))
-        })
-    }
-}
-
-/// A list of client networks as written: CIDR, or a bare address as a
-/// single-host network (/32, /128). An IPv4-mapped IPv6 network is kept as
-/// the IPv4 network it maps, since sessions' addresses are compared in
-/// canonical form.
-mod networks {
-    use ipnet::{IpNet, Ipv4Net};
-    use serde::{Deserializer, Serialize, Serializer, de};
-    use std::net::IpAddr;
-
-    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
-        let shown: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
-        shown.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-        crate::settings::non_empty::<_, String>(d)?
-            .iter()
-            .map(|text| {
-                network(text).ok_or_else(|| {
-                    de::Error::custom(format!(
-                        "invalid network {text:?}: expected CIDR notation such as \"10.0.0.0/8\" or \"fd00::/8\", or an IP address"
-                    ))
-                })
-            })
-            .collect()
-    }
-
-    fn network(text: &str) -> Option<IpNet> {
-        let net = text
-            .parse::<IpNet>()
-            .ok()
-            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
-        if let IpNet::V6(v6) = net
-            && v6.prefix_len() >= 96
-            && let Some(v4) = v6.addr().to_ipv4_mapped()
-            && let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96)
-        {
-            return Some(IpNet::V4(n));
-        }
-        Some(net)
-    }
-}
-
+with_scope! {
 /// The conditions of a policy, `[remediation.policies.<name>.when]`. Every
-/// `Some` / non-empty field must hold.
+/// `Some` / non-empty field must hold; the session scope's lists
+/// (`match_users`, `ignore_users`, ...) are the checks' own
+/// ([`crate::evaluate::Scope`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Conditions {
@@ -212,29 +99,13 @@ pub struct Conditions {
     /// Connected for at least this long.
     #[serde(with = "duration::option")]
     pub connected_for: Option<Duration>,
-    #[serde(deserialize_with = "non_empty")]
-    pub match_users: Vec<String>,
-    #[serde(deserialize_with = "non_empty")]
-    pub ignore_users: Vec<String>,
-    #[serde(deserialize_with = "non_empty")]
-    pub match_databases: Vec<String>,
-    #[serde(deserialize_with = "non_empty")]
-    pub ignore_databases: Vec<String>,
-    pub match_applications: NameSet,
-    pub ignore_applications: NameSet,
-    #[serde(with = "networks")]
-    pub match_client_addrs: Vec<IpNet>,
-    #[serde(with = "networks")]
-    pub ignore_client_addrs: Vec<IpNet>,
-    /// Searched in the query text (not anchored).
-    pub match_query: Option<Pattern>,
-    pub ignore_query: Option<Pattern>,
     /// The session is the root of a lock chain with at least this many
     /// sessions behind it ...
     pub blocking_waiters: Option<u32>,
     /// ... each of which has waited at least this long (default 0s).
     #[serde(with = "duration::option")]
     pub blocking_for: Option<Duration>,
+}
 }
 
 impl Conditions {
@@ -638,63 +509,27 @@ fn matches(c: &Conditions, s: &Session, f: &SessionFacts) -> Option<String> {
     {
         return None;
     }
-    // Identity filters: an ignore always wins over a match.
-    let user = s.user.as_deref().unwrap_or("");
-    if c.ignore_users.iter().any(|u| u == user)
-        || (!c.match_users.is_empty() && !c.match_users.iter().any(|u| u == user))
-    {
-        return None;
-    }
-    let db = s.database.as_deref().unwrap_or("");
-    if c.ignore_databases.iter().any(|d| d == db)
-        || (!c.match_databases.is_empty() && !c.match_databases.iter().any(|d| d == db))
-    {
-        return None;
-    }
-    if c.ignore_applications.contains(&s.application_name)
-        || (!c.match_applications.is_empty() && !c.match_applications.contains(&s.application_name))
-    {
-        return None;
-    }
-    // Canonical form: an IPv4-mapped IPv6 address matches IPv4 networks.
-    let addr: Option<IpAddr> = s
-        .client_addr
-        .as_deref()
-        .and_then(|a| a.parse::<IpAddr>().ok())
-        .map(|a| a.to_canonical());
-    if addr.is_some_and(|a| c.ignore_client_addrs.iter().any(|n| n.contains(&a))) {
-        return None;
-    }
-    if !c.match_client_addrs.is_empty()
-        && !addr.is_some_and(|a| c.match_client_addrs.iter().any(|n| n.contains(&a)))
-    {
+    // The scope (users, databases, applications, addresses, query): the
+    // checks' own matcher; an ignore always wins over a match.
+    if c.scope().excludes(s).is_some() {
         return None;
     }
     // Name each identity condition that held, so the audit says why.
     if !c.match_users.is_empty() {
-        why.push(format!("user {user}"));
+        why.push(format!("user {}", s.user.as_deref().unwrap_or("")));
     }
     if !c.match_databases.is_empty() {
-        why.push(format!("database {db}"));
+        why.push(format!("database {}", s.database.as_deref().unwrap_or("")));
     }
     if !c.match_applications.is_empty() {
         why.push(format!("application {}", s.application_name));
     }
-    if let Some(a) = addr
+    if let Some(a) = client_addr(s)
         && let Some(n) = c.match_client_addrs.iter().find(|n| n.contains(&a))
     {
         why.push(format!("client {a} in {n}"));
     }
-    if c.ignore_query
-        .as_ref()
-        .is_some_and(|r| r.is_match(&s.query))
-    {
-        return None;
-    }
     if let Some(r) = &c.match_query {
-        if !r.is_match(&s.query) {
-            return None;
-        }
         why.push(format!("query matches /{}/", r.as_str()));
     }
     if let Some(b) = c.blocking() {

@@ -1737,3 +1737,91 @@ fn alert_gate_opens_only_while_every_named_alert_fires() {
     assert!(open.gate_open);
     assert_eq!(pids(&open.selected), vec![1]);
 }
+
+// ---------------------------------------------------------------------------
+// A check's scope and a policy's selection agree
+// ---------------------------------------------------------------------------
+
+/// A session check whose scope is the policy's lists, and whose limit no
+/// session reaches (so that only the scope decides).
+fn check_with_lists_of(c: &Conditions) -> crate::evaluate::Thresholds {
+    let mut t = crate::evaluate::Thresholds::default();
+    let check = &mut t.long_running_query;
+    check.max = Duration::from_secs(100 * 365 * 86_400);
+    check.match_users = c.match_users.clone();
+    check.ignore_users = c.ignore_users.clone();
+    check.match_databases = c.match_databases.clone();
+    check.ignore_databases = c.ignore_databases.clone();
+    check.match_applications = c.match_applications.clone();
+    check.ignore_applications = c.ignore_applications.clone();
+    check.match_client_addrs = c.match_client_addrs.clone();
+    check.ignore_client_addrs = c.ignore_client_addrs.clone();
+    check.match_query = c.match_query.clone();
+    check.ignore_query = c.ignore_query.clone();
+    t
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// With the same lists, `long_running_query` judges exactly the active
+    /// sessions a policy on `state = ["active"]` matches (selected or
+    /// protected): as many, and the same longest query; the others are the
+    /// ones it counts as excluded.
+    #[test]
+    fn a_checks_scope_and_a_policys_selection_agree(
+        snap in sessions().prop_map(snapshot_of),
+        c in conditions(),
+    ) {
+        let mut p = Policy {
+            name: "p".into(),
+            targets: None,
+            kind: Some(ActionKind::Cancel),
+            grace: None,
+            victims: Victims::All,
+            max_per_cycle: 1000,
+            only_while_failing: Vec::new(),
+            only_while_alerts: Vec::new(),
+            conditions: c.clone(),
+        };
+        p.conditions.states = vec![SessionState::Active];
+        p.conditions.idle_for = None;
+        p.conditions.query_running_for = None;
+        p.conditions.transaction_open_for = None;
+        p.conditions.connected_for = None;
+        p.conditions.blocking_waiters = None;
+        p.conditions.blocking_for = None;
+        let t = check_with_lists_of(&c);
+
+        let e = evaluate_policy(&p, &snap, gates(&[]));
+        let considered = |s: &Session| {
+            s.is_client_backend() && !s.is_self && s.state == SessionState::Active
+        };
+        let matched: Vec<&Session> = e
+            .candidates
+            .iter()
+            .map(|x| x.facts.pid)
+            .chain(e.protected.iter().map(|(f, _)| f.pid))
+            .map(|pid| session(&snap, pid))
+            .filter(|s| considered(s))
+            .collect();
+        let all = snap.sessions.iter().filter(|s| considered(s)).count() as u64;
+
+        let r = crate::evaluate::evaluate_once(&snap, &t)
+            .into_iter()
+            .find(|r| r.check == CheckId::LongRunningQuery)
+            .unwrap();
+        let excluded: u64 = r.excluded.iter().flatten().map(|(_, n)| n).sum();
+        prop_assert_eq!(all - excluded, matched.len() as u64, "{:?}", r);
+        // An unscoped check excludes nothing and reports no count.
+        if p.conditions.scope().is_empty() {
+            prop_assert_eq!(r.excluded, None);
+        }
+        let longest = matched
+            .iter()
+            .filter_map(|s| snap.age_seconds(s.query_start_us))
+            .fold(0.0_f64, f64::max);
+        prop_assert_eq!(r.value, Some(longest));
+        prop_assert_eq!(r.status, crate::evaluate::CheckStatus::Pass);
+    }
+}

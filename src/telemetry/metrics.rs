@@ -590,6 +590,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_check_threshold",
     "dbwarden_check_for_seconds",
     "dbwarden_check_held_seconds",
+    "dbwarden_check_excluded_sessions",
     "dbwarden_poll_interval_seconds",
     "dbwarden_target_info",
     "dbwarden_poll_timeout_seconds",
@@ -822,6 +823,10 @@ impl Collector for StateCollector {
             "How long the check's condition has held so far (0 when it does not hold)",
             Unit::Seconds,
         );
+        let mut excluded = Fam::gauge(
+            "check_excluded_sessions",
+            "Sessions a scoped check left out, by the key of its scope that did (ignore_users, match_applications, ...)",
+        );
         let mut interval = Fam::gauge_unit(
             "poll_interval",
             "The configured interval between polls of the target",
@@ -870,6 +875,11 @@ impl Collector for StateCollector {
                 if let Some(v) = c.value {
                     value.push(l(), v);
                 }
+                for (reason, n) in c.excluded.iter().flatten() {
+                    let mut labels = l();
+                    labels.push(("reason", reason.as_str().to_string()));
+                    excluded.push(labels, *n as f64);
+                }
             }
         }
         let kube = self.state.kubernetes();
@@ -890,7 +900,7 @@ impl Collector for StateCollector {
         }
         for f in [
             &up, &last_ok, &last, &conns, &failing, &pending, &value, &threshold, &hold, &held,
-            &interval, &timeout,
+            &excluded, &interval, &timeout,
         ] {
             f.encode(&mut encoder)?;
         }
