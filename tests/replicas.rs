@@ -446,6 +446,34 @@ impl Drop for Stopped {
     }
 }
 
+/// Bytes that arrived on process `pid`'s TCP sockets and that it has not
+/// read yet (the receive queues in `/proc/net/tcp{,6}`): a stopped backend
+/// with a statement waiting for it shows more than zero.
+fn unread_bytes(pid: u32) -> Result<u64, String> {
+    let fds =
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| format!("/proc/{pid}/fd: {e}"))?;
+    let inodes: BTreeSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut unread = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).map_err(|e| format!("{table}: {e}"))?;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+            if f.len() > 9 && inodes.contains(f[9]) {
+                let rx = f[4].split(':').nth(1).ok_or(format!("{table}: {line}"))?;
+                unread += u64::from_str_radix(rx, 16).map_err(|e| format!("{table}: {e}"))?;
+            }
+        }
+    }
+    Ok(unread)
+}
+
 fn signal(pid: u32, sig: &str) {
     let out = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -489,8 +517,13 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
         let mut sessions = open_idle(&pg, 40).await;
         let audit = audit_path(dir.path(), "a");
         sampler.announce("a");
-        let mut d =
-            DaemonProcess::spawn("a", dir.path(), &config(&url, "a", dir.path(), "50ms")).await;
+        // A signal may wait as long as the poll timeout for its backend:
+        // 3 s, so that the stopped backend's statement is still in flight,
+        // not given up, when the daemon is killed, however loaded the machine.
+        let toml = config(&url, "a", dir.path(), "50ms")
+            .replacen("poll_interval = \"300ms\"", "poll_interval = \"3s\"", 1)
+            .replacen("poll_timeout = \"300ms\"", "poll_timeout = \"3s\"", 1);
+        let mut d = DaemonProcess::spawn("a", dir.path(), &toml).await;
         sampler.watch(&d);
         let Some(seen) = first_acted(audit.clone(), T).await else {
             panic!("no `acted` record within {T:?}\n{}", d.log_tail());
@@ -518,8 +551,17 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
                     }
                 })
                 .await;
-                // The statement follows its intent within microseconds.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // The statement follows its intent: wait until it has
+                // reached the stopped backend, unread.
+                wait_until(
+                    T,
+                    "the terminate statement at the stopped backend",
+                    async || match unread_bytes(pid)? {
+                        0 => Err("nothing unread yet".into()),
+                        _ => Ok(()),
+                    },
+                )
+                .await;
                 Some(stopped)
             }
         };
