@@ -27,6 +27,7 @@ pub(super) async fn status(
             "unknown query parameter: the only one is snapshot=true|false",
         );
     };
+    let query_text = app.security.current().api_query_text;
     let targets: Vec<_> = app
         .state
         .all()
@@ -37,8 +38,14 @@ pub(super) async fn status(
                 if t.kind == "neo4j" {
                     v["neo4j_snapshot"] =
                         serde_json::to_value(t.neo4j_snapshot.as_deref()).unwrap_or_default();
+                    if !query_text {
+                        redact_queries(&mut v["neo4j_snapshot"]["transactions"]);
+                    }
                 } else {
                     v["snapshot"] = serde_json::to_value(t.snapshot.as_deref()).unwrap_or_default();
+                    if !query_text {
+                        redact_queries(&mut v["snapshot"]["sessions"]);
+                    }
                 }
             }
             v
@@ -91,7 +98,38 @@ pub(super) async fn actions(
         .and_then(|r| r.audit.as_ref())
         .map(|a| a.recent(limit))
         .unwrap_or_default();
+    let mut records = serde_json::to_value(records).unwrap_or_default();
+    if !app.security.current().api_query_text
+        && let Some(records) = records.as_array_mut()
+    {
+        for r in records {
+            for key in ["session", "transaction"] {
+                if let Some(query) = r.get_mut(key).and_then(|s| s.get_mut("query")) {
+                    redact(query);
+                }
+            }
+        }
+    }
     Json(json!({"actions": records})).into_response()
+}
+
+/// Each element's `query`, redacted (unless `server.api_query_text`).
+fn redact_queries(items: &mut serde_json::Value) {
+    if let Some(items) = items.as_array_mut() {
+        for item in items {
+            if let Some(query) = item.get_mut("query") {
+                redact(query);
+            }
+        }
+    }
+}
+
+/// A query text with its literals replaced, as the audit's
+/// `redact_queries` writes it: the shape of the query, not its data.
+fn redact(query: &mut serde_json::Value) {
+    if let Some(text) = query.as_str() {
+        *query = crate::remediate::audit::redact_literals(text).into();
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +173,8 @@ async fn switch(
         );
     };
     if !auth::bearer_ok(&headers, token) {
+        app.metrics
+            .record_rejection(auth::Rejection::BearerToken.as_str());
         return (
             StatusCode::UNAUTHORIZED,
             [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
