@@ -415,3 +415,60 @@ async fn hostile_clients_are_bounded_and_probes_still_answer() {
     assert_eq!(too_large, 1.0, "{text}");
     daemon.stop().await;
 }
+
+/// Raises this process's open-file limit to what 1,200 sockets need (the
+/// daemon runs in-process), within the hard limit.
+fn enough_file_descriptors() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let want = 4096;
+    if limit.current.is_some_and(|c| c < want) {
+        limit.current = Some(limit.maximum.map_or(want, |m| m.min(want)));
+        setrlimit(Resource::Nofile, limit).expect("raise RLIMIT_NOFILE");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_with_every_connection_slot_held() {
+    enough_file_descriptors();
+    let hole = Blackhole::new();
+    let daemon = Daemon::start(&fast_target("main", &hole.url(), "")).await;
+    let addr = daemon.base_url.trim_start_matches("http://").to_string();
+    // More half-open connections than the 512 slots.
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        held.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let c = client();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = c
+            .get(format!("{}/livez", daemon.base_url))
+            .send()
+            .await
+            .expect("/livez with every slot held");
+        assert_eq!(r.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "/livez took {:?}",
+            started.elapsed()
+        );
+    }
+    let text = daemon.metrics().await;
+    let evicted = metric_value(
+        &text,
+        "dbwarden_http_rejections_total",
+        &[("reason", "connection_limit")],
+    )
+    .unwrap_or_default();
+    assert!(
+        evicted >= 88.0,
+        "600 + 6 connections for 512 slots: {evicted}"
+    );
+    drop(held);
+    daemon.stop().await;
+}

@@ -6,12 +6,18 @@
 //! A slow or half-open client holds one connection slot for at most
 //! [`HEADER_READ_TIMEOUT`] (TLS handshake included) and none of the
 //! runtime: the handlers never wait on it, so `/livez` answers the probes
-//! while such clients are connected. Beyond [`MAX_CONNECTIONS`] new
-//! connections are closed at once (counted), never queued.
+//! while such clients are connected. When all [`MAX_CONNECTIONS`] slots
+//! are taken, a new connection takes the slot of the oldest connection
+//! that has no request in flight (a client still sending its headers, in
+//! its TLS handshake, or idle between requests), which is closed and
+//! counted: holding every slot does not lock the probes out. Only when
+//! every connection has a request in flight is the new one closed.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -37,12 +43,91 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (request line and headers), in bytes: larger
 /// is answered 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How long a new connection waits for the slot of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(500);
 
 /// What the handlers may know of the connection a request came on.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Connection {
     /// The client presented a certificate the client CA verified.
     pub verified_client_cert: bool,
+}
+
+/// The open connections, oldest first: whether each has a request in
+/// flight, and how to close it.
+#[derive(Default)]
+struct Open {
+    next: AtomicU64,
+    connections: Mutex<BTreeMap<u64, (Arc<AtomicUsize>, CancellationToken)>>,
+}
+
+impl Open {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Arc<AtomicUsize>, CancellationToken)>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection; it leaves the registry when the returned
+    /// guard drops.
+    fn add(self: &Arc<Self>) -> (OpenGuard, Arc<AtomicUsize>, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let evict = CancellationToken::new();
+        self.lock().insert(id, (busy.clone(), evict.clone()));
+        (
+            OpenGuard {
+                open: self.clone(),
+                id,
+            },
+            busy,
+            evict,
+        )
+    }
+
+    /// Closes the oldest connection without a request in flight; false
+    /// when every connection is busy.
+    fn evict_oldest_idle(&self) -> bool {
+        let mut open = self.lock();
+        let Some(id) = open
+            .iter()
+            .find(|(_, (busy, evict))| busy.load(Ordering::Acquire) == 0 && !evict.is_cancelled())
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        if let Some((_, evict)) = open.remove(&id) {
+            evict.cancel();
+        }
+        true
+    }
+}
+
+struct OpenGuard {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.lock().remove(&self.id);
+    }
+}
+
+/// Counts a request in flight on its connection while alive.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::AcqRel);
+        InFlight(busy.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops
@@ -54,6 +139,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Open::default());
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -71,19 +157,41 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            app.metrics
-                .record_rejection(Rejection::ConnectionLimit.as_str());
-            drop(stream);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Every slot is taken: the oldest idle connection makes room.
+                app.metrics
+                    .record_rejection(Rejection::ConnectionLimit.as_str());
+                let freed = if open.evict_oldest_idle() {
+                    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                match freed {
+                    Some(slot) => slot,
+                    None => {
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let tls = app.security.current().tls.as_ref().map(|t| t.current());
         let (app, router, stop) = (app.clone(), router.clone(), stop.clone());
+        let (registered, busy, evict) = open.add();
         connections.spawn(async move {
             let _slot = slot;
+            let _registered = registered;
             let Some(config) = tls else {
-                connection(stream, Connection::default(), &app, router, &stop).await;
+                tokio::select! {
+                    _ = evict.cancelled() => {}
+                    _ = connection(stream, Connection::default(), &app, router, &stop, &busy) => {}
+                }
                 return;
             };
             let verifies = app
@@ -96,6 +204,7 @@ pub async fn serve(
             let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
             let stream = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = evict.cancelled() => return,
                 done = tokio::time::timeout(HEADER_READ_TIMEOUT, handshake) => match done {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
@@ -113,7 +222,10 @@ pub async fn serve(
             let info = Connection {
                 verified_client_cert: verifies && stream.get_ref().1.peer_certificates().is_some(),
             };
-            connection(stream, info, &app, router, &stop).await;
+            tokio::select! {
+                _ = evict.cancelled() => {}
+                _ = connection(stream, info, &app, router, &stop, &busy) => {}
+            }
         });
     }
     stop.cancel();
@@ -130,17 +242,20 @@ async fn connection<S>(
     app: &AppState,
     router: Router,
     stop: &CancellationToken,
+    busy: &Arc<AtomicUsize>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = Arc::new(AtomicBool::new(false));
     let service = {
-        let served = served.clone();
+        let (served, busy) = (served.clone(), busy.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            served.store(true, std::sync::atomic::Ordering::Relaxed);
+            let in_flight = InFlight::new(&busy);
+            served.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(info);
             let mut router = router.clone();
             async move {
+                let _in_flight = in_flight;
                 let response: Result<Response<Body>, Infallible> =
                     tower_service::Service::call(&mut router, req.map(Body::new)).await;
                 response
@@ -164,7 +279,7 @@ async fn connection<S>(
     if let Err(e) = result {
         let reason = if e.is_parse_too_large() {
             Some(Rejection::HeaderTooLarge)
-        } else if e.is_timeout() && !served.load(std::sync::atomic::Ordering::Relaxed) {
+        } else if e.is_timeout() && !served.load(Ordering::Relaxed) {
             // After a request, the same timeout closes an idle keep-alive
             // connection: that is no rejection.
             Some(Rejection::HeaderTimeout)
