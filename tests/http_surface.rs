@@ -472,3 +472,110 @@ async fn probes_answer_with_every_connection_slot_held() {
     drop(held);
     daemon.stop().await;
 }
+
+/// The web configuration: refused at start-up with exit code 2 and the
+/// field named; read again on a reload (SIGHUP), applied in place; a bad
+/// one refuses the reload and the running one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_configuration_is_checked_at_start_up_and_reloaded_in_place() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let hole = Blackhole::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("web.yml");
+    let toml = format!(
+        "[server]\nweb_config_file = \"{}\"\n{}",
+        web.display(),
+        fast_target("main", &hole.url(), "")
+    );
+    let config_file = dir.path().join("bad.toml");
+    std::fs::write(&config_file, &toml).expect("write the config");
+
+    // Start-up: an unknown field and a refused cipher suite, both named.
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\nbasic_auth_user: {}\n",
+    )
+    .expect("write the web configuration");
+    let out = blocking(|| run_dbwarden(&["run", "--config", config_file.to_str().unwrap()]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("server.web_config_file") && stderr.contains("basic_auth_user"),
+        "{stderr}"
+    );
+    // Missing certificate files are named too.
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+    )
+    .expect("write");
+    let out = blocking(|| run_dbwarden(&["run", "--config", config_file.to_str().unwrap()]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing.crt"), "{stderr}");
+
+    // Running without users; a reload adds one.
+    std::fs::write(
+        &web,
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+    )
+    .unwrap();
+    let d = DaemonProcess::spawn("web", dir.path(), &toml).await;
+    let c = client();
+    let status = async || -> Result<u16, String> {
+        Ok(c.get(format!("{}/api/v1/status", d.base_url))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .status()
+            .as_u16())
+    };
+    assert_eq!(status().await.unwrap(), 200);
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    std::fs::write(&web, format!("basic_auth_users:\n  ops: \"{hash}\"\n")).unwrap();
+    let hup = || kill_process(Pid::from_raw(d.pid() as i32).unwrap(), Signal::HUP).unwrap();
+    hup();
+    wait_until(
+        Duration::from_secs(20),
+        "the reload to require the user",
+        async || match status().await? {
+            401 => Ok(()),
+            code => Err(format!("{code}")),
+        },
+    )
+    .await;
+    let authed = c
+        .get(format!("{}/api/v1/status", d.base_url))
+        .basic_auth("ops", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authed.status(), 200);
+
+    // A bad file refuses the reload: the user is still required.
+    std::fs::write(&web, "basic_auth_users:\n  ops: not-a-hash\n").unwrap();
+    hup();
+    let metrics = wait_until(Duration::from_secs(20), "the refused reload", async || {
+        let text = c
+            .get(format!("{}/metrics", d.base_url))
+            .basic_auth("ops", Some("pw"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        match metric_value(&text, "dbwarden_config_last_reload_successful", &[]) {
+            Some(0.0) => Ok(text),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(metrics.contains("dbwarden_http_rejections_total"));
+    assert_eq!(status().await.unwrap(), 401);
+    assert!(
+        d.log().contains("basic_auth_users.ops: not a bcrypt hash"),
+        "{}",
+        d.log_tail()
+    );
+}
