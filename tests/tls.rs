@@ -657,3 +657,53 @@ async fn certificates_rotate_under_a_running_daemon() {
     let (code, _) = daemon.get("/livez", None).await.expect("livez");
     assert_eq!(code, 200);
 }
+
+/// VerifyClientCertIfGiven without users: /metrics is open (the web
+/// configuration asks nothing more), the read API needs a verified client
+/// certificate, the probes never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_a_verified_client_certificate_when_that_is_the_authentication() {
+    let hole = Blackhole::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = Ca::new("optional client CA");
+    let server = ca.server("dbwarden");
+    write(d, "tls.crt", &server.cert);
+    write(d, "tls.key", &server.key);
+    write(d, "ca.crt", &ca.pem());
+    let web = write(
+        d,
+        "web.yml",
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  \
+         client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n",
+    );
+    let anonymous = https_client(&ca.pem(), None);
+    let daemon = TlsDaemon::start(
+        &web,
+        &fast_target("main", &hole.url(), ""),
+        anonymous.clone(),
+        None,
+    )
+    .await;
+    let get = async |c: &reqwest::Client, path: &str| {
+        let r = c.get(daemon.url(path)).send().await.expect("GET");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    assert_eq!(get(&anonymous, "/livez").await.0, 200);
+    assert_eq!(
+        get(&anonymous, "/readyz").await.0 / 100,
+        5,
+        "no poll succeeds: 503"
+    );
+    assert_eq!(get(&anonymous, "/metrics").await.0, 200);
+    let (code, body) = get(&anonymous, "/api/v1/status").await;
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(get(&anonymous, "/api/v1/actions").await.0, 401);
+    let with_cert = https_client(&ca.pem(), Some(&ca.client("ops.test")));
+    assert_eq!(get(&with_cert, "/api/v1/status").await.0, 200);
+    let (_, metrics) = get(&with_cert, "/metrics").await;
+    assert!(
+        rejections(&metrics, "client_certificate") >= 2.0,
+        "{metrics}"
+    );
+}

@@ -219,3 +219,25 @@ async fn switch(
     app.metrics.set_paused(info.paused);
     Json(json!({"paused": info})).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_texts_lose_their_literals() {
+        let mut sessions = json!([
+            {"pid": 1, "query": "ALTER ROLE app PASSWORD 'hunter2'"},
+            {"pid": 2, "query": "SELECT * FROM t WHERE id = 42"},
+            {"pid": 3}
+        ]);
+        redact_queries(&mut sessions);
+        assert_eq!(sessions[0]["query"], "ALTER ROLE app PASSWORD ?");
+        assert_eq!(sessions[1]["query"], "SELECT * FROM t WHERE id = ?");
+        assert!(sessions[2].get("query").is_none());
+        let mut transactions = json!([{"id": "neo4j-transaction-1", "query": "MATCH (u {token: 'abc'}) RETURN u"}, {"query": null}]);
+        redact_queries(&mut transactions);
+        assert_eq!(transactions[0]["query"], "MATCH (u {token: ?}) RETURN u");
+        assert!(transactions[1]["query"].is_null());
+    }
+}
