@@ -43,7 +43,13 @@ pub struct Access {
 impl Access {
     /// Builds the access rules of `server` (reading its TLS files).
     pub fn new(server: &ServerSettings) -> Result<Access, String> {
-        let web = server.web.clone().unwrap_or_default();
+        Self::build(
+            server.web.clone().unwrap_or_default(),
+            server.api_query_text,
+        )
+    }
+
+    fn build(web: WebConfig, api_query_text: bool) -> Result<Access, String> {
         let tls = match &web.tls {
             Some(t) => Some(TlsReloader::new(t.clone())?),
             None => None,
@@ -52,7 +58,7 @@ impl Access {
             basic: BasicAuth::new(web.users.clone()),
             tls,
             web,
-            api_query_text: server.api_query_text,
+            api_query_text,
         })
     }
 
@@ -78,16 +84,55 @@ impl Access {
     }
 }
 
-/// The [`Access`] in force; a reload replaces it whole.
+/// The [`Access`] in force; a reload replaces it whole, and so does a
+/// change of the web configuration file itself.
 #[derive(Debug)]
 pub struct Security {
     current: RwLock<Arc<Access>>,
+    /// The stamp of a changed web configuration file that did not load:
+    /// not read again until it changes again.
+    failed: std::sync::Mutex<Option<super::tls::Stamp>>,
 }
 
 impl Security {
     pub fn new(access: Access) -> Self {
         Security {
             current: RwLock::new(Arc::new(access)),
+            failed: Default::default(),
+        }
+    }
+
+    /// Looks at the web configuration file (one `stat`, at each new
+    /// connection and each request) and, when it changed since it was read, reads it again
+    /// and applies it, as exporter-toolkit does: users, headers and TLS
+    /// settings change without a reload. A file that does not load keeps
+    /// the configuration in force, with a warning (a reload reports it).
+    pub fn refresh(&self) {
+        let current = self.current();
+        if current.web.path.as_os_str().is_empty() {
+            return;
+        }
+        let now = super::tls::stamp(&current.web.path);
+        if now == current.web.stamp {
+            return;
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if *failed == Some(now) || self.current().web.stamp == now {
+            return;
+        }
+        let loaded = super::web_config::load(&current.web.path)
+            .map_err(|e| e.join("; "))
+            .and_then(|web| Access::build(web, current.api_query_text));
+        match loaded {
+            Ok(access) => {
+                tracing::info!(file = %current.web.path.display(), "the web configuration file changed: applied");
+                self.replace(access);
+                *failed = None;
+            }
+            Err(e) => {
+                tracing::warn!(file = %current.web.path.display(), error = %e, "the web configuration file changed but does not load: the previous one stays in force");
+                *failed = Some(now);
+            }
         }
     }
 
@@ -149,8 +194,11 @@ fn refuse(app: &AppState, reason: Rejection) -> Response {
         .into_response()
 }
 
-/// Adds the configured headers to every response.
+/// Applies a changed web configuration file (a keep-alive connection sees
+/// it at its next request), and adds the configured headers to every
+/// response. The outermost layer: it runs before the others.
 pub(super) async fn headers(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    app.security.refresh();
     let access = app.security.current();
     let mut response = next.run(req).await;
     for (name, value) in &access.web.headers {

@@ -181,6 +181,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        app.security.refresh();
         let tls = app.security.current().tls.as_ref().map(|t| t.current());
         let (app, router, stop) = (app.clone(), router.clone(), stop.clone());
         let (registered, busy, evict) = open.add();

@@ -256,9 +256,9 @@ impl ClientCertVerifier for AllowedSans {
 /// What identifies a file's content without reading it: modification
 /// time, size and inode (a Kubernetes Secret volume swaps a symlink, so
 /// the inode changes even when the time does not).
-type Stamp = Option<(SystemTime, u64, u64)>;
+pub(crate) type Stamp = Option<(SystemTime, u64, u64)>;
 
-fn stamp(path: &Path) -> Stamp {
+pub(crate) fn stamp(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let ino = std::os::unix::fs::MetadataExt::ino(&m);

@@ -44,6 +44,9 @@ pub struct WebConfig {
     pub users: BTreeMap<String, Secret>,
     /// Headers added to every response.
     pub headers: Vec<(String, String)>,
+    /// The file's modification time, size and inode when it was read: a
+    /// change is seen at the next connection.
+    pub stamp: super::tls::Stamp,
 }
 
 impl WebConfig {
@@ -175,10 +178,13 @@ const HEADERS: &[&str] = &[
 /// Reads and checks the file at `path`. Every problem is a sentence that
 /// names the field; none quotes a hash or a key.
 pub fn load(path: &Path) -> Result<WebConfig, Vec<String>> {
+    // Looked at before reading: a change while reading is seen later.
+    let stamp = super::tls::stamp(path);
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
     let mut config = parse(&text, path.parent().unwrap_or(Path::new(".")))?;
     config.path = path.to_path_buf();
+    config.stamp = stamp;
     if let Some(tls) = &config.tls {
         super::tls::build(tls).map_err(|e| vec![e])?;
     }
@@ -229,6 +235,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<WebConfig, Vec<String>> {
         tls,
         users,
         headers,
+        stamp: None,
     })
 }
 
