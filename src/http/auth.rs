@@ -66,10 +66,13 @@ pub enum Rejection {
     HeaderTimeout,
     /// Request headers larger than the limit: answered 431.
     HeaderTooLarge,
+    /// A request (its body included) that took longer than the request
+    /// timeout: answered 503.
+    RequestTimeout,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Unauthenticated,
         Rejection::WrongCredentials,
         Rejection::BearerToken,
@@ -78,6 +81,7 @@ impl Rejection {
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
+        Rejection::RequestTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +94,7 @@ impl Rejection {
             Rejection::ConnectionLimit => "connection_limit",
             Rejection::HeaderTimeout => "header_timeout",
             Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::RequestTimeout => "request_timeout",
         }
     }
 }

@@ -43,6 +43,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (request line and headers), in bytes: larger
 /// is answered 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How long a request may take, its body included: a client sending a body
+/// slowly holds its slot (a request in flight is never evicted) at most this
+/// long. Answered 503 beyond it (a reload still goes on).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a new connection waits for the slot of the connection it evicted.
 const EVICTION_WAIT: Duration = Duration::from_millis(500);
 
@@ -182,26 +186,24 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         app.security.refresh();
-        let tls = app.security.current().tls.as_ref().map(|t| t.current());
+        let access = app.security.current();
+        let tls = access
+            .tls
+            .as_ref()
+            .map(|t| (t.current(), t.settings().client_auth.verifies()));
+        drop(access);
         let (app, router, stop) = (app.clone(), router.clone(), stop.clone());
         let (registered, busy, evict) = open.add();
         connections.spawn(async move {
             let _slot = slot;
             let _registered = registered;
-            let Some(config) = tls else {
+            let Some((config, verifies)) = tls else {
                 tokio::select! {
                     _ = evict.cancelled() => {}
                     _ = connection(stream, Connection::default(), &app, router, &stop, &busy) => {}
                 }
                 return;
             };
-            let verifies = app
-                .security
-                .current()
-                .web
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.client_auth.verifies());
             let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
             let stream = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -249,17 +251,31 @@ async fn connection<S>(
 {
     let served = Arc::new(AtomicBool::new(false));
     let service = {
-        let (served, busy) = (served.clone(), busy.clone());
+        let (served, busy, metrics) = (served.clone(), busy.clone(), app.metrics.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let in_flight = InFlight::new(&busy);
             served.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(info);
             let mut router = router.clone();
+            let metrics = metrics.clone();
             async move {
                 let _in_flight = in_flight;
-                let response: Result<Response<Body>, Infallible> =
-                    tower_service::Service::call(&mut router, req.map(Body::new)).await;
-                response
+                let call = tower_service::Service::call(&mut router, req.map(Body::new));
+                let response = match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => {
+                        metrics.record_rejection(Rejection::RequestTimeout.as_str());
+                        super::error(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "the request took longer than {}s",
+                                REQUEST_TIMEOUT.as_secs()
+                            ),
+                        )
+                    }
+                };
+                Ok::<Response<Body>, Infallible>(response)
             }
         })
     };

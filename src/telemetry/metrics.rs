@@ -165,7 +165,7 @@ pub fn openmetrics_to_text(openmetrics: &str) -> String {
 }
 
 /// The `reason` label values of `dbwarden_http_rejections_total`.
-pub const HTTP_REJECTION_REASONS: [&str; 8] = [
+pub const HTTP_REJECTION_REASONS: [&str; 9] = [
     "unauthenticated",
     "wrong_credentials",
     "bearer_token",
@@ -174,6 +174,7 @@ pub const HTTP_REJECTION_REASONS: [&str; 8] = [
     "connection_limit",
     "header_timeout",
     "header_too_large",
+    "request_timeout",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
