@@ -579,3 +579,42 @@ async fn the_web_configuration_is_checked_at_start_up_and_reloaded_in_place() {
         d.log_tail()
     );
 }
+
+/// Beyond the loopback interface without TLS or authentication, start-up
+/// says so, naming what is missing; on 127.0.0.1 it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_beyond_loopback_without_tls_or_auth_is_warned_about() {
+    let hole = Blackhole::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config_file = dir.path().join("open.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[server]\nlisten = \"0.0.0.0:{port}\"\n{}",
+            fast_target("main", &hole.url(), "")
+        ),
+    )
+    .expect("write the config");
+    let open = DaemonProcess::start(
+        "open",
+        dir.path(),
+        &config_file,
+        &format!("127.0.0.1:{port}"),
+        &[],
+    )
+    .await;
+    let log = open.log();
+    assert!(
+        log.contains("serving plain HTTP beyond the loopback interface")
+            && log.contains("answer anyone who can connect"),
+        "{log}"
+    );
+    let local =
+        DaemonProcess::spawn("local", dir.path(), &fast_target("main", &hole.url(), "")).await;
+    let log = local.log();
+    assert!(
+        !log.contains("beyond the loopback") && !log.contains("answer anyone"),
+        "{log}"
+    );
+}
