@@ -897,6 +897,7 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
         let (text, missing) = loop {
             let text = client
                 .get(format!("{base}/metrics"))
+                .header("accept", "application/openmetrics-text; version=1.0.0")
                 .send()
                 .await
                 .expect("GET /metrics")

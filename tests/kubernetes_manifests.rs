@@ -105,6 +105,7 @@ enum Obj {
     PersistentVolumeClaim(PersistentVolumeClaim),
     ServiceMonitor(Value),
     PrometheusRule(Value),
+    Certificate(Value),
     Kustomization,
     Component,
 }
@@ -203,6 +204,10 @@ fn to_obj(v: Value, origin: &str, dir: Option<&Path>) -> Result<Obj, String> {
             check_prometheus_rule(&v).map_err(|e| format!("{origin}: PrometheusRule: {e}"))?;
             Obj::PrometheusRule(v)
         }
+        "Certificate" => {
+            check_certificate(&v).map_err(|e| format!("{origin}: Certificate: {e}"))?;
+            Obj::Certificate(v)
+        }
         "Kustomization" | "Component" => {
             let Some(dir) = dir else {
                 return Err(format!("{origin}: a {kind} in rendered output"));
@@ -296,6 +301,7 @@ fn check_service_monitor(v: &Value) -> Result<(), String> {
                 "enableHttp2",
                 "tlsConfig",
                 "authorization",
+                "basicAuth",
             ],
             &format!("spec.endpoints[{i}]"),
         )?;
@@ -304,6 +310,50 @@ fn check_service_monitor(v: &Value) -> Result<(), String> {
                 "spec.endpoints[{i}].port: a named Service port is required"
             ));
         }
+    }
+    Ok(())
+}
+
+/// A cert-manager Certificate: the fields dbwarden's component uses, each
+/// known to cert-manager.io/v1.
+fn check_certificate(v: &Value) -> Result<(), String> {
+    if v["apiVersion"] != "cert-manager.io/v1" {
+        return Err(format!("apiVersion {}", v["apiVersion"]));
+    }
+    check_metadata(v)?;
+    only_keys(v, &["apiVersion", "kind", "metadata", "spec"], "the object")?;
+    let spec = &v["spec"];
+    only_keys(
+        spec,
+        &[
+            "secretName",
+            "duration",
+            "renewBefore",
+            "privateKey",
+            "dnsNames",
+            "ipAddresses",
+            "commonName",
+            "usages",
+            "issuerRef",
+            "secretTemplate",
+        ],
+        "spec",
+    )?;
+    only_keys(
+        &spec["privateKey"],
+        &["algorithm", "size", "encoding", "rotationPolicy"],
+        "spec.privateKey",
+    )?;
+    only_keys(
+        &spec["issuerRef"],
+        &["name", "kind", "group"],
+        "spec.issuerRef",
+    )?;
+    if !spec["secretName"].is_string() || !spec["issuerRef"]["name"].is_string() {
+        return Err("spec.secretName and spec.issuerRef.name are required".into());
+    }
+    if spec["dnsNames"].as_array().is_none_or(|d| d.is_empty()) {
+        return Err("spec.dnsNames is missing or empty".into());
     }
     Ok(())
 }
@@ -696,6 +746,7 @@ impl Render {
             .filter_map(|d| match (&d.obj, kind) {
                 (Obj::ServiceMonitor(v), "ServiceMonitor") => Some(v),
                 (Obj::PrometheusRule(v), "PrometheusRule") => Some(v),
+                (Obj::Certificate(v), "Certificate") => Some(v),
                 _ => None,
             })
             .collect()
@@ -907,6 +958,7 @@ fn every_manifest_parses_into_its_typed_object() {
         "kubernetes-observation",
         "eviction",
         "volume-stats",
+        "tls",
     ] {
         expected.insert(format!("deploy/kubernetes/components/{c}"));
     }
@@ -1466,12 +1518,15 @@ fn rendered_pods_are_hardened_probed_and_bounded() {
             ("readinessProbe", &c.readiness_probe, "/readyz"),
         ] {
             let get = probe.as_ref().and_then(|p| p.http_get.as_ref());
+            // With the tls component dbwarden serves HTTPS only.
+            let scheme = if r.has("tls") { "HTTPS" } else { "HTTP" };
             match get {
                 Some(g)
                     if g.path.as_deref() == Some(path)
-                        && g.port == IntOrString::String(PORT_NAME.into()) => {}
+                        && g.port == IntOrString::String(PORT_NAME.into())
+                        && g.scheme.as_deref().unwrap_or("HTTP") == scheme => {}
                 _ => err(format!(
-                    "{what}: httpGet {path} on the port named {PORT_NAME}, got {probe:?}"
+                    "{what}: httpGet {path} on the port named {PORT_NAME} over {scheme}, got {probe:?}"
                 )),
             }
         }
@@ -1863,6 +1918,11 @@ fn referenced_secrets(r: &Render) -> BTreeMap<String, BTreeSet<String>> {
             let keys = out.entry(name).or_default();
             keys.extend(s.items.iter().flatten().map(|i| i.key.clone()));
         }
+        let projected = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+        for s in projected.filter_map(|s| s.secret.as_ref()) {
+            let keys = out.entry(s.name.clone()).or_default();
+            keys.extend(s.items.iter().flatten().map(|i| i.key.clone()));
+        }
     }
     for c in &pod.containers {
         for e in c.env.iter().flatten() {
@@ -1884,6 +1944,41 @@ fn mount_of<'a>(mounts: &'a [VolumeMount], path: &str) -> Option<&'a VolumeMount
         .iter()
         .filter(|m| Path::new(path).starts_with(&m.mount_path))
         .max_by_key(|m| m.mount_path.len())
+}
+
+/// The content the test gives a Secret's key: for a Secret a rendered
+/// cert-manager Certificate writes, a real certificate, key and CA made
+/// here; for a web configuration, one that uses them and a basic-auth user;
+/// otherwise a fake value.
+fn secret_file(r: &Render, secret: &str, key: &str) -> String {
+    static PKI: OnceLock<(String, String, String)> = OnceLock::new();
+    let (ca, cert, key_pem) = PKI.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["dbwarden".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+    });
+    let issued = r
+        .of_kind("Certificate")
+        .iter()
+        .any(|c| c["spec"]["secretName"] == secret);
+    match (issued, key) {
+        (true, "tls.crt") => cert.clone(),
+        (true, "tls.key") => key_pem.clone(),
+        (true, "ca.crt") => ca.clone(),
+        (_, k) if k.ends_with("web-config.yml") => format!(
+            "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n\
+             basic_auth_users:\n  prometheus: \"{}\"\n",
+            bcrypt::hash("fake-password", 4).unwrap()
+        ),
+        _ => format!("fake-{secret}-{key}\n"),
+    }
 }
 
 fn load_config(r: &Render, root: &Path) -> Result<Loaded, String> {
@@ -1972,7 +2067,23 @@ fn load_config(r: &Render, root: &Path) -> Result<Loaded, String> {
         let dir = root.join(&m.name);
         std::fs::create_dir_all(&dir).unwrap();
         let v = volumes[m.name.as_str()];
-        if let Some(s) = &v.secret {
+        if let Some(p) = &v.projected {
+            for source in p.sources.iter().flatten() {
+                let Some(s) = &source.secret else {
+                    return Err(format!(
+                        "volume {}: a projected source other than a Secret",
+                        m.name
+                    ));
+                };
+                let items = s.items.as_ref().ok_or(format!(
+                    "volume {}: list the Secret's keys as items, so the files are explicit",
+                    m.name
+                ))?;
+                for i in items {
+                    std::fs::write(dir.join(&i.path), secret_file(r, &s.name, &i.key)).unwrap();
+                }
+            }
+        } else if let Some(s) = &v.secret {
             let items = s.items.as_ref().ok_or(format!(
                 "volume {}: list the Secret's keys as items, so the files are explicit",
                 m.name
@@ -2008,7 +2119,11 @@ fn load_config(r: &Render, root: &Path) -> Result<Loaded, String> {
     }
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => v.clone(),
+            // A path on a volume of the pod: where the test put that volume.
+            (Some(v), _) => rewrites
+                .iter()
+                .find(|(from, _)| v.starts_with(&format!("{from}/")))
+                .map_or(v.clone(), |(from, to)| v.replacen(from, to, 1)),
             (None, Some(from)) if from.secret_key_ref.is_some() => {
                 if e.name.ends_with("__URL") {
                     FAKE_URL.to_string()
@@ -2025,6 +2140,11 @@ fn load_config(r: &Render, root: &Path) -> Result<Loaded, String> {
     // [remediation] is compared apart: the component adds it.
     let mut value = serde_json::to_value(&config).unwrap();
     value.as_object_mut().unwrap().remove("remediation");
+    // So is the web configuration: the tls component adds it.
+    value["server"]
+        .as_object_mut()
+        .unwrap()
+        .remove("web_config_file");
     let json = value
         .to_string()
         .replace(&root.display().to_string(), "<pod>");
@@ -2089,6 +2209,30 @@ fn the_rendered_config_loads_as_the_pod_would_load_it() {
                 rem.is_some()
             )),
         }
+        // The tls component: TLS and basic auth from the web configuration.
+        let web = cfg.server.web.as_ref();
+        match (web, r.has("tls")) {
+            (None, false) => {}
+            (Some(w), true) if w.tls.is_some() && !w.users.is_empty() => {}
+            (w, with) => err(format!(
+                "web configuration {w:?} with the tls component included: {with}"
+            )),
+        }
+        // With TLS, the ServiceMonitor verifies the certificate and authenticates.
+        if r.has("tls") {
+            for sm in r.of_kind("ServiceMonitor") {
+                for e in sm["spec"]["endpoints"].as_array().into_iter().flatten() {
+                    if e["scheme"] != "https"
+                        || !e["tlsConfig"]["ca"]["secret"]["name"].is_string()
+                        || !e["basicAuth"]["password"]["name"].is_string()
+                    {
+                        err(format!(
+                            "ServiceMonitor endpoint without https, its CA or basicAuth: {e}"
+                        ));
+                    }
+                }
+            }
+        }
         // Apart from [remediation], every render runs the base's config.
         match &base_json {
             None => base_json = Some(loaded.json),
@@ -2127,7 +2271,16 @@ fn every_referenced_secret_is_documented() {
     }
     let mut errors = Vec::new();
     for r in renders() {
+        // Secrets a rendered cert-manager Certificate writes.
+        let issued: BTreeSet<&str> = r
+            .of_kind("Certificate")
+            .iter()
+            .filter_map(|c| c["spec"]["secretName"].as_str())
+            .collect();
         for (name, keys) in referenced_secrets(r) {
+            if issued.contains(name.as_str()) {
+                continue;
+            }
             let Some(cmd) = commands.get(&name) else {
                 errors.push(format!(
                     "{}: Secret {name} is referenced but deploy/kubernetes/README.md has no `kubectl create secret generic {name}`",

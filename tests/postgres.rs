@@ -882,7 +882,13 @@ statement_timeout = "1s"
     assert_eq!(check(hung_status, "connection")["status"], "fail");
     assert_eq!(check(hung_status, "replication_lag")["status"], "unknown");
 
-    let resp = daemon.get_full("/metrics").await;
+    // OpenMetrics to a client that asks for it, the text format 0.0.4 to others.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/metrics", daemon.base_url))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .expect("GET /metrics");
     assert_eq!(
         resp.headers()
             .get("content-type")
@@ -891,6 +897,15 @@ statement_timeout = "1s"
     );
     let text = resp.text().await.expect("metrics body");
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    let resp = daemon.get_full("/metrics").await;
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = resp.text().await.expect("metrics body");
+    assert!(!text.contains("# EOF"), "{text}");
     let (code, _) = daemon.get("/no/such/endpoint").await.expect("GET");
     assert_eq!(code, 404);
     daemon.stop().await;

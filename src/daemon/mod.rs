@@ -101,6 +101,12 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
+    // The web configuration's TLS files are read again here: they may have
+    // changed since validation.
+    let security = Arc::new(http::Security::new(
+        http::Access::new(&config.server)
+            .map_err(|e| anyhow::anyhow!("server.web_config_file: {e}"))?,
+    ));
     let (reloads, mut reload_requests) = mpsc::channel(16);
     let sighup = reload_on_sighup(reloads.clone(), token.clone());
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -161,6 +167,7 @@ pub async fn run_with(
         // second gate ("act only while the named alert fires") reads them.
         alerts: Arc::new(alerts::FiringAlerts::new()),
         server: Arc::new(RwLock::new(Arc::new(config.server.clone()))),
+        security: security.clone(),
         tracker: tracker.clone(),
         token: token.clone(),
         targets: BTreeMap::new(),
@@ -175,6 +182,7 @@ pub async fn run_with(
         server: daemon.server.clone(),
         reloads: options.source.is_some().then(|| reloads.clone()),
         alerts: daemon.alerts.clone(),
+        security,
     };
     let http_token = token.clone();
     tracker.spawn(async move {
@@ -297,6 +305,7 @@ struct Running {
     remediation: Option<Arc<Remediation>>,
     alerts: Arc<alerts::FiringAlerts>,
     server: Arc<RwLock<Arc<http::ServerSettings>>>,
+    security: Arc<http::Security>,
     tracker: TaskTracker,
     token: CancellationToken,
     targets: BTreeMap<String, RunningTarget>,
@@ -507,7 +516,17 @@ impl Running {
                 .map(|k| format!("{k}: cannot change while dbwarden runs: needs a restart"))
                 .collect());
         }
-        // Remediation first: the one part that may still refuse.
+        // The web configuration's TLS files are read again: they may have
+        // changed since validation (a refusal changes nothing).
+        let access = if plan.server {
+            Some(
+                http::Access::new(&new.server)
+                    .map_err(|e| vec![format!("server.web_config_file: {e}")])?,
+            )
+        } else {
+            None
+        };
+        // Remediation next: the last part that may still refuse.
         if let (Some(rem), Some(settings)) = (&self.remediation, &new.remediation)
             && plan.remediation
         {
@@ -537,6 +556,9 @@ impl Running {
         if plan.server {
             *self.server.write().unwrap_or_else(|e| e.into_inner()) =
                 Arc::new(self.config.server.clone());
+        }
+        if let Some(access) = access {
+            self.security.replace(access);
         }
         if plan.log_level
             && let Some(log) = &self.log

@@ -75,6 +75,8 @@ fn refuse(app: &AppState, headers: &HeaderMap) -> Option<Response> {
         return Some(error(StatusCode::FORBIDDEN, DISABLED));
     };
     if !auth::bearer_ok(headers, token) {
+        app.metrics
+            .record_rejection(auth::Rejection::BearerToken.as_str());
         return Some(
             (
                 StatusCode::UNAUTHORIZED,

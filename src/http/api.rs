@@ -28,6 +28,7 @@ pub(super) async fn status(
         );
     };
     let view = super::view::status(&app);
+    let query_text = app.security.current().api_query_text;
     let mut body = serde_json::to_value(&view).unwrap_or_default();
     if q.snapshot
         && let Some(targets) = body["targets"].as_array_mut()
@@ -36,8 +37,14 @@ pub(super) async fn status(
             if t.kind == "neo4j" {
                 v["neo4j_snapshot"] =
                     serde_json::to_value(t.neo4j_snapshot.as_deref()).unwrap_or_default();
+                if !query_text {
+                    redact_queries(&mut v["neo4j_snapshot"]["transactions"]);
+                }
             } else {
                 v["snapshot"] = serde_json::to_value(t.snapshot.as_deref()).unwrap_or_default();
+                if !query_text {
+                    redact_queries(&mut v["snapshot"]["sessions"]);
+                }
             }
         }
     }
@@ -65,8 +72,29 @@ pub(super) async fn actions(
         .limit
         .unwrap_or(100)
         .clamp(1, crate::remediate::audit::RECENT_CAPACITY);
+    // The rule on query texts (server.api_query_text) is the view's, the
+    // page's too.
     let records = super::view::recent_actions(&app, limit);
     Json(json!({"actions": records})).into_response()
+}
+
+/// Each element's `query`, redacted (unless `server.api_query_text`).
+fn redact_queries(items: &mut serde_json::Value) {
+    if let Some(items) = items.as_array_mut() {
+        for item in items {
+            if let Some(query) = item.get_mut("query") {
+                redact(query);
+            }
+        }
+    }
+}
+
+/// A query text with its literals replaced, as the audit's
+/// `redact_queries` writes it: the shape of the query, not its data.
+fn redact(query: &mut serde_json::Value) {
+    if let Some(text) = query.as_str() {
+        *query = crate::remediate::audit::redact_literals(text).into();
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +138,8 @@ async fn switch(
         );
     };
     if !auth::bearer_ok(&headers, token) {
+        app.metrics
+            .record_rejection(auth::Rejection::BearerToken.as_str());
         return (
             StatusCode::UNAUTHORIZED,
             [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
@@ -164,4 +194,26 @@ pub(super) fn set_paused(
     let info = rem.pause.info();
     app.metrics.set_paused(info.paused);
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_texts_lose_their_literals() {
+        let mut sessions = json!([
+            {"pid": 1, "query": "ALTER ROLE app PASSWORD 'hunter2'"},
+            {"pid": 2, "query": "SELECT * FROM t WHERE id = 42"},
+            {"pid": 3}
+        ]);
+        redact_queries(&mut sessions);
+        assert_eq!(sessions[0]["query"], "ALTER ROLE app PASSWORD ?");
+        assert_eq!(sessions[1]["query"], "SELECT * FROM t WHERE id = ?");
+        assert!(sessions[2].get("query").is_none());
+        let mut transactions = json!([{"id": "neo4j-transaction-1", "query": "MATCH (u {token: 'abc'}) RETURN u"}, {"query": null}]);
+        redact_queries(&mut transactions);
+        assert_eq!(transactions[0]["query"], "MATCH (u {token: ?}) RETURN u");
+        assert!(transactions[1]["query"].is_null());
+    }
 }

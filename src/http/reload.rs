@@ -37,6 +37,8 @@ pub(super) async fn reload(State(app): State<AppState>, headers: HeaderMap) -> R
         );
     };
     if !auth::bearer_ok(&headers, &token) {
+        app.metrics
+            .record_rejection(auth::Rejection::BearerToken.as_str());
         return (
             StatusCode::UNAUTHORIZED,
             [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],

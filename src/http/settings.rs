@@ -1,5 +1,6 @@
-//! `[server]`: where the HTTP surface listens, how long it drains, and the
-//! Alertmanager receiver's token.
+//! `[server]`: where the HTTP surface listens, how long it drains, the
+//! Alertmanager receiver's token, the web configuration file (TLS, basic
+//! auth, headers) and whether the API shows query texts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,8 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::web_config::{self, WebConfig};
 use crate::secret::Secret;
-use crate::settings::{Context, Issues, Trim, duration, q, read_secret};
+use crate::settings::{Context, Issues, Trim, absolute, duration, q, read_secret};
 
 /// Where dbwarden listens unless told otherwise. 9641 collides with none of
 /// postgres_exporter (9187), Neo4j metrics (2004) or the kubelet (10250).
@@ -35,6 +37,15 @@ pub struct ServerSettings {
     /// (`<runbook_url>#<alert name in lower case>`): the alert rules' own
     /// `runbook_url`. Point it at an internal copy on an air-gapped cluster.
     pub runbook_url: String,
+    /// The exporter-toolkit web configuration file (as postgres_exporter's
+    /// `--web.config.file`): TLS, basic auth, response headers.
+    pub web_config_file: Option<PathBuf>,
+    /// The web configuration file, read and checked by `validate`.
+    #[serde(skip)]
+    pub web: Option<WebConfig>,
+    /// Whether `/api/v1/status?snapshot=true` and `/api/v1/actions` show
+    /// query texts as they are; otherwise with their literals redacted.
+    pub api_query_text: bool,
 }
 
 /// The runbook the shipped alert rules link to.
@@ -50,6 +61,9 @@ impl Default for ServerSettings {
             alertmanager_token_env: None,
             alertmanager_token: None,
             runbook_url: DEFAULT_RUNBOOK_URL.to_string(),
+            web_config_file: None,
+            web: None,
+            api_query_text: false,
         }
     }
 }
@@ -90,6 +104,21 @@ impl ServerSettings {
             ctx,
             issues,
         );
+        self.web = None;
+        if let Some(path) = &self.web_config_file {
+            if !path.is_absolute() {
+                absolute(path, "server.web_config_file", issues);
+                return;
+            }
+            match web_config::load(path) {
+                Ok(web) => self.web = Some(web),
+                Err(errors) => {
+                    for e in errors {
+                        issues.push("server.web_config_file", format!("{}: {e}", path.display()));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::AppState;
-use crate::remediate::audit::{AuditRecord, Mode};
+use crate::remediate::audit::{AuditRecord, Mode, redact_literals};
 use crate::remediate::pause::PauseInfo;
 use crate::remediate::shared::BudgetsRemaining;
 use crate::state::alerts::FiringAlert;
@@ -79,11 +79,24 @@ pub(super) fn status(app: &AppState) -> StatusView {
 }
 
 /// The latest remediation decisions, newest first, as the API and the page
-/// show them.
+/// show them: query texts with their literals redacted unless
+/// `server.api_query_text` is set.
 pub(super) fn recent_actions(app: &AppState, limit: usize) -> Vec<AuditRecord> {
-    app.remediation
+    let mut records = app
+        .remediation
         .as_ref()
         .and_then(|r| r.audit.as_ref())
         .map(|a| a.recent(limit))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if !app.security.current().api_query_text {
+        for r in &mut records {
+            if let Some(s) = &mut r.session {
+                s.query = redact_literals(&s.query);
+            }
+            if let Some(t) = &mut r.transaction {
+                t.query = redact_literals(&t.query);
+            }
+        }
+    }
+    records
 }

@@ -48,6 +48,139 @@ fn add<M: Default + Clone + prometheus_client::registry::Metric>(
 
 /// The OpenMetrics content type served on `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format's content type, for clients that do not accept OpenMetrics.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (what `promtool check metrics` reads).
+    Text,
+}
+
+impl Format {
+    /// OpenMetrics when `accept` names it with a quality above zero and at
+    /// least that of the text format (`text/plain`, `text/*`, `*/*`);
+    /// the text format otherwise (no `Accept`, `*/*`, `text/plain`).
+    pub fn negotiate(accept: &str) -> Format {
+        let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
+            let mut fields = range.split(';');
+            let media = fields.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = fields
+                .filter_map(|f| f.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => CONTENT_TYPE,
+            Format::Text => TEXT_CONTENT_TYPE,
+        }
+    }
+}
+
+/// Rewrites prometheus-client's OpenMetrics exposition in the Prometheus
+/// text format 0.0.4: no `# EOF` and no `# UNIT`; a counter family is
+/// declared under its `_total` sample name and loses its `_created`
+/// samples; an `info` family becomes the gauge `<name>_info`; `unknown`
+/// becomes `untyped`; exemplars are dropped; `\"` in help texts is a
+/// plain quote. Sample lines are otherwise the same in both formats.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let mut kinds = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            kinds.insert(name, kind);
+        }
+    }
+    let renamed = |name: &str| -> String {
+        match kinds.get(name).copied() {
+            Some("counter") => format!("{name}_total"),
+            Some("info") => format!("{name}_info"),
+            _ => name.to_string(),
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            let kind = match kind {
+                "info" => "gauge",
+                "unknown" => "untyped",
+                k => k,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
+            continue;
+        }
+        if let Some((name, help)) = line
+            .strip_prefix("# HELP ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            out.push_str(&format!(
+                "# HELP {} {}\n",
+                renamed(name),
+                help.replace("\\\"", "\"")
+            ));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        if let Some(family) = line[..name_end].strip_suffix("_created")
+            && matches!(kinds.get(family).copied(), Some("counter" | "histogram"))
+        {
+            continue;
+        }
+        // An exemplar follows the value as ` # {...} value`.
+        let sample = match line.find(" # {") {
+            Some(at) => &line[..at],
+            None => line,
+        };
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
+/// The `reason` label values of `dbwarden_http_rejections_total`.
+pub const HTTP_REJECTION_REASONS: [&str; 9] = [
+    "unauthenticated",
+    "wrong_credentials",
+    "bearer_token",
+    "client_certificate",
+    "tls_handshake",
+    "connection_limit",
+    "header_timeout",
+    "header_too_large",
+    "request_timeout",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
@@ -134,6 +267,7 @@ pub struct Metrics {
     reload_successful: Gauge,
     reload_success_time: Gauge<f64, AtomicU64>,
     reloads: Family<ResultLabels, Counter>,
+    rejections: Family<ReasonLabels, Counter>,
     /// The decision and candidate series created so far, so that those of
     /// a target or a policy a reload removed can be removed too.
     created: Mutex<(HashSet<ActionLabels>, HashSet<PolicyLabels>)>,
@@ -142,6 +276,8 @@ pub struct Metrics {
     generation: AtomicU64,
     state: Arc<SharedState>,
     rendered: Mutex<Option<((u64, u64), Bytes)>>,
+    /// The same, in the text format.
+    rendered_text: Mutex<Option<((u64, u64), Bytes)>>,
 }
 
 impl Metrics {
@@ -258,6 +394,14 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabels { result });
         }
+        let rejections: Family<ReasonLabels, Counter> = add(
+            &mut registry,
+            "http_rejections",
+            "HTTP requests and connections refused, by reason (authentication, TLS handshake, limits)",
+        );
+        for reason in HTTP_REJECTION_REASONS {
+            let _ = rejections.get_or_create(&ReasonLabels { reason });
+        }
         registry.register_collector(Box::new(StateCollector {
             state: state.clone(),
         }));
@@ -282,10 +426,12 @@ impl Metrics {
             reload_successful,
             reload_success_time,
             reloads,
+            rejections,
             created: Mutex::default(),
             generation: AtomicU64::new(0),
             state,
             rendered: Mutex::new(None),
+            rendered_text: Mutex::new(None),
         };
         for t in metrics.state.all() {
             metrics.add_target(&t.target);
@@ -417,6 +563,16 @@ impl Metrics {
         }
     }
 
+    /// Records a refused request or connection; `reason` is one of
+    /// [`HTTP_REJECTION_REASONS`].
+    pub fn record_rejection(&self, reason: &'static str) {
+        debug_assert!(HTTP_REJECTION_REASONS.contains(&reason), "{reason}");
+        self.touch();
+        self.rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     /// Records one finished poll.
     pub fn record_poll(&self, target: &str, seconds: f64, error: Option<PollErrorKind>) {
         self.touch();
@@ -458,6 +614,27 @@ impl Metrics {
         }
         let body = Bytes::from(out);
         *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
+        body
+    }
+
+    /// Every metric in `format`; the text format is converted from the
+    /// OpenMetrics rendering, and cached the same way.
+    pub fn render_as(&self, format: Format) -> Bytes {
+        if format == Format::OpenMetrics {
+            return self.render();
+        }
+        let key = (
+            self.generation.load(Ordering::Acquire),
+            self.state.generation(),
+        );
+        if let Some((k, body)) = &*self.rendered_text.lock().unwrap_or_else(|e| e.into_inner())
+            && *k == key
+        {
+            return body.clone();
+        }
+        let openmetrics = self.render();
+        let body = Bytes::from(openmetrics_to_text(&String::from_utf8_lossy(&openmetrics)));
+        *self.rendered_text.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
         body
     }
 }
@@ -575,6 +752,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_config_last_reload_successful",
     "dbwarden_config_last_reload_success_timestamp_seconds",
     "dbwarden_config_reloads_total",
+    "dbwarden_http_rejections_total",
     "dbwarden_polls_total",
     "dbwarden_poll_errors_total",
     "dbwarden_poll_duration_seconds_bucket",
@@ -1595,6 +1773,63 @@ fn encode_postgres(
 mod tests {
     use super::*;
     use crate::state::TargetStatus;
+
+    #[test]
+    fn negotiates_openmetrics_only_when_asked_for() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(prometheus), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate("application/openmetrics-text"),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(""), Format::Text);
+        assert_eq!(Format::negotiate("*/*"), Format::Text);
+        assert_eq!(Format::negotiate("text/plain"), Format::Text);
+        assert_eq!(
+            Format::negotiate("text/plain, application/openmetrics-text;q=0.5"),
+            Format::Text
+        );
+        assert_eq!(
+            Format::negotiate("application/openmetrics-text;q=0, */*"),
+            Format::Text
+        );
+    }
+
+    #[test]
+    fn openmetrics_becomes_the_text_format() {
+        let om = "# HELP dbwarden_build dbwarden's \\\"version\\\"\n\
+                  # TYPE dbwarden_build info\n\
+                  dbwarden_build_info{version=\"1\"} 1\n\
+                  # HELP dbwarden_polls Polls.\n\
+                  # TYPE dbwarden_polls counter\n\
+                  dbwarden_polls_total{target=\"a\"} 3\n\
+                  dbwarden_polls_created{target=\"a\"} 1700000000.0\n\
+                  # HELP dbwarden_poll_duration_seconds How long.\n\
+                  # TYPE dbwarden_poll_duration_seconds histogram\n\
+                  # UNIT dbwarden_poll_duration_seconds seconds\n\
+                  dbwarden_poll_duration_seconds_bucket{le=\"+Inf\"} 1 # {trace=\"x\"} 0.5\n\
+                  dbwarden_poll_duration_seconds_sum 0.5\n\
+                  dbwarden_poll_duration_seconds_count 1\n\
+                  # TYPE dbwarden_x unknown\n\
+                  dbwarden_x 1\n\
+                  # EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP dbwarden_build_info dbwarden's \"version\"\n\
+             # TYPE dbwarden_build_info gauge\n\
+             dbwarden_build_info{version=\"1\"} 1\n\
+             # HELP dbwarden_polls_total Polls.\n\
+             # TYPE dbwarden_polls_total counter\n\
+             dbwarden_polls_total{target=\"a\"} 3\n\
+             # HELP dbwarden_poll_duration_seconds How long.\n\
+             # TYPE dbwarden_poll_duration_seconds histogram\n\
+             dbwarden_poll_duration_seconds_bucket{le=\"+Inf\"} 1\n\
+             dbwarden_poll_duration_seconds_sum 0.5\n\
+             dbwarden_poll_duration_seconds_count 1\n\
+             # TYPE dbwarden_x untyped\n\
+             dbwarden_x 1\n"
+        );
+    }
 
     #[test]
     fn the_exposition_is_rendered_once_per_change() {
