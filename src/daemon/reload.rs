@@ -8,7 +8,9 @@
 //! state, the actor locks and the audit file.
 
 use crate::config::{Config, TargetConfig};
+use crate::evaluate::BackupThresholds;
 use crate::kubernetes::KubernetesSettings;
+use crate::observe::backups::BackupLocation;
 use crate::remediate::{Mode, RemediationSettings};
 
 /// What a reload changes.
@@ -24,6 +26,11 @@ pub struct Plan {
     pub reconnected: Vec<String>,
     /// Targets whose other settings or thresholds changed: updated in place.
     pub updated: Vec<String>,
+    /// Backup locations to start, stop, or stop and start again with new
+    /// settings (an observation keeps nothing but its published status).
+    pub backups_added: Vec<String>,
+    pub backups_removed: Vec<String>,
+    pub backups_changed: Vec<String>,
     /// `[remediation]`'s mode, budgets, pacing or policies changed.
     pub remediation: bool,
     pub log_level: bool,
@@ -43,6 +50,9 @@ impl Plan {
             ("removed", &self.removed),
             ("reconnected", &self.reconnected),
             ("updated", &self.updated),
+            ("added backups", &self.backups_added),
+            ("removed backups", &self.backups_removed),
+            ("changed backups", &self.backups_changed),
         ] {
             if !names.is_empty() {
                 parts.push(format!("{what} {}", names.join(", ")));
@@ -85,6 +95,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         new.kubernetes.as_ref(),
         &mut restart,
     );
+    backups(&old.backups, &new.backups, &mut p);
     p.server = old.server != new.server;
     p.log_level = old.log.level != new.log.level;
     p.remediation = old.remediation != new.remediation;
@@ -132,6 +143,27 @@ fn restart_kubernetes(
     restart: &mut impl FnMut(bool, &str),
 ) {
     restart(old != new, "kubernetes");
+}
+
+/// `[backups.<name>]` locations added, removed or changed (credentials in
+/// the environment included).
+fn backups(
+    old: &[TargetConfig<BackupLocation, BackupThresholds>],
+    new: &[TargetConfig<BackupLocation, BackupThresholds>],
+    p: &mut Plan,
+) {
+    for n in new {
+        match old.iter().find(|o| o.target.name == n.target.name) {
+            None => p.backups_added.push(n.target.name.clone()),
+            Some(o) if o != n => p.backups_changed.push(n.target.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| n.target.name == o.target.name) {
+            p.backups_removed.push(o.target.name.clone());
+        }
+    }
 }
 
 fn targets<T, Th: PartialEq>(

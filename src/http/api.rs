@@ -59,9 +59,16 @@ pub(super) async fn status(
         .state
         .kubernetes()
         .map(|k| serde_json::to_value(k.as_ref()).unwrap_or_default());
+    // Every backup location's latest observation and checks.
+    let backups: Vec<serde_json::Value> = app
+        .state
+        .backups()
+        .iter()
+        .map(|b| serde_json::to_value(b.as_ref()).unwrap_or_default())
+        .collect();
     // The process itself: its live tasks (a leak shows here first).
     let runtime = json!({"tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks()});
-    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation, "kubernetes": kubernetes, "runtime": runtime})).into_response()
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "targets": targets, "remediation": remediation, "kubernetes": kubernetes, "backups": backups, "runtime": runtime})).into_response()
 }
 
 #[derive(Debug, Deserialize)]

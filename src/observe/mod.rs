@@ -2,6 +2,7 @@
 //! into plain [`snapshot`] data. This is the only layer that reads from
 //! databases; everything downstream works on snapshots.
 
+pub mod backups;
 pub mod disk;
 pub mod neo4j;
 pub mod postgres;
