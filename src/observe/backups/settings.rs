@@ -58,7 +58,8 @@ pub struct BackupLocation {
     /// A file-name pattern: `*` any run of characters, `?` one character.
     /// Matched against the last segment of each object's key.
     pub pattern: String,
-    /// How often the location is listed (backups change daily: minutes, not seconds).
+    /// How often the location is listed (backups change daily: minutes, not
+    /// seconds; as little as 1 s is accepted, for tests and demonstrations).
     #[serde(with = "duration")]
     pub interval: Duration,
     /// How long one observation (listing and the integrity read) may take.
@@ -192,7 +193,7 @@ impl BackupLocation {
             );
         }
         let s = Duration::from_secs;
-        within(self.interval, s(10), s(24 * 3600), &key("interval"), issues);
+        within(self.interval, s(1), s(24 * 3600), &key("interval"), issues);
         within(self.timeout, s(1), s(3600), &key("timeout"), issues);
         if self.timeout > self.interval && ctx.written_here(&key("timeout")) {
             issues.push(
