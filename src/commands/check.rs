@@ -49,6 +49,7 @@ pub struct Report {
 }
 
 pub async fn run(config: Config, format: Format) -> u8 {
+    crate::observe::tls::ensure_provider();
     // Kubernetes is looked at beside the targets, never in their way.
     // Without the `kubernetes` feature, validation refuses `[kubernetes]`.
     #[cfg(feature = "kubernetes")]

@@ -101,6 +101,7 @@ pub async fn run_with(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::observe::tls::ensure_provider();
     let token = CancellationToken::new();
     let (reloads, mut reload_requests) = mpsc::channel(16);
     let sighup = reload_on_sighup(reloads.clone(), token.clone());

@@ -8,6 +8,7 @@ pub mod neo4j;
 pub mod postgres;
 pub mod settings;
 pub mod snapshot;
+pub mod tls;
 
 use std::time::{Duration, Instant};
 

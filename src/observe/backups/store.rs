@@ -24,6 +24,7 @@ impl BackupObserver {
     /// cannot be built (a malformed URL, an environment the store refuses)
     /// is an error of kind `config`.
     pub fn new(location: BackupLocation) -> Result<Self, BackupError> {
+        crate::observe::tls::ensure_provider();
         let config = |e: object_store::Error| BackupError {
             kind: BackupErrorKind::Config,
             message: e.to_string(),
