@@ -454,3 +454,53 @@ async fn a_listing_of_more_than_one_page() {
         Some(Content::PostgresPlain { .. })
     ));
 }
+
+/// `dbwarden check` lists each location once, beside the targets: its
+/// newest and previous backup and its checks; a failing backup check
+/// fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbwarden_check_includes_the_backups() {
+    let pg = blocking(support::primary);
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("b");
+    std::fs::create_dir_all(&backups).unwrap();
+    std::fs::write(
+        backups.join("db-1.sql"),
+        "--\n-- PostgreSQL database dump\n--\nSELECT 1;\n",
+    )
+    .unwrap();
+    std::fs::write(backups.join("db-2.sql"), "oops").unwrap();
+    let config = dir.path().join("dbwarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[backups.local]\ntarget = \"main\"\nurl = \"file://{}/\"\npattern = \"db-*.sql\"\n",
+            support::fast_target("main", &pg.url("postgres"), ""),
+            backups.display()
+        ),
+    )
+    .unwrap();
+    let out = blocking(|| support::dbwarden_check(&config, "text"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        support::describe_output(&out)
+    );
+    assert!(
+        text.contains("backups local of target main (file)"),
+        "{text}"
+    );
+    assert!(text.contains("2 objects, 2 backups"), "{text}");
+    assert!(text.contains("newest: db-2.sql (4 B"), "{text}");
+    assert!(text.contains("FAIL    backup_integrity"), "{text}");
+    assert!(text.contains("found 4 bytes starting \"oops\""), "{text}");
+    let out = blocking(|| support::dbwarden_check(&config, "json"));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let b = &json["backups"][0];
+    assert_eq!(b["name"], "local");
+    assert_eq!(b["snapshot"]["previous"]["key"], "db-1.sql");
+    assert_eq!(b["snapshot"]["content"]["format"], "unrecognised");
+    assert_eq!(json["ok"], false);
+}
