@@ -259,6 +259,39 @@ mod tests {
     }
 
     #[test]
+    fn backup_locations_are_added_removed_or_restarted_in_place() {
+        let loc = |name: &str, extra: &str| {
+            format!("[backups.{name}]\ntarget = \"a\"\nurl = \"file:///srv/{name}/\"\n{extra}")
+        };
+        let old = format!("{BASE}{}{}", loc("x", ""), loc("y", ""));
+        let new = format!(
+            "{BASE}{}{}[backups.x.thresholds]\nmax_age = \"2h\"\n",
+            loc("z", ""),
+            loc("x", "pattern = \"*.dump\"\n")
+        );
+        let p = plan(&config(&old), &config(&new));
+        assert_eq!(p.backups_added, ["z"]);
+        assert_eq!(p.backups_removed, ["y"]);
+        assert_eq!(p.backups_changed, ["x"]);
+        assert!(p.needs_restart.is_empty() && p.added.is_empty() && p.updated.is_empty());
+        assert_eq!(
+            p.summary(),
+            "added backups z; removed backups y; changed backups x"
+        );
+        assert!(plan(&config(&old), &config(&old)).is_empty());
+        // New credentials in the environment restart the location too.
+        let s3 = format!("{BASE}[backups.s]\ntarget = \"a\"\nurl = \"s3://b/p/\"\n");
+        let with = |key: &str| {
+            Config::from_toml_with_env(
+                &s3,
+                [("AWS_SECRET_ACCESS_KEY".to_string(), key.to_string())],
+            )
+            .unwrap()
+        };
+        assert_eq!(plan(&with("one"), &with("two")).backups_changed, ["s"]);
+    }
+
+    #[test]
     fn what_cannot_change_in_place_is_named() {
         let rem =
             |extra: &str| format!("{BASE}[remediation]\naudit_file = \"/a/audit.jsonl\"\n{extra}");
