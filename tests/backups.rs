@@ -184,6 +184,7 @@ async fn every_backup_check_and_error_kind_through_the_daemon() {
         ("shrunk/postgres_backup_1.dump", dump.clone()),
         ("shrunk/postgres_backup_2.dump", cut),
         ("empty/postgres_backup_1.dump", Vec::new()),
+        ("truncated/postgres_backup_1.dump", dump[..200].to_vec()),
         (
             "corrupt/postgres_backup_1.dump",
             b"<html>503 Service Unavailable</html>".to_vec(),
@@ -215,6 +216,7 @@ async fn every_backup_check_and_error_kind_through_the_daemon() {
         ("shrunk", "shrunk"),
         ("empty", "empty"),
         ("corrupt", "corrupt"),
+        ("truncated", "truncated"),
         ("none", "none"),
     ] {
         toml.push_str(&s3(name, &format!("s3://backups/{prefix}/"), endpoint));
@@ -238,7 +240,7 @@ async fn every_backup_check_and_error_kind_through_the_daemon() {
             let observed = daemon.status().await["backups"]
                 .as_array()
                 .map_or(0, |b| b.len());
-            if observed == 8
+            if observed == 9
                 && metric_value(&text, "dbwarden_up", &[("target", "main")]) == Some(1.0)
             {
                 Ok(text)
@@ -255,12 +257,14 @@ async fn every_backup_check_and_error_kind_through_the_daemon() {
             &[("backup", backup), ("check", check), ("target", "main")],
         )
     };
-    let expected: [(&str, [Option<f64>; 4]); 8] = [
+    let expected: [(&str, [Option<f64>; 4]); 9] = [
         // backup_store, backup_fresh, backup_size, backup_integrity (None: unknown)
         ("good", [Some(0.0), Some(0.0), Some(0.0), Some(0.0)]),
         ("shrunk", [Some(0.0), Some(0.0), Some(1.0), Some(0.0)]),
         ("empty", [Some(0.0), Some(0.0), Some(1.0), Some(1.0)]),
         ("corrupt", [Some(0.0), Some(0.0), Some(0.0), Some(1.0)]),
+        // Its header reads; its table of contents does not (pg_restore).
+        ("truncated", [Some(0.0), Some(0.0), Some(0.0), Some(1.0)]),
         ("none", [Some(0.0), Some(1.0), None, None]),
         ("missing", [Some(1.0), None, None, None]),
         ("unreachable", [Some(1.0), None, None, None]),

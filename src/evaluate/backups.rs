@@ -173,8 +173,13 @@ fn measure(check: CheckId, s: &BackupSnapshot, t: &BackupThresholds) -> Option<M
                     database,
                     dump_version,
                     toc_entries,
+                    pg_restore,
                 } => format!(
-                    "a pg_dump custom-format archive {archive_version} of database {database:?} by pg_dump {dump_version}, {toc_entries} table-of-contents entries"
+                    "a pg_dump custom-format archive {archive_version} of database {database:?} by pg_dump {dump_version}, {toc_entries} table-of-contents entries{}",
+                    pg_restore
+                        .as_deref()
+                        .map(|p| format!("; pg_restore --list: {p}"))
+                        .unwrap_or_default()
                 ),
                 Content::PostgresPlain { header } => format!("a plain SQL dump ({header})"),
                 Content::Neo4jDump { compression } => {
@@ -286,6 +291,7 @@ mod tests {
             database: "app".into(),
             dump_version: "17.2".into(),
             toc_entries: 10,
+            pg_restore: None,
         }
     }
 

@@ -27,6 +27,10 @@ pub enum Content {
         /// pg_dump's version, as it wrote it.
         dump_version: String,
         toc_entries: u64,
+        /// What `pg_restore --list` said of the bytes read, where it is
+        /// installed (`None`: not run).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pg_restore: Option<String>,
     },
     /// A plain SQL dump, by pg_dump's or pg_dumpall's header comment.
     PostgresPlain { header: String },
@@ -252,6 +256,7 @@ fn custom(head: &[u8]) -> Result<Content, String> {
         database,
         dump_version,
         toc_entries: toc as u64,
+        pg_restore: None,
     })
 }
 
@@ -293,6 +298,7 @@ mod tests {
                 database: "app".into(),
                 dump_version: "17.2".into(),
                 toc_entries: 42,
+                pg_restore: None,
             }
         );
         assert!(c.recognised());

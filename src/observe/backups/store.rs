@@ -203,11 +203,95 @@ impl BackupObserver {
         }
         let path = Path::from(object.key.as_str());
         match self.store.get_range(&path, 0..len).await {
-            Ok(bytes) => content::inspect(&bytes, object.size_bytes),
+            Ok(bytes) => {
+                let c = content::inspect(&bytes, object.size_bytes);
+                match c {
+                    content::Content::PostgresCustom { .. } => {
+                        let whole = len == object.size_bytes;
+                        pg_restore_list(c, &bytes, whole, self.location.timeout).await
+                    }
+                    c => c,
+                }
+            }
             Err(e) => content::Content::Unreadable {
                 error: classify(e).to_string(),
             },
         }
+    }
+}
+
+/// Where pg_restore is installed, proves that it reads the table of
+/// contents of the bytes read: `pg_restore --list` on them, through its
+/// standard input. A failure counts only when it cannot be the bounded
+/// read's or the installed version's: the whole object was read, and
+/// pg_restore does not refuse the archive's version.
+async fn pg_restore_list(
+    c: content::Content,
+    head: &[u8],
+    whole: bool,
+    timeout: Duration,
+) -> content::Content {
+    use tokio::io::AsyncWriteExt;
+    let content::Content::PostgresCustom {
+        archive_version,
+        database,
+        dump_version,
+        toc_entries,
+        ..
+    } = c
+    else {
+        return c;
+    };
+    let custom = |note: String| content::Content::PostgresCustom {
+        archive_version: archive_version.clone(),
+        database: database.clone(),
+        dump_version: dump_version.clone(),
+        toc_entries,
+        pg_restore: Some(note),
+    };
+    let spawned = tokio::process::Command::new("pg_restore")
+        .arg("--list")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(mut child) = spawned else {
+        return custom("not installed: the header alone was read".into());
+    };
+    let mut stdin = child.stdin.take();
+    let head = head.to_vec();
+    let run = async move {
+        if let Some(stdin) = &mut stdin {
+            // pg_restore may stop reading once the table of contents is read.
+            let _ = stdin.write_all(&head).await;
+        }
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    let out = match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return custom(format!("not run: {e}")),
+        Err(_) => return custom("did not finish in time".into()),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        let listed = stdout
+            .lines()
+            .find_map(|l| l.split("TOC Entries:").nth(1))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_else(|| "?".into());
+        return custom(format!("{listed} entries listed"));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().next().unwrap_or("failed").trim().to_string();
+    if error.contains("unsupported version") || !whole {
+        return custom(format!("not verified ({error})"));
+    }
+    content::Content::Unrecognised {
+        found: format!(
+            "a pg_dump custom-format header whose table of contents pg_restore cannot read: {error}"
+        ),
     }
 }
 
