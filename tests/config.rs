@@ -2545,7 +2545,7 @@ mod backups {
     #[test]
     fn every_mistake_is_reported_at_its_key() {
         let toml = format!(
-            "{MIN}\n[backups.a]\ntarget = \"nope\"\nurl = \"ftp://x/\"\npattern = \"a/b*\"\ninterval = \"1s\"\nintegrity_bytes = 1\n\n[backups.a.thresholds]\nmax_shrink = 1.0\n\n[backups.b]\ntarget = \"main\"\nurl = \"gs://bucket/x/\"\nendpoint = \"http://x:1\"\nregion = \"eu\"\n\n[backups.c]\ntarget = \"main\"\nurl = \"s3://key:secret@bucket/\"\n\n[backups.d]\ntarget = \"main\"\nurl = \"file://relative/dir\"\n"
+            "{MIN}\n[backups.a]\ntarget = \"nope\"\nurl = \"ftp://x/\"\npattern = \"a/b*\"\ninterval = \"500ms\"\nintegrity_bytes = 1\n\n[backups.a.thresholds]\nmax_shrink = 1.0\n\n[backups.b]\ntarget = \"main\"\nurl = \"gs://bucket/x/\"\nendpoint = \"http://x:1\"\nregion = \"eu\"\n\n[backups.c]\ntarget = \"main\"\nurl = \"s3://key:secret@bucket/\"\n\n[backups.d]\ntarget = \"main\"\nurl = \"file://relative/dir\"\n"
         );
         let i = issues(&toml, &[]);
         assert_issue(

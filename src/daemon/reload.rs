@@ -258,6 +258,8 @@ mod tests {
         assert_eq!(plan(&with("one"), &with("two")).reconnected, ["a"]);
     }
 
+    // Without the `backups` feature, validation refuses [backups].
+    #[cfg(feature = "backups")]
     #[test]
     fn backup_locations_are_added_removed_or_restarted_in_place() {
         let loc = |name: &str, extra: &str| {
