@@ -295,8 +295,38 @@ async fn every_backup_check_and_error_kind_through_the_daemon() {
             Some(0.0)
         );
     }
+    // Every observation is counted by its result.
+    let counted = |backup: &str, result: &str| {
+        metric_value(
+            &text,
+            "dbwarden_backup_observations_total",
+            &[("backup", backup), ("result", result)],
+        )
+    };
+    assert!(counted("good", "ok").is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(counted("good", "not_found"), Some(0.0));
+    assert!(
+        counted("missing", "not_found").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        counted("unreachable", "unreachable").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     let good = |name: &str| metric_value(&text, name, &[("backup", "good")]);
     assert_eq!(good("dbwarden_backup_up"), Some(1.0));
+    assert_eq!(good("dbwarden_backup_interval_seconds"), Some(2.0));
+    assert!(good("dbwarden_backup_observation_duration_seconds").is_some_and(|d| d < 2.0));
+    assert!(good("dbwarden_backup_last_success_timestamp_seconds").is_some());
+    assert_eq!(
+        metric_value(
+            &text,
+            "dbwarden_backup_last_success_timestamp_seconds",
+            &[("backup", "missing")]
+        ),
+        None,
+        "never listed"
+    );
     assert_eq!(good("dbwarden_backup_count"), Some(2.0));
     assert_eq!(good("dbwarden_backup_objects"), Some(2.0));
     assert_eq!(
