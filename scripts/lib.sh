@@ -60,3 +60,16 @@ ensure_local_postgres() {
   fi
   return 1
 }
+
+# moto's S3 server (PyPI package "moto[s3,server]"), which the backup tests
+# run as a real S3 API, installed in a virtualenv under target/ and named by
+# DBWARDEN_MOTO_SERVER for the tests.
+ensure_moto() {
+  local venv="${DBWARDEN_MOTO_VENV:-$PWD/target/moto-venv}"
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    echo "installing moto's S3 server (PyPI: moto[s3,server]) in $venv" >&2
+    python3 -m venv "$venv" || { echo "cannot create a virtualenv: install python3-venv (Debian)" >&2; return 1; }
+    "$venv/bin/pip" install -q "moto[s3,server]" || { echo "cannot install the PyPI package moto[s3,server]" >&2; return 1; }
+  fi
+  export DBWARDEN_MOTO_SERVER="$venv/bin/moto_server"
+}

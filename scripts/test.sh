@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_packages
+ensure_moto
 ensure_local_postgres || echo "note: no PostgreSQL on 127.0.0.1:5432; tests that need it will say so" >&2
 cargo test --locked --all-targets -- --test-threads=2
 # The builds without Neo4j or Kubernetes support must keep compiling, and

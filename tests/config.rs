@@ -2260,6 +2260,14 @@ mod schema {
             key_paths::<dbwarden::evaluate::Neo4jThresholds>(),
         );
         add(
+            "backups.<name>",
+            key_paths::<dbwarden::config::BackupLocation>(),
+        );
+        add(
+            "backups.<name>.thresholds",
+            key_paths::<dbwarden::evaluate::BackupThresholds>(),
+        );
+        add(
             "kubernetes",
             key_paths::<dbwarden::config::KubernetesSettings>(),
         );
@@ -2669,4 +2677,71 @@ fn a_mistake_in_an_inherited_exception_is_reported_where_it_was_written() {
         &["no match_ list"],
     );
     assert_eq!(issues.len(), 1, "{issues:#?}");
+}
+
+/// `[backups.<name>]`: read with its defaults and thresholds, printed
+/// without credentials, and every mistake reported at its key.
+mod backups {
+    use super::*;
+
+    const AWS: [(&str, &str); 3] = [
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "backup-secret-9"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+
+    #[test]
+    fn a_location_reads_with_defaults_and_its_thresholds() {
+        let toml = format!(
+            "{MIN}\n[backups.pg-nightly]\ntarget = \"main\"\nurl = \"s3://intelgraph-backups/database/\"\npattern = \"postgres_backup_*.dump\"\nendpoint = \"http://127.0.0.1:9000\"\n\n[backups.pg-nightly.thresholds]\nmin_bytes = 1048576\n"
+        );
+        let c = ok(&toml, &AWS);
+        let b = &c.backups[0];
+        assert_eq!(b.target.name, "pg-nightly");
+        assert_eq!(b.target.interval, Duration::from_secs(300));
+        assert!(b.target.allow_http(), "http:// written in endpoint");
+        assert_eq!(b.thresholds.max_age, Duration::from_secs(26 * 3600));
+        assert_eq!(b.thresholds.min_bytes, 1048576);
+        assert_eq!(b.thresholds.max_shrink, 0.5);
+        let vars: Vec<&str> = b.target.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(vars, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
+        // Never printed: not in the effective configuration, not in Debug.
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains("backup-secret-9"), "{printed}");
+        assert!(!format!("{c:?}").contains("backup-secret-9"));
+        assert!(
+            printed.contains("[backups.pg-nightly.thresholds]"),
+            "{printed}"
+        );
+        assert_eq!(ok(&printed, &AWS).backups, c.backups, "loads back");
+    }
+
+    #[test]
+    fn every_mistake_is_reported_at_its_key() {
+        let toml = format!(
+            "{MIN}\n[backups.a]\ntarget = \"nope\"\nurl = \"ftp://x/\"\npattern = \"a/b*\"\ninterval = \"500ms\"\nintegrity_bytes = 1\n\n[backups.a.thresholds]\nmax_shrink = 1.0\n\n[backups.b]\ntarget = \"main\"\nurl = \"gs://bucket/x/\"\nendpoint = \"http://x:1\"\nregion = \"eu\"\n\n[backups.c]\ntarget = \"main\"\nurl = \"s3://key:secret@bucket/\"\n\n[backups.d]\ntarget = \"main\"\nurl = \"file://relative/dir\"\n"
+        );
+        let i = issues(&toml, &[]);
+        assert_issue(
+            &i,
+            "backups.a.target",
+            &["\"nope\" is not a configured target", "main"],
+        );
+        assert_issue(&i, "backups.a.url", &["not a supported location", "s3://"]);
+        assert_issue(&i, "backups.a.pattern", &["contains '/'"]);
+        assert_issue(&i, "backups.a.interval", &["too short"]);
+        assert_issue(&i, "backups.a.integrity_bytes", &["out of range"]);
+        assert_issue(&i, "backups.a.thresholds.max_shrink", &["below 1"]);
+        assert_issue(&i, "backups.b.endpoint", &["s3:// locations only"]);
+        assert_issue(&i, "backups.b.region", &["unknown key"]);
+        assert_issue(&i, "backups.c.url", &["credentials are never written"]);
+        assert!(
+            !i.iter().any(|x| x.message.contains("key:secret")),
+            "{i:#?}"
+        );
+        assert_issue(&i, "backups.d.url", &["absolute path"]);
+        let missing = issues(&format!("{MIN}\n[backups.x]\npattern = \"*\"\n"), &[]);
+        assert_issue(&missing, "backups.x.target", &["missing"]);
+        assert_issue(&missing, "backups.x.url", &["missing"]);
+    }
 }

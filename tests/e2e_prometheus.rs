@@ -525,6 +525,57 @@ const KUBERNETES_RULES: &[(&str, bool)] = &[
     ("DbWardenKubernetesVolumeFreeLow", true),
 ];
 
+/// The backup rules, by location: `nightly`'s newest backup is an HTML
+/// page a tenth the size of the dump before it (shrunk and corrupt),
+/// `stopped`'s only backup is two days old, `gone` does not exist.
+const BACKUP_RULES: &[(&str, &str)] = &[
+    ("DbWardenBackupShrunk", "nightly"),
+    ("DbWardenBackupCorrupt", "nightly"),
+    ("DbWardenBackupStale", "stopped"),
+    ("DbWardenBackupStoreFailing", "gone"),
+];
+
+/// Three `file://` backup locations under `dir` (see [`BACKUP_RULES`]).
+fn backup_locations(dir: &Path) -> String {
+    let dump = format!(
+        "--\n-- PostgreSQL database dump\n--\n{}",
+        "INSERT INTO t VALUES (1);\n".repeat(400)
+    );
+    let nightly = dir.join("nightly");
+    let stopped = dir.join("stopped");
+    for d in [&nightly, &stopped] {
+        std::fs::create_dir_all(d).expect("create a backup directory");
+    }
+    let write = |path: PathBuf, body: &str, age: Duration| {
+        std::fs::write(&path, body).expect("write a backup");
+        File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now() - age))
+            .expect("date a backup");
+    };
+    write(nightly.join("db-1.sql"), &dump, Duration::from_secs(86400));
+    write(
+        nightly.join("db-2.sql"),
+        "<html>502 Bad Gateway</html>",
+        Duration::from_secs(60),
+    );
+    write(
+        stopped.join("db-1.sql"),
+        &dump,
+        Duration::from_secs(2 * 86400),
+    );
+    [("nightly", nightly), ("stopped", stopped), ("gone", dir.join("gone"))]
+        .iter()
+        .map(|(name, d)| {
+            format!(
+                "[backups.{name}]\ntarget = \"primary\"\nurl = \"file://{}/\"\npattern = \"db-*.sql\"\ninterval = \"1s\"\ntimeout = \"1s\"\n\n",
+                d.display()
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     let started = Instant::now();
@@ -555,9 +606,10 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     std::fs::write(&neo4j_password, "secret\n").expect("write the Neo4j password file");
     // A scoped session check, so the excluded-sessions panel has data.
     let scoped = "[thresholds.idle_session]\nignore_applications = [\"psql\"]\n\n";
+    let backups = backup_locations(remediation_dir.path());
     let daemon = Daemon::start(
         &format!(
-            "{scoped}{}{}{}{remediation}\n{kubernetes}",
+            "{scoped}{}{}{}{remediation}\n{kubernetes}\n{backups}",
             with_pods(&watched("primary", &primary, "1s"), "app=postgres"),
             watched("standby", &standby, "1s"),
             with_pods(
@@ -756,6 +808,24 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
             *holds,
             "{alert} should {}be pending or firing with the fake cluster: {r}",
             if *holds { "" } else { "not " }
+        );
+    }
+    // Each backup rule holds for its location, and only for it.
+    for (alert, backup) in BACKUP_RULES {
+        let r = rules
+            .iter()
+            .find(|r| r["name"] == *alert)
+            .unwrap_or_else(|| panic!("{alert} was not loaded"));
+        let holding: Vec<&str> = r["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["labels"]["backup"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            holding,
+            vec![*backup],
+            "{alert} should hold for {backup} only: {r}"
         );
     }
     let volume = rules

@@ -391,6 +391,7 @@ fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
     let checks: BTreeSet<&str> = CheckId::ALL
         .iter()
         .chain(CheckId::NEO4J.iter())
+        .chain(dbwarden::evaluate::BACKUP_CHECKS.iter())
         .map(|c| c.as_str())
         .chain(kube_checks())
         .collect();
@@ -508,6 +509,7 @@ fn metric_names_are_documented_and_follow_conventions() {
     for c in CheckId::ALL
         .iter()
         .chain(CheckId::NEO4J.iter())
+        .chain(dbwarden::evaluate::BACKUP_CHECKS.iter())
         .map(|c| c.as_str())
         .chain(kube_checks())
     {
@@ -810,6 +812,28 @@ fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str, kube: &KubeFak
         toml_str(&dir.join("audit.jsonl").to_string_lossy()),
         toml_str(&dir.join("state").to_string_lossy()),
     ));
+    // Backups: a directory with two plain dumps, and one that does not exist.
+    let backups = dir.join("backups");
+    std::fs::create_dir_all(&backups).expect("create the backups directory");
+    for (name, rows) in [("b1.sql", 20), ("b2.sql", 10)] {
+        let body = format!(
+            "--\n-- PostgreSQL database dump\n--\n{}",
+            "SELECT 1;\n".repeat(rows)
+        );
+        std::fs::write(backups.join(name), body).expect("write a backup");
+    }
+    for (name, url) in [
+        ("files", format!("file://{}/", backups.display())),
+        (
+            "gone",
+            format!("file://{}/", dir.join("no-such-dir").display()),
+        ),
+    ] {
+        toml.push_str(&format!(
+            "\n[backups.{name}]\ntarget = \"scratch-primary\"\nurl = {}\npattern = \"*.sql\"\ninterval = \"2s\"\ntimeout = \"2s\"\n",
+            toml_str(&url)
+        ));
+    }
     toml.push_str(&kubernetes_config(kube));
     Config::from_toml_with_env(&toml, std::iter::empty())
         .unwrap_or_else(|e| panic!("invalid test configuration: {e}\n{toml}"))

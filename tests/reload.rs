@@ -566,3 +566,65 @@ async fn a_reload_scopes_a_session_check_in_place() {
     );
     assert_eq!(reloads(&d, "success").await, 1.0);
 }
+
+/// Backup locations follow a reload: one added, one removed (its series
+/// leave /metrics), one changed (its new thresholds apply); the database
+/// target is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_removes_and_changes_backup_locations() {
+    let cluster = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(
+        store.join("db-1.sql"),
+        "--\n-- PostgreSQL database dump\n--\n",
+    )
+    .unwrap();
+    let loc = |name: &str, thresholds: &str| {
+        format!(
+            "[backups.{name}]\ntarget = \"a\"\nurl = \"file://{}/\"\npattern = \"db-*.sql\"\ninterval = \"1s\"\ntimeout = \"1s\"\n[backups.{name}.thresholds]\n{thresholds}\n",
+            store.display()
+        )
+    };
+    let target = fast_target("a", &cluster.url("postgres"), "");
+    let before = format!("{target}{}{}", loc("x", ""), loc("y", ""));
+    let d = DaemonProcess::spawn("reload-backups", dir.path(), &before).await;
+    let size = async |backup: &str| {
+        metric(
+            &d,
+            "dbwarden_check_failing",
+            &[("backup", backup), ("check", "backup_size")],
+        )
+        .await
+    };
+    wait_until(WAIT, "x and y observed, sizes fine", async || {
+        match (size("x").await?, size("y").await?) {
+            (0.0, 0.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let after = format!(
+        "{target}{}{}",
+        loc("x", "min_bytes = 1000000"),
+        loc("z", "")
+    );
+    rewrite(&d, &after);
+    hup(&d);
+    wait_until(
+        WAIT,
+        "x failing on its new min_bytes, y gone, z observed",
+        async || {
+            let text = d.try_metrics().await?;
+            let y_left = !text.contains("backup=\"y\"");
+            match (size("x").await?, size("z").await?, y_left) {
+                (1.0, 0.0, true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(reloads(&d, "success").await, 1.0);
+    assert_eq!(metric(&d, "dbwarden_up", &[("target", "a")]).await, Ok(1.0));
+}

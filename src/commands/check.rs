@@ -8,9 +8,11 @@ use serde::Serialize;
 
 use super::{Format, exit};
 use crate::config::{Config, TargetConfig};
+use crate::daemon::backups;
 use crate::daemon::kubernetes::KubernetesReport;
 #[cfg(feature = "kubernetes")]
 use crate::daemon::kubernetes::observe_kubernetes_once;
+use crate::evaluate::HoldState;
 use crate::evaluate::Thresholds;
 use crate::evaluate::{self, CheckResult, CheckStatus, Neo4jSummary, PgSummary, fmt_secs};
 use crate::kubernetes::checks::KubeCheckStatus;
@@ -19,6 +21,7 @@ use crate::observe::PostgresTarget;
 use crate::observe::neo4j::Neo4jObserver;
 use crate::observe::neo4j::Neo4jSnapshot;
 use crate::observe::{PgSnapshot, PollError, PostgresObserver};
+use crate::state::BackupStatus;
 
 /// One target's outcome, as printed by `--format json` (and readable by `dbwarden replay`).
 #[derive(Debug, Serialize)]
@@ -46,9 +49,13 @@ pub struct Report {
     /// With a `[kubernetes]` section: the pods, StatefulSets, volumes and checks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesReport>,
+    /// Every `[backups.<name>]` location, observed once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<BackupStatus>,
 }
 
 pub async fn run(config: Config, format: Format) -> u8 {
+    crate::observe::tls::ensure_provider();
     // Kubernetes is looked at beside the targets, never in their way.
     // Without the `kubernetes` feature, validation refuses `[kubernetes]`.
     #[cfg(feature = "kubernetes")]
@@ -68,6 +75,17 @@ pub async fn run(config: Config, format: Format) -> u8 {
     for (i, target) in config.neo4j.iter().cloned().enumerate() {
         let first_neo4j = config.postgres.len();
         set.spawn(async move { (first_neo4j + i, observe_neo4j_once(&target).await) });
+    }
+    // Backup locations too, each once, beside the targets.
+    let mut backup_set = tokio::task::JoinSet::new();
+    for (i, b) in config.backups.iter().cloned().enumerate() {
+        backup_set.spawn(async move {
+            let outcome = backups::observe_once(&b.target).await;
+            (
+                i,
+                backups::status(&b, None, outcome, &HoldState::default(), 0).0,
+            )
+        });
     }
     let mut reports = Vec::with_capacity(config.postgres.len() + config.neo4j.len());
     while let Some(joined) = set.join_next().await {
@@ -91,9 +109,24 @@ pub async fn run(config: Config, format: Format) -> u8 {
         },
         None => None,
     };
+    let mut backup_reports = Vec::with_capacity(config.backups.len());
+    while let Some(joined) = backup_set.join_next().await {
+        match joined {
+            Ok(r) => backup_reports.push(r),
+            Err(e) => {
+                eprintln!("dbwarden: a backup check task failed: {e}");
+                return exit::FAILED;
+            }
+        }
+    }
+    backup_reports.sort_by_key(|(i, _)| *i);
+    let backup_reports: Vec<BackupStatus> = backup_reports.into_iter().map(|(_, r)| r).collect();
     let ok = reports
         .iter()
         .all(|r| r.checks.iter().all(|c| c.status == CheckStatus::Pass))
+        && backup_reports
+            .iter()
+            .all(|b| b.checks.iter().all(|c| c.status == CheckStatus::Pass))
         && kubernetes
             .as_ref()
             .is_none_or(|k| k.checks.iter().all(|c| c.status == KubeCheckStatus::Pass));
@@ -101,6 +134,7 @@ pub async fn run(config: Config, format: Format) -> u8 {
         ok,
         targets: reports,
         kubernetes,
+        backups: backup_reports,
     };
     match format {
         Format::Json => match serde_json::to_string_pretty(&report) {
@@ -342,6 +376,50 @@ fn excluded_note(c: &CheckResult) -> String {
 }
 
 /// The human report: diagnosis first, then one line per check.
+/// A backup location: where, what the listing found, and its checks.
+fn render_backup(out: &mut String, b: &BackupStatus) {
+    let _ = writeln!(
+        out,
+        "backups {} of target {} ({}) {}",
+        b.name, b.target, b.store, b.url
+    );
+    if let Some(e) = &b.last_error {
+        let _ = writeln!(out, "  cannot list ({}): {}", e.kind.as_str(), e.message);
+    }
+    if let Some(s) = &b.snapshot {
+        let _ = writeln!(
+            out,
+            "  {} objects, {} backups, listed in {}",
+            s.objects,
+            s.backups,
+            fmt_secs(s.duration_seconds)
+        );
+        for (what, o) in [("newest", &s.newest), ("previous", &s.previous)] {
+            if let Some(o) = o {
+                let at = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(o.modified_unix_ms.max(0) as u64);
+                let _ = writeln!(
+                    out,
+                    "  {what}: {} ({}, {})",
+                    o.key,
+                    evaluate::fmt_bytes(o.size_bytes as f64),
+                    humantime::format_rfc3339_seconds(at)
+                );
+            }
+        }
+    }
+    out.push_str("  Checks\n");
+    for c in &b.checks {
+        let _ = writeln!(
+            out,
+            "    {:<7} {:<22} {}",
+            c.status.as_str().to_uppercase(),
+            c.check.as_str(),
+            c.detail
+        );
+    }
+}
+
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
     for t in &report.targets {
@@ -452,6 +530,9 @@ pub fn render_text(report: &Report) -> String {
     if let Some(k) = &report.kubernetes {
         render_kubernetes(&mut out, k);
     }
+    for b in &report.backups {
+        render_backup(&mut out, b);
+    }
     let kube = report
         .kubernetes
         .as_ref()
@@ -471,7 +552,15 @@ pub fn render_text(report: &Report) -> String {
             .iter()
             .filter(|c| c.status != KubeCheckStatus::Pass)
             .count();
-    let total: usize = report.targets.iter().map(|t| t.checks.len()).sum::<usize>() + kube.len();
+    let backup_checks = report.backups.iter().flat_map(|b| b.checks.iter());
+    let failed = failed
+        + backup_checks
+            .clone()
+            .filter(|c| c.status != CheckStatus::Pass)
+            .count();
+    let total: usize = report.targets.iter().map(|t| t.checks.len()).sum::<usize>()
+        + kube.len()
+        + backup_checks.count();
     let _ = writeln!(
         out,
         "{total} checks: {} pass, {failed} fail",

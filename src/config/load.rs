@@ -20,9 +20,10 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::de::DeserializeOwned;
 
 use super::{Config, TargetConfig};
-use crate::evaluate::{Neo4jThresholds, SessionCheck, Thresholds};
+use crate::evaluate::{BackupThresholds, Neo4jThresholds, SessionCheck, Thresholds};
 use crate::http::ServerSettings;
 use crate::kubernetes::{EvictionPolicy, KubernetesSettings, LeaseSettings};
+use crate::observe::backups::BackupLocation;
 use crate::observe::neo4j::Neo4jTarget;
 use crate::observe::{PostgresTarget, TargetSettings};
 use crate::remediate::RemediationSettings;
@@ -40,13 +41,14 @@ pub const ENV_PREFIX: &str = "DBWARDEN_";
 pub const ENV_SEPARATOR: &str = "__";
 
 /// The file's sections, in the order issues are reported.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "log",
     "defaults",
     "thresholds",
     "postgres",
     "neo4j",
+    "backups",
     "kubernetes",
     "remediation",
 ];
@@ -169,6 +171,7 @@ impl Loader {
         let (defaults, thresholds) = (section("defaults"), section("thresholds"));
         let (postgres, neo4j) = (section("postgres"), section("neo4j"));
         let (kubernetes, remediation) = (section("kubernetes"), section("remediation"));
+        let backups = section("backups").unwrap_or_default();
         let defaults = defaults.unwrap_or_default();
         let (postgres, neo4j) = (postgres.unwrap_or_default(), neo4j.unwrap_or_default());
         self.ctx.postgres = postgres.keys().cloned().collect();
@@ -198,12 +201,22 @@ impl Loader {
             let thresholds: Neo4jThresholds = self.thresholds(th, &path);
             neo4j_targets.push(TargetConfig { target, thresholds });
         }
+        let mut backup_locations = Vec::new();
+        for (name, b) in backups {
+            let path = join("backups", &name);
+            let (b, th) = self.backup(&path, b);
+            let mut target: BackupLocation = self.read(b, &path, false);
+            target.name = name;
+            let thresholds: BackupThresholds = self.thresholds(th, &path);
+            backup_locations.push(TargetConfig { target, thresholds });
+        }
         Read {
             config: Config {
                 server: self.read(server.unwrap_or_default(), "server", false),
                 log: self.read(log.unwrap_or_default(), "log", false),
                 postgres: pg_targets,
                 neo4j: neo4j_targets,
+                backups: backup_locations,
                 kubernetes: kubernetes.map(|k| self.read(k, "kubernetes", false)),
                 remediation: remediation.map(|r| self.read(r, "remediation", false)),
             },
@@ -245,6 +258,12 @@ impl Loader {
             let path = join("neo4j", &t.target.name);
             t.target.validate(&path, ctx, issues);
             t.thresholds
+                .validate(&join(&path, "thresholds"), ctx, issues);
+        }
+        for b in &mut c.backups {
+            let path = join("backups", &b.target.name);
+            b.target.validate(&path, ctx, issues);
+            b.thresholds
                 .validate(&join(&path, "thresholds"), ctx, issues);
         }
         let pods: Vec<(&str, &str, &str)> = c
@@ -408,6 +427,33 @@ impl Loader {
         };
         self.inherit(&mut th, global, &th_path, Some("thresholds"));
         (t, th)
+    }
+
+    /// A `[backups.<name>]` table, and apart its `thresholds` table.
+    fn backup(&mut self, path: &str, b: Value) -> (Dict, Dict) {
+        let mut b = match b {
+            Value::Dict(_, d) => d,
+            other => {
+                self.parse.push(
+                    path,
+                    format!("expected a table, found {}", describe(&other)),
+                );
+                self.ctx.rejected.insert(path.to_string());
+                Dict::new()
+            }
+        };
+        let th = match b.remove("thresholds") {
+            Some(Value::Dict(_, d)) => d,
+            Some(other) => {
+                self.parse.push(
+                    join(path, "thresholds"),
+                    format!("expected a table, found {}", describe(&other)),
+                );
+                Dict::new()
+            }
+            None => Dict::new(),
+        };
+        (b, th)
     }
 
     /// A target's thresholds over the runbook's defaults, on which a

@@ -9,6 +9,8 @@
 //! | `[defaults]`, `[postgres.<name>]` | [`TargetSettings`], [`PostgresTarget`] | `observe` |
 //! | `[neo4j.<name>]` | [`Neo4jTarget`] | `observe::neo4j` |
 //! | `[thresholds]`, `[<kind>.<name>.thresholds]` | `Thresholds`, `Neo4jThresholds` | `evaluate` |
+//! | `[backups.<name>]` | [`BackupLocation`] | `observe::backups` |
+//! | `[backups.<name>.thresholds]` | `BackupThresholds` | `evaluate` |
 //! | `[kubernetes]` | [`KubernetesSettings`] | `kubernetes` |
 //! | `[remediation]` | [`RemediationSettings`] | `remediate` |
 //!
@@ -32,11 +34,12 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-use crate::evaluate::{Neo4jThresholds, Thresholds};
+use crate::evaluate::{BackupThresholds, Neo4jThresholds, Thresholds};
 use serde::Serialize;
 
 pub use crate::http::ServerSettings;
 pub use crate::kubernetes::KubernetesSettings;
+pub use crate::observe::backups::BackupLocation;
 pub use crate::observe::neo4j::Neo4jTarget;
 pub use crate::observe::{PostgresTarget, TargetSettings};
 pub use crate::remediate::RemediationSettings;
@@ -51,6 +54,8 @@ pub struct Config {
     pub log: LogSettings,
     pub postgres: Vec<TargetConfig<PostgresTarget, Thresholds>>,
     pub neo4j: Vec<TargetConfig<Neo4jTarget, Neo4jThresholds>>,
+    /// The `[backups.<name>]` locations, each with its thresholds.
+    pub backups: Vec<TargetConfig<BackupLocation, BackupThresholds>>,
     /// Present when a `[kubernetes]` section is configured.
     pub kubernetes: Option<KubernetesSettings>,
     /// Present when a `[remediation]` section is configured.
@@ -124,6 +129,7 @@ impl Config {
             log: &'a LogSettings,
             postgres: IndexMap<&'a str, TargetConfig<PostgresTarget, &'a Thresholds>>,
             neo4j: IndexMap<&'a str, TargetConfig<Neo4jTarget, &'a Neo4jThresholds>>,
+            backups: IndexMap<&'a str, &'a TargetConfig<BackupLocation, BackupThresholds>>,
             kubernetes: Option<&'a KubernetesSettings>,
             remediation: Option<&'a RemediationSettings>,
         }
@@ -139,6 +145,11 @@ impl Config {
                 .neo4j
                 .iter()
                 .map(|t| (t.target.name.as_str(), t.resolved()))
+                .collect(),
+            backups: self
+                .backups
+                .iter()
+                .map(|b| (b.target.name.as_str(), b))
                 .collect(),
             kubernetes: self.kubernetes.as_ref(),
             remediation: self.remediation.as_ref(),

@@ -11,6 +11,7 @@
 //! starts, stops, reconnects or updates targets in place, one reload at a
 //! time, or changes nothing.
 
+pub mod backups;
 pub mod kubernetes;
 pub mod poller;
 pub mod reload;
@@ -100,6 +101,7 @@ pub async fn run_with(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::observe::tls::ensure_provider();
     let token = CancellationToken::new();
     // The web configuration's TLS files are read again here: they may have
     // changed since validation.
@@ -171,10 +173,20 @@ pub async fn run_with(
         tracker: tracker.clone(),
         token: token.clone(),
         targets: BTreeMap::new(),
+        backups: BTreeMap::new(),
         log: options.log,
         config,
     };
     daemon.start_targets();
+    let locations: Vec<String> = daemon
+        .config
+        .backups
+        .iter()
+        .map(|b| b.target.name.clone())
+        .collect();
+    for name in &locations {
+        daemon.start_backup(name);
+    }
     let app = http::AppState {
         state: state.clone(),
         metrics: metrics.clone(),
@@ -309,6 +321,8 @@ struct Running {
     tracker: TaskTracker,
     token: CancellationToken,
     targets: BTreeMap<String, RunningTarget>,
+    /// Each backup location's loop: its token and task.
+    backups: BTreeMap<String, (CancellationToken, JoinHandle<()>)>,
     log: Option<LogLevel>,
 }
 
@@ -381,6 +395,45 @@ impl Running {
             },
         );
         self.follow_remediation(name);
+    }
+
+    /// Starts the loop of the configured backup location `name`.
+    fn start_backup(&mut self, name: &str) {
+        let Some(b) = self.config.backups.iter().find(|b| b.target.name == name) else {
+            return;
+        };
+        let cancel = self.token.child_token();
+        let task = self.tracker.spawn(backups::run(
+            b.clone(),
+            self.state.clone(),
+            self.metrics.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(backup = name, target = %b.target.target, url = %b.target.redacted_url(), interval = %humantime::format_duration(b.target.interval), "watching backups");
+        self.backups.insert(name.to_string(), (cancel, task));
+    }
+
+    /// Stops a backup location's loop, waits for it, and removes its
+    /// status and series. `config` is the configuration it ran with.
+    async fn stop_backup(&mut self, name: &str, config: &Config) {
+        let Some((cancel, task)) = self.backups.remove(name) else {
+            return;
+        };
+        cancel.cancel();
+        let Some(b) = config.backups.iter().find(|b| b.target.name == name) else {
+            return;
+        };
+        if tokio::time::timeout(b.target.timeout + STOP_GRACE, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                backup = name,
+                "the backup location's loop did not stop in time"
+            );
+        }
+        self.state.remove_backup(name);
+        self.metrics.forget_backup(name, &b.target.target);
     }
 
     /// Spawns a poll loop; returns the channel that gives it new settings.
@@ -549,6 +602,12 @@ impl Running {
         }
         for name in &plan.updated {
             self.update_target(name);
+        }
+        for name in plan.backups_removed.iter().chain(&plan.backups_changed) {
+            self.stop_backup(name, &old).await;
+        }
+        for name in plan.backups_added.iter().chain(&plan.backups_changed) {
+            self.start_backup(name);
         }
         if plan.remediation {
             self.follow_policies(&old);

@@ -8,7 +8,9 @@
 //! state, the actor locks and the audit file.
 
 use crate::config::{Config, TargetConfig};
+use crate::evaluate::BackupThresholds;
 use crate::kubernetes::KubernetesSettings;
+use crate::observe::backups::BackupLocation;
 use crate::remediate::{Mode, RemediationSettings};
 
 /// What a reload changes.
@@ -24,6 +26,11 @@ pub struct Plan {
     pub reconnected: Vec<String>,
     /// Targets whose other settings or thresholds changed: updated in place.
     pub updated: Vec<String>,
+    /// Backup locations to start, stop, or stop and start again with new
+    /// settings (an observation keeps nothing but its published status).
+    pub backups_added: Vec<String>,
+    pub backups_removed: Vec<String>,
+    pub backups_changed: Vec<String>,
     /// `[remediation]`'s mode, budgets, pacing or policies changed.
     pub remediation: bool,
     pub log_level: bool,
@@ -43,6 +50,9 @@ impl Plan {
             ("removed", &self.removed),
             ("reconnected", &self.reconnected),
             ("updated", &self.updated),
+            ("added backups", &self.backups_added),
+            ("removed backups", &self.backups_removed),
+            ("changed backups", &self.backups_changed),
         ] {
             if !names.is_empty() {
                 parts.push(format!("{what} {}", names.join(", ")));
@@ -85,6 +95,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         new.kubernetes.as_ref(),
         &mut restart,
     );
+    backups(&old.backups, &new.backups, &mut p);
     p.server = old.server != new.server;
     p.log_level = old.log.level != new.log.level;
     p.remediation = old.remediation != new.remediation;
@@ -132,6 +143,27 @@ fn restart_kubernetes(
     restart: &mut impl FnMut(bool, &str),
 ) {
     restart(old != new, "kubernetes");
+}
+
+/// `[backups.<name>]` locations added, removed or changed (credentials in
+/// the environment included).
+fn backups(
+    old: &[TargetConfig<BackupLocation, BackupThresholds>],
+    new: &[TargetConfig<BackupLocation, BackupThresholds>],
+    p: &mut Plan,
+) {
+    for n in new {
+        match old.iter().find(|o| o.target.name == n.target.name) {
+            None => p.backups_added.push(n.target.name.clone()),
+            Some(o) if o != n => p.backups_changed.push(n.target.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| n.target.name == o.target.name) {
+            p.backups_removed.push(o.target.name.clone());
+        }
+    }
 }
 
 fn targets<T, Th: PartialEq>(
@@ -242,6 +274,41 @@ mod tests {
                 "{change}: {p:?}"
             );
         }
+    }
+
+    // Without the `backups` feature, validation refuses [backups].
+    #[cfg(feature = "backups")]
+    #[test]
+    fn backup_locations_are_added_removed_or_restarted_in_place() {
+        let loc = |name: &str, extra: &str| {
+            format!("[backups.{name}]\ntarget = \"a\"\nurl = \"file:///srv/{name}/\"\n{extra}")
+        };
+        let old = format!("{BASE}{}{}", loc("x", ""), loc("y", ""));
+        let new = format!(
+            "{BASE}{}{}[backups.x.thresholds]\nmax_age = \"2h\"\n",
+            loc("z", ""),
+            loc("x", "pattern = \"*.dump\"\n")
+        );
+        let p = plan(&config(&old), &config(&new));
+        assert_eq!(p.backups_added, ["z"]);
+        assert_eq!(p.backups_removed, ["y"]);
+        assert_eq!(p.backups_changed, ["x"]);
+        assert!(p.needs_restart.is_empty() && p.added.is_empty() && p.updated.is_empty());
+        assert_eq!(
+            p.summary(),
+            "added backups z; removed backups y; changed backups x"
+        );
+        assert!(plan(&config(&old), &config(&old)).is_empty());
+        // New credentials in the environment restart the location too.
+        let s3 = format!("{BASE}[backups.s]\ntarget = \"a\"\nurl = \"s3://b/p/\"\n");
+        let with = |key: &str| {
+            Config::from_toml_with_env(
+                &s3,
+                [("AWS_SECRET_ACCESS_KEY".to_string(), key.to_string())],
+            )
+            .unwrap()
+        };
+        assert_eq!(plan(&with("one"), &with("two")).backups_changed, ["s"]);
     }
 
     #[test]

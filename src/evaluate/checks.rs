@@ -18,7 +18,11 @@ pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
         | CheckId::DatabasesOnline
         | CheckId::ClusterHealthy
         | CheckId::NodeCount
-        | CheckId::RelationshipCount => Measurement {
+        | CheckId::RelationshipCount
+        | CheckId::BackupStore
+        | CheckId::BackupFresh
+        | CheckId::BackupSize
+        | CheckId::BackupIntegrity => Measurement {
             value: 0.0,
             violated: false,
             detail: "not a PostgreSQL check".into(),

@@ -6,6 +6,7 @@
 //! value. The daemon, `dbwarden check` and the status API all call the same
 //! [`evaluate`].
 
+mod backups;
 mod checks;
 mod neo4j;
 pub mod scope;
@@ -18,6 +19,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use backups::{
+    BACKUP_CHECKS, BackupThresholds, backup_limits, evaluate_backups, evaluate_backups_down,
+    fmt_bytes,
+};
 pub use checks::{fmt_pct, fmt_secs, measure};
 pub use neo4j::{
     Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, neo4j_limits,
@@ -74,6 +79,15 @@ pub enum CheckId {
     NodeCount,
     /// Relationship counts within the configured expectation.
     RelationshipCount,
+    // Backup checks, per `[backups.<name>]` location.
+    /// The location can be listed.
+    BackupStore,
+    /// Recovery's "Get latest backup": the newest backup is younger than `max_age`.
+    BackupFresh,
+    /// The newest backup has at least `min_bytes` and did not shrink by more than `max_shrink`.
+    BackupSize,
+    /// Post-Recovery's "Verify backup integrity": the newest backup's first bytes are a dump.
+    BackupIntegrity,
 }
 
 impl CheckId {
@@ -125,6 +139,10 @@ impl CheckId {
             CheckId::ClusterHealthy => "cluster_healthy",
             CheckId::NodeCount => "node_count",
             CheckId::RelationshipCount => "relationship_count",
+            CheckId::BackupStore => "backup_store",
+            CheckId::BackupFresh => "backup_fresh",
+            CheckId::BackupSize => "backup_size",
+            CheckId::BackupIntegrity => "backup_integrity",
         }
     }
 
@@ -160,6 +178,12 @@ impl CheckId {
             CheckId::RelationshipCount => {
                 "relationships in the configured database outside the expected range"
             }
+            CheckId::BackupStore => "1 when the backup location can be listed",
+            CheckId::BackupFresh => "seconds since the newest backup was written",
+            CheckId::BackupSize => "bytes of the newest backup",
+            CheckId::BackupIntegrity => {
+                "1 when the newest backup's first bytes are a recognised dump"
+            }
         }
     }
 
@@ -187,7 +211,11 @@ impl CheckId {
             | CheckId::DatabasesOnline
             | CheckId::ClusterHealthy
             | CheckId::NodeCount
-            | CheckId::RelationshipCount => Limit {
+            | CheckId::RelationshipCount
+            | CheckId::BackupStore
+            | CheckId::BackupFresh
+            | CheckId::BackupSize
+            | CheckId::BackupIntegrity => Limit {
                 value: 0.0,
                 hold: Duration::ZERO,
             },

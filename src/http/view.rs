@@ -12,7 +12,7 @@ use crate::remediate::audit::{AuditRecord, Mode, redact_literals};
 use crate::remediate::pause::PauseInfo;
 use crate::remediate::shared::BudgetsRemaining;
 use crate::state::alerts::FiringAlert;
-use crate::state::{KubernetesStatus, ReloadOutcome, TargetStatus};
+use crate::state::{BackupStatus, KubernetesStatus, ReloadOutcome, TargetStatus};
 
 #[derive(Debug, Serialize)]
 pub(super) struct StatusView {
@@ -22,6 +22,8 @@ pub(super) struct StatusView {
     /// The Kubernetes loop's latest status (pods, StatefulSets, volumes,
     /// checks, the Lease, the latest eviction round): memory only.
     pub kubernetes: Option<Arc<KubernetesStatus>>,
+    /// Every backup location's latest observation and checks.
+    pub backups: Vec<Arc<BackupStatus>>,
     /// The alerts Alertmanager reports firing.
     pub alerts: Vec<FiringAlert>,
     /// The latest configuration reload, when one was tried since start.
@@ -68,6 +70,7 @@ pub(super) fn status(app: &AppState) -> StatusView {
         targets: app.state.all(),
         remediation,
         kubernetes: app.state.kubernetes(),
+        backups: app.state.backups(),
         alerts: app.alerts.firing(SystemTime::now()),
         reload: app.state.last_reload(),
         runtime: RuntimeView {

@@ -40,6 +40,7 @@ pub async fn client_config(
 /// A client for `credentials`. Reads files only; does not contact the API
 /// server (an unreachable one shows in the watchers' snapshots).
 pub async fn build_client(credentials: &Credentials, namespace: &str) -> Result<Client, KubeError> {
+    crate::observe::tls::ensure_provider();
     let config = client_config(credentials, namespace).await?;
     Client::try_from(config).map_err(|e| KubeError::Credentials(e.to_string()))
 }

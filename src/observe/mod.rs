@@ -2,11 +2,13 @@
 //! into plain [`snapshot`] data. This is the only layer that reads from
 //! databases; everything downstream works on snapshots.
 
+pub mod backups;
 pub mod disk;
 pub mod neo4j;
 pub mod postgres;
 pub mod settings;
 pub mod snapshot;
+pub mod tls;
 
 use std::time::{Duration, Instant};
 

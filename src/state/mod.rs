@@ -18,6 +18,7 @@ use crate::evaluate::{CheckResult, Neo4jSummary, PgSummary};
 use crate::kubernetes::KubernetesSnapshot;
 use crate::kubernetes::checks::KubeCheck;
 use crate::kubernetes::evict::EvictionReport;
+use crate::observe::backups::{BackupError, BackupSnapshot};
 use crate::observe::neo4j::Neo4jSnapshot;
 use crate::observe::{PgSnapshot, PollError};
 
@@ -110,6 +111,28 @@ pub struct KubernetesStatus {
     pub volumes_at_ms: Option<u64>,
 }
 
+/// What the latest observation of a `[backups.<name>]` location found.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupStatus {
+    pub name: String,
+    /// The target the backups protect.
+    pub target: String,
+    /// The location, redacted.
+    pub url: String,
+    pub store: &'static str,
+    pub up: bool,
+    pub observations_completed: u64,
+    #[serde(serialize_with = "ser_time")]
+    pub last_observation_at: Option<SystemTime>,
+    #[serde(serialize_with = "ser_time")]
+    pub last_success_at: Option<SystemTime>,
+    pub last_error: Option<BackupError>,
+    pub interval_seconds: f64,
+    pub checks: Vec<CheckResult>,
+    /// The latest successful observation.
+    pub snapshot: Option<BackupSnapshot>,
+}
+
 /// Shared between the poll loops (writers, one per target) and the HTTP
 /// handlers (readers). Targets come and go with a reload.
 #[derive(Debug)]
@@ -124,6 +147,8 @@ pub struct SharedState {
     kubernetes: RwLock<Option<Arc<KubernetesStatus>>>,
     /// The latest configuration reload, when one was tried.
     last_reload: RwLock<Option<Arc<ReloadOutcome>>>,
+    /// The latest status of every backup location, by name.
+    backups: RwLock<BTreeMap<String, Arc<BackupStatus>>>,
 }
 
 /// What the latest configuration reload did.
@@ -153,6 +178,7 @@ impl SharedState {
             generation: AtomicU64::new(0),
             kubernetes: RwLock::new(None),
             last_reload: RwLock::new(None),
+            backups: RwLock::new(BTreeMap::new()),
         };
         for (name, kind) in targets {
             state.add_target(name, kind);
@@ -194,6 +220,30 @@ impl SharedState {
         let mut k = self.kubernetes.write().unwrap_or_else(|e| e.into_inner());
         *k = Some(Arc::new(status));
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Publishes a backup location's latest status.
+    pub fn publish_backup(&self, status: BackupStatus) {
+        let mut b = self.backups.write().unwrap_or_else(|e| e.into_inner());
+        b.insert(status.name.clone(), Arc::new(status));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Forgets a backup location (a reload removed it).
+    pub fn remove_backup(&self, name: &str) {
+        let mut b = self.backups.write().unwrap_or_else(|e| e.into_inner());
+        b.remove(name);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Every backup location's latest status, by name.
+    pub fn backups(&self) -> Vec<Arc<BackupStatus>> {
+        self.backups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The latest Kubernetes status, if any was published.

@@ -188,6 +188,24 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupResultLabels {
+    backup: String,
+    target: String,
+    result: &'static str,
+}
+
+/// The results of a backup observation: `ok` or a failure's kind.
+const BACKUP_RESULTS: [&str; 7] = [
+    "ok",
+    "not_found",
+    "credentials",
+    "unreachable",
+    "timeout",
+    "config",
+    "other",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     target: String,
     policy: String,
@@ -249,6 +267,7 @@ pub struct Metrics {
     registry: Registry,
     polls: Family<TargetLabels, Counter>,
     poll_errors: Family<ErrorLabels, Counter>,
+    backup_observations: Family<BackupResultLabels, Counter>,
     poll_duration: Family<TargetLabels, Histogram>,
     actions: Family<ActionLabels, Counter>,
     candidates: Family<PolicyLabels, Gauge>,
@@ -296,6 +315,11 @@ impl Metrics {
             &mut registry,
             "poll_errors",
             "Polls that failed, by kind of failure",
+        );
+        let backup_observations: Family<BackupResultLabels, Counter> = add(
+            &mut registry,
+            "backup_observations",
+            "Observations of a backup location, by result (ok, or the kind of failure)",
         );
         let poll_duration = Family::<TargetLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -409,6 +433,7 @@ impl Metrics {
             registry,
             polls,
             poll_errors,
+            backup_observations,
             poll_duration,
             actions,
             candidates,
@@ -524,6 +549,36 @@ impl Metrics {
             let _ = self.poll_errors.get_or_create(&ErrorLabels {
                 target: target.to_string(),
                 kind: kind.as_str(),
+            });
+        }
+    }
+
+    /// Counts one observation of a backup location by its result (every
+    /// result's series exists from the first observation on, so `increase`
+    /// sees the first failure).
+    pub fn record_backup_observation(&self, status: &crate::state::BackupStatus) {
+        self.touch();
+        let result = status.last_error.as_ref().map_or("ok", |e| e.kind.as_str());
+        for r in BACKUP_RESULTS {
+            let c = self.backup_observations.get_or_create(&BackupResultLabels {
+                backup: status.name.clone(),
+                target: status.target.clone(),
+                result: r,
+            });
+            if r == result {
+                c.inc();
+            }
+        }
+    }
+
+    /// Removes the series of a backup location a reload removed or changed.
+    pub fn forget_backup(&self, name: &str, target: &str) {
+        self.touch();
+        for result in BACKUP_RESULTS {
+            self.backup_observations.remove(&BackupResultLabels {
+                backup: name.to_string(),
+                target: target.to_string(),
+                result,
             });
         }
     }
@@ -850,6 +905,17 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_kubernetes_volume_free_ratio",
     "dbwarden_kubernetes_lease_holder",
     "dbwarden_kubernetes_lease_leader",
+    "dbwarden_backup_observations_total",
+    "dbwarden_backup_up",
+    "dbwarden_backup_error",
+    "dbwarden_backup_last_success_timestamp_seconds",
+    "dbwarden_backup_interval_seconds",
+    "dbwarden_backup_objects",
+    "dbwarden_backup_count",
+    "dbwarden_backup_newest_timestamp_seconds",
+    "dbwarden_backup_newest_size_bytes",
+    "dbwarden_backup_previous_size_bytes",
+    "dbwarden_backup_observation_duration_seconds",
 ];
 
 /// The pod phases, each exported (0 or 1) so a missing series means a missing pod.
@@ -1076,6 +1142,30 @@ impl Collector for StateCollector {
                 value.push(l(), v);
             }
         }
+        let backups = self.state.backups();
+        // The backup checks too, with the location as a `backup` label.
+        for b in &backups {
+            for c in &b.checks {
+                let l = || {
+                    vec![
+                        ("target", b.target.clone()),
+                        ("check", c.check.as_str().to_string()),
+                        ("backup", b.name.clone()),
+                    ]
+                };
+                threshold.push(l(), c.threshold);
+                hold.push(l(), c.for_seconds);
+                if c.status == CheckStatus::Unknown {
+                    continue;
+                }
+                failing.push(l(), f64::from(u8::from(c.status == CheckStatus::Fail)));
+                pending.push(l(), f64::from(u8::from(c.status == CheckStatus::Pending)));
+                held.push(l(), c.held_seconds);
+                if let Some(v) = c.value {
+                    value.push(l(), v);
+                }
+            }
+        }
         for f in [
             &up, &last_ok, &last, &conns, &failing, &pending, &value, &threshold, &hold, &held,
             &excluded, &interval, &timeout,
@@ -1103,8 +1193,102 @@ impl Collector for StateCollector {
         if let Some(k) = kube {
             encode_kubernetes(&k, &mut encoder)?;
         }
+        encode_backups(&backups, &mut encoder)?;
         Ok(())
     }
+}
+
+fn encode_backups(
+    backups: &[Arc<crate::state::BackupStatus>],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let mut up = Fam::gauge(
+        "backup_up",
+        "1 when the latest listing of the backup location succeeded, 0 when it failed",
+    );
+    let mut error = Fam::gauge(
+        "backup_error",
+        "1 for the kind of the latest observation's failure (not_found, credentials, unreachable, timeout, config, other); absent while it succeeds",
+    );
+    let mut last_ok = Fam::gauge_unit(
+        "backup_last_success_timestamp",
+        "Unix time of the latest successful observation of the location",
+        Unit::Seconds,
+    );
+    let mut interval = Fam::gauge_unit(
+        "backup_interval",
+        "The configured interval between observations of the location",
+        Unit::Seconds,
+    );
+    let mut objects = Fam::gauge(
+        "backup_objects",
+        "Objects listed under the location's prefix",
+    );
+    let mut count = Fam::gauge(
+        "backup_count",
+        "Backups at the location (objects whose names match the pattern)",
+    );
+    let mut newest_at = Fam::gauge_unit(
+        "backup_newest_timestamp",
+        "Unix time the newest backup was last modified, as the store reports it",
+        Unit::Seconds,
+    );
+    let mut newest_size = Fam::gauge_unit(
+        "backup_newest_size",
+        "Size of the newest backup",
+        Unit::Bytes,
+    );
+    let mut previous_size = Fam::gauge_unit(
+        "backup_previous_size",
+        "Size of the backup before the newest",
+        Unit::Bytes,
+    );
+    let mut duration = Fam::gauge_unit(
+        "backup_observation_duration",
+        "How long the latest successful observation (listing and integrity read) took",
+        Unit::Seconds,
+    );
+    for b in backups {
+        let l = || vec![("backup", b.name.clone()), ("target", b.target.clone())];
+        up.push(l(), f64::from(u8::from(b.up)));
+        interval.push(l(), b.interval_seconds);
+        if let Some(e) = &b.last_error {
+            let mut k = l();
+            k.push(("kind", e.kind.as_str().to_string()));
+            error.push(k, 1.0);
+        }
+        if let Some(at) = b.last_success_at {
+            last_ok.push(l(), unix_seconds(at));
+        }
+        let Some(s) = &b.snapshot else {
+            continue;
+        };
+        objects.push(l(), s.objects as f64);
+        count.push(l(), s.backups as f64);
+        duration.push(l(), s.duration_seconds);
+        if let Some(n) = &s.newest {
+            newest_at.push(l(), n.modified_unix_ms as f64 / 1000.0);
+            newest_size.push(l(), n.size_bytes as f64);
+        }
+        if let Some(p) = &s.previous {
+            previous_size.push(l(), p.size_bytes as f64);
+        }
+    }
+    for f in [
+        &up,
+        &error,
+        &last_ok,
+        &interval,
+        &objects,
+        &count,
+        &newest_at,
+        &newest_size,
+        &previous_size,
+        &duration,
+    ] {
+        f.encode(encoder)?;
+    }
+    Ok(())
 }
 
 fn encode_kubernetes(

@@ -240,6 +240,12 @@ impl Daemon {
     /// (adding `listen` to its `[server]` table, or adding that table), starts
     /// `dbwarden::daemon::run` as a task and waits until `/livez` answers.
     pub async fn start(toml: &str) -> Daemon {
+        Self::start_with_env(toml, &[]).await
+    }
+
+    /// [`Daemon::start`] with the environment the configuration is read
+    /// with (e.g. a store's credentials), instead of none.
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Daemon {
         init_logging();
         let addr = format!("127.0.0.1:{}", free_port());
         let listen = format!("[server]\nlisten = \"{addr}\"\n");
@@ -248,7 +254,8 @@ impl Daemon {
         } else {
             format!("{listen}\n{toml}")
         };
-        let config = Config::from_toml_with_env(&full, std::iter::empty())
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let config = Config::from_toml_with_env(&full, env)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{full}"));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(dbwarden::daemon::run(config.clone(), async move {

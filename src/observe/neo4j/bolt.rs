@@ -27,6 +27,7 @@ pub struct Neo4jClient {
 
 impl Neo4jClient {
     pub fn new(target: &Neo4jTarget, purpose: &'static str) -> Result<Self, PollError> {
+        crate::observe::tls::ensure_provider();
         let config = ConfigBuilder::default()
             .uri(target.uri())
             .user(target.user())
