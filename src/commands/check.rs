@@ -12,6 +12,7 @@ use crate::daemon::kubernetes::KubernetesReport;
 #[cfg(feature = "kubernetes")]
 use crate::daemon::kubernetes::observe_kubernetes_once;
 use crate::evaluate::Thresholds;
+use crate::evaluate::probes::ProbeStatus;
 use crate::evaluate::{self, CheckResult, CheckStatus, Neo4jSummary, PgSummary, fmt_secs};
 use crate::kubernetes::checks::KubeCheckStatus;
 use crate::observe::PostgresTarget;
@@ -29,6 +30,9 @@ pub struct TargetReport {
     pub up: bool,
     pub error: Option<PollError>,
     pub checks: Vec<CheckResult>,
+    /// The user's probes: each run once, its checks without hold times.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<PgSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,12 +95,15 @@ pub async fn run(config: Config, format: Format) -> u8 {
         },
         None => None,
     };
-    let ok = reports
-        .iter()
-        .all(|r| r.checks.iter().all(|c| c.status == CheckStatus::Pass))
-        && kubernetes
-            .as_ref()
-            .is_none_or(|k| k.checks.iter().all(|c| c.status == KubeCheckStatus::Pass));
+    let ok = reports.iter().all(|r| {
+        r.checks.iter().all(|c| c.status == CheckStatus::Pass)
+            && r.probes
+                .iter()
+                .flat_map(|p| &p.checks)
+                .all(|c| c.status == CheckStatus::Pass)
+    }) && kubernetes
+        .as_ref()
+        .is_none_or(|k| k.checks.iter().all(|c| c.status == KubeCheckStatus::Pass));
     let report = Report {
         ok,
         targets: reports,
@@ -119,6 +126,15 @@ async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> Targ
     let (target, thresholds) = (&config.target, &config.thresholds);
     let mut observer = PostgresObserver::new(target.clone());
     let result = observer.poll().await;
+    // Every probe runs once after a successful poll, due or not.
+    let probes = if result.is_ok() {
+        let runs = observer.run_probes(std::time::Instant::now(), true).await;
+        let mut book = evaluate::probes::ProbeBook::default();
+        book.record(runs);
+        evaluate::probes::evaluate(&mut book, &target.probes, 0, false)
+    } else {
+        Vec::new()
+    };
     observer.close().await;
     match result {
         Ok(snapshot) => TargetReport {
@@ -128,6 +144,7 @@ async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> Targ
             up: true,
             error: None,
             checks: evaluate::evaluate_once(&snapshot, thresholds),
+            probes,
             summary: Some(evaluate::summarize(&snapshot)),
             snapshot: Some(snapshot),
             neo4j: None,
@@ -139,6 +156,7 @@ async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> Targ
             url: target.redacted_url(),
             up: false,
             checks: evaluate::evaluate_down(thresholds, &e.message),
+            probes: Vec::new(),
             error: Some(e),
             summary: None,
             snapshot: None,
@@ -179,6 +197,7 @@ async fn observe_neo4j_once(
         up,
         error,
         checks,
+        probes: Vec::new(),
         summary: None,
         snapshot: None,
         neo4j,
@@ -434,6 +453,18 @@ pub fn render_text(report: &Report) -> String {
                 c.detail
             );
         }
+        if !t.probes.is_empty() {
+            out.push_str("  Probes\n");
+        }
+        for c in t.probes.iter().flat_map(|p| &p.checks) {
+            let _ = writeln!(
+                out,
+                "    {:<7} {:<22} {}",
+                c.status.as_str().to_uppercase(),
+                c.check,
+                c.detail
+            );
+        }
     }
     if let Some(k) = &report.kubernetes {
         render_kubernetes(&mut out, k);
@@ -451,13 +482,23 @@ pub fn render_text(report: &Report) -> String {
                 .iter()
                 .filter(|c| c.status != CheckStatus::Pass)
                 .count()
+                + t.probes
+                    .iter()
+                    .flat_map(|p| &p.checks)
+                    .filter(|c| c.status != CheckStatus::Pass)
+                    .count()
         })
         .sum::<usize>()
         + kube
             .iter()
             .filter(|c| c.status != KubeCheckStatus::Pass)
             .count();
-    let total: usize = report.targets.iter().map(|t| t.checks.len()).sum::<usize>() + kube.len();
+    let total: usize = report
+        .targets
+        .iter()
+        .map(|t| t.checks.len() + t.probes.iter().map(|p| p.checks.len()).sum::<usize>())
+        .sum::<usize>()
+        + kube.len();
     let _ = writeln!(
         out,
         "{total} checks: {} pass, {failed} fail",

@@ -8,6 +8,7 @@
 
 mod checks;
 mod neo4j;
+pub mod probes;
 mod summary;
 mod thresholds;
 

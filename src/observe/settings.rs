@@ -318,6 +318,9 @@ pub struct PostgresTarget {
     /// In the file, these keys sit in the target's own table.
     #[serde(default)]
     pub settings: TargetSettings,
+    /// Statements the user defines: `[postgres.<name>.probes.<probe>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, super::probes::ProbeSettings>,
     #[serde(skip)]
     pub password: Option<Secret>,
     #[serde(skip)]
@@ -539,6 +542,22 @@ impl PostgresTarget {
             }
             crate::settings::absolute(p, &at, issues);
         }
+
+        let database = options
+            .as_ref()
+            .and_then(|o: &PgConnectOptions| o.get_database().map(str::to_string))
+            .or_else(|| options.as_ref().map(|o| o.get_username().to_string()));
+        let probes_path = key("probes");
+        for (name, probe) in &self.probes {
+            probe.validate(
+                name,
+                &join(&probes_path, name),
+                self.settings.poll_interval(),
+                database.as_deref(),
+                issues,
+            );
+        }
+        super::probes::settings::validate_names(&self.probes, &probes_path, issues);
 
         if issues.len() != before {
             return;
