@@ -528,3 +528,92 @@ timeout = "300ms"
     let slow = probes.iter().find(|p| p["probe"] == "slow").unwrap();
     assert_eq!(slow["error"]["kind"], "timeout");
 }
+
+/// A reload changes probes in place: a check's limit, a probe added and one
+/// removed, on the same connection (the same backend before and after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_probes_in_place() {
+    let pg = support::primary();
+    let url = pg.url("postgres");
+    psql(
+        &pg,
+        "CREATE TABLE entities (id serial, kind text, created_at timestamptz DEFAULT now()); INSERT INTO entities (kind) VALUES ('a');",
+    );
+    let base = |probes: &str| {
+        format!(
+            "[postgres.main]\nurl = \"{url}\"\nsslmode = \"disable\"\npoll_interval = \"1s\"\npoll_timeout = \"500ms\"\n{probes}"
+        )
+    };
+    let before = base(
+        r#"
+[postgres.main.probes.entities]
+sql = "SELECT count(*) AS rows FROM entities"
+interval = "1s"
+timeout = "300ms"
+checks.rows = { min = 100 }
+
+[postgres.main.probes.old]
+sql = "SELECT 1 AS one"
+interval = "1s"
+timeout = "300ms"
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = support::DaemonProcess::spawn("probes-reload", dir.path(), &before).await;
+    let metric = async |name: &str, labels: &[(&str, &str)]| -> Result<f64, String> {
+        let text = d.try_metrics().await?;
+        support::metric_value(&text, name, labels).ok_or_else(|| format!("no {name}{labels:?}"))
+    };
+    let rows_failing = [("target", "main"), ("check", "probe:entities:rows")];
+    wait_until(T, "rows fails, old exports", async || {
+        let failing = metric("dbwarden_check_failing", &rows_failing).await?;
+        let old = metric("dbwarden_probe_old_one", &[("target", "main")]).await?;
+        if failing == 1.0 && old == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{failing} {old}"))
+        }
+    })
+    .await;
+    let backend = || {
+        psql(
+            &pg,
+            "SELECT pid || ' ' || backend_start FROM pg_stat_activity WHERE application_name = 'dbwarden'",
+        )
+    };
+    let backend_before = backend();
+
+    let after = base(
+        r#"
+[postgres.main.probes.entities]
+sql = "SELECT count(*) AS rows FROM entities"
+interval = "1s"
+timeout = "300ms"
+checks.rows = { min = 1 }
+
+[postgres.main.probes.fresh]
+sql = "SELECT 2 AS two"
+interval = "1s"
+timeout = "300ms"
+"#,
+    );
+    std::fs::write(&d.config_file, support::with_listen(&after, d.addr())).unwrap();
+    let pid = rustix::process::Pid::from_raw(d.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    wait_until(T, "rows passes, fresh exports, old is gone", async || {
+        let failing = metric("dbwarden_check_failing", &rows_failing).await?;
+        let fresh = metric("dbwarden_probe_fresh_two", &[("target", "main")]).await?;
+        let old = metric("dbwarden_probe_old_one", &[("target", "main")]).await;
+        let old_check = metric(
+            "dbwarden_check_failing",
+            &[("target", "main"), ("check", "probe:old")],
+        )
+        .await;
+        match (failing, fresh, old, old_check) {
+            (0.0, 2.0, Err(_), Err(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(backend(), backend_before, "the reload kept the connection");
+}
