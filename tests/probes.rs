@@ -617,3 +617,223 @@ timeout = "300ms"
     .await;
     assert_eq!(backend(), backend_before, "the reload kept the connection");
 }
+
+/// A custom queries file in postgres_exporter's format, as a team keeps one:
+/// every usage dbwarden reads, `master`, `cache_seconds` and `runonserver`.
+const QUERIES_YAML: &str = r#"
+# Custom queries for postgres_exporter (--extend.query-path).
+pg_postmaster:
+  query: "SELECT pg_postmaster_start_time() AS start_time_seconds"
+  master: true
+  metrics:
+    - start_time_seconds:
+        usage: "GAUGE"
+        description: "When the postmaster started"
+
+pg_database:
+  query: "SELECT datname, pg_database_size(datname) AS size_bytes, datallowconn::text AS allow FROM pg_database WHERE datname NOT LIKE 'template%'"
+  master: true
+  cache_seconds: 30
+  metrics:
+    - datname:
+        usage: "LABEL"
+        description: "Database name"
+    - size_bytes:
+        usage: "GAUGE"
+        description: "Disk space used by the database"
+    - allow:
+        usage: "DISCARD"
+        description: "Not exported"
+
+pg_table_activity:
+  query: |
+    SELECT schemaname, relname, seq_scan, n_tup_ins, n_live_tup,
+           extract(epoch FROM now() - coalesce(last_autovacuum, 'epoch'))::float8 * 1000 AS since_vacuum_ms,
+           last_analyze
+    FROM pg_stat_user_tables
+  runonserver: ">=14.0.0"
+  metrics:
+    - schemaname:
+        usage: "LABEL"
+        description: "Schema"
+    - relname:
+        usage: "LABEL"
+        description: "Table"
+    - seq_scan:
+        usage: "COUNTER"
+        description: "Sequential scans"
+    - n_tup_ins:
+        usage: "COUNTER"
+        description: "Rows inserted"
+    - n_live_tup:
+        usage: "GAUGE"
+        description: "Estimated live rows"
+    - since_vacuum_ms:
+        usage: "DURATION"
+        description: "Milliseconds since the last autovacuum"
+    - last_analyze:
+        usage: "GAUGE"
+        description: "Last manual analyze"
+
+pg_recovery:
+  query: "SELECT pg_is_in_recovery()::int AS is_in_recovery, extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS lag"
+  metrics:
+    - is_in_recovery:
+        usage: "GAUGE"
+        description: "1 on a standby"
+    - lag:
+        usage: "GAUGE"
+        description: "Replay lag in seconds (none on a primary)"
+"#;
+
+#[test]
+fn a_queries_file_loads_as_probes_and_its_mistakes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queries.yaml");
+    std::fs::write(&file, QUERIES_YAML).unwrap();
+    let toml = format!(
+        "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\nqueries_file = \"{}\"\n",
+        file.display()
+    );
+    let c = load(&toml).unwrap_or_else(|e| panic!("{e}"));
+    let t = &c.postgres[0].target;
+    assert!(t.probes.is_empty());
+    let names: Vec<&str> = t.active_probes.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "pg_database",
+            "pg_postmaster",
+            "pg_recovery",
+            "pg_table_activity"
+        ]
+    );
+    let db = &t.active_probes["pg_database"];
+    assert_eq!(db.labels, ["datname"]);
+    assert_eq!(db.discard, ["allow"]);
+    assert_eq!(db.interval, Some(Duration::from_secs(30)));
+    assert_eq!(
+        t.active_probes["pg_table_activity"].labels,
+        ["schemaname", "relname"]
+    );
+    // The printed configuration names the file, not its queries.
+    let printed = c.to_redacted_toml();
+    assert!(
+        printed.contains("queries_file") && !printed.contains("pg_postmaster"),
+        "{printed}"
+    );
+
+    // What dbwarden cannot run as written is refused, named.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        r#"
+pg_state:
+  query: "SELECT state, count(*) AS n FROM pg_stat_activity GROUP BY state"
+  metrics:
+    - state:
+        usage: "MAPPEDMETRIC"
+        mapping: { active: 1, idle: 0 }
+    - n:
+        usage: "GAUGEE"
+"#,
+    )
+    .unwrap();
+    let found = issues(&format!(
+        "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\nqueries_file = \"{}\"\n",
+        bad.display()
+    ));
+    let at = |q: &str| format!("postgres.main.queries_file.{q}");
+    let state: Vec<&str> = found
+        .iter()
+        .filter(|i| i.path == at("pg_state"))
+        .map(|i| i.message.as_str())
+        .collect();
+    assert!(
+        state
+            .iter()
+            .any(|m| m.contains("MAPPEDMETRIC is not supported yet")),
+        "{found:#?}"
+    );
+    assert!(
+        state.iter().any(|m| m.contains("unknown usage \"GAUGEE\"")),
+        "{found:#?}"
+    );
+    // A query named like a probe of the table, and a cache faster than the poll.
+    let fast = dir.path().join("fast.yaml");
+    std::fs::write(
+        &fast,
+        "fast:\n  query: \"SELECT 1 AS one\"\n  cache_seconds: 1\n  metrics:\n    - one:\n        usage: \"GAUGE\"\n",
+    )
+    .unwrap();
+    let found = issues(&format!(
+        "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\nqueries_file = \"{}\"\n\n[postgres.main.probes.fast]\nsql = \"SELECT 2 AS two\"\n",
+        fast.display()
+    ));
+    assert_issue(
+        &found,
+        "postgres.main.probes.fast",
+        &["also a query of queries_file"],
+    );
+    assert_issue(
+        &found,
+        &at("fast.interval"),
+        &["faster than the target's poll_interval"],
+    );
+    let missing = issues(
+        "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\nqueries_file = \"/nonexistent/queries.yaml\"\n",
+    );
+    assert_issue(
+        &missing,
+        "postgres.main.queries_file",
+        &["cannot read", "/nonexistent/queries.yaml"],
+    );
+}
+
+/// postgres_exporter's queries run unchanged against PostgreSQL 15 in
+/// `dbwarden check`: every imported probe succeeds and exports its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queries_file_runs_against_postgresql() {
+    let pg = support::primary();
+    psql(
+        &pg,
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10); ANALYZE t;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queries.yaml");
+    std::fs::write(&file, QUERIES_YAML).unwrap();
+    let path = dir.path().join("check.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[postgres.main]\nurl = \"{}\"\nsslmode = \"disable\"\nqueries_file = \"{}\"\n",
+            pg.url("postgres"),
+            file.display()
+        ),
+    )
+    .unwrap();
+    let out = support::dbwarden_check(&path, "json");
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", support::describe_output(&out)));
+    let probes = json["targets"][0]["probes"].as_array().expect("probes");
+    assert_eq!(probes.len(), 4, "{probes:#?}");
+    for p in probes {
+        assert_eq!(p["ok"], true, "{p:#}");
+    }
+    let series = |name: &str| {
+        probes.iter().find(|p| p["probe"] == name).unwrap()["series"]
+            .as_u64()
+            .unwrap()
+    };
+    // postgres and the table's database: one size each (allow is discarded).
+    assert_eq!(series("pg_database"), 1);
+    assert_eq!(series("pg_postmaster"), 1);
+    // One user table, five value columns.
+    assert_eq!(series("pg_table_activity"), 5);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        support::describe_output(&out)
+    );
+}

@@ -131,7 +131,7 @@ async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> Targ
         let runs = observer.run_probes(std::time::Instant::now(), true).await;
         let mut book = evaluate::probes::ProbeBook::default();
         book.record(runs);
-        evaluate::probes::evaluate(&mut book, &target.probes, 0, false)
+        evaluate::probes::evaluate(&mut book, &target.active_probes, 0, false)
     } else {
         Vec::new()
     };

@@ -50,7 +50,7 @@ pub trait Observer: Send + 'static {
     ) -> HoldState;
     fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult>;
     /// The target's probes (none for a kind without them).
-    fn probes(&self) -> &BTreeMap<String, ProbeSettings> {
+    fn active_probes(&self) -> &BTreeMap<String, ProbeSettings> {
         &NO_PROBES
     }
     /// Runs the probes that are due and fit before `deadline` (the next poll).
@@ -119,8 +119,8 @@ impl Observer for PostgresObserver {
     fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult> {
         evaluate::evaluate_down(thresholds, error)
     }
-    fn probes(&self) -> &BTreeMap<String, ProbeSettings> {
-        &self.target().probes
+    fn active_probes(&self) -> &BTreeMap<String, ProbeSettings> {
+        &self.target().active_probes
     }
     fn run_probes(&mut self, deadline: Instant) -> impl Future<Output = Vec<ProbeRun>> + Send {
         PostgresObserver::run_probes(self, deadline, false)
@@ -233,10 +233,10 @@ async fn run_inner<O: Observer>(
             hold.keep_unchanged(&O::limits(&thresholds), &O::limits(&new.thresholds));
             thresholds = new.thresholds;
             // Probes a reload removed disappear at once; changed ones apply at their next run.
-            probe_book.retain(observer.probes());
+            probe_book.retain(observer.active_probes());
             status
                 .probes
-                .retain(|p| observer.probes().contains_key(&p.probe));
+                .retain(|p| observer.active_probes().contains_key(&p.probe));
             tracing::info!("settings reloaded");
         }
         let settings = observer.settings().clone();
@@ -301,7 +301,7 @@ async fn run_inner<O: Observer>(
         let delay = observe::backoff(interval, backoff_max, status.consecutive_failures);
         // The probes run in the gap before the next poll, on the same
         // connection, and publish their own results.
-        if error_kind.is_none() && !observer.probes().is_empty() {
+        if error_kind.is_none() && !observer.active_probes().is_empty() {
             let runs = tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = observer.run_probes(started + delay) => r,
@@ -309,8 +309,12 @@ async fn run_inner<O: Observer>(
             if !runs.is_empty() {
                 probe_book.record(runs);
                 let now_ms = clock.elapsed().as_millis() as u64;
-                status.probes =
-                    evaluate::probes::evaluate(&mut probe_book, observer.probes(), now_ms, true);
+                status.probes = evaluate::probes::evaluate(
+                    &mut probe_book,
+                    observer.active_probes(),
+                    now_ms,
+                    true,
+                );
                 status.open_connections = observer.open_connections();
                 state.publish(status.clone());
             }

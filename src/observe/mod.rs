@@ -266,11 +266,11 @@ impl PostgresObserver {
     /// did not come in time costs the connection: the next poll reopens it.
     pub async fn run_probes(&mut self, deadline: Instant, all: bool) -> Vec<probes::ProbeRun> {
         let mut runs = Vec::new();
-        let names: Vec<String> = self.target.probes.keys().cloned().collect();
+        let names: Vec<String> = self.target.active_probes.keys().cloned().collect();
         self.probes_started.retain(|n, _| names.contains(n));
         let poll_interval = self.target.settings.poll_interval();
         for name in names {
-            let p = self.target.probes[&name].clone();
+            let p = self.target.active_probes[&name].clone();
             let (interval, timeout) = (p.interval(poll_interval), p.timeout(poll_interval));
             // Half a poll of slack: a probe is due on the poll after its interval.
             let due = all

@@ -9,6 +9,7 @@
 //! values; the columns named in `labels` must be text and become labels.
 //! Any other column fails the probe with a message naming it.
 
+pub mod queries_file;
 pub mod settings;
 
 use std::time::{Duration, SystemTime};
@@ -126,6 +127,8 @@ pub enum ColumnKind {
     /// Unix seconds.
     Timestamp,
     Label,
+    /// Read and dropped (a queries file's `DISCARD`).
+    Discard,
 }
 
 /// One row: its label values (in the order of `ProbeRows::labels`) and its
@@ -259,7 +262,7 @@ async fn run_inner(
         while let Some(row) = stream.try_next().await.map_err(err)? {
             let shape = match &mut shape {
                 Some(s) => s,
-                None => shape.insert(Shape::of(&row, &probe.labels)?),
+                None => shape.insert(Shape::of(&row, &probe.labels, &probe.discard)?),
             };
             rows.push(shape.read(&row)?);
             if rows.len() * shape.values.len().max(1) > max_series {
@@ -346,7 +349,7 @@ impl Ty {
 }
 
 impl Shape {
-    fn of(row: &PgRow, declared: &[String]) -> Result<Shape, ProbeError> {
+    fn of(row: &PgRow, declared: &[String], discard: &[String]) -> Result<Shape, ProbeError> {
         let mut shape = Shape {
             labels: Vec::new(),
             values: Vec::new(),
@@ -355,6 +358,10 @@ impl Shape {
         let mut names = std::collections::BTreeSet::new();
         for c in row.columns() {
             let name = c.name().to_string();
+            if discard.contains(&name) {
+                shape.columns.push((ColumnKind::Discard, Ty::Text));
+                continue;
+            }
             let type_name = c.type_info().name().to_lowercase();
             if !names.insert(name.clone()) {
                 return Err(columns_error(format!(
@@ -408,6 +415,9 @@ impl Shape {
             values: Vec::with_capacity(self.values.len()),
         };
         for (i, (kind, ty)) in self.columns.iter().enumerate() {
+            if *kind == ColumnKind::Discard {
+                continue;
+            }
             let name = row.columns()[i].name();
             let raw = row
                 .try_get_raw(i)

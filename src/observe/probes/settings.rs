@@ -65,6 +65,9 @@ pub struct ProbeSettings {
     /// Checks on its columns, and `duration` on its run time.
     #[serde(default)]
     pub checks: BTreeMap<String, ProbeCheck>,
+    /// Columns left out of the result (a queries file's `DISCARD`); not a key.
+    #[serde(skip)]
+    pub discard: Vec<String>,
 }
 
 /// A check on one column (or on the run time, `duration`).
