@@ -407,6 +407,13 @@ async fn probes_run_between_polls_and_fail_only_themselves() {
     assert!(
         require(&m, "dbwarden_open_connections", &[("target", "main")]).is_ok_and(|n| n <= 1.0)
     );
+    // The status page lists the probe checks, failing first.
+    let (code, page) = d.get("/").await.expect("GET /");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("data-check=\"probe:entities:rows\"") && page.contains("Probe check"),
+        "{page}"
+    );
     // The write never happened.
     assert_eq!(
         psql(&pg, "SELECT count(*) FROM entities WHERE kind = 'w'").trim(),
