@@ -169,6 +169,15 @@ impl PostgresObserver {
     /// `statement_timeout`, and the next use of the connection waits for that).
     pub async fn poll(&mut self) -> Result<PgSnapshot, PollError> {
         let timeout = self.target.settings.poll_timeout();
+        let result = self.poll_inner_bounded(timeout).await;
+        if result.is_err() {
+            // After an outage every probe runs at the first successful poll.
+            self.probes_started.clear();
+        }
+        result
+    }
+
+    async fn poll_inner_bounded(&mut self, timeout: Duration) -> Result<PgSnapshot, PollError> {
         match tokio::time::timeout(timeout, self.poll_inner()).await {
             Ok(r) => r,
             // Still no connection when time ran out: the server is not reachable.
