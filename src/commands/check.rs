@@ -14,6 +14,7 @@ use crate::daemon::kubernetes::KubernetesReport;
 use crate::daemon::kubernetes::observe_kubernetes_once;
 use crate::evaluate::HoldState;
 use crate::evaluate::Thresholds;
+use crate::evaluate::probes::ProbeStatus;
 use crate::evaluate::{self, CheckResult, CheckStatus, Neo4jSummary, PgSummary, fmt_secs};
 use crate::kubernetes::checks::KubeCheckStatus;
 use crate::observe::PostgresTarget;
@@ -32,6 +33,9 @@ pub struct TargetReport {
     pub up: bool,
     pub error: Option<PollError>,
     pub checks: Vec<CheckResult>,
+    /// The user's probes: each run once, its checks without hold times.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<PgSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,12 +125,15 @@ pub async fn run(config: Config, format: Format) -> u8 {
     }
     backup_reports.sort_by_key(|(i, _)| *i);
     let backup_reports: Vec<BackupStatus> = backup_reports.into_iter().map(|(_, r)| r).collect();
-    let ok = reports
+    let ok = reports.iter().all(|r| {
+        r.checks.iter().all(|c| c.status == CheckStatus::Pass)
+            && r.probes
+                .iter()
+                .flat_map(|p| &p.checks)
+                .all(|c| c.status == CheckStatus::Pass)
+    }) && backup_reports
         .iter()
-        .all(|r| r.checks.iter().all(|c| c.status == CheckStatus::Pass))
-        && backup_reports
-            .iter()
-            .all(|b| b.checks.iter().all(|c| c.status == CheckStatus::Pass))
+        .all(|b| b.checks.iter().all(|c| c.status == CheckStatus::Pass))
         && kubernetes
             .as_ref()
             .is_none_or(|k| k.checks.iter().all(|c| c.status == KubeCheckStatus::Pass));
@@ -153,6 +160,15 @@ async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> Targ
     let (target, thresholds) = (&config.target, &config.thresholds);
     let mut observer = PostgresObserver::new(target.clone());
     let result = observer.poll().await;
+    // Every probe runs once after a successful poll, due or not.
+    let probes = if result.is_ok() {
+        let runs = observer.run_probes(std::time::Instant::now(), true).await;
+        let mut book = evaluate::probes::ProbeBook::default();
+        book.record(runs);
+        evaluate::probes::evaluate(&mut book, &target.active_probes, 0, false)
+    } else {
+        Vec::new()
+    };
     observer.close().await;
     match result {
         Ok(snapshot) => TargetReport {
@@ -162,6 +178,7 @@ async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> Targ
             up: true,
             error: None,
             checks: evaluate::evaluate_once(&snapshot, thresholds),
+            probes,
             summary: Some(evaluate::summarize(&snapshot)),
             snapshot: Some(snapshot),
             neo4j: None,
@@ -173,6 +190,7 @@ async fn observe_once(config: &TargetConfig<PostgresTarget, Thresholds>) -> Targ
             url: target.redacted_url(),
             up: false,
             checks: evaluate::evaluate_down(thresholds, &e.message),
+            probes: Vec::new(),
             error: Some(e),
             summary: None,
             snapshot: None,
@@ -213,6 +231,7 @@ async fn observe_neo4j_once(
         up,
         error,
         checks,
+        probes: Vec::new(),
         summary: None,
         snapshot: None,
         neo4j,
@@ -526,6 +545,18 @@ pub fn render_text(report: &Report) -> String {
                 excluded_note(c)
             );
         }
+        if !t.probes.is_empty() {
+            out.push_str("  Probes\n");
+        }
+        for c in t.probes.iter().flat_map(|p| &p.checks) {
+            let _ = writeln!(
+                out,
+                "    {:<7} {:<22} {}",
+                c.status.as_str().to_uppercase(),
+                c.check,
+                c.detail
+            );
+        }
     }
     if let Some(k) = &report.kubernetes {
         render_kubernetes(&mut out, k);
@@ -546,6 +577,11 @@ pub fn render_text(report: &Report) -> String {
                 .iter()
                 .filter(|c| c.status != CheckStatus::Pass)
                 .count()
+                + t.probes
+                    .iter()
+                    .flat_map(|p| &p.checks)
+                    .filter(|c| c.status != CheckStatus::Pass)
+                    .count()
         })
         .sum::<usize>()
         + kube
@@ -558,7 +594,11 @@ pub fn render_text(report: &Report) -> String {
             .clone()
             .filter(|c| c.status != CheckStatus::Pass)
             .count();
-    let total: usize = report.targets.iter().map(|t| t.checks.len()).sum::<usize>()
+    let total: usize = report
+        .targets
+        .iter()
+        .map(|t| t.checks.len() + t.probes.iter().map(|p| p.checks.len()).sum::<usize>())
+        .sum::<usize>()
         + kube.len()
         + backup_checks.count();
     let _ = writeln!(

@@ -4,6 +4,7 @@
 //! finished (or was abandoned at `poll_timeout`), on the interval, or sooner
 //! when the target is woken (an Alertmanager alert names it).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -16,6 +17,7 @@ use crate::config::TargetConfig;
 use crate::evaluate::{self, CheckId, CheckResult, CheckStatus, HoldState, Limit};
 #[cfg(feature = "neo4j")]
 use crate::observe::neo4j::Neo4jObserver;
+use crate::observe::probes::{ProbeRun, ProbeSettings};
 use crate::observe::{self, PollError, PostgresObserver, TargetSettings};
 use crate::state::{SharedState, TargetStatus};
 use crate::telemetry::metrics::Metrics;
@@ -53,6 +55,14 @@ pub trait Observer: Send + 'static {
         now_ms: u64,
     ) -> HoldState;
     fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult>;
+    /// The target's probes (none for a kind without them).
+    fn active_probes(&self) -> &BTreeMap<String, ProbeSettings> {
+        &NO_PROBES
+    }
+    /// Runs the probes that are due and fit before `deadline` (the next poll).
+    fn run_probes(&mut self, _deadline: Instant) -> impl Future<Output = Vec<ProbeRun>> + Send {
+        async { Vec::new() }
+    }
     /// Adds the target's persistent volumes, as the kubelet reports them,
     /// to a fresh snapshot before it is evaluated (no-op by default).
     fn add_kubernetes_volumes(
@@ -62,6 +72,8 @@ pub trait Observer: Send + 'static {
     ) {
     }
 }
+
+static NO_PROBES: BTreeMap<String, ProbeSettings> = BTreeMap::new();
 
 /// The name a pod's persistent volume claim has among a target's watched
 /// volumes (the `volume` label of the disk metrics, the disk-free check's detail).
@@ -115,6 +127,12 @@ impl Observer for PostgresObserver {
     }
     fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult> {
         evaluate::evaluate_down(thresholds, error)
+    }
+    fn active_probes(&self) -> &BTreeMap<String, ProbeSettings> {
+        &self.target().active_probes
+    }
+    fn run_probes(&mut self, deadline: Instant) -> impl Future<Output = Vec<ProbeRun>> + Send {
+        PostgresObserver::run_probes(self, deadline, false)
     }
     /// The pods' claims join the statvfs paths: the same disk-free check
     /// and disk metrics, the claim as the volume (`pvc/<claim>`).
@@ -212,6 +230,7 @@ async fn run_inner<O: Observer>(
     let mut status = TargetStatus::new(&name, O::KIND);
     let mut thresholds = updates.borrow_and_update().thresholds.clone();
     let mut hold = HoldState::default();
+    let mut probe_book = evaluate::probes::ProbeBook::default();
     let clock = Instant::now();
     // A reload seen while waiting for the next poll.
     let mut reloaded = false;
@@ -223,6 +242,11 @@ async fn run_inner<O: Observer>(
             hold.keep_unchanged(&O::limits(&thresholds), &O::limits(&new.thresholds));
             hold.restart(&O::rescoped(&thresholds, &new.thresholds));
             thresholds = new.thresholds;
+            // Probes a reload removed disappear at once; changed ones apply at their next run.
+            probe_book.retain(observer.active_probes());
+            status
+                .probes
+                .retain(|p| observer.active_probes().contains_key(&p.probe));
             tracing::info!("settings reloaded");
         }
         let settings = observer.settings().clone();
@@ -277,6 +301,7 @@ async fn run_inner<O: Observer>(
                 }
                 status.up = false;
                 status.checks = observer.down(&thresholds, &e.message);
+                evaluate::probes::down(&mut status.probes);
                 let kind = e.kind;
                 status.last_error = Some(e);
                 Some(kind)
@@ -293,6 +318,26 @@ async fn run_inner<O: Observer>(
         } else {
             observe::backoff(interval, backoff_max, status.consecutive_failures)
         };
+        // The probes run in the gap before the next poll, on the same
+        // connection, and publish their own results.
+        if error_kind.is_none() && !observer.active_probes().is_empty() {
+            let runs = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = observer.run_probes(started + delay) => r,
+            };
+            if !runs.is_empty() {
+                probe_book.record(runs);
+                let now_ms = clock.elapsed().as_millis() as u64;
+                status.probes = evaluate::probes::evaluate(
+                    &mut probe_book,
+                    observer.active_probes(),
+                    now_ms,
+                    true,
+                );
+                status.open_connections = observer.open_connections();
+                state.publish(status.clone());
+            }
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until((started + delay).into()) => {}

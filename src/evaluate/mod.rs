@@ -9,6 +9,7 @@
 mod backups;
 mod checks;
 mod neo4j;
+pub mod probes;
 pub mod scope;
 mod sessions;
 mod summary;

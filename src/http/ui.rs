@@ -388,6 +388,38 @@ fn target(t: &TargetStatus, runbook: &str) -> Markup {
                     (check_table(t.kind, &passing, runbook))
                 }
             }
+            (probe_table(&t.probes))
+        }
+    }
+}
+
+/// The user's probes' checks, failing first (no runbook section: the team's own).
+fn probe_table(probes: &[crate::evaluate::probes::ProbeStatus]) -> Markup {
+    let rank = |s: CheckStatus| match s {
+        CheckStatus::Fail => 0,
+        CheckStatus::Pending => 1,
+        CheckStatus::Unknown => 2,
+        CheckStatus::Pass => 3,
+    };
+    let mut checks: Vec<_> = probes.iter().flat_map(|p| &p.checks).collect();
+    checks.sort_by_key(|c| rank(c.status));
+    html! {
+        @if !checks.is_empty() {
+            div .wrap { table {
+                tr .head { th { "Probe check" } th { "Measured" } th { "Threshold" } th { "Held" } th { "Detail" } }
+                @for c in &checks {
+                    tr .check data-check=(c.check) {
+                        td class=(status_class(c.status)) { strong { (c.status.as_str().to_uppercase()) } " " (c.check) }
+                        td data-label="Measured" { @match c.value { Some(v) => (v), None => "—" } }
+                        td data-label="Threshold" { (c.threshold) }
+                        td data-label="Held" {
+                            @if c.held_seconds > 0.0 { (fmt_secs(c.held_seconds)) } @else { "—" }
+                            @if c.for_seconds > 0.0 { " / " (fmt_secs(c.for_seconds)) }
+                        }
+                        td data-label="Detail" { (c.detail) }
+                    }
+                }
+            } }
         }
     }
 }

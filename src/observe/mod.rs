@@ -6,6 +6,7 @@ pub mod backups;
 pub mod disk;
 pub mod neo4j;
 pub mod postgres;
+pub mod probes;
 pub mod settings;
 pub mod snapshot;
 pub mod tls;
@@ -134,6 +135,8 @@ pub struct PostgresObserver {
     sizes: Option<(Instant, postgres::DatabaseSizes)>,
     /// Sessions the last successful poll saw, to size the next poll's list.
     last_sessions: usize,
+    /// When each probe last started.
+    probes_started: std::collections::BTreeMap<String, Instant>,
 }
 
 impl PostgresObserver {
@@ -144,6 +147,7 @@ impl PostgresObserver {
             connecting: None,
             sizes: None,
             last_sessions: 0,
+            probes_started: Default::default(),
         }
     }
 
@@ -167,6 +171,15 @@ impl PostgresObserver {
     /// `statement_timeout`, and the next use of the connection waits for that).
     pub async fn poll(&mut self) -> Result<PgSnapshot, PollError> {
         let timeout = self.target.settings.poll_timeout();
+        let result = self.poll_inner_bounded(timeout).await;
+        if result.is_err() {
+            // After an outage every probe runs at the first successful poll.
+            self.probes_started.clear();
+        }
+        result
+    }
+
+    async fn poll_inner_bounded(&mut self, timeout: Duration) -> Result<PgSnapshot, PollError> {
         match tokio::time::timeout(timeout, self.poll_inner()).await {
             Ok(r) => r,
             // Still no connection when time ran out: the server is not reachable.
@@ -253,6 +266,48 @@ impl PostgresObserver {
                 })?;
         }
         Ok(snapshot)
+    }
+
+    /// Runs the probes that are due, one after the other, on the polling
+    /// connection, between polls: a probe starts only if its timeout (and
+    /// the client's grace) ends before `deadline`, the next poll's start, so
+    /// probes never delay a poll; one that does not fit waits for a later
+    /// gap. `all` (`dbwarden check`) runs every probe, due or not. Without
+    /// a connection (the poll failed) nothing runs. A probe whose answer
+    /// did not come in time costs the connection: the next poll reopens it.
+    pub async fn run_probes(&mut self, deadline: Instant, all: bool) -> Vec<probes::ProbeRun> {
+        let mut runs = Vec::new();
+        let names: Vec<String> = self.target.active_probes.keys().cloned().collect();
+        self.probes_started.retain(|n, _| names.contains(n));
+        let poll_interval = self.target.settings.poll_interval();
+        for name in names {
+            let p = self.target.active_probes[&name].clone();
+            let (interval, timeout) = (p.interval(poll_interval), p.timeout(poll_interval));
+            // Half a poll of slack: a probe is due on the poll after its interval.
+            let due = all
+                || self
+                    .probes_started
+                    .get(&name)
+                    .is_none_or(|at| at.elapsed() + poll_interval / 2 >= interval);
+            if !due {
+                continue;
+            }
+            if !all && Instant::now() + timeout + probes::client_grace(timeout) > deadline {
+                tracing::debug!(probe = %name, "probe does not fit before the next poll: it waits");
+                continue;
+            }
+            let lock_timeout = p.lock_timeout(poll_interval, self.target.settings.lock_timeout());
+            let Some(conn) = self.conn.as_mut() else {
+                break;
+            };
+            self.probes_started.insert(name.clone(), Instant::now());
+            let ran = probes::run(conn, &name, &p, timeout, lock_timeout).await;
+            if ran.connection_lost {
+                self.conn = None;
+            }
+            runs.push(ran.run);
+        }
+        runs
     }
 
     /// Closes the connection; used at shutdown. A pending attempt is aborted.

@@ -318,6 +318,14 @@ pub struct PostgresTarget {
     /// In the file, these keys sit in the target's own table.
     #[serde(default)]
     pub settings: TargetSettings,
+    /// Statements the user defines: `[postgres.<name>.probes.<probe>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, super::probes::ProbeSettings>,
+    /// postgres_exporter's `queries.yaml`, read at load time as more probes.
+    pub queries_file: Option<PathBuf>,
+    /// The probes that run: `probes` and those of `queries_file`.
+    #[serde(skip)]
+    pub active_probes: BTreeMap<String, super::probes::ProbeSettings>,
     #[serde(skip)]
     pub password: Option<Secret>,
     #[serde(skip)]
@@ -539,6 +547,57 @@ impl PostgresTarget {
             }
             crate::settings::absolute(p, &at, issues);
         }
+
+        let database = options
+            .as_ref()
+            .and_then(|o: &PgConnectOptions| o.get_database().map(str::to_string))
+            .or_else(|| options.as_ref().map(|o| o.get_username().to_string()));
+        let probes_path = key("probes");
+        let mut active: Vec<(String, String, super::probes::ProbeSettings)> = self
+            .probes
+            .iter()
+            .map(|(n, p)| (join(&probes_path, n), n.clone(), p.clone()))
+            .collect();
+        if let Some(file) = &self.queries_file {
+            let at = key("queries_file");
+            match super::probes::queries_file::read(file) {
+                Ok(imported) => {
+                    for (name, p) in imported {
+                        if self.probes.contains_key(&name) {
+                            issues.push(
+                                join(&probes_path, &name),
+                                format!(
+                                    "probe {name:?} is also a query of queries_file {:?}: rename one",
+                                    file.display().to_string()
+                                ),
+                            );
+                        }
+                        active.push((join(&at, &name), name, p));
+                    }
+                }
+                Err(errors) => {
+                    for (query, message) in errors {
+                        let path = if query.is_empty() {
+                            at.clone()
+                        } else {
+                            join(&at, &query)
+                        };
+                        issues.push(path, message);
+                    }
+                }
+            }
+        }
+        for (path, name, probe) in &active {
+            probe.validate(
+                name,
+                path,
+                self.settings.poll_interval(),
+                database.as_deref(),
+                issues,
+            );
+        }
+        self.active_probes = active.into_iter().map(|(_, n, p)| (n, p)).collect();
+        super::probes::settings::validate_names(&self.active_probes, &probes_path, issues);
 
         if issues.len() != before {
             return;

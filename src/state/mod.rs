@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::evaluate::probes::ProbeStatus;
 use crate::evaluate::{CheckResult, Neo4jSummary, PgSummary};
 use crate::kubernetes::KubernetesSnapshot;
 use crate::kubernetes::checks::KubeCheck;
@@ -43,6 +44,9 @@ pub struct TargetStatus {
     pub poll_interval_seconds: f64,
     pub poll_timeout_seconds: f64,
     pub checks: Vec<CheckResult>,
+    /// PostgreSQL targets: the user's probes, each with its latest run and checks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
     /// PostgreSQL targets: what the latest successful poll saw, summarised.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<PgSummary>,
@@ -73,6 +77,7 @@ impl TargetStatus {
             poll_interval_seconds: 0.0,
             poll_timeout_seconds: 0.0,
             checks: Vec::new(),
+            probes: Vec::new(),
             summary: None,
             snapshot: None,
             neo4j: None,

@@ -827,6 +827,11 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_poll_interval_seconds",
     "dbwarden_target_info",
     "dbwarden_poll_timeout_seconds",
+    "dbwarden_probe_up",
+    "dbwarden_probe_duration_seconds",
+    "dbwarden_probe_last_run_timestamp_seconds",
+    "dbwarden_probe_series",
+    "dbwarden_probe_failures_total",
     "dbwarden_postgres_data_checksums_enabled",
     "dbwarden_postgres_archive_mode",
     "dbwarden_postgres_info",
@@ -1125,6 +1130,22 @@ impl Collector for StateCollector {
                     excluded.push(labels, *n as f64);
                 }
             }
+            // The probes' checks join the same families, `check="probe:<name>[:<column>]"`.
+            for c in s.probes.iter().flat_map(|p| p.checks.iter()) {
+                let l = || t2(&s.target, "check", &c.check);
+                threshold.push(l(), c.threshold);
+                hold.push(l(), c.for_seconds);
+                if c.status == CheckStatus::Unknown {
+                    continue;
+                }
+                let is = |st| if c.status == st { 1.0 } else { 0.0 };
+                failing.push(l(), is(CheckStatus::Fail));
+                pending.push(l(), is(CheckStatus::Pending));
+                held.push(l(), c.held_seconds);
+                if let Some(v) = c.value {
+                    value.push(l(), v);
+                }
+            }
         }
         let kube = self.state.kubernetes();
         // The Kubernetes checks join the same check families (no `for`: they have no hold).
@@ -1190,6 +1211,7 @@ impl Collector for StateCollector {
         }
         encode_postgres(&targets, &mut encoder)?;
         encode_neo4j(&targets, &mut encoder)?;
+        encode_probes(&targets, &mut encoder)?;
         if let Some(k) = kube {
             encode_kubernetes(&k, &mut encoder)?;
         }
@@ -1287,6 +1309,93 @@ fn encode_backups(
         &duration,
     ] {
         f.encode(encoder)?;
+    }
+    Ok(())
+}
+
+/// The probes: their runs (`dbwarden_probe_*{target, probe}`), and each
+/// value column of each probe's latest successful result as its own family,
+/// `dbwarden_probe_<probe>_<column>{target, <label columns>}` (the label
+/// names differ from probe to probe, so one family for all would mix label
+/// sets; names are checked at load time never to collide). A target that is
+/// down, or a probe whose latest run failed, exports no values.
+fn encode_probes(
+    targets: &[Arc<TargetStatus>],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let mut up = Fam::gauge(
+        "probe_up",
+        "1 when the probe's latest run succeeded, 0 when it failed",
+    );
+    let mut duration = Fam::gauge_unit(
+        "probe_duration",
+        "How long the probe's latest run took",
+        Unit::Seconds,
+    );
+    let mut last = Fam::gauge_unit(
+        "probe_last_run_timestamp",
+        "Unix time the probe's latest run started",
+        Unit::Seconds,
+    );
+    let mut series = Fam::gauge(
+        "probe_series",
+        "Series the probe's latest successful result exports (0 when it failed)",
+    );
+    let mut failures = Fam::counter(
+        "probe_failures",
+        "Failed probe runs since start, by kind (timeout, lock_timeout, read_only, query, columns, series, connection)",
+    );
+    // Value families by name, over every target: (help, samples).
+    type Samples = Vec<(Vec<(String, String)>, f64)>;
+    let mut values: std::collections::BTreeMap<String, (String, Samples)> = Default::default();
+    for s in targets {
+        for p in &s.probes {
+            let l = || t2(&s.target, "probe", &p.probe);
+            up.push(l(), if p.ok { 1.0 } else { 0.0 });
+            duration.push(l(), p.duration_seconds);
+            last.push(l(), unix_seconds(p.last_run_at));
+            series.push(l(), p.series as f64);
+            for kind in crate::observe::probes::ProbeErrorKind::ALL {
+                let n = p.failures.get(kind.as_str()).copied().unwrap_or(0);
+                let mut labels = l();
+                labels.push(("kind", kind.as_str().to_string()));
+                failures.push(labels, n as f64);
+            }
+            let Some(rows) = &p.rows else { continue };
+            for (i, (column, kind)) in rows.values.iter().enumerate() {
+                let (_, samples) = values
+                    .entry(format!("probe_{}_{column}", p.probe))
+                    .or_insert_with(|| {
+                        let unit = match kind {
+                            crate::observe::probes::ColumnKind::Timestamp => " (Unix seconds)",
+                            _ => "",
+                        };
+                        (
+                            format!("Probe {}: column {column}{unit}", p.probe),
+                            Vec::new(),
+                        )
+                    });
+                for r in &rows.rows {
+                    let Some(v) = r.values[i] else { continue };
+                    let mut labels = vec![("target".to_string(), s.target.clone())];
+                    labels.extend(rows.labels.iter().cloned().zip(r.labels.iter().cloned()));
+                    samples.push((labels, v));
+                }
+            }
+        }
+    }
+    for f in [&up, &duration, &last, &series, &failures] {
+        f.encode(encoder)?;
+    }
+    for (name, (help, samples)) in &values {
+        if samples.is_empty() {
+            continue;
+        }
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in samples {
+            let fe = m.encode_family(labels)?;
+            ConstGauge::new(*v).encode(fe)?;
+        }
     }
     Ok(())
 }
@@ -1957,6 +2066,17 @@ fn encode_postgres(
 mod tests {
     use super::*;
     use crate::state::TargetStatus;
+
+    /// A probe's value families never take the name of a fixed probe family:
+    /// the names the probes' settings reserve are exactly these.
+    #[test]
+    fn the_fixed_probe_families_are_the_reserved_ones() {
+        let fixed: Vec<&str> = METRIC_NAMES
+            .iter()
+            .filter_map(|n| n.strip_prefix("dbwarden_probe_"))
+            .collect();
+        assert_eq!(fixed, crate::observe::probes::settings::FIXED_FAMILIES);
+    }
 
     #[test]
     fn negotiates_openmetrics_only_when_asked_for() {

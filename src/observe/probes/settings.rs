@@ -1,0 +1,393 @@
+//! `[postgres.<target>.probes.<name>]`: a statement the user writes, the
+//! columns of its result that become metrics and labels, and the checks on
+//! them (`[postgres.<target>.probes.<name>.checks]`).
+//!
+//! A probe runs on the target's polling connection, in the target's own
+//! database (the one in its URL): `databases` names that database or is left
+//! out. Other databases would need a connection each, which the connection
+//! budget does not have yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use crate::settings::{Issues, duration, join, q};
+
+/// Series a probe may export unless its `max_series` says otherwise.
+pub const DEFAULT_MAX_SERIES: u32 = 100;
+/// The most `max_series` may allow.
+pub const MAX_SERIES_LIMIT: u32 = 10_000;
+/// A probe's interval unset: this many poll intervals.
+pub const DEFAULT_INTERVAL_POLLS: u32 = 6;
+/// A probe's timeout unset: 5s, or half the poll interval if shorter.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_SETTING: Duration = Duration::from_millis(100);
+const MAX_SETTING: Duration = Duration::from_secs(24 * 3600);
+
+/// The check key that limits the probe's own run time.
+pub const DURATION_CHECK: &str = "duration";
+
+/// The names after `dbwarden_probe_` of the fixed probe families
+/// (`telemetry::metrics` defines them); a probe's value families
+/// (`dbwarden_probe_<probe>_<column>`) must never take one of them.
+pub const FIXED_FAMILIES: [&str; 5] = [
+    "up",
+    "duration_seconds",
+    "last_run_timestamp_seconds",
+    "series",
+    "failures_total",
+];
+
+/// One probe, as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// One SQL statement (a query); required.
+    pub sql: Option<String>,
+    /// The databases it runs in: for now only the target's own (the default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    /// How often it runs: a multiple of the poll interval, never faster.
+    #[serde(default, with = "duration::option")]
+    pub interval: Option<Duration>,
+    /// Its `statement_timeout` (and the longest it may hold the connection).
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    /// Its `lock_timeout`; unset: the target's `lock_timeout`, at most the timeout.
+    #[serde(default, with = "duration::option")]
+    pub lock_timeout: Option<Duration>,
+    /// The text columns that become labels (declared, never inferred).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// The most series the probe may export; over it the probe fails.
+    pub max_series: Option<u32>,
+    /// Checks on its columns, and `duration` on its run time.
+    #[serde(default)]
+    pub checks: BTreeMap<String, ProbeCheck>,
+    /// Columns left out of the result (a queries file's `DISCARD`); not a key.
+    #[serde(skip)]
+    pub discard: Vec<String>,
+}
+
+/// A check on one column (or on the run time, `duration`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeCheck {
+    /// Fails when a value is below this.
+    pub min: Option<f64>,
+    /// Fails when a value is above this (a number; for `duration`, a duration).
+    pub max: Option<Bound>,
+    /// A timestamp column: fails when the newest value is older than this.
+    #[serde(default, with = "duration::option")]
+    pub max_age: Option<Duration>,
+    /// How long the condition must hold before the check fails.
+    #[serde(rename = "for", default, with = "duration::option")]
+    pub hold: Option<Duration>,
+}
+
+/// `max = 5` or `max = "2s"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    Number(f64),
+    Duration(Duration),
+}
+
+impl Bound {
+    /// In base units: the number, or seconds.
+    pub fn value(self) -> f64 {
+        match self {
+            Bound::Number(n) => n,
+            Bound::Duration(d) => d.as_secs_f64(),
+        }
+    }
+}
+
+impl Serialize for Bound {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Bound::Number(n) => s.serialize_f64(*n),
+            Bound::Duration(d) => duration::serialize(d, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bound {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bound, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Bound;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number, or for `duration` a duration such as \"2s\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Bound, E> {
+                Ok(Bound::Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bound, E> {
+                Ok(Bound::Number(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Bound, E> {
+                Ok(Bound::Number(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Bound, E> {
+                humantime::parse_duration(v.trim())
+                    .map(Bound::Duration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid duration {v:?}: {e}; write e.g. \"2s\", or a number"
+                        ))
+                    })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A probe's or a column's name: it becomes part of a metric name.
+pub fn valid_metric_word(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl ProbeSettings {
+    /// The interval in effect, given the target's poll interval.
+    pub fn interval(&self, poll_interval: Duration) -> Duration {
+        self.interval
+            .unwrap_or(poll_interval * DEFAULT_INTERVAL_POLLS)
+    }
+
+    /// The timeout in effect (`statement_timeout`), given the poll interval.
+    pub fn timeout(&self, poll_interval: Duration) -> Duration {
+        self.timeout
+            .unwrap_or(DEFAULT_TIMEOUT.min(poll_interval / 2))
+    }
+
+    /// The `lock_timeout` in effect: the key, else the target's, never over the timeout.
+    pub fn lock_timeout(&self, poll_interval: Duration, target_lock_timeout: Duration) -> Duration {
+        self.lock_timeout
+            .unwrap_or(target_lock_timeout)
+            .min(self.timeout(poll_interval))
+    }
+
+    pub fn max_series(&self) -> u32 {
+        self.max_series.unwrap_or(DEFAULT_MAX_SERIES)
+    }
+
+    pub fn sql(&self) -> &str {
+        self.sql.as_deref().unwrap_or_default()
+    }
+
+    /// Checks everything serde could not. `path` is
+    /// `postgres.<target>.probes.<name>`; `database` is the target's own.
+    pub fn validate(
+        &self,
+        name: &str,
+        path: &str,
+        poll_interval: Duration,
+        database: Option<&str>,
+        issues: &mut Issues,
+    ) {
+        let key = |k: &str| join(path, k);
+        if !valid_metric_word(name) {
+            issues.push(
+                path,
+                format!(
+                    "invalid probe name {name:?}: it becomes part of metric names, use lowercase letters, digits and '_', starting with a letter"
+                ),
+            );
+        }
+        for fixed in FIXED_FAMILIES {
+            if fixed == name || fixed.starts_with(&format!("{name}_")) {
+                issues.push(
+                    path,
+                    format!(
+                        "probe name {name:?} could make a metric named like dbwarden_probe_{fixed}: choose another name"
+                    ),
+                );
+            }
+        }
+        match self.sql.as_deref().map(str::trim) {
+            None => issues.push(key("sql"), "missing: the probe's SQL statement is required"),
+            Some("") => issues.push(key("sql"), "empty: write the probe's SQL statement"),
+            Some(_) => {}
+        }
+        for db in &self.databases {
+            if Some(db.as_str()) != database {
+                issues.push(
+                    key("databases"),
+                    format!(
+                        "{db:?} is not the target's database ({}): probes run on the polling connection, in the target's own database only",
+                        database.map_or("unknown".to_string(), |d| format!("{d:?}"))
+                    ),
+                );
+            }
+        }
+        for (k, v) in [
+            ("interval", self.interval),
+            ("timeout", self.timeout),
+            ("lock_timeout", self.lock_timeout),
+        ] {
+            if let Some(v) = v {
+                crate::settings::within(v, MIN_SETTING, MAX_SETTING, &key(k), issues);
+            }
+        }
+        if let Some(i) = self.interval
+            && i < poll_interval
+        {
+            issues.push(
+                key("interval"),
+                format!(
+                    "{} is faster than the target's poll_interval {}: a probe never runs more often than the poll",
+                    q(i),
+                    q(poll_interval)
+                ),
+            );
+        }
+        if let Some(t) = self.timeout
+            && t >= poll_interval
+        {
+            issues.push(
+                key("timeout"),
+                format!(
+                    "{} is not shorter than the target's poll_interval {}: a probe runs between polls and must fit there",
+                    q(t),
+                    q(poll_interval)
+                ),
+            );
+        }
+        if let Some(n) = self.max_series
+            && !(1..=MAX_SERIES_LIMIT).contains(&n)
+        {
+            issues.push(
+                key("max_series"),
+                format!("{n} is out of range: 1 to {MAX_SERIES_LIMIT}"),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for l in &self.labels {
+            if !valid_metric_word(l) {
+                issues.push(
+                    key("labels"),
+                    format!(
+                        "invalid label column {l:?}: a label name uses lowercase letters, digits and '_', starting with a letter"
+                    ),
+                );
+            } else if l == "target" {
+                issues.push(
+                    key("labels"),
+                    "\"target\" is dbwarden's own label: rename the column (AS ...)",
+                );
+            } else if !seen.insert(l.as_str()) {
+                issues.push(key("labels"), format!("{l:?} is listed twice"));
+            }
+            if self.checks.contains_key(l) {
+                issues.push(
+                    join(&key("checks"), l),
+                    format!(
+                        "{l:?} is a label column (text): only numeric and timestamp columns can be checked"
+                    ),
+                );
+            }
+        }
+        for (column, check) in &self.checks {
+            let at = join(&key("checks"), column);
+            if let Some(h) = check.hold {
+                crate::settings::within(h, Duration::ZERO, MAX_SETTING, &join(&at, "for"), issues);
+            }
+            if column == DURATION_CHECK {
+                if check.min.is_some() || check.max_age.is_some() {
+                    issues.push(
+                        &at,
+                        "the run time takes only `max` (a duration such as \"2s\") and `for`",
+                    );
+                }
+                match check.max {
+                    None => issues.push(
+                        join(&at, "max"),
+                        "missing: the longest run time, such as \"2s\"",
+                    ),
+                    Some(Bound::Number(n)) => issues.push(
+                        join(&at, "max"),
+                        format!("{n} is a number: write the run time as a duration such as \"2s\""),
+                    ),
+                    Some(Bound::Duration(_)) => {}
+                }
+                continue;
+            }
+            if !valid_metric_word(column) {
+                issues.push(
+                    &at,
+                    format!(
+                        "invalid column name {column:?}: use lowercase letters, digits and '_', starting with a letter (AS ... in the SQL)"
+                    ),
+                );
+            }
+            let max = match check.max {
+                Some(Bound::Duration(d)) => {
+                    issues.push(
+                        join(&at, "max"),
+                        format!(
+                            "{} is a duration: a column's `max` is a number (use `max_age` for a timestamp column)",
+                            q(d)
+                        ),
+                    );
+                    None
+                }
+                Some(Bound::Number(n)) => Some(n),
+                None => None,
+            };
+            if check.max_age.is_some() && (check.min.is_some() || check.max.is_some()) {
+                issues.push(
+                    &at,
+                    "`max_age` (a timestamp column) cannot be combined with `min` or `max` (numeric columns)",
+                );
+            }
+            if check.min.is_none() && check.max.is_none() && check.max_age.is_none() {
+                issues.push(&at, "no limit: give `min`, `max` or `max_age`");
+            }
+            if let (Some(min), Some(max)) = (check.min, max)
+                && min > max
+            {
+                issues.push(
+                    &at,
+                    format!("min {min} is greater than max {max}: no value could pass"),
+                );
+            }
+            for (k, v) in [("min", check.min), ("max", max)] {
+                if v.is_some_and(|v| !v.is_finite()) {
+                    issues.push(join(&at, k), "must be a finite number");
+                }
+            }
+            if let Some(a) = check.max_age {
+                crate::settings::within(
+                    a,
+                    Duration::from_secs(1),
+                    Duration::from_secs(366 * 24 * 3600),
+                    &join(&at, "max_age"),
+                    issues,
+                );
+            }
+        }
+    }
+}
+
+/// Probes of one target whose value families could collide: one probe's
+/// name followed by `_` begins another's (`a` and `a_b`: `dbwarden_probe_a_b_c`
+/// could be either). Reported at the longer name.
+pub fn validate_names(probes: &BTreeMap<String, ProbeSettings>, path: &str, issues: &mut Issues) {
+    for a in probes.keys() {
+        for b in probes.keys() {
+            if a != b && b.starts_with(&format!("{a}_")) {
+                issues.push(
+                    join(path, b),
+                    format!(
+                        "probe {b:?} begins with probe {a:?} and '_': their metric names (dbwarden_probe_<probe>_<column>) could collide; rename one"
+                    ),
+                );
+            }
+        }
+    }
+}
