@@ -433,10 +433,15 @@ fn the_status_page_links_each_check_to_the_alert_that_fires_for_it() {
     let per_rule: Vec<&str> = rules.split("- alert:").skip(1).collect();
     let pg: Vec<&str> = CheckId::ALL.iter().map(|c| c.as_str()).collect();
     let neo4j: Vec<&str> = CheckId::NEO4J.iter().map(|c| c.as_str()).collect();
+    let backups: Vec<&str> = dbwarden::evaluate::BACKUP_CHECKS
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
     let kinds = [
         ("postgres", pg),
         ("neo4j", neo4j),
         ("kubernetes", kube_checks()),
+        ("backups", backups),
     ];
     for (kind, checks) in &kinds {
         for check in checks {

@@ -25,6 +25,12 @@ pub struct BackupThresholds {
     /// this ratio (0.5: half); a sudden drop is how a broken dump looks.
     #[serde(with = "ratio")]
     pub max_shrink: f64,
+    /// How long `backup_fresh`, `backup_size` or `backup_integrity` must
+    /// hold before it fails, as the built-in checks' `for` (default none:
+    /// a stale backup stays stale until the next one). `backup_store`
+    /// fails at once, like a target's `connection`.
+    #[serde(rename = "for", default, with = "duration")]
+    pub hold: Duration,
 }
 
 impl Default for BackupThresholds {
@@ -33,6 +39,7 @@ impl Default for BackupThresholds {
             max_age: Duration::from_secs(26 * 3600),
             min_bytes: 1,
             max_shrink: 0.5,
+            hold: Duration::ZERO,
         }
     }
 }
@@ -69,14 +76,14 @@ fn limit(check: CheckId, t: &BackupThresholds) -> Limit {
         CheckId::BackupSize => t.min_bytes as f64,
         _ => 1.0,
     };
-    Limit {
-        value,
-        hold: Duration::ZERO,
-    }
+    let hold = match check {
+        CheckId::BackupStore => Duration::ZERO,
+        _ => t.hold,
+    };
+    Limit { value, hold }
 }
 
-/// Every backup check's limit (none has a hold: a location is observed
-/// every few minutes, and a backup stays stale until the next one).
+/// Every backup check's limit.
 pub fn backup_limits(t: &BackupThresholds) -> Vec<(CheckId, Limit)> {
     BACKUP_CHECKS.iter().map(|c| (*c, limit(*c, t))).collect()
 }
@@ -346,6 +353,28 @@ mod tests {
         assert!(detail.contains("no backup"), "{detail}");
         assert_eq!(status(&r, CheckId::BackupSize).0, CheckStatus::Unknown);
         assert_eq!(status(&r, CheckId::BackupIntegrity).0, CheckStatus::Unknown);
+    }
+
+    #[test]
+    fn a_hold_keeps_a_check_pending_until_it_has_held_for_its_duration() {
+        let t = BackupThresholds {
+            min_bytes: 100,
+            hold: Duration::from_secs(600),
+            ..Default::default()
+        };
+        let small = snap(Some(obj("b.dump", 99, 99 * HOUR_MS)), None);
+        let (r, hold) = evaluate_backups(&small, &t, &HoldState::default(), 0);
+        assert_eq!(status(&r, CheckId::BackupSize).0, CheckStatus::Pending);
+        let (r, hold) = evaluate_backups(&small, &t, &hold, 599_000);
+        assert_eq!(status(&r, CheckId::BackupSize).0, CheckStatus::Pending);
+        let (r, _) = evaluate_backups(&small, &t, &hold, 600_000);
+        assert_eq!(status(&r, CheckId::BackupSize).0, CheckStatus::Fail);
+        // The listing itself is not held.
+        assert_eq!(limit(CheckId::BackupStore, &t).hold, Duration::ZERO);
+        assert_eq!(
+            limit(CheckId::BackupFresh, &t).hold,
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub const CHECK_ALERTS: &[(&str, &str, &str)] = &[
         "relationship_count",
         "DbWardenNeo4jRelationshipCountOutOfRange",
     ),
+    ("backups", "backup_store", "DbWardenBackupStoreFailing"),
+    ("backups", "backup_fresh", "DbWardenBackupStale"),
+    ("backups", "backup_size", "DbWardenBackupShrunk"),
+    ("backups", "backup_integrity", "DbWardenBackupCorrupt"),
     (
         "kubernetes",
         "kubernetes_api_reachable",
@@ -247,6 +251,33 @@ fn render(view: &StatusView, decisions: &[AuditRecord], runbook: &str) -> Markup
         }
         section #targets {
             @for t in &view.targets { (target(t, runbook)) }
+        }
+        @if !view.backups.is_empty() {
+            section #backups {
+                h2 { "Backups" }
+                @for b in &view.backups {
+                    article .backup id={ "backup-" (b.name) } {
+                        h3 {
+                            (b.name) " "
+                            small { "(" (b.store) ", for " (b.target) ")" } " "
+                            @if b.observations_completed == 0 { span .unknown { "NOT LISTED YET" } }
+                            @else if b.up { span .up { "LISTED" } } @else { span .down { "CANNOT LIST" } }
+                        }
+                        p .mute {
+                            (b.url) "; last looked " (ago(b.last_observation_at)) "; every " (fmt_secs(b.interval_seconds)) "."
+                        }
+                        @let (passing, attention): (Vec<&CheckResult>, Vec<&CheckResult>) =
+                            worst_first(&b.checks).into_iter().partition(|c| c.status == CheckStatus::Pass);
+                        @if !attention.is_empty() { (check_table("backups", &attention, runbook)) }
+                        @if !passing.is_empty() {
+                            details open[attention.is_empty()] {
+                                summary { (plural(passing.len(), "check")) " pass" }
+                                (check_table("backups", &passing, runbook))
+                            }
+                        }
+                    }
+                }
+            }
         }
         @if let Some(k) = &view.kubernetes {
             section #kubernetes {
