@@ -1059,3 +1059,81 @@ async fn a_real_alert_reaches_the_receiver_and_wakes_the_target() {
     drop(daemon);
     drop(cluster);
 }
+
+/// The rules `alerts` of the real rule file, verbatim but for `for: 0s`,
+/// in a group of their own.
+fn test_rule_group(alerts: &[&str]) -> String {
+    let rules = read(RULES);
+    let mut blocks = String::new();
+    for alert in alerts {
+        let start = rules
+            .find(&format!("      - alert: {alert}\n"))
+            .unwrap_or_else(|| panic!("{RULES} has no alert {alert}"));
+        let rest = &rules[start..];
+        let end = rest[1..]
+            .find("\n      - alert:")
+            .or_else(|| rest[1..].find("\n  - name:"))
+            .map_or(rest.len(), |i| i + 2);
+        let block = &rest[..end];
+        let held = block
+            .lines()
+            .find(|l| l.starts_with("        for: "))
+            .unwrap_or_else(|| panic!("{alert}: no `for:` in\n{block}"));
+        blocks.push_str(&block.replacen(held, "        for: 0s", 1));
+    }
+    format!(
+        "# Test-only: these alerts exactly as in {RULES} except `for: 0s`.\n\
+         groups:\n  - name: e2e-backups\n    rules:\n{blocks}"
+    )
+}
+
+/// A stopped, shrunken or corrupt backup (and a location that cannot be
+/// listed) fires its alert in the real Prometheus, for that location only:
+/// the shipped rules with their `for` set to 0s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_shrunk_or_corrupt_backup_fires_its_alert() {
+    let cluster = primary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = format!(
+        "[postgres.primary]\nurl = {:?}\nsslmode = \"disable\"\npoll_interval = \"1s\"\npoll_timeout = \"1s\"\n\
+         statement_timeout = \"800ms\"\nconnect_timeout = \"1s\"\n\n",
+        cluster.url("postgres")
+    );
+    let daemon = Daemon::start(&format!("{target}{}", backup_locations(dir.path())), None).await;
+    let alerts: Vec<&str> = BACKUP_RULES.iter().map(|(a, _)| *a).collect();
+    let rule_file = dir.path().join("e2e-backup-rules.yaml");
+    std::fs::write(&rule_file, test_rule_group(&alerts)).expect("write the rule file");
+    let mut prom = Prometheus::start(dir.path(), daemon.port, &[rule_file], None).await;
+    wait_until(
+        Duration::from_secs(60),
+        "every backup alert firing for its location only",
+        async || {
+            prom.child.assert_running();
+            let data = prom.api("alerts", &[]).await?;
+            let firing: BTreeSet<(String, String)> = data["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["state"] == "firing")
+                .map(|a| {
+                    (
+                        a["labels"]["alertname"].as_str().unwrap_or("?").to_string(),
+                        a["labels"]["backup"].as_str().unwrap_or("?").to_string(),
+                    )
+                })
+                .collect();
+            let want: BTreeSet<(String, String)> = BACKUP_RULES
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            if firing == want {
+                Ok(())
+            } else {
+                Err(format!("firing {firing:?}, want {want:?}"))
+            }
+        },
+    )
+    .await;
+    drop(prom);
+    drop(daemon);
+}
