@@ -135,12 +135,16 @@ async fn the_page_shows_what_failed_and_what_was_done_and_pauses_through_its_for
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), TOKEN).expect("write the token");
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
-    let toml = fast_target(
-        "main",
-        &url,
-        "idle_session = { max = \"1s\", for = \"0s\" }",
-    ) + &format!(
-        r#"
+    // Query texts as they are (server.api_query_text): the page must show
+    // hostile text as text, not redacted away.
+    let toml = "[server]\napi_query_text = true\n".to_string()
+        + &fast_target(
+            "main",
+            &url,
+            "idle_session = { max = \"1s\", for = \"0s\" }",
+        )
+        + &format!(
+            r#"
 [remediation]
 mode = "dry-run"
 instance = "page-test"
@@ -159,8 +163,8 @@ state = ["idle"]
 idle_for = "1s"
 match_users = ["app"]
 "#,
-        d = dir.path().display()
-    );
+            d = dir.path().display()
+        );
     let daemon = DaemonProcess::spawn("page", dir.path(), &toml).await;
     // The failing check and the dry-run decision are in the published state.
     wait_until(
