@@ -266,15 +266,7 @@ fn render(view: &StatusView, decisions: &[AuditRecord], runbook: &str) -> Markup
                         p .mute {
                             (b.url) "; last looked " (ago(b.last_observation_at)) "; every " (fmt_secs(b.interval_seconds)) "."
                         }
-                        @let (passing, attention): (Vec<&CheckResult>, Vec<&CheckResult>) =
-                            worst_first(&b.checks).into_iter().partition(|c| c.status == CheckStatus::Pass);
-                        @if !attention.is_empty() { (check_table("backups", &attention, runbook)) }
-                        @if !passing.is_empty() {
-                            details open[attention.is_empty()] {
-                                summary { (plural(passing.len(), "check")) " pass" }
-                                (check_table("backups", &passing, runbook))
-                            }
-                        }
+                        (checks_section("backups", &b.checks, runbook))
                     }
                 }
             }
@@ -408,17 +400,7 @@ fn target(t: &TargetStatus, runbook: &str) -> Markup {
                 p { "Connections: " (s.connections_used) " used of " (s.connections_usable) " usable; "
                     (s.lock_waiters) " waiting on locks." }
             }
-            @let (passing, attention): (Vec<&CheckResult>, Vec<&CheckResult>) =
-                worst_first(&t.checks).into_iter().partition(|c| c.status == CheckStatus::Pass);
-            @if !attention.is_empty() {
-                (check_table(t.kind, &attention, runbook))
-            }
-            @if !passing.is_empty() {
-                details open[attention.is_empty()] {
-                    summary { (plural(passing.len(), "check")) " pass" }
-                    (check_table(t.kind, &passing, runbook))
-                }
-            }
+            (checks_section(t.kind, &t.checks, runbook))
             (probe_table(&t.probes))
         }
     }
@@ -451,6 +433,23 @@ fn probe_table(probes: &[crate::evaluate::probes::ProbeStatus]) -> Markup {
                     }
                 }
             } }
+        }
+    }
+}
+
+/// The checks that need attention, worst first, then the passing ones
+/// folded (open when nothing needs attention).
+fn checks_section(kind: &str, checks: &[CheckResult], runbook: &str) -> Markup {
+    let (passing, attention): (Vec<&CheckResult>, Vec<&CheckResult>) = worst_first(checks)
+        .into_iter()
+        .partition(|c| c.status == CheckStatus::Pass);
+    html! {
+        @if !attention.is_empty() { (check_table(kind, &attention, runbook)) }
+        @if !passing.is_empty() {
+            details open[attention.is_empty()] {
+                summary { (plural(passing.len(), "check")) " pass" }
+                (check_table(kind, &passing, runbook))
+            }
         }
     }
 }
