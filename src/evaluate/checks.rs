@@ -45,6 +45,9 @@ pub fn measure(check: CheckId, s: &PgSnapshot, t: &Thresholds) -> Measurement {
         CheckId::ReplicationLag => replication_lag(s, t.replication_lag.value),
         CheckId::ReplicationStreaming => replication_streaming(s, t.replication_streaming.value),
         CheckId::ReplicationSlots => replication_slots(s, t.replication_slot_retained_wal.value),
+        CheckId::ReplicationSlotAtRisk => {
+            replication_slot_at_risk(s, t.replication_slot_at_risk.value)
+        }
         CheckId::LongRunningQuery => {
             sessions::measure(&sessions::LONG_RUNNING, s, &t.long_running_query).measurement
         }
@@ -270,6 +273,52 @@ fn replication_slots(s: &PgSnapshot, max_bytes: f64) -> Measurement {
                 detail,
             }
         }
+    }
+}
+
+/// Slots whose WAL is `unreserved` or `lost`, or whose `safe_wal_size`
+/// is below `min_bytes`: the value is how many.
+fn replication_slot_at_risk(s: &PgSnapshot, min_bytes: f64) -> Measurement {
+    let mut at_risk = Vec::new();
+    for slot in &s.slots {
+        let safe = slot.safe_wal_bytes.map(|b| b as f64);
+        if slot.wal_lost_or_unreserved() {
+            at_risk.push(format!(
+                "slot {:?} is {}",
+                slot.name,
+                slot.wal_status.as_deref().unwrap_or_default()
+            ));
+        } else if let Some(b) = safe.filter(|b| *b < min_bytes) {
+            at_risk.push(format!(
+                "slot {:?} can lose its WAL after {} more bytes (min_safe_wal_bytes {min_bytes})",
+                slot.name, b
+            ));
+        }
+    }
+    let detail = if s.slots.is_empty() {
+        "no replication slots".to_string()
+    } else if !at_risk.is_empty() {
+        at_risk.join("; ")
+    } else {
+        match s
+            .slots
+            .iter()
+            .filter_map(|x| x.safe_wal_bytes.map(|b| (b, x)))
+            .min_by_key(|(b, _)| *b)
+        {
+            Some((b, slot)) => format!(
+                "every slot's WAL is reserved; the least safe, {:?}, can take {b} more bytes",
+                slot.name
+            ),
+            None => {
+                "every slot's WAL is reserved (max_slot_wal_keep_size is -1: no limit)".to_string()
+            }
+        }
+    };
+    Measurement {
+        value: at_risk.len() as f64,
+        violated: !at_risk.is_empty(),
+        detail,
     }
 }
 

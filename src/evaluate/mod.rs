@@ -53,6 +53,10 @@ pub enum CheckId {
     ReplicationStreaming,
     /// Replication slots that retain WAL fill the disk.
     ReplicationSlots,
+    /// A replication slot whose WAL is `unreserved` or `lost` (past
+    /// `max_slot_wal_keep_size`), or whose `safe_wal_size` is below a limit:
+    /// its consumer is about to lose, or has lost, the WAL it needs.
+    ReplicationSlotAtRisk,
     /// Prevention: "Long-running queries"; mitigation kills those over 5 minutes.
     LongRunningQuery,
     /// Mitigation: idle connections over 10 minutes.
@@ -92,13 +96,14 @@ pub enum CheckId {
 }
 
 impl CheckId {
-    pub const ALL: [CheckId; 13] = [
+    pub const ALL: [CheckId; 14] = [
         CheckId::Connection,
         CheckId::DiskFree,
         CheckId::ConnectionsUsed,
         CheckId::ReplicationLag,
         CheckId::ReplicationStreaming,
         CheckId::ReplicationSlots,
+        CheckId::ReplicationSlotAtRisk,
         CheckId::LongRunningQuery,
         CheckId::IdleSession,
         CheckId::IdleInTransaction,
@@ -127,6 +132,7 @@ impl CheckId {
             CheckId::ReplicationLag => "replication_lag",
             CheckId::ReplicationStreaming => "replication_streaming",
             CheckId::ReplicationSlots => "replication_slots",
+            CheckId::ReplicationSlotAtRisk => "replication_slot_at_risk",
             CheckId::LongRunningQuery => "long_running_query",
             CheckId::IdleSession => "idle_session",
             CheckId::IdleInTransaction => "idle_in_transaction",
@@ -162,6 +168,9 @@ impl CheckId {
                 "standbys streaming (primary) or WAL receiver streaming (standby)"
             }
             CheckId::ReplicationSlots => "WAL bytes retained by the worst replication slot",
+            CheckId::ReplicationSlotAtRisk => {
+                "replication slots whose WAL is unreserved or lost, or whose safe_wal_size is below the threshold (min_safe_wal_bytes)"
+            }
             CheckId::LongRunningQuery => "seconds the longest active query has run",
             CheckId::IdleSession => "seconds the longest idle session has been idle",
             CheckId::IdleInTransaction => {
@@ -199,6 +208,9 @@ impl CheckId {
             CheckId::ReplicationLag => t.replication_lag,
             CheckId::ReplicationStreaming => t.replication_streaming,
             CheckId::ReplicationSlots => t.replication_slot_retained_wal,
+            // The value is a count of slots: min_safe_wal_bytes is what
+            // makes a slot count (a slot at risk fails the check).
+            CheckId::ReplicationSlotAtRisk => t.replication_slot_at_risk,
             CheckId::LongRunningQuery => t.long_running_query.limit(),
             CheckId::IdleSession => t.idle_session.limit(),
             CheckId::IdleInTransaction => t.idle_in_transaction.limit(),
@@ -455,6 +467,7 @@ pub fn evaluate_once(snapshot: &PgSnapshot, thresholds: &Thresholds) -> Vec<Chec
         &mut t.replication_lag,
         &mut t.replication_streaming,
         &mut t.replication_slot_retained_wal,
+        &mut t.replication_slot_at_risk,
         &mut t.wraparound,
         &mut t.checksum_failures,
         &mut t.wal_archiving,

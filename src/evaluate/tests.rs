@@ -57,6 +57,7 @@ fn primary(max_connections: i32, reserved: i32) -> Pg {
             archiver: Archiver::default(),
             invalid_indexes: 0,
             disks: Vec::new(),
+            statistics: None,
         },
         next_pid: 1000,
     }
@@ -175,7 +176,17 @@ impl Pg {
             slot_type: "physical".into(),
             active,
             retained_bytes,
+            wal_status: Some("reserved".into()),
+            safe_wal_bytes: None,
         });
+        self
+    }
+
+    /// The last slot's `wal_status` and `safe_wal_size`.
+    fn slot_wal(mut self, wal_status: &str, safe_wal_bytes: Option<i64>) -> Self {
+        let slot = self.snap.slots.last_mut().expect("a slot first");
+        slot.wal_status = Some(wal_status.into());
+        slot.safe_wal_bytes = safe_wal_bytes;
         self
     }
 
@@ -256,6 +267,7 @@ fn edit_limits(t: &mut Thresholds, mut f: impl FnMut(usize, &mut Limit)) {
         &mut t.replication_lag,
         &mut t.replication_streaming,
         &mut t.replication_slot_retained_wal,
+        &mut t.replication_slot_at_risk,
         &mut t.wraparound,
         &mut t.checksum_failures,
         &mut t.wal_archiving,
@@ -663,6 +675,57 @@ fn replication_slots_inactive_slot_fails() {
     assert_violated(&m);
     assert_eq!(m.value, 100.0);
     assert_mentions(&m, "inactive: forgotten");
+}
+
+// ---------------------------------------------------------------------------
+// replication_slot_at_risk
+// ---------------------------------------------------------------------------
+
+#[test]
+fn replication_slot_at_risk_counts_unreserved_and_lost_slots() {
+    let none = measure_default(CheckId::ReplicationSlotAtRisk, &primary(100, 3).build());
+    assert_pass(&none);
+    assert_mentions(&none, "no replication slots");
+
+    let unlimited = primary(100, 3).slot("s1", true, Some(GIB)).build();
+    let m = measure_default(CheckId::ReplicationSlotAtRisk, &unlimited);
+    assert_pass(&m);
+    assert_eq!(m.value, 0.0);
+    assert_mentions(&m, "max_slot_wal_keep_size is -1");
+
+    let s = primary(100, 3)
+        .slot("ok", true, Some(10.0))
+        .slot_wal("extended", Some(1))
+        .slot("late", false, Some(GIB))
+        .slot_wal("unreserved", Some(-5))
+        .slot("gone", false, None)
+        .slot_wal("lost", None)
+        .build();
+    let m = measure_default(CheckId::ReplicationSlotAtRisk, &s);
+    assert_violated(&m);
+    assert_eq!(m.value, 2.0);
+    assert_mentions(&m, "slot \"late\" is unreserved");
+    assert_mentions(&m, "slot \"gone\" is lost");
+}
+
+#[test]
+fn replication_slot_at_risk_min_safe_wal_bytes_boundary() {
+    let s = primary(100, 3)
+        .slot("s1", true, Some(10.0))
+        .slot_wal("reserved", Some(1000))
+        .build();
+    let mut t = Thresholds::default();
+    // The default has no byte limit.
+    assert_pass(&measure(CheckId::ReplicationSlotAtRisk, &s, &t));
+    t.replication_slot_at_risk.value = 1000.0;
+    let at = measure(CheckId::ReplicationSlotAtRisk, &s, &t);
+    assert_pass(&at);
+    assert_mentions(&at, "can take 1000 more bytes");
+    t.replication_slot_at_risk.value = 1001.0;
+    let below = measure(CheckId::ReplicationSlotAtRisk, &s, &t);
+    assert_violated(&below);
+    assert_eq!(below.value, 1.0);
+    assert_mentions(&below, "slot \"s1\" can lose its WAL after 1000 more bytes");
 }
 
 // ---------------------------------------------------------------------------
@@ -1321,14 +1384,24 @@ fn arb_standby() -> impl Strategy<Value = Standby> {
 }
 
 fn arb_slot() -> impl Strategy<Value = ReplicationSlot> {
-    (prop::bool::weighted(0.8), prop::option::of(0.0..2.0 * GIB)).prop_map(
-        |(active, retained_bytes)| ReplicationSlot {
-            name: String::new(),
-            slot_type: "physical".into(),
-            active,
-            retained_bytes,
-        },
+    (
+        prop::bool::weighted(0.8),
+        prop::option::of(0.0..2.0 * GIB),
+        prop::option::of(prop::sample::select(
+            &["reserved", "extended", "unreserved", "lost"][..],
+        )),
+        prop::option::of(-(GIB as i64)..(2 * GIB as i64)),
     )
+        .prop_map(
+            |(active, retained_bytes, wal_status, safe_wal_bytes)| ReplicationSlot {
+                name: String::new(),
+                slot_type: "physical".into(),
+                active,
+                retained_bytes,
+                wal_status: wal_status.map(str::to_string),
+                safe_wal_bytes,
+            },
+        )
 }
 
 fn arb_recovery() -> impl Strategy<Value = RecoveryStatus> {
@@ -1498,7 +1571,10 @@ fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
             limit(arb_max_secs()),
         ),
         limit((0u32..3).prop_map(f64::from)),
-        limit(prop_oneof![Just(GIB), 0.0..2.0 * GIB]),
+        (
+            limit(prop_oneof![Just(GIB), 0.0..2.0 * GIB]),
+            limit(prop_oneof![Just(0.0), 0.0..GIB]),
+        ),
         (limit(Just(0.0)), limit(Just(0.0)), limit(Just(0.0))),
     )
         .prop_map(
@@ -1506,7 +1582,7 @@ fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
                 (disk_free, connections_used, wraparound),
                 (replication_lag, long_running_query, idle_session, idle_in_transaction),
                 replication_streaming,
-                replication_slot_retained_wal,
+                (replication_slot_retained_wal, replication_slot_at_risk),
                 (checksum_failures, wal_archiving, invalid_indexes),
             )| Thresholds {
                 disk_free,
@@ -1514,6 +1590,7 @@ fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
                 replication_lag,
                 replication_streaming,
                 replication_slot_retained_wal,
+                replication_slot_at_risk,
                 long_running_query: unscoped(long_running_query),
                 idle_session: unscoped(idle_session),
                 idle_in_transaction: unscoped(idle_in_transaction),
@@ -1744,7 +1821,7 @@ fn every_threshold_limit_is_reachable() {
         .filter(|&&c| c != CheckId::Connection)
         .map(|&c| (c.limit(&t).value as u64, c))
         .collect();
-    assert_eq!(seen.len(), 12, "each check reads its own limit");
+    assert_eq!(seen.len(), 13, "each check reads its own limit");
 }
 
 /// A value just over its threshold never prints the same as the threshold.

@@ -45,6 +45,10 @@ pub struct Thresholds {
     /// Fails when a replication slot retains more WAL bytes than this, or is inactive.
     #[serde(with = "max_bytes")]
     pub replication_slot_retained_wal: Limit,
+    /// Fails when a replication slot's `wal_status` is `unreserved` or
+    /// `lost`, or its `safe_wal_size` is below `min_safe_wal_bytes`.
+    #[serde(default = "default_slot_at_risk", with = "min_safe_wal_bytes")]
+    pub replication_slot_at_risk: Limit,
     /// Fails when an active query has run longer than this many seconds.
     pub long_running_query: SessionCheck,
     /// Fails when a session has been idle longer than this many seconds.
@@ -81,6 +85,7 @@ impl Default for Thresholds {
             replication_lag: limit(5.0, 60),
             replication_streaming: limit(0.0, 60),
             replication_slot_retained_wal: limit(1024.0 * 1024.0 * 1024.0, 300),
+            replication_slot_at_risk: default_slot_at_risk(),
             long_running_query: SessionCheck::new(Duration::from_secs(300), Duration::ZERO),
             idle_session: SessionCheck::new(Duration::from_secs(600), Duration::ZERO),
             idle_in_transaction: SessionCheck::new(Duration::from_secs(300), Duration::ZERO),
@@ -90,6 +95,13 @@ impl Default for Thresholds {
             invalid_indexes: limit(0.0, 0),
         }
     }
+}
+
+/// No byte limit (a slot counts once its WAL is `unreserved` or `lost`: a
+/// useful `min_safe_wal_bytes` depends on the server's
+/// `max_slot_wal_keep_size`), and no hold: a lost slot does not come back.
+fn default_slot_at_risk() -> Limit {
+    limit(0.0, 0)
 }
 
 impl Thresholds {
@@ -369,6 +381,8 @@ limit_table!(max_ratio, max_ratio: f64, "`{max_ratio, for}`: a ratio from 0 to 1
 limit_table!(max_duration, max: Duration, "`{max, for}`: a duration, in seconds here.",
     to_value: |d| d.as_secs_f64(), from_value: secs, with = "duration");
 limit_table!(max_bytes, max_bytes: u64, "`{max_bytes, for}`: bytes.",
+    to_value: |v| v as f64, from_value: |v| v as u64);
+limit_table!(min_safe_wal_bytes, min_safe_wal_bytes: u64, "`{min_safe_wal_bytes, for}`: bytes.",
     to_value: |v| v as f64, from_value: |v| v as u64);
 limit_table!(min_standbys, min_standbys: u32, "`{min_standbys, for}`: a count of standbys.",
     to_value: f64::from, from_value: |v| v as u32);

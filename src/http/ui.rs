@@ -45,6 +45,11 @@ pub const CHECK_ALERTS: &[(&str, &str, &str)] = &[
         "replication_slots",
         "DbWardenReplicationSlotRetainingWal",
     ),
+    (
+        "postgres",
+        "replication_slot_at_risk",
+        "DbWardenReplicationSlotAtRisk",
+    ),
     ("postgres", "long_running_query", "DbWardenLongRunningQuery"),
     ("postgres", "idle_session", "DbWardenIdleSessions"),
     (

@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod probes;
 pub mod settings;
 pub mod snapshot;
+pub mod statistics;
 pub mod tls;
 
 use std::time::{Duration, Instant};
@@ -133,6 +134,10 @@ pub struct PostgresObserver {
     conn: Option<PgConnection>,
     connecting: Option<JoinHandle<Result<PgConnection, sqlx::Error>>>,
     sizes: Option<(Instant, postgres::DatabaseSizes)>,
+    /// The latest statistics read, and when.
+    statistics: Option<(Instant, Statistics)>,
+    /// The statistics errors last logged, so each is logged once.
+    statistics_errors: Vec<(StatisticsSource, StatisticsErrorReason)>,
     /// Sessions the last successful poll saw, to size the next poll's list.
     last_sessions: usize,
     /// When each probe last started.
@@ -146,6 +151,8 @@ impl PostgresObserver {
             conn: None,
             connecting: None,
             sizes: None,
+            statistics: None,
+            statistics_errors: Vec::new(),
             last_sessions: 0,
             probes_started: Default::default(),
         }
@@ -238,9 +245,22 @@ impl PostgresObserver {
             .sizes
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() >= self.target.settings.database_sizes_interval());
+        let stats = &self.target.statistics;
+        let statistics_due = (stats.enabled()
+            && self.statistics.as_ref().is_none_or(|(at, _)| {
+                // Half a poll of slack: due on the poll after the interval.
+                let poll = self.target.settings.poll_interval();
+                at.elapsed() + poll / 2 >= stats.interval(poll)
+            }))
+        .then(|| statistics::Plan {
+            statements_top: stats.statements_top(),
+        });
+        if !stats.enabled() {
+            self.statistics = None;
+        }
         let sessions_hint = self.last_sessions;
         let conn = self.connection().await?;
-        let result = postgres::read_snapshot(conn, sizes_due, sessions_hint).await;
+        let result = postgres::read_snapshot(conn, sizes_due, sessions_hint, statistics_due).await;
         if matches!(&result, Err(e) if matches!(e.kind, PollErrorKind::Io | PollErrorKind::Connect))
         {
             // The connection broke: drop it; the next poll opens a new one.
@@ -256,6 +276,14 @@ impl PostgresObserver {
                 db.size_bytes = sizes.iter().find(|(n, _)| *n == db.name).map(|(_, s)| *s);
             }
         }
+        match snapshot.statistics.take() {
+            Some(fresh) => {
+                self.log_statistics_errors(&fresh.errors);
+                snapshot.statistics = Some(fresh.clone());
+                self.statistics = Some((Instant::now(), fresh));
+            }
+            None => snapshot.statistics = self.statistics.as_ref().map(|(_, s)| s.clone()),
+        }
         let paths = self.target.paths.clone();
         if !paths.is_empty() {
             // statvfs can block (a hung network mount): keep it off the runtime threads.
@@ -266,6 +294,29 @@ impl PostgresObserver {
                 })?;
         }
         Ok(snapshot)
+    }
+
+    /// Logs a statistics source's error when it first appears (and when it
+    /// clears), not at every read.
+    fn log_statistics_errors(&mut self, errors: &[StatisticsError]) {
+        let now: Vec<(StatisticsSource, StatisticsErrorReason)> =
+            errors.iter().map(|e| (e.source, e.reason)).collect();
+        for e in errors {
+            if !self.statistics_errors.contains(&(e.source, e.reason)) {
+                tracing::warn!(
+                    source = e.source.as_str(),
+                    reason = e.reason.as_str(),
+                    "statistics not read: {}",
+                    e.message
+                );
+            }
+        }
+        for (source, _) in &self.statistics_errors {
+            if !now.iter().any(|(s, _)| s == source) {
+                tracing::info!(source = source.as_str(), "statistics read again");
+            }
+        }
+        self.statistics_errors = now;
     }
 
     /// Runs the probes that are due, one after the other, on the polling

@@ -61,14 +61,17 @@ const SERVER_SQL: &str = concat!(
             CASE WHEN pg_is_in_recovery()
                  THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END,
             sl.names, sl.types, sl.active, sl.retained,
-            pg_backend_pid()
+            pg_backend_pid(),
+            sl.wal_status, sl.safe_wal
      FROM pg_stat_archiver ar,
           (SELECT coalesce(array_agg(slot_name::text ORDER BY slot_name), '{}') AS names,
                   coalesce(array_agg(slot_type ORDER BY slot_name), '{}') AS types,
                   coalesce(array_agg(active ORDER BY slot_name), '{}') AS active,
                   coalesce(array_agg(pg_wal_lsn_diff(",
     current_lsn!(),
-    ", restart_lsn)::float8 ORDER BY slot_name), '{}') AS retained
+    ", restart_lsn)::float8 ORDER BY slot_name), '{}') AS retained,
+                  coalesce(array_agg(wal_status ORDER BY slot_name), '{}') AS wal_status,
+                  coalesce(array_agg(safe_wal_size ORDER BY slot_name), '{}') AS safe_wal
            FROM pg_replication_slots) sl"
 );
 
@@ -159,11 +162,14 @@ const SIZES_SQL: &str = "SELECT datname::text, pg_database_size(oid)
 /// sessions show walsenders or lock waiters). `with_sizes` also reads
 /// database sizes, which can be slow on clusters with many databases.
 /// `sessions_hint` (the number of sessions the previous poll saw) sizes the
-/// session list up front.
+/// session list up front. `statistics` also reads the performance
+/// statistics (three or four more round trips, last, so that a refusal
+/// there cannot spoil the rest), into [`PgSnapshot::statistics`].
 pub async fn read_snapshot(
     conn: &mut PgConnection,
     with_sizes: bool,
     sessions_hint: usize,
+    statistics: Option<super::statistics::Plan>,
 ) -> Result<(PgSnapshot, Option<DatabaseSizes>), PollError> {
     let mut tx = conn
         .begin_with("BEGIN READ ONLY")
@@ -219,17 +225,24 @@ pub async fn read_snapshot(
     let types: Vec<String> = col(&r, 21, "slot_type")?;
     let active: Vec<bool> = col(&r, 22, "active")?;
     let retained: Vec<Option<f64>> = col(&r, 23, "retained bytes")?;
+    let wal_status: Vec<Option<String>> = col(&r, 25, "wal_status")?;
+    let safe_wal: Vec<Option<i64>> = col(&r, 26, "safe_wal_size")?;
     let slots = names
         .into_iter()
         .zip(types)
         .zip(active)
         .zip(retained)
+        .zip(wal_status.into_iter().zip(safe_wal))
         .map(
-            |(((name, slot_type), active), retained_bytes)| ReplicationSlot {
-                name,
-                slot_type,
-                active,
-                retained_bytes,
+            |((((name, slot_type), active), retained_bytes), (wal_status, safe_wal_bytes))| {
+                ReplicationSlot {
+                    name,
+                    slot_type,
+                    active,
+                    retained_bytes,
+                    wal_status,
+                    safe_wal_bytes,
+                }
             },
         )
         .collect();
@@ -309,6 +322,19 @@ pub async fn read_snapshot(
         None
     };
 
+    let statistics = match statistics {
+        Some(plan) => Some(
+            super::statistics::read(
+                &mut tx,
+                server.version_num,
+                server_now_us,
+                plan.statements_top,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
     tx.rollback().await.map_err(PollError::from_sqlx)?;
 
     Ok((
@@ -323,6 +349,7 @@ pub async fn read_snapshot(
             archiver,
             invalid_indexes,
             disks: Vec::new(),
+            statistics,
         },
         sizes,
     ))

@@ -323,6 +323,9 @@ pub struct PostgresTarget {
     pub probes: BTreeMap<String, super::probes::ProbeSettings>,
     /// postgres_exporter's `queries.yaml`, read at load time as more probes.
     pub queries_file: Option<PathBuf>,
+    /// The built-in performance statistics: `[postgres.<name>.statistics]`.
+    #[serde(default)]
+    pub statistics: super::statistics::StatisticsSettings,
     /// The probes that run: `probes` and those of `queries_file`.
     #[serde(skip)]
     pub active_probes: BTreeMap<String, super::probes::ProbeSettings>,
@@ -450,6 +453,7 @@ impl PostgresTarget {
         let key = |k: &str| join(path, k);
         validate_target_name(&self.name, path, issues);
         self.settings.validate(path, ctx, issues);
+        self.statistics.validate(&key("statistics"), ctx, issues);
 
         let url = self.url.as_ref().map(|u| u.expose().to_string());
         let written_password = url

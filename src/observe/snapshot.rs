@@ -25,6 +25,10 @@ pub struct PgSnapshot {
     /// Invalid indexes in the connected database (`pg_index.indisvalid = false`).
     pub invalid_indexes: i64,
     pub disks: Vec<DiskUsage>,
+    /// The latest performance statistics (read on their own cadence, see
+    /// `[postgres.<name>.statistics]`); `None` when turned off or not read yet.
+    #[serde(default)]
+    pub statistics: Option<Statistics>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,7 +186,26 @@ pub struct ReplicationSlot {
     pub active: bool,
     /// WAL bytes the slot keeps from being removed.
     pub retained_bytes: Option<f64>,
+    /// `wal_status` (13+): `reserved`, `extended`, `unreserved` or `lost`;
+    /// `None` when the slot never reserved WAL.
+    #[serde(default)]
+    pub wal_status: Option<String>,
+    /// `safe_wal_size` (13+): WAL bytes that can still be written before the
+    /// slot is lost (negative when unreserved); `None` for a lost slot or
+    /// when `max_slot_wal_keep_size` is -1 (no limit).
+    #[serde(default)]
+    pub safe_wal_bytes: Option<i64>,
 }
+
+impl ReplicationSlot {
+    /// The slot's WAL is no longer (or may soon not be) kept: `unreserved` or `lost`.
+    pub fn wal_lost_or_unreserved(&self) -> bool {
+        matches!(self.wal_status.as_deref(), Some("unreserved" | "lost"))
+    }
+}
+
+/// The values of `wal_status`, each exported (0 or 1) per slot.
+pub const SLOT_WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
 /// The standby side of replication.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +247,169 @@ pub struct Archiver {
     pub last_archived_age_seconds: Option<f64>,
     /// The last attempt failed: `last_failed_time` is newer than `last_archived_time`.
     pub failing: bool,
+}
+
+/// The built-in performance statistics of one read: cumulative counters as
+/// the server reports them (since its last stats reset); rates are the
+/// metrics' consumers' business.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Statistics {
+    /// The server's clock when they were read, microseconds since the epoch.
+    pub read_at_us: i64,
+    /// `pg_stat_database`, one per database (the shared-objects row left out).
+    pub databases: Vec<DatabaseActivity>,
+    /// `pg_stat_wal` (14+).
+    pub wal: Option<WalStats>,
+    /// `pg_stat_checkpointer` (17+) or the checkpoint columns of `pg_stat_bgwriter`.
+    pub checkpoints: Option<CheckpointStats>,
+    /// `pg_stat_bgwriter`'s own columns.
+    pub bgwriter: Option<BgwriterStats>,
+    /// `pg_stat_statements`' top statements by total execution time, summed
+    /// per `queryid` over users and databases; `None` when not asked for or
+    /// not readable (then `errors` says why).
+    pub statements: Option<Vec<StatementStats>>,
+    /// The sources that could not be read, and why: the rest was read.
+    pub errors: Vec<StatisticsError>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseActivity {
+    pub name: String,
+    pub xact_commit: i64,
+    pub xact_rollback: i64,
+    pub blks_read: i64,
+    pub blks_hit: i64,
+    pub temp_files: i64,
+    pub temp_bytes: i64,
+    pub conflicts: i64,
+    /// The session columns (14+).
+    pub sessions: Option<SessionTotals>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionTotals {
+    pub sessions: i64,
+    pub session_time_ms: f64,
+    pub active_time_ms: f64,
+    pub idle_in_transaction_time_ms: f64,
+    pub abandoned: i64,
+    pub fatal: i64,
+    pub killed: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WalStats {
+    pub records: i64,
+    /// Full-page images.
+    pub fpi: i64,
+    pub bytes: f64,
+    /// Times WAL was written because the WAL buffers were full.
+    pub buffers_full: i64,
+    /// `wal_write` and `wal_sync` (14 to 17; 18 moved them to `pg_stat_io`).
+    pub writes: Option<i64>,
+    pub syncs: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointStats {
+    /// Scheduled by `checkpoint_timeout`.
+    pub timed: i64,
+    /// Requested (WAL volume, `CHECKPOINT`, shutdown, ...).
+    pub requested: i64,
+    pub write_time_ms: f64,
+    pub sync_time_ms: f64,
+    pub buffers_written: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BgwriterStats {
+    pub buffers_clean: i64,
+    pub maxwritten_clean: i64,
+    pub buffers_alloc: i64,
+}
+
+/// One statement of `pg_stat_statements`: its `queryid` and totals, never its text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatementStats {
+    pub queryid: i64,
+    pub calls: i64,
+    pub total_time_ms: f64,
+    pub rows: i64,
+    pub shared_blks_hit: i64,
+    pub shared_blks_read: i64,
+}
+
+/// A statistics source that could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatisticsError {
+    pub source: StatisticsSource,
+    pub reason: StatisticsErrorReason,
+    pub message: String,
+}
+
+/// Where statistics come from, as a closed set usable as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatisticsSource {
+    Database,
+    Wal,
+    Checkpointer,
+    Bgwriter,
+    Statements,
+}
+
+impl StatisticsSource {
+    pub const ALL: [StatisticsSource; 5] = [
+        StatisticsSource::Database,
+        StatisticsSource::Wal,
+        StatisticsSource::Checkpointer,
+        StatisticsSource::Bgwriter,
+        StatisticsSource::Statements,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatisticsSource::Database => "database",
+            StatisticsSource::Wal => "wal",
+            StatisticsSource::Checkpointer => "checkpointer",
+            StatisticsSource::Bgwriter => "bgwriter",
+            StatisticsSource::Statements => "statements",
+        }
+    }
+}
+
+/// Why a statistics source could not be read, as a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatisticsErrorReason {
+    /// The view this server version should have is not there.
+    Missing,
+    /// dbwarden's role may not read it.
+    Permission,
+    /// `pg_stat_statements` is not installed (`CREATE EXTENSION`) in the connected database.
+    NotInstalled,
+    /// `pg_stat_statements` is installed but not in `shared_preload_libraries`.
+    NotLoaded,
+    /// The statement hit `statement_timeout`.
+    Timeout,
+    /// An earlier statistics statement failed in the same transaction.
+    Skipped,
+    /// Any other refusal or unexpected answer.
+    Query,
+}
+
+impl StatisticsErrorReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatisticsErrorReason::Missing => "missing",
+            StatisticsErrorReason::Permission => "permission",
+            StatisticsErrorReason::NotInstalled => "not_installed",
+            StatisticsErrorReason::NotLoaded => "not_loaded",
+            StatisticsErrorReason::Timeout => "timeout",
+            StatisticsErrorReason::Skipped => "skipped",
+            StatisticsErrorReason::Query => "query",
+        }
+    }
 }
 
 /// statvfs of one watched path.

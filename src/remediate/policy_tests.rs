@@ -212,6 +212,7 @@ fn snapshot_of(sessions: Vec<Session>) -> PgSnapshot {
         archiver: Archiver::default(),
         invalid_indexes: 0,
         disks: Vec::new(),
+        statistics: None,
     }
 }
 
