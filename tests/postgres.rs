@@ -228,7 +228,7 @@ statement_timeout = "3s"
     assert!(main["error"].is_null(), "{main:#}");
     assert_eq!(
         main["checks"].as_array().map(Vec::len),
-        Some(13),
+        Some(14),
         "{main:#}"
     );
     for (name, want) in [
@@ -863,10 +863,10 @@ statement_timeout = "1s"
         "{main:#}"
     );
     let checks = main["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 13, "{main:#}");
+    assert_eq!(checks.len(), 14, "{main:#}");
     let names: std::collections::BTreeSet<&str> =
         checks.iter().filter_map(|c| c["check"].as_str()).collect();
-    assert_eq!(names.len(), 13, "duplicate checks: {main:#}");
+    assert_eq!(names.len(), 14, "duplicate checks: {main:#}");
     for c in checks {
         assert_eq!(
             c["status"], "pass",

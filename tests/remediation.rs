@@ -1685,7 +1685,7 @@ match_applications = ["su-victim"]"#,
         .unwrap_or_else(|| panic!("no target {TARGET} in {status:#}"));
     assert_eq!(main["up"], true, "{main:#}");
     let checks = main["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 13, "{main:#}");
+    assert_eq!(checks.len(), 14, "{main:#}");
     for c in checks {
         assert_ne!(c["status"], "unknown", "{c:#}");
         let name = c["check"].as_str().expect("check name");

@@ -866,6 +866,40 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_postgres_archive_failed_total",
     "dbwarden_postgres_last_archive_age_seconds",
     "dbwarden_postgres_invalid_indexes",
+    "dbwarden_postgres_replication_slot_wal_status",
+    "dbwarden_postgres_replication_slot_safe_wal_size_bytes",
+    "dbwarden_postgres_statistics_timestamp_seconds",
+    "dbwarden_postgres_statistics_error",
+    "dbwarden_postgres_xact_commit_total",
+    "dbwarden_postgres_xact_rollback_total",
+    "dbwarden_postgres_blocks_read_total",
+    "dbwarden_postgres_blocks_hit_total",
+    "dbwarden_postgres_temp_files_total",
+    "dbwarden_postgres_temp_bytes_total",
+    "dbwarden_postgres_conflicts_total",
+    "dbwarden_postgres_database_sessions_total",
+    "dbwarden_postgres_database_sessions_abnormal_total",
+    "dbwarden_postgres_session_time_seconds_total",
+    "dbwarden_postgres_active_time_seconds_total",
+    "dbwarden_postgres_idle_in_transaction_time_seconds_total",
+    "dbwarden_postgres_wal_records_total",
+    "dbwarden_postgres_wal_fpi_total",
+    "dbwarden_postgres_wal_bytes_total",
+    "dbwarden_postgres_wal_buffers_full_total",
+    "dbwarden_postgres_wal_writes_total",
+    "dbwarden_postgres_wal_syncs_total",
+    "dbwarden_postgres_checkpoints_total",
+    "dbwarden_postgres_checkpoint_write_time_seconds_total",
+    "dbwarden_postgres_checkpoint_sync_time_seconds_total",
+    "dbwarden_postgres_checkpoint_buffers_written_total",
+    "dbwarden_postgres_bgwriter_buffers_clean_total",
+    "dbwarden_postgres_bgwriter_maxwritten_clean_total",
+    "dbwarden_postgres_buffers_allocated_total",
+    "dbwarden_postgres_statement_calls_total",
+    "dbwarden_postgres_statement_time_seconds_total",
+    "dbwarden_postgres_statement_rows_total",
+    "dbwarden_postgres_statement_shared_blocks_hit_total",
+    "dbwarden_postgres_statement_shared_blocks_read_total",
     "dbwarden_neo4j_info",
     "dbwarden_neo4j_ping_seconds",
     "dbwarden_neo4j_transactions",
@@ -2056,6 +2090,284 @@ fn encode_postgres(
         &disk_size,
         &disk_free,
         &disk_ratio,
+    ] {
+        f.encode(encoder)?;
+    }
+    encode_postgres_statistics(&live, encoder)
+}
+
+/// The slots' WAL status and the performance statistics
+/// (`[postgres.<name>.statistics]`): cumulative counters as the server
+/// reports them, exported as counters.
+fn encode_postgres_statistics(
+    live: &[(&TargetStatus, &PgSnapshot)],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    use crate::observe::SLOT_WAL_STATUSES;
+    let counter_unit = |name, help, unit| Fam::new(name, help, Some(unit), MetricType::Counter);
+    let mut slot_status = Fam::gauge(
+        "postgres_replication_slot_wal_status",
+        "1 for the slot's wal_status (reserved, extended, unreserved, lost), 0 for the others",
+    );
+    let mut slot_safe = Fam::gauge_unit(
+        "postgres_replication_slot_safe_wal_size",
+        "WAL bytes that can still be written before the slot is lost (safe_wal_size; absent without max_slot_wal_keep_size)",
+        Unit::Bytes,
+    );
+    let mut read_at = Fam::gauge_unit(
+        "postgres_statistics_timestamp",
+        "Unix time (server clock) of the latest statistics read",
+        Unit::Seconds,
+    );
+    let mut error = Fam::gauge(
+        "postgres_statistics_error",
+        "1 for each statistics source the latest read could not read, with the reason",
+    );
+    let mut commit = Fam::counter(
+        "postgres_xact_commit",
+        "Transactions committed (pg_stat_database)",
+    );
+    let mut rollback = Fam::counter(
+        "postgres_xact_rollback",
+        "Transactions rolled back (pg_stat_database)",
+    );
+    let mut blks_read = Fam::counter(
+        "postgres_blocks_read",
+        "Disk blocks read into shared buffers (pg_stat_database blks_read)",
+    );
+    let mut blks_hit = Fam::counter(
+        "postgres_blocks_hit",
+        "Disk blocks found in shared buffers (pg_stat_database blks_hit)",
+    );
+    let mut temp_files = Fam::counter(
+        "postgres_temp_files",
+        "Temporary files created by queries (pg_stat_database)",
+    );
+    let mut temp_bytes = counter_unit(
+        "postgres_temp",
+        "Data written to temporary files by queries (pg_stat_database temp_bytes)",
+        Unit::Bytes,
+    );
+    let mut conflicts = Fam::counter(
+        "postgres_conflicts",
+        "Queries canceled by recovery conflicts on a standby (pg_stat_database)",
+    );
+    let mut db_sessions = Fam::counter(
+        "postgres_database_sessions",
+        "Sessions established (pg_stat_database, PostgreSQL 14+)",
+    );
+    let mut abnormal = Fam::counter(
+        "postgres_database_sessions_abnormal",
+        "Sessions ended abnormally, by reason: abandoned (client gone), fatal, killed (pg_stat_database, 14+)",
+    );
+    let mut session_time = counter_unit(
+        "postgres_session_time",
+        "Time sessions spent connected (pg_stat_database session_time, 14+)",
+        Unit::Seconds,
+    );
+    let mut active_time = counter_unit(
+        "postgres_active_time",
+        "Time sessions spent executing statements (pg_stat_database active_time, 14+)",
+        Unit::Seconds,
+    );
+    let mut iit_time = counter_unit(
+        "postgres_idle_in_transaction_time",
+        "Time sessions spent idle in a transaction (pg_stat_database, 14+)",
+        Unit::Seconds,
+    );
+    let mut wal_records = Fam::counter(
+        "postgres_wal_records",
+        "WAL records generated (pg_stat_wal, 14+)",
+    );
+    let mut wal_fpi = Fam::counter(
+        "postgres_wal_fpi",
+        "WAL full-page images generated (pg_stat_wal, 14+)",
+    );
+    let mut wal_bytes = counter_unit(
+        "postgres_wal",
+        "WAL generated (pg_stat_wal wal_bytes, 14+)",
+        Unit::Bytes,
+    );
+    let mut wal_full = Fam::counter(
+        "postgres_wal_buffers_full",
+        "Times WAL was written because the WAL buffers were full (pg_stat_wal, 14+)",
+    );
+    let mut wal_writes = Fam::counter(
+        "postgres_wal_writes",
+        "WAL buffer writes to disk (pg_stat_wal wal_write, 14 to 17)",
+    );
+    let mut wal_syncs = Fam::counter(
+        "postgres_wal_syncs",
+        "WAL file syncs to disk (pg_stat_wal wal_sync, 14 to 17)",
+    );
+    let mut checkpoints = Fam::counter(
+        "postgres_checkpoints",
+        "Checkpoints, by kind: timed (checkpoint_timeout) or requested (pg_stat_checkpointer on 17+, pg_stat_bgwriter before)",
+    );
+    let mut ckpt_write = counter_unit(
+        "postgres_checkpoint_write_time",
+        "Time checkpoints spent writing files",
+        Unit::Seconds,
+    );
+    let mut ckpt_sync = counter_unit(
+        "postgres_checkpoint_sync_time",
+        "Time checkpoints spent syncing files",
+        Unit::Seconds,
+    );
+    let mut ckpt_buffers = Fam::counter(
+        "postgres_checkpoint_buffers_written",
+        "Buffers written by checkpoints",
+    );
+    let mut bg_clean = Fam::counter(
+        "postgres_bgwriter_buffers_clean",
+        "Buffers written by the background writer (pg_stat_bgwriter)",
+    );
+    let mut bg_max = Fam::counter(
+        "postgres_bgwriter_maxwritten_clean",
+        "Times the background writer stopped a round for writing too many buffers (pg_stat_bgwriter)",
+    );
+    let mut alloc = Fam::counter(
+        "postgres_buffers_allocated",
+        "Buffers allocated (pg_stat_bgwriter buffers_alloc)",
+    );
+    let mut st_calls = Fam::counter(
+        "postgres_statement_calls",
+        "Calls of a top statement by queryid (pg_stat_statements, opt-in)",
+    );
+    let mut st_time = counter_unit(
+        "postgres_statement_time",
+        "Execution time of a top statement by queryid (pg_stat_statements total_exec_time)",
+        Unit::Seconds,
+    );
+    let mut st_rows = Fam::counter(
+        "postgres_statement_rows",
+        "Rows returned or affected by a top statement by queryid (pg_stat_statements)",
+    );
+    let mut st_hit = Fam::counter(
+        "postgres_statement_shared_blocks_hit",
+        "Shared blocks found in the buffer cache by a top statement (pg_stat_statements)",
+    );
+    let mut st_read = Fam::counter(
+        "postgres_statement_shared_blocks_read",
+        "Shared blocks read from disk by a top statement (pg_stat_statements)",
+    );
+
+    for (s, snap) in live {
+        let n = s.target.as_str();
+        for slot in &snap.slots {
+            if let Some(status) = &slot.wal_status {
+                for known in SLOT_WAL_STATUSES {
+                    let mut l = t2(n, "slot", &slot.name);
+                    l.push(("status", known.to_string()));
+                    slot_status.push(l, if status == known { 1.0 } else { 0.0 });
+                }
+            }
+            if let Some(b) = slot.safe_wal_bytes {
+                slot_safe.push(t2(n, "slot", &slot.name), b as f64);
+            }
+        }
+        let Some(st) = &snap.statistics else {
+            continue;
+        };
+        read_at.push(t(n), st.read_at_us as f64 / 1e6);
+        for e in &st.errors {
+            let mut l = t2(n, "source", e.source.as_str());
+            l.push(("reason", e.reason.as_str().to_string()));
+            error.push(l, 1.0);
+        }
+        for db in &st.databases {
+            let l = || t2(n, "database", &db.name);
+            commit.push(l(), db.xact_commit as f64);
+            rollback.push(l(), db.xact_rollback as f64);
+            blks_read.push(l(), db.blks_read as f64);
+            blks_hit.push(l(), db.blks_hit as f64);
+            temp_files.push(l(), db.temp_files as f64);
+            temp_bytes.push(l(), db.temp_bytes as f64);
+            conflicts.push(l(), db.conflicts as f64);
+            if let Some(x) = &db.sessions {
+                db_sessions.push(l(), x.sessions as f64);
+                for (reason, v) in [
+                    ("abandoned", x.abandoned),
+                    ("fatal", x.fatal),
+                    ("killed", x.killed),
+                ] {
+                    let mut l = l();
+                    l.push(("reason", reason.to_string()));
+                    abnormal.push(l, v as f64);
+                }
+                session_time.push(l(), x.session_time_ms / 1e3);
+                active_time.push(l(), x.active_time_ms / 1e3);
+                iit_time.push(l(), x.idle_in_transaction_time_ms / 1e3);
+            }
+        }
+        if let Some(w) = &st.wal {
+            wal_records.push(t(n), w.records as f64);
+            wal_fpi.push(t(n), w.fpi as f64);
+            wal_bytes.push(t(n), w.bytes);
+            wal_full.push(t(n), w.buffers_full as f64);
+            if let Some(v) = w.writes {
+                wal_writes.push(t(n), v as f64);
+            }
+            if let Some(v) = w.syncs {
+                wal_syncs.push(t(n), v as f64);
+            }
+        }
+        if let Some(c) = &st.checkpoints {
+            checkpoints.push(t2(n, "kind", "timed"), c.timed as f64);
+            checkpoints.push(t2(n, "kind", "requested"), c.requested as f64);
+            ckpt_write.push(t(n), c.write_time_ms / 1e3);
+            ckpt_sync.push(t(n), c.sync_time_ms / 1e3);
+            ckpt_buffers.push(t(n), c.buffers_written as f64);
+        }
+        if let Some(b) = &st.bgwriter {
+            bg_clean.push(t(n), b.buffers_clean as f64);
+            bg_max.push(t(n), b.maxwritten_clean as f64);
+            alloc.push(t(n), b.buffers_alloc as f64);
+        }
+        for x in st.statements.iter().flatten() {
+            let l = || t2(n, "queryid", &x.queryid.to_string());
+            st_calls.push(l(), x.calls as f64);
+            st_time.push(l(), x.total_time_ms / 1e3);
+            st_rows.push(l(), x.rows as f64);
+            st_hit.push(l(), x.shared_blks_hit as f64);
+            st_read.push(l(), x.shared_blks_read as f64);
+        }
+    }
+    for f in [
+        &slot_status,
+        &slot_safe,
+        &read_at,
+        &error,
+        &commit,
+        &rollback,
+        &blks_read,
+        &blks_hit,
+        &temp_files,
+        &temp_bytes,
+        &conflicts,
+        &db_sessions,
+        &abnormal,
+        &session_time,
+        &active_time,
+        &iit_time,
+        &wal_records,
+        &wal_fpi,
+        &wal_bytes,
+        &wal_full,
+        &wal_writes,
+        &wal_syncs,
+        &checkpoints,
+        &ckpt_write,
+        &ckpt_sync,
+        &ckpt_buffers,
+        &bg_clean,
+        &bg_max,
+        &alloc,
+        &st_calls,
+        &st_time,
+        &st_rows,
+        &st_hit,
+        &st_read,
     ] {
         f.encode(encoder)?;
     }
