@@ -317,6 +317,58 @@ fn a_ratio_out_of_range_is_an_error() {
     assert_issue(&issues, "thresholds.connections_used.max_ratio", &["-0.1"]);
 }
 
+/// `[postgres.<name>.statistics]`: the defaults, the cap on top
+/// statements, the interval's range, and Neo4j targets refuse the table.
+#[test]
+fn statistics_settings_are_checked_at_their_keys() {
+    let c = ok(MIN, &[]);
+    let s = &c.postgres[0].target.statistics;
+    assert!(s.enabled());
+    assert_eq!(s.statements_top(), None);
+    let c = ok(
+        &format!(
+            "{MIN}[postgres.main.statistics]\ninterval = \"1m\"\n[postgres.main.statistics.statements]\ntop = 100\n"
+        ),
+        &[],
+    );
+    let s = &c.postgres[0].target.statistics;
+    assert_eq!(
+        s.interval(std::time::Duration::from_secs(10)),
+        std::time::Duration::from_secs(60)
+    );
+    assert_eq!(s.statements_top(), Some(100));
+    for top in ["0", "101"] {
+        let issues = issues(
+            &format!("{MIN}[postgres.main.statistics.statements]\ntop = {top}\n"),
+            &[],
+        );
+        assert_issue(
+            &issues,
+            "postgres.main.statistics.statements.top",
+            &[top, "1 to 100"],
+        );
+    }
+    let issues = self::issues(
+        &format!("{MIN}[postgres.main.statistics]\ninterval = \"10ms\"\n"),
+        &[],
+    );
+    assert_issue(
+        &issues,
+        "postgres.main.statistics.interval",
+        &["\"10ms\"", "out of range"],
+    );
+    let issues = self::issues(
+        "[neo4j.graph]\nuri = \"bolt://h:7687\"\n[neo4j.graph.statistics]\nenabled = false\n",
+        &[],
+    );
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.path.starts_with("neo4j.graph.statistics")),
+        "{issues:#?}"
+    );
+}
+
 #[test]
 fn a_target_without_url_is_an_error() {
     let issues = issues("[postgres.main]\nsslmode = \"require\"\n", &[]);

@@ -445,11 +445,12 @@ async fn a_lost_slot_fails_the_slot_check() {
 async fn the_statements_for_15_run_and_a_refused_view_degrades() {
     let plan = Some(statistics::Plan {
         statements_top: Some(10),
+        known: None,
     });
     let mut local = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
         .await
         .expect("the local PostgreSQL 15 at 127.0.0.1:5432 (Debian package postgresql-15)");
-    let (snap, _) = postgres::read_snapshot(&mut local, false, 0, plan)
+    let (snap, _) = postgres::read_snapshot(&mut local, false, 0, plan.clone())
         .await
         .expect("poll with statistics");
     assert_eq!(
@@ -504,6 +505,19 @@ async fn the_statements_for_15_run_and_a_refused_view_degrades() {
             ),
         ]
     );
+    // Trusting that answer (what the observer does between checks), the
+    // same sources are read and the same refusal reported.
+    let again = Some(statistics::Plan {
+        statements_top: Some(10),
+        known: st.availability.clone(),
+    });
+    assert!(again.as_ref().is_some_and(|p| p.known.is_some()));
+    let (snap, _) = postgres::read_snapshot(&mut conn, false, 0, again)
+        .await
+        .expect("the poll with a known availability");
+    let st2 = snap.statistics.expect("statistics read");
+    assert!(st2.wal.is_none() && st2.checkpoints.is_some() && !st2.databases.is_empty());
+    assert_eq!(st2.errors, st.errors);
     // The connection is still usable: the transaction ended cleanly.
     let one: i32 = sqlx::query_scalar("SELECT 1")
         .fetch_one(&mut conn)

@@ -138,6 +138,10 @@ pub struct PostgresObserver {
     statistics: Option<(Instant, Statistics)>,
     /// The statistics errors last logged, so each is logged once.
     statistics_errors: Vec<(StatisticsSource, StatisticsErrorReason)>,
+    /// What the statistics may read, and since when: asked again after
+    /// `database_sizes_interval`, after any statistics error and on a new
+    /// connection.
+    statistics_availability: Option<(Instant, statistics::Availability)>,
     /// Sessions the last successful poll saw, to size the next poll's list.
     last_sessions: usize,
     /// When each probe last started.
@@ -153,6 +157,7 @@ impl PostgresObserver {
             sizes: None,
             statistics: None,
             statistics_errors: Vec::new(),
+            statistics_availability: None,
             last_sessions: 0,
             probes_started: Default::default(),
         }
@@ -254,11 +259,26 @@ impl PostgresObserver {
             }))
         .then(|| statistics::Plan {
             statements_top: stats.statements_top(),
+            known: None,
         });
         if !stats.enabled() {
             self.statistics = None;
         }
         let sessions_hint = self.last_sessions;
+        if self.conn.is_none() {
+            self.statistics_availability = None;
+        }
+        let sizes_interval = self.target.settings.database_sizes_interval();
+        let statistics_due = statistics_due.map(|mut plan| {
+            plan.known = self
+                .statistics_availability
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < sizes_interval)
+                .map(|(_, a)| a.clone());
+            plan
+        });
+        // Whether this read asks what is readable (rather than trusting the last answer).
+        let asked = statistics_due.as_ref().is_some_and(|p| p.known.is_none());
         let conn = self.connection().await?;
         let result = postgres::read_snapshot(conn, sizes_due, sessions_hint, statistics_due).await;
         if matches!(&result, Err(e) if matches!(e.kind, PollErrorKind::Io | PollErrorKind::Connect))
@@ -277,8 +297,17 @@ impl PostgresObserver {
             }
         }
         match snapshot.statistics.take() {
-            Some(fresh) => {
+            Some(mut fresh) => {
                 self.log_statistics_errors(&fresh.errors);
+                let known = fresh.availability.take();
+                let since = match self.statistics_availability.take() {
+                    Some((at, _)) if !asked => at,
+                    _ => Instant::now(),
+                };
+                // Trusted only while everything was read.
+                self.statistics_availability = known
+                    .filter(|_| fresh.errors.is_empty())
+                    .map(|a| (since, a));
                 snapshot.statistics = Some(fresh.clone());
                 self.statistics = Some((Instant::now(), fresh));
             }

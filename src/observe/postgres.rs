@@ -323,15 +323,9 @@ pub async fn read_snapshot(
     };
 
     let statistics = match statistics {
-        Some(plan) => Some(
-            super::statistics::read(
-                &mut tx,
-                server.version_num,
-                server_now_us,
-                plan.statements_top,
-            )
-            .await?,
-        ),
+        Some(plan) => {
+            Some(super::statistics::read(&mut tx, server.version_num, server_now_us, plan).await?)
+        }
         None => None,
     };
 

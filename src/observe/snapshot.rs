@@ -270,6 +270,10 @@ pub struct Statistics {
     pub statements: Option<Vec<StatementStats>>,
     /// The sources that could not be read, and why: the rest was read.
     pub errors: Vec<StatisticsError>,
+    /// What the read found readable, which the observer keeps for the next
+    /// reads (not data: never serialized).
+    #[serde(skip)]
+    pub availability: Option<super::statistics::Availability>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -14,9 +14,11 @@
 //! privilege that is lacking, an extension that is not installed or not
 //! preloaded, a timeout, is recorded as a [`StatisticsError`] (a bounded
 //! source and reason) and the rest is read. A privilege check comes first
-//! (one round trip), so that a refusal does not abort the transaction;
-//! should a statement fail anyway, the sources after it are `skipped`. Only
-//! a broken connection fails the poll, as it would anyway.
+//! (one round trip), so that a refusal does not abort the transaction; the
+//! observer keeps its answer and asks again after `database_sizes_interval`,
+//! after any statistics error and on a new connection. Should a statement
+//! fail anyway, the sources after it are `skipped`. Only a broken
+//! connection fails the poll, as it would anyway.
 
 use std::time::Duration;
 
@@ -96,15 +98,18 @@ impl StatisticsSettings {
 }
 
 /// What one poll reads of the statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     /// The top statements of `pg_stat_statements`, when asked for.
     pub statements_top: Option<u32>,
+    /// What an earlier read found readable: when given, [`AVAILABILITY_SQL`]
+    /// (the dearest of the statistics statements) is not asked again.
+    pub known: Option<Availability>,
 }
 
 /// Which views dbwarden's role may read, and where `pg_stat_statements`
 /// is installed: the answer of [`AVAILABILITY_SQL`].
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Availability {
     /// `None`: the view does not exist; `Some(false)`: no SELECT privilege.
     pub database: Option<bool>,
@@ -287,8 +292,9 @@ pub async fn read(
     conn: &mut PgConnection,
     version_num: i32,
     server_now_us: i64,
-    statements_top: Option<u32>,
+    plan: Plan,
 ) -> Result<Statistics, PollError> {
+    let statements_top = plan.statements_top;
     let mut stats = Statistics {
         read_at_us: server_now_us,
         ..Statistics::default()
@@ -314,8 +320,15 @@ pub async fn read(
                 .collect())
         };
 
-    let avail = match sqlx::query(AVAILABILITY_SQL).fetch_one(&mut *conn).await {
-        Ok(r) => availability(&r).map_err(PollError::from_sqlx)?,
+    let answer = match plan.known {
+        Some(known) => Ok(known),
+        None => match sqlx::query(AVAILABILITY_SQL).fetch_one(&mut *conn).await {
+            Ok(r) => Ok(availability(&r).map_err(PollError::from_sqlx)?),
+            Err(e) => Err(e),
+        },
+    };
+    let avail = match answer {
+        Ok(a) => a,
         Err(e) => {
             let sources: Vec<StatisticsSource> = StatisticsSource::ALL
                 .into_iter()
@@ -416,6 +429,7 @@ pub async fn read(
         }
     }
 
+    stats.availability = Some(avail.clone());
     if let Some(top) = statements_top {
         let source = StatisticsSource::Statements;
         match (&avail.statements, avail.statements_readable) {
