@@ -285,7 +285,12 @@ impl Loader {
         }
         if let Some(r) = &mut c.remediation {
             let targets: Vec<&PostgresTarget> = c.postgres.iter().map(|t| &t.target).collect();
-            r.validate(&targets, ctx, issues);
+            let probe_checks = c
+                .postgres
+                .iter()
+                .map(|t| (t.target.name.clone(), t.target.probe_check_names()))
+                .collect();
+            r.validate(&targets, &probe_checks, ctx, issues);
         }
     }
 

@@ -29,7 +29,7 @@ pub mod web_config;
 pub use access::{Access, Security};
 pub use reload::{ReloadRequest, ReloadResult, Reloads};
 pub use settings::{DEFAULT_LISTEN, DEFAULT_RUNBOOK_URL, ServerSettings};
-pub use ui::CHECK_ALERTS;
+pub use ui::{CHECK_ALERTS, PROBE_ALERTS};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -384,6 +384,14 @@ pub fn validate_target_name(name: &str, path: &str, issues: &mut Issues) {
 }
 
 impl PostgresTarget {
+    /// Every probe check of the target (its probes and its queries file's).
+    pub fn probe_check_names(&self) -> Vec<String> {
+        self.active_probes
+            .iter()
+            .flat_map(|(name, p)| p.check_names(name))
+            .collect()
+    }
+
     /// The options sqlx connects with: the URL, the password, TLS, and
     /// dbwarden's session settings (`application_name`, `statement_timeout`,
     /// `lock_timeout`, `idle_in_transaction_session_timeout`).

@@ -143,6 +143,14 @@ impl<'de> Deserialize<'de> for Bound {
     }
 }
 
+/// `probe:<probe>` or `probe:<probe>:<column>`: a probe check's name.
+pub fn probe_check_name(probe: &str, column: Option<&str>) -> String {
+    match column {
+        Some(c) => format!("probe:{probe}:{c}"),
+        None => format!("probe:{probe}"),
+    }
+}
+
 /// A probe's or a column's name: it becomes part of a metric name.
 pub fn valid_metric_word(name: &str) -> bool {
     (1..=63).contains(&name.len())
@@ -170,6 +178,19 @@ impl ProbeSettings {
         self.lock_timeout
             .unwrap_or(target_lock_timeout)
             .min(self.timeout(poll_interval))
+    }
+
+    /// The names of the probe's checks, as `evaluate::probes` reports them
+    /// and a policy's `only_while_failing` names them: `probe:<name>` (the
+    /// run succeeded), then `probe:<name>:<column>` for each check.
+    pub fn check_names(&self, name: &str) -> Vec<String> {
+        std::iter::once(probe_check_name(name, None))
+            .chain(
+                self.checks
+                    .keys()
+                    .map(|column| probe_check_name(name, Some(column))),
+            )
+            .collect()
     }
 
     pub fn max_series(&self) -> u32 {
