@@ -405,10 +405,10 @@ fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
             dashboard_exprs(&parse_json(&rel, &text)).join("\n"),
         ));
     }
+    // A probe check is named by the team's configuration.
+    let probe = regex::Regex::new("^probe:[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?$").unwrap();
     for (rel, text) in &texts {
         for c in check_matchers(text) {
-            // A probe check is named by the team's configuration.
-            let probe = regex::Regex::new("^probe:[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?$").unwrap();
             assert!(
                 checks.contains(c.as_str()) || probe.is_match(&c),
                 "{rel}: check=\"{c}\" is not a dbwarden check ({checks:?})"
