@@ -241,7 +241,16 @@ pub fn evaluate_policy(
             Victims::Oldest => 1,
             Victims::All => policy.max_per_cycle as usize,
         };
-        candidates.iter().take(cap).cloned().collect()
+        let gated = !policy.only_while_failing.is_empty() || !policy.only_while_alerts.is_empty();
+        candidates
+            .iter()
+            .take(cap)
+            .cloned()
+            .map(|mut c| {
+                c.reason = super::policy::with_gate(c.reason, gated, &gate_reason);
+                c
+            })
+            .collect()
     };
     Neo4jPolicyEvaluation {
         policy: policy.name.clone(),

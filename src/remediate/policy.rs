@@ -303,6 +303,20 @@ pub fn gate(
     (gate_open, gate_reason)
 }
 
+fn policy_gated(policy: &Policy) -> bool {
+    !policy.only_while_failing.is_empty() || !policy.only_while_alerts.is_empty()
+}
+
+/// A selected session's reason, and why the gate was open when the policy
+/// has one: the audit then says which checks or alerts let it act.
+pub(super) fn with_gate(reason: String, gated: bool, gate_reason: &str) -> String {
+    if gated {
+        format!("{reason}; {gate_reason}")
+    } else {
+        reason
+    }
+}
+
 /// Evaluates one policy on one snapshot.
 pub fn evaluate_policy(
     policy: &Policy,
@@ -346,7 +360,15 @@ pub fn evaluate_policy(
             Victims::Oldest => 1,
             Victims::All => policy.max_per_cycle as usize,
         };
-        candidates.iter().take(cap).cloned().collect()
+        candidates
+            .iter()
+            .take(cap)
+            .cloned()
+            .map(|mut c| {
+                c.reason = with_gate(c.reason, policy_gated(policy), &gate_reason);
+                c
+            })
+            .collect()
     };
     PolicyEvaluation {
         policy: policy.name.clone(),

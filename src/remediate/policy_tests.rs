@@ -1557,7 +1557,14 @@ proptest! {
     fn victims_are_the_oldest_candidates(snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing()) {
         let e = evaluate_policy(&p, &snap, gates(&f));
         prop_assert!(e.selected.len() <= e.candidates.len());
-        prop_assert_eq!(&e.selected[..], &e.candidates[..e.selected.len()]);
+        // The selected are the first candidates; their reason also says why
+        // the gate was open, when the policy has one.
+        let gated = !p.only_while_failing.is_empty() || !p.only_while_alerts.is_empty();
+        for (s, c) in e.selected.iter().zip(&e.candidates) {
+            prop_assert_eq!(&s.facts, &c.facts);
+            let want = if gated { format!("{}; {}", c.reason, e.gate_reason) } else { c.reason.clone() };
+            prop_assert_eq!(&s.reason, &want);
+        }
         for c in &e.candidates {
             prop_assert_eq!(c.age_seconds, oracle_age(&p.conditions, session(&snap, c.facts.pid)));
         }
