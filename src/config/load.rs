@@ -289,6 +289,11 @@ impl Loader {
                 .postgres
                 .iter()
                 .map(|t| (t.target.name.clone(), t.target.probe_check_names()))
+                .chain(
+                    c.neo4j
+                        .iter()
+                        .map(|t| (t.target.name.clone(), t.target.probe_check_names())),
+                )
                 .collect();
             r.validate(&targets, &probe_checks, ctx, issues);
         }

@@ -136,7 +136,7 @@ pub struct PostgresObserver {
     /// Sessions the last successful poll saw, to size the next poll's list.
     last_sessions: usize,
     /// When each probe last started.
-    probes_started: std::collections::BTreeMap<String, Instant>,
+    probes: probes::Schedule,
 }
 
 impl PostgresObserver {
@@ -147,7 +147,7 @@ impl PostgresObserver {
             connecting: None,
             sizes: None,
             last_sessions: 0,
-            probes_started: Default::default(),
+            probes: Default::default(),
         }
     }
 
@@ -174,7 +174,7 @@ impl PostgresObserver {
         let result = self.poll_inner_bounded(timeout).await;
         if result.is_err() {
             // After an outage every probe runs at the first successful poll.
-            self.probes_started.clear();
+            self.probes.clear();
         }
         result
     }
@@ -277,30 +277,22 @@ impl PostgresObserver {
     /// did not come in time costs the connection: the next poll reopens it.
     pub async fn run_probes(&mut self, deadline: Instant, all: bool) -> Vec<probes::ProbeRun> {
         let mut runs = Vec::new();
-        let names: Vec<String> = self.target.active_probes.keys().cloned().collect();
-        self.probes_started.retain(|n, _| names.contains(n));
+        self.probes.retain(&self.target.active_probes);
         let poll_interval = self.target.settings.poll_interval();
+        let names: Vec<String> = self.target.active_probes.keys().cloned().collect();
         for name in names {
+            if self.conn.is_none() {
+                break;
+            }
             let p = self.target.active_probes[&name].clone();
-            let (interval, timeout) = (p.interval(poll_interval), p.timeout(poll_interval));
-            // Half a poll of slack: a probe is due on the poll after its interval.
-            let due = all
-                || self
-                    .probes_started
-                    .get(&name)
-                    .is_none_or(|at| at.elapsed() + poll_interval / 2 >= interval);
-            if !due {
+            if !self.probes.start(&name, &p, poll_interval, deadline, all) {
                 continue;
             }
-            if !all && Instant::now() + timeout + probes::client_grace(timeout) > deadline {
-                tracing::debug!(probe = %name, "probe does not fit before the next poll: it waits");
-                continue;
-            }
+            let timeout = p.timeout(poll_interval);
             let lock_timeout = p.lock_timeout(poll_interval, self.target.settings.lock_timeout());
             let Some(conn) = self.conn.as_mut() else {
                 break;
             };
-            self.probes_started.insert(name.clone(), Instant::now());
             let ran = probes::run(conn, &name, &p, timeout, lock_timeout).await;
             if ran.connection_lost {
                 self.conn = None;

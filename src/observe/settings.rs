@@ -595,12 +595,14 @@ impl PostgresTarget {
                 }
             }
         }
+        let own: Vec<String> = database.into_iter().collect();
         for (path, name, probe) in &active {
             probe.validate(
                 name,
                 path,
                 self.settings.poll_interval(),
-                database.as_deref(),
+                super::probes::settings::Language::Sql,
+                &own,
                 issues,
             );
         }

@@ -73,7 +73,7 @@ pub struct ProbeError {
 }
 
 impl ProbeError {
-    fn new(kind: ProbeErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ProbeErrorKind, message: impl Into<String>) -> Self {
         ProbeError {
             kind,
             message: message.into(),
@@ -189,6 +189,83 @@ pub fn client_grace(timeout: Duration) -> Duration {
     (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
+/// When each of a target's probes last started, and which are due: what
+/// both kinds of observer keep between polls.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    started: std::collections::BTreeMap<String, std::time::Instant>,
+}
+
+impl Schedule {
+    /// After an outage every probe runs at the first successful poll.
+    pub fn clear(&mut self) {
+        self.started.clear();
+    }
+
+    /// Forgets probes a reload removed.
+    pub fn retain(&mut self, probes: &std::collections::BTreeMap<String, ProbeSettings>) {
+        self.started.retain(|n, _| probes.contains_key(n));
+    }
+
+    /// Whether `name` runs now, and if so records its start: it is due
+    /// (its interval has passed, with half a poll of slack, so that a probe
+    /// is due on the poll after its interval) and its timeout and the
+    /// client's grace end before `deadline`, the next poll's start, so that
+    /// probes never delay a poll. `all` (`dbwarden check`): every probe, now.
+    pub fn start(
+        &mut self,
+        name: &str,
+        probe: &ProbeSettings,
+        poll_interval: Duration,
+        deadline: std::time::Instant,
+        all: bool,
+    ) -> bool {
+        let (interval, timeout) = (probe.interval(poll_interval), probe.timeout(poll_interval));
+        let now = std::time::Instant::now();
+        let due = all
+            || self
+                .started
+                .get(name)
+                .is_none_or(|at| now.duration_since(*at) + poll_interval / 2 >= interval);
+        if !due {
+            return false;
+        }
+        if !all && now + timeout + client_grace(timeout) > deadline {
+            tracing::debug!(probe = %name, "probe does not fit before the next poll: it waits");
+            return false;
+        }
+        self.started.insert(name.to_string(), now);
+        true
+    }
+}
+
+/// More rows than `max_series` allows.
+pub(crate) fn series_error(max_series: usize, value_columns: usize) -> ProbeError {
+    ProbeError::new(
+        ProbeErrorKind::Series,
+        format!(
+            "more than max_series = {max_series} series ({value_columns} value columns per row): aggregate in the statement, or raise max_series"
+        ),
+    )
+}
+
+/// Each row must differ in a label column.
+pub(crate) fn unique_labels(rows: &[ProbeRow]) -> Result<(), ProbeError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in rows {
+        if !seen.insert(&r.labels) {
+            return Err(ProbeError::new(
+                ProbeErrorKind::Series,
+                format!(
+                    "two rows have the same labels ({}): each row must differ in a label column",
+                    r.labels.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs one probe on `conn`: `BEGIN READ ONLY`, its timeouts set for this
 /// transaction only, the statement (extended protocol: one statement, no
 /// `;`-separated second one), rows read up to the series cap, `ROLLBACK`.
@@ -266,13 +343,7 @@ async fn run_inner(
             };
             rows.push(shape.read(&row)?);
             if rows.len() * shape.values.len().max(1) > max_series {
-                return Err(ProbeError::new(
-                    ProbeErrorKind::Series,
-                    format!(
-                        "more than max_series = {max_series} series ({} value columns per row): aggregate in the SQL, or raise max_series",
-                        shape.values.len()
-                    ),
-                ));
+                return Err(series_error(max_series, shape.values.len()));
             }
         }
     }
@@ -286,18 +357,7 @@ async fn run_inner(
             columns: Vec::new(),
         },
     };
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &rows {
-        if !seen.insert(&r.labels) {
-            return Err(ProbeError::new(
-                ProbeErrorKind::Series,
-                format!(
-                    "two rows have the same labels ({}): each row must differ in a label column",
-                    r.labels.join(", ")
-                ),
-            ));
-        }
-    }
+    unique_labels(&rows)?;
     Ok(ProbeRows {
         labels: shape.labels,
         values: shape.values,
@@ -449,7 +509,7 @@ impl Shape {
     }
 }
 
-fn columns_error(message: String) -> ProbeError {
+pub(crate) fn columns_error(message: String) -> ProbeError {
     ProbeError::new(ProbeErrorKind::Columns, message)
 }
 
