@@ -384,6 +384,19 @@ pub fn validate_target_name(name: &str, path: &str, issues: &mut Issues) {
 }
 
 impl PostgresTarget {
+    /// Whether a probe runs in a database other than the target's own, so
+    /// that a run takes a second connection for a moment.
+    pub fn probes_elsewhere(&self) -> bool {
+        let own = self
+            .connect
+            .as_ref()
+            .and_then(|c| c.0.get_database().map(str::to_string))
+            .unwrap_or_default();
+        self.active_probes
+            .values()
+            .any(|p| p.needs_other_connection(&own))
+    }
+
     /// Every probe check of the target (its probes and its queries file's).
     pub fn probe_check_names(&self) -> Vec<String> {
         self.active_probes
@@ -605,6 +618,17 @@ impl PostgresTarget {
                 &own,
                 issues,
             );
+            if let Some(own) = own.first()
+                && probe.needs_other_connection(own)
+                && self.settings.max_connections().get() < 2
+            {
+                issues.push(
+                    join(path, "databases"),
+                    format!(
+                        "runs in a database other than the target's ({own:?}), which takes a second connection for the run: max_connections is 1; set it to 2 or more"
+                    ),
+                );
+            }
         }
         self.active_probes = active.into_iter().map(|(_, n, p)| (n, p)).collect();
         super::probes::settings::validate_names(&self.active_probes, &probes_path, issues);

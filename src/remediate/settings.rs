@@ -275,6 +275,22 @@ impl RemediationSettings {
                 .filter(|p| p.applies_to(&t.name))
                 .map(|p| p.name.as_str())
                 .collect();
+            // A probe in another database holds a connection of its own
+            // while it runs: the actor's must still be there.
+            if !acting.is_empty() && t.probes_elsewhere() {
+                let n = t.settings.max_connections().get();
+                let needed = REMEDIATION_MIN_CONNECTIONS + 1;
+                if n < needed {
+                    issues.push(
+                        join(&join("postgres", &t.name), "max_connections"),
+                        format!(
+                            "{n} is too few for target {:?}: remediation acts on it and a probe runs in another database, which needs {needed} connections (poll, actor, the probe's); set max_connections = {needed} or more",
+                            t.name
+                        ),
+                    );
+                }
+                continue;
+            }
             let Some(n) = t.settings.max_connections else {
                 continue;
             };

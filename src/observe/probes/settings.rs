@@ -206,6 +206,32 @@ impl<'de> Deserialize<'de> for Bound {
     }
 }
 
+/// A `databases` entry with `*`: every database whose name it matches.
+pub fn is_pattern(database: &str) -> bool {
+    database.contains('*')
+}
+
+/// Whether `name` matches the `databases` entry `entry` (a name, or a
+/// pattern where `*` stands for any run of characters).
+pub fn database_matches(entry: &str, name: &str) -> bool {
+    if !is_pattern(entry) {
+        return entry == name;
+    }
+    let parts: Vec<&str> = entry.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// `probe:<probe>` or `probe:<probe>:<column>`: a probe check's name.
 pub fn probe_check_name(probe: &str, column: Option<&str>) -> String {
     match column {
@@ -268,10 +294,18 @@ impl ProbeSettings {
         self.cypher.as_deref().unwrap_or_default()
     }
 
-    /// Whether the probe's rows carry a `database` label: a Cypher probe
-    /// that runs in more than one database.
+    /// Whether the probe's rows carry a `database` label: it runs in more
+    /// than one database, or in every database a pattern matches.
     pub fn labels_database(&self, target_databases: &[String]) -> bool {
-        self.cypher.is_some() && self.databases_or(target_databases).len() > 1
+        let dbs = self.databases_or(target_databases);
+        dbs.len() > 1 || dbs.iter().any(|d| is_pattern(d))
+    }
+
+    /// A PostgreSQL probe that runs in a database other than the target's
+    /// own: it needs a connection of its own for the run (`own` is the
+    /// target's database).
+    pub fn needs_other_connection(&self, own: &str) -> bool {
+        self.sql.is_some() && self.databases.iter().any(|d| d != own)
     }
 
     /// The databases a Cypher probe runs in: its own list, else the target's.
@@ -332,17 +366,25 @@ impl ProbeSettings {
         }
         match language {
             Language::Sql => {
-                let database = databases.first();
-                for db in &self.databases {
-                    if Some(db) != database {
+                for (i, db) in self.databases.iter().enumerate() {
+                    if db.is_empty() || db.len() > 63 || db.chars().any(char::is_control) {
                         issues.push(
                             key("databases"),
                             format!(
-                                "{db:?} is not the target's database ({}): probes run on the polling connection, in the target's own database only",
-                                database.map_or("unknown".to_string(), |d| format!("{d:?}"))
+                                "invalid database name {db:?}: 1 to 63 characters, or a pattern with `*` such as \"tenant_*\""
                             ),
                         );
+                    } else if self.databases[..i].contains(db) {
+                        issues.push(key("databases"), format!("{db:?} is listed twice"));
                     }
+                }
+                if self.labels_database(databases)
+                    && self.labels.iter().any(|l| l == DATABASE_LABEL)
+                {
+                    issues.push(
+                        key("labels"),
+                        "\"database\" is the label dbwarden adds when a probe runs in several databases: rename the column (AS ...)",
+                    );
                 }
             }
             Language::Cypher => {
