@@ -595,7 +595,9 @@ impl Loader {
                     let table = file_path(&segs[..segs.len().saturating_sub(1)]);
                     let is_table = matches!(lookup(&dict, &segs), Some(Value::Dict(..)));
                     let mut known: Vec<&str> = expected.to_vec();
-                    if target {
+                    // The target's own table also takes its settings'
+                    // keys (nested as `settings` in the type); its sub-tables do not.
+                    if target && segs.len() == 1 {
                         known.retain(|k| *k != "settings");
                         known.extend(field_names::<TargetSettings>());
                     }
