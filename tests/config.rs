@@ -2806,3 +2806,33 @@ fn a_policy_may_wait_on_a_probe_check_that_every_one_of_its_targets_has() {
         &["\"probe:Entities\" is not a probe check's name"],
     );
 }
+
+#[test]
+fn an_unknown_key_in_a_target_s_sub_table_lists_that_table_s_keys() {
+    let found = issues(
+        &format!("{MIN}[postgres.main.probes.p]\nsql = \"SELECT 1 AS one\"\nzzz = 1\n"),
+        &[],
+    );
+    let at: Vec<_> = found
+        .iter()
+        .filter(|i| i.path == "postgres.main.probes.p.zzz")
+        .collect();
+    assert_eq!(at.len(), 1, "{found:#?}");
+    assert!(
+        at[0].message.contains("sql, databases"),
+        "{}",
+        at[0].message
+    );
+    assert!(
+        !at[0].message.contains("poll_interval"),
+        "{}",
+        at[0].message
+    );
+    // At the target's own level its settings are keys too.
+    let found = issues(&format!("{MIN}poll_intervall = \"1s\"\n"), &[]);
+    assert_issue(
+        &found,
+        "postgres.main.poll_intervall",
+        &["did you mean `poll_interval`?"],
+    );
+}
