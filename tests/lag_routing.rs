@@ -1,0 +1,396 @@
+//! Lag routing (`[kubernetes.lag_routing]`) against the fake Kubernetes API
+//! server, with a real scratch primary and streaming standby as the two
+//! targets (pods `pg-0` and `pg-1` of the fake cluster, both behind Service
+//! `pg-read`): replay paused on the standby while the primary writes makes
+//! its `replication_lag` check fail, and dbwarden sets the readiness gate
+//! condition `dbwarden.io/replication-lag-ok` of exactly `pg-1` to False
+//! (not while paused), then back to True after `restore_after` once the
+//! standby caught up; the audit has an intent before each outcome; the
+//! primary's pod is never patched. With the standby as the Service's only
+//! endpoint it is never taken out; in dry-run nothing is patched and the
+//! decision is audited.
+//!
+//! Prints the figures (lag failing → pod out, resume → pod back). Needs the
+//! Debian package `postgresql-15`; about 40 s.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dbwarden::remediate::audit::{AuditLog, AuditRecord, Decision};
+use dbwarden::scratch::ScratchCluster;
+use serde_json::Value;
+use support::kube_fake::{FakeCluster, FakePod, KubeFake};
+use support::{Daemon, fast_target, psql, try_psql, wait_until};
+
+const T: Duration = Duration::from_secs(30);
+const TOKEN: &str = "lag-routing-test-token";
+
+/// Pods `pg-0` (the primary) and `pg-1` (the standby), both `app=pg` and
+/// gated, with their gate condition True.
+fn cluster() -> FakeCluster {
+    let pod = |name: &str| {
+        let mut p = FakePod::ready("pg", name, "node-a");
+        p.statefulset = Some("pg".into());
+        p.labels
+            .insert("statefulset.kubernetes.io/pod-name".into(), name.into());
+        p
+    };
+    FakeCluster {
+        namespace: "db".into(),
+        pods: vec![pod("pg-0"), pod("pg-1")],
+        statefulsets: vec![],
+    }
+}
+
+fn target(name: &str, pg: &ScratchCluster, pod: &str) -> String {
+    let lag = r#"replication_lag = { max = "1s", for = "0s" }"#;
+    fast_target(name, &pg.url("postgres"), lag).replacen(
+        "sslmode = \"disable\"\n",
+        &format!("sslmode = \"disable\"\npods = \"statefulset.kubernetes.io/pod-name={pod}\"\n"),
+        1,
+    )
+}
+
+fn config(
+    primary: &ScratchCluster,
+    standby: &ScratchCluster,
+    kube: &KubeFake,
+    dir: &Path,
+    mode: &str,
+    service: &str,
+) -> String {
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).expect("token file");
+    format!(
+        "{}{}\n{}\n[kubernetes.lag_routing]\nservice = \"{service}\"\ntargets = [\"standby\", \"primary\"]\nrestore_after = \"10s\"\n\n\
+         [remediation]\nmode = \"{mode}\"\ninstance = \"lag-test\"\naudit_file = \"{}\"\nstate_dir = \"{}\"\n\
+         api_token_file = \"{}\"\npacing = \"0s\"\n\n[remediation.budget]\nper_target = 10\nglobal = 10\nwindow = \"10m\"\n",
+        target("primary", primary, "pg-0"),
+        target("standby", standby, "pg-1"),
+        kube.config_section("interval = \"1s\"\nstatefulsets = false"),
+        dir.join("audit.jsonl").display(),
+        dir.join("state").display(),
+        token.display(),
+    )
+}
+
+/// Starts replay-paused lag on `standby`: an insert replayed and aged past
+/// the threshold, replay paused, then a writer on `primary`. Returns the
+/// writer's stop flag.
+async fn make_lag(primary: &ScratchCluster, standby: &ScratchCluster) -> Arc<AtomicBool> {
+    psql(
+        primary,
+        "CREATE TABLE IF NOT EXISTS w (id bigserial PRIMARY KEY)",
+    );
+    psql(primary, "INSERT INTO w DEFAULT VALUES");
+    wait_until(T, "the standby to replay the insert, 1.5s ago", async || {
+        let r = try_psql(
+            standby,
+            "SELECT (SELECT count(*) FROM w) > 0 AND now() - pg_last_xact_replay_timestamp() > interval '1.5 s'",
+        )?;
+        if r == "t" { Ok(()) } else { Err(r) }
+    })
+    .await;
+    psql(standby, "SELECT pg_wal_replay_pause()");
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = primary.url("postgres");
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        let mut c = support::connect_url(&url, "app_writer").await;
+        while !flag.load(Ordering::Relaxed) {
+            let _ = sqlx::query("INSERT INTO w DEFAULT VALUES")
+                .execute(&mut c)
+                .await;
+            // Pacing of the workload, not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    stop
+}
+
+fn audit(dir: &Path) -> Vec<AuditRecord> {
+    AuditLog::read_all(&dir.join("audit.jsonl"))
+        .map(|(r, _)| r)
+        .unwrap_or_default()
+}
+
+async fn lag_check(daemon: &Daemon) -> String {
+    let status = daemon.status().await;
+    status["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["target"] == "standby")
+        .flat_map(|t| t["checks"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["check"] == "replication_lag")
+        .map(|c| c["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_standby_leaves_its_service_and_comes_back_after_hysteresis() {
+    let primary = support::primary();
+    let standby = support::standby(&primary);
+    let kube = KubeFake::start(cluster());
+    kube.gate("pg-0", Some(true));
+    kube.gate("pg-1", Some(true));
+    kube.add_service("pg-read", &[("app", "pg")]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&config(
+        &primary,
+        &standby,
+        &kube,
+        dir.path(),
+        "enforce",
+        "pg-read",
+    ))
+    .await;
+    wait_until(
+        T,
+        "the standby to be polled and pass",
+        async || match lag_check(&daemon).await.as_str() {
+            "pass" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    )
+    .await;
+    assert!(kube.pod_ready("pg-1"));
+
+    // Paused: the check fails, nothing is patched.
+    let (code, body) = daemon.post("/api/v1/pause", Some(TOKEN), "").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let stop = make_lag(&primary, &standby).await;
+    wait_until(
+        T,
+        "the standby's lag check to fail",
+        async || match lag_check(&daemon).await.as_str() {
+            "fail" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    )
+    .await;
+    let paused: Value = wait_until(T, "a paused lag routing decision", async || {
+        let s = daemon.status().await;
+        let routes = s["kubernetes"]["last_routes"].clone();
+        if routes
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["decision"] == "paused"))
+        {
+            Ok(routes)
+        } else {
+            Err(routes.to_string())
+        }
+    })
+    .await;
+    assert_eq!(paused[0]["change"]["pod"], "pg-1", "{paused}");
+    assert!(
+        kube.status_patches().is_empty(),
+        "paused: {:?}",
+        kube.status_patches()
+    );
+
+    // Resumed: exactly pg-1 leaves the Service.
+    let crossed = Instant::now();
+    let (code, body) = daemon
+        .post("/api/v1/resume", Some(TOKEN), "")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until(
+        T,
+        "pg-1's gate condition to be False",
+        async || match kube.gate_value("pg-1") {
+            Some(false) => Ok(()),
+            other => Err(format!("{other:?}; patches {:?}", kube.status_patches())),
+        },
+    )
+    .await;
+    let to_out = crossed.elapsed();
+    assert!(!kube.pod_ready("pg-1"), "out of the Service's endpoints");
+    assert!(kube.pod_ready("pg-0"), "the primary stays");
+    let patches = kube.status_patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(patches[0].pod, "pg-1");
+    assert_eq!(patches[0].status, 200);
+    assert_eq!(patches[0].content_type, "application/json-patch+json");
+    assert_eq!(
+        patches[0].ops[0]["op"], "test",
+        "the UID is tested first: {:?}",
+        patches[0].ops
+    );
+    assert_eq!(patches[0].ops[0]["path"], "/metadata/uid");
+
+    // Caught up: back after restore_after (10s) of passing, not before.
+    psql(&standby, "SELECT pg_wal_replay_resume()");
+    let resumed = Instant::now();
+    wait_until(
+        T,
+        "the standby's lag check to pass",
+        async || match lag_check(&daemon).await.as_str() {
+            "pass" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    )
+    .await;
+    let passing = Instant::now();
+    wait_until(
+        T,
+        "pg-1's gate condition to be True again",
+        async || match kube.gate_value("pg-1") {
+            Some(true) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let to_back = resumed.elapsed();
+    assert!(
+        passing.elapsed() >= Duration::from_secs(9),
+        "back only after restore_after: {:?} after the check passed",
+        passing.elapsed()
+    );
+    assert!(kube.pod_ready("pg-1"));
+    stop.store(true, Ordering::Relaxed);
+    println!(
+        "figures: resume of remediation with the check failing -> pod out in {} ms; replay resumed -> pod back in {} ms (restore_after 10s)",
+        to_out.as_millis(),
+        to_back.as_millis()
+    );
+
+    // The audit: an intent before each outcome, for pg-1 only.
+    let records = audit(dir.path());
+    let routed: Vec<(&str, Decision, &str)> = records
+        .iter()
+        .filter(|r| r.action.starts_with("route_"))
+        .map(|r| {
+            (
+                r.action.as_str(),
+                r.decision,
+                r.pod.as_ref().unwrap().name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routed,
+        vec![
+            ("route_out", Decision::Intent, "pg-1"),
+            ("route_out", Decision::Acted, "pg-1"),
+            ("route_in", Decision::Intent, "pg-1"),
+            ("route_in", Decision::Acted, "pg-1"),
+        ],
+        "{records:#?}"
+    );
+    let out = records.iter().find(|r| r.action == "route_out").unwrap();
+    let cond = out.pod.as_ref().unwrap().condition.as_ref().unwrap();
+    assert_eq!((cond.status, cond.before), (false, Some(true)));
+    assert!(cond.lag_seconds.unwrap() > 1.0, "{cond:?}");
+    assert!(
+        kube.status_patches().iter().all(|p| p.pod == "pg-1"),
+        "never the primary"
+    );
+    assert!(kube.unexpected().is_empty(), "{:?}", kube.unexpected());
+    let m = daemon.metrics().await;
+    let acted = |action: &str| {
+        support::metric_value(
+            &m,
+            "dbwarden_remediation_actions_total",
+            &[
+                ("target", "standby"),
+                ("action", action),
+                ("outcome", "acted"),
+            ],
+        )
+    };
+    assert_eq!(
+        (acted("route_out"), acted("route_in")),
+        (Some(1.0), Some(1.0)),
+        "{m}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_ready_endpoint_stays_and_dry_run_patches_nothing() {
+    let primary = support::primary();
+    let standby = support::standby(&primary);
+    let kube = KubeFake::start(cluster());
+    kube.gate("pg-1", Some(true));
+    // The standby is the only endpoint of pg-standby; pg-read has both.
+    kube.add_service(
+        "pg-standby",
+        &[("statefulset.kubernetes.io/pod-name", "pg-1")],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&config(
+        &primary,
+        &standby,
+        &kube,
+        dir.path(),
+        "enforce",
+        "pg-standby",
+    ))
+    .await;
+    let stop = make_lag(&primary, &standby).await;
+    let held: Value = wait_until(
+        T,
+        "the standby held back as the last endpoint",
+        async || {
+            let s = daemon.status().await;
+            let h = s["kubernetes"]["lag_routing_held_back"].clone();
+            if h.as_array().is_some_and(|a| !a.is_empty()) {
+                Ok(h)
+            } else {
+                Err(format!("check {}, held back {h}", lag_check(&daemon).await))
+            }
+        },
+    )
+    .await;
+    assert_eq!(held[0]["pod"], "pg-1", "{held}");
+    assert!(
+        held[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("last ready endpoint of Service \"pg-standby\""),
+        "{held}"
+    );
+    assert!(
+        kube.status_patches().is_empty(),
+        "{:?}",
+        kube.status_patches()
+    );
+    assert!(kube.pod_ready("pg-1"));
+    daemon.stop().await;
+
+    // Dry-run with another endpoint ready: audited as would_act, not patched.
+    kube.add_service("pg-read", &[("app", "pg")]);
+    let dry = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&config(
+        &primary,
+        &standby,
+        &kube,
+        dry.path(),
+        "dry-run",
+        "pg-read",
+    ))
+    .await;
+    let record = wait_until(T, "a dry-run route_out record", async || {
+        audit(dry.path())
+            .into_iter()
+            .find(|r| r.action == "route_out")
+            .ok_or_else(|| "none yet".to_string())
+    })
+    .await;
+    assert_eq!(record.decision, Decision::WouldAct);
+    assert_eq!(record.pod.as_ref().unwrap().name, "pg-1");
+    assert!(
+        kube.status_patches().is_empty(),
+        "{:?}",
+        kube.status_patches()
+    );
+    assert_eq!(kube.gate_value("pg-1"), Some(true));
+    stop.store(true, Ordering::Relaxed);
+    daemon.stop().await;
+}
