@@ -309,6 +309,55 @@ async fn a_lagging_standby_leaves_its_service_and_comes_back_after_hysteresis() 
         (Some(1.0), Some(1.0)),
         "{m}"
     );
+    // The watch saw the condition: exported per pod.
+    wait_until(T, "the gate conditions in /metrics", async || {
+        let m = daemon.try_metrics().await?;
+        let gate = |target: &str, pod: &str| {
+            support::metric_value(
+                &m,
+                "dbwarden_kubernetes_pod_lag_routing_ok",
+                &[("target", target), ("pod", pod)],
+            )
+        };
+        match (gate("standby", "pg-1"), gate("primary", "pg-0")) {
+            (Some(1.0), Some(1.0)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // The figure without a pause: from the lag crossing (WAL received and
+    // not replayed, the last replay already older than the threshold) to
+    // the pod out of the Service.
+    let stop = make_lag(&primary, &standby).await;
+    wait_until(T, "WAL received and not replayed", async || {
+        let r = try_psql(
+            &standby,
+            "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()",
+        )?;
+        if r == "t" { Ok(()) } else { Err(r) }
+    })
+    .await;
+    let crossed = Instant::now();
+    wait_until(T, "pg-1 out again", async || {
+        match kube.gate_value("pg-1") {
+            Some(false) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    println!(
+        "figures: lag crossing -> pod out (no pause) in {} ms",
+        crossed.elapsed().as_millis()
+    );
+    stop.store(true, Ordering::Relaxed);
+    psql(&standby, "SELECT pg_wal_replay_resume()");
+    let patches = kube.status_patches();
+    assert_eq!(patches.len(), 3, "{patches:?}");
+    assert!(
+        patches.iter().all(|p| p.pod == "pg-1" && p.status == 200),
+        "{patches:?}"
+    );
     daemon.stop().await;
 }
 

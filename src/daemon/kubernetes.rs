@@ -666,6 +666,28 @@ async fn run_inner(
         }
     }
 
+    // Lag routing follows the standbys' polls, not only this loop's
+    // interval: each publish of a routed target wakes the loop.
+    if router.is_some() {
+        for t in &routed {
+            let Some(mut published) = state.subscribe(t) else {
+                continue;
+            };
+            let (wake, cancel) = (wake.clone(), cancel.clone());
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = published.changed() => match r {
+                            Ok(()) => wake.notify_one(),
+                            Err(_) => break,
+                        },
+                    }
+                }
+            });
+        }
+    }
+
     let mut changes = observer.subscribe();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

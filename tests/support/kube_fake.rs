@@ -8,7 +8,8 @@
 //!   pods whose labels match (equality selectors `k=v`, `k==v`, `k!=v`,
 //!   comma-separated), with the list's `resourceVersion`.
 //! - `GET /apis/apps/v1/namespaces/{ns}/statefulsets`: a `StatefulSetList`.
-//! - `...&watch=true&resourceVersion=N`: nothing changes in this cluster, so
+//! - `...&watch=true&resourceVersion=N`: nothing changes in this cluster but
+//!   status patches (below), so
 //!   the watch is held open (the response is withheld) for
 //!   [`KubeFake::WATCH_HOLD`] or the request's `timeoutSeconds`, whichever is
 //!   shorter, then ends with no event: the watcher resumes from the same
@@ -52,7 +53,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "kube-fake-token";
-/// The resourceVersion of every list (nothing in this cluster changes).
+/// The resourceVersion of every list until a status patch bumps it.
 const LIST_VERSION: &str = "1000";
 
 /// One container's last termination.
@@ -709,7 +710,8 @@ async fn route(
             json_response(
                 StatusCode::OK,
                 &json!({"apiVersion": api_version, "kind": kind,
-                        "metadata": {"resourceVersion": LIST_VERSION}, "items": items}),
+                        "metadata": {"resourceVersion": fake.version.load(std::sync::atomic::Ordering::SeqCst).to_string()},
+                        "items": items}),
             )
         }
         (Method::GET, p) if p.starts_with(&format!("{pods}/")) && segments.len() == 6 => {
