@@ -8,7 +8,10 @@
 //! standby caught up; the audit has an intent before each outcome; the
 //! primary's pod is never patched. With the standby as the Service's only
 //! endpoint it is never taken out; in dry-run nothing is patched and the
-//! decision is audited.
+//! decision is audited. The runner alone (`mod runner`, no database): the
+//! budget bounds take-outs while put-backs are free, each intent is written
+//! before its patch, no intent means no patch, and a pod whose condition
+//! changed since the snapshot is re-checked and skipped.
 //!
 //! Prints the figures (lag failing → pod out, resume → pod back). Needs the
 //! Debian package `postgresql-15`; about 40 s.
@@ -442,4 +445,268 @@ async fn the_last_ready_endpoint_stays_and_dry_run_patches_nothing() {
     assert_eq!(kube.gate_value("pg-1"), Some(true));
     stop.store(true, Ordering::Relaxed);
     daemon.stop().await;
+}
+
+// ------------------------------------------------------- the runner alone
+
+mod runner {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use dbwarden::evaluate::CheckStatus;
+    use dbwarden::kubernetes::Credentials;
+    use dbwarden::kubernetes::lag_routing::{
+        LagRouteAudit, LagRouteChange, LagRoutingPolicy, LagRoutingRunner, RouteDecision,
+        RouteOutcome, TargetLag,
+    };
+    use dbwarden::kubernetes::snapshot::{KubernetesSnapshot, PodFacts, TargetWatchStatus};
+    use dbwarden::observe::Role;
+    use dbwarden::remediate::audit::Mode;
+    use dbwarden::remediate::budget::Budget;
+
+    use super::cluster;
+    use super::support::kube_fake::KubeFake;
+
+    /// Records intents and outcomes in order with the number of patches the
+    /// fake had received when each was written; fails intents on request.
+    struct Recorder {
+        kube: Arc<KubeFake>,
+        fail: bool,
+        log: Mutex<Vec<(String, String, usize)>>,
+    }
+
+    impl LagRouteAudit for Recorder {
+        fn intent(&self, c: &LagRouteChange) -> Result<(), String> {
+            if self.fail {
+                return Err("disk full".into());
+            }
+            let n = self.kube.status_patches().len();
+            self.log
+                .lock()
+                .unwrap()
+                .push(("intent".into(), c.action().into(), n));
+            Ok(())
+        }
+        fn outcome(&self, c: &LagRouteChange, o: &RouteOutcome) {
+            let n = self.kube.status_patches().len();
+            self.log
+                .lock()
+                .unwrap()
+                .push((o.as_str().into(), c.action().into(), n));
+        }
+    }
+
+    fn pod(target: &str, name: &str, lag_ok: Option<bool>) -> PodFacts {
+        PodFacts {
+            target: target.into(),
+            namespace: "db".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            node: Some("node-a".into()),
+            phase: "Running".into(),
+            ready: lag_ok != Some(false),
+            not_ready_since_ms: None,
+            terminating: false,
+            restart_count: 0,
+            restarts_last_hour: 0,
+            waiting_reason: None,
+            last_termination: None,
+            statefulset: Some("pg".into()),
+            pvcs: vec![],
+            created_ms: Some(0),
+            containers: vec![],
+            lag_ok,
+            lag_gated: true,
+        }
+    }
+
+    fn snapshot(pods: Vec<PodFacts>) -> KubernetesSnapshot {
+        let mut s = KubernetesSnapshot::unreachable("db", String::new(), 0);
+        s.api_reachable = true;
+        s.error = None;
+        s.targets = pods
+            .iter()
+            .map(|p| TargetWatchStatus {
+                target: p.target.clone(),
+                label_selector: format!("statefulset.kubernetes.io/pod-name={}", p.name),
+                synced: true,
+                error: None,
+            })
+            .collect();
+        s.pods = pods;
+        s
+    }
+
+    fn failing() -> TargetLag {
+        TargetLag {
+            role: Some(Role::Standby),
+            check: CheckStatus::Fail,
+            lag_seconds: Some(30.0),
+            passing_since_ms: None,
+        }
+    }
+
+    fn scene(
+        kube: &Arc<KubeFake>,
+        mode: Mode,
+        budget: u32,
+        fail: bool,
+    ) -> (LagRoutingRunner, Arc<Recorder>) {
+        let audit = Arc::new(Recorder {
+            kube: kube.clone(),
+            fail,
+            log: Mutex::default(),
+        });
+        let policy = LagRoutingPolicy {
+            service: "pg-read".into(),
+            restore_after: Duration::from_secs(10),
+            ..LagRoutingPolicy::default()
+        };
+        let runner = LagRoutingRunner::new(
+            policy,
+            mode,
+            Arc::new(Mutex::new(Budget::new(budget, Duration::from_secs(600)))),
+            Arc::new(|| false),
+            Arc::new(|| true),
+            audit.clone(),
+        );
+        (runner, audit)
+    }
+
+    async fn client(kube: &KubeFake) -> kube::Client {
+        dbwarden::kubernetes::client::build_client(
+            &Credentials::Kubeconfig {
+                path: Some(kube.kubeconfig()),
+                context: None,
+            },
+            "db",
+        )
+        .await
+        .expect("a client for the fake API server")
+    }
+
+    /// Three standbys of pg-read fail together while a fourth pod serves:
+    /// a budget of 2 takes out two (intent before each patch) and refuses
+    /// the third; putting one back spends nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_budget_bounds_take_outs_and_the_intent_comes_first() {
+        let mut c = cluster();
+        let mut extra = c.pods[1].clone();
+        for name in ["pg-2", "pg-3"] {
+            extra.name = name.into();
+            extra
+                .labels
+                .insert("statefulset.kubernetes.io/pod-name".into(), name.into());
+            c.pods.push(extra.clone());
+        }
+        let kube = Arc::new(KubeFake::start(c));
+        for p in ["pg-1", "pg-2", "pg-3"] {
+            kube.gate(p, Some(true));
+        }
+        kube.add_service("pg-read", &[("app", "pg")]);
+        let client = client(&kube).await;
+        let (mut runner, audit) = scene(&kube, Mode::Enforce, 2, false);
+        let snap = snapshot(vec![
+            pod("s1", "pg-1", Some(true)),
+            pod("s2", "pg-2", Some(true)),
+            pod("s3", "pg-3", Some(true)),
+        ]);
+        let lags: BTreeMap<String, TargetLag> = ["s1", "s2", "s3"]
+            .iter()
+            .map(|t| (t.to_string(), failing()))
+            .collect();
+        let (_, reports) = runner.run_once(&client, &snap, lags, 1_000).await;
+        let decisions: Vec<_> = reports.iter().map(|r| r.decision.clone()).collect();
+        assert_eq!(
+            decisions,
+            vec![
+                RouteDecision::Done(RouteOutcome::Set),
+                RouteDecision::Done(RouteOutcome::Set),
+                RouteDecision::BudgetExhausted,
+            ]
+        );
+        let patched: Vec<String> = kube.status_patches().into_iter().map(|p| p.pod).collect();
+        assert_eq!(patched.len(), 2, "{patched:?}");
+        assert_eq!(
+            audit.log.lock().unwrap().clone(),
+            vec![
+                ("intent".to_string(), "route_out".to_string(), 0),
+                ("acted".into(), "route_out".into(), 1),
+                ("intent".into(), "route_out".into(), 1),
+                ("acted".into(), "route_out".into(), 2),
+            ],
+            "each intent is written before its patch"
+        );
+
+        // One of them caught up long ago: back, free, though the budget is spent.
+        let back = &patched[0];
+        let target = ["s1", "s2", "s3"][["pg-1", "pg-2", "pg-3"]
+            .iter()
+            .position(|p| p == back)
+            .unwrap()];
+        let snap = snapshot(
+            ["pg-1", "pg-2", "pg-3"]
+                .iter()
+                .zip(["s1", "s2", "s3"])
+                .map(|(p, t)| pod(t, p, Some(!patched.contains(&p.to_string()))))
+                .collect(),
+        );
+        let mut lags: BTreeMap<String, TargetLag> = BTreeMap::new();
+        lags.insert(
+            target.to_string(),
+            TargetLag {
+                role: Some(Role::Standby),
+                check: CheckStatus::Pass,
+                lag_seconds: Some(0.0),
+                passing_since_ms: None,
+            },
+        );
+        // First seen passing now: not back before restore_after.
+        let (_, reports) = runner.run_once(&client, &snap, lags.clone(), 2_000).await;
+        assert!(reports.is_empty(), "{reports:?}");
+        let (_, reports) = runner.run_once(&client, &snap, lags, 12_000).await;
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].change.pod, *back);
+        assert_eq!(reports[0].decision, RouteDecision::Done(RouteOutcome::Set));
+        assert_eq!(kube.gate_value(back), Some(true));
+    }
+
+    /// An intent that cannot be written patches nothing; a pod whose
+    /// condition changed since the snapshot is re-checked and skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_patch_without_an_audit_record_or_after_a_change() {
+        let kube = Arc::new(KubeFake::start(cluster()));
+        kube.gate("pg-1", Some(true));
+        kube.add_service("pg-read", &[("app", "pg")]);
+        let client = client(&kube).await;
+        let snap = snapshot(vec![pod("standby", "pg-1", Some(true))]);
+        let lags: BTreeMap<String, TargetLag> =
+            [("standby".to_string(), failing())].into_iter().collect();
+
+        let (mut runner, _) = scene(&kube, Mode::Enforce, 5, true);
+        let (_, reports) = runner.run_once(&client, &snap, lags.clone(), 1_000).await;
+        assert_eq!(reports[0].decision, RouteDecision::AuditFailed);
+        assert!(kube.status_patches().is_empty());
+
+        // The snapshot is older than the pod (it had no condition then):
+        // the re-check sees True, skips it and patches nothing.
+        let stale = snapshot(vec![pod("standby", "pg-1", None)]);
+        let (mut runner, audit) = scene(&kube, Mode::Enforce, 5, false);
+        let (_, reports) = runner.run_once(&client, &stale, lags, 1_000).await;
+        match &reports[0].decision {
+            RouteDecision::Done(RouteOutcome::Changed(m)) => {
+                assert!(m.contains("True now, not absent"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(kube.status_patches().is_empty());
+        assert_eq!(
+            audit.log.lock().unwrap().clone(),
+            vec![
+                ("intent".to_string(), "route_out".to_string(), 0),
+                ("skipped".into(), "route_out".into(), 0)
+            ]
+        );
+    }
 }
