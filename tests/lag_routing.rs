@@ -228,6 +228,10 @@ async fn a_lagging_standby_leaves_its_service_and_comes_back_after_hysteresis() 
     assert_eq!(patches[0].ops[0]["path"], "/metadata/uid");
 
     // Caught up: back after restore_after (10s) of passing, not before.
+    // The writer stops first: on a loaded machine a standby replaying
+    // behind a live writer can cross the 1 s threshold again, and the test
+    // would see a second (correct) take-out instead of one round trip.
+    stop.store(true, Ordering::Relaxed);
     psql(&standby, "SELECT pg_wal_replay_resume()");
     let resumed = Instant::now();
     wait_until(
@@ -256,7 +260,6 @@ async fn a_lagging_standby_leaves_its_service_and_comes_back_after_hysteresis() 
         passing.elapsed()
     );
     assert!(kube.pod_ready("pg-1"));
-    stop.store(true, Ordering::Relaxed);
     println!(
         "figures: resume of remediation with the check failing -> pod out in {} ms; replay resumed -> pod back in {} ms (restore_after 10s)",
         to_out.as_millis(),
