@@ -16,6 +16,8 @@
 //! Prints the figures (lag failing → pod out, resume → pod back). Needs the
 //! Debian package `postgresql-15`; about 40 s.
 
+#![cfg(feature = "kubernetes")]
+
 mod support;
 
 use std::path::Path;
