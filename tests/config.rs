@@ -1834,6 +1834,67 @@ max_per_cycle = 2
     }
 
     #[test]
+    fn lag_routing_mistakes_are_reported_at_their_keys() {
+        let toml = "\
+[postgres.main]
+url = \"postgres://app@db:5432/app\"
+pods = \"statefulset.kubernetes.io/pod-name=pg-1\"
+
+[postgres.other]
+url = \"postgres://app@db2:5432/app\"
+
+[neo4j.graph]
+uri = \"bolt://neo4j:7687\"
+user = \"neo4j\"
+pods = \"app=neo4j\"
+
+[kubernetes]
+namespace = \"db\"
+
+[kubernetes.lag_routing]
+service = \"Pg_Read\"
+targets = [\"main\", \"other\", \"graph\", \"nope\"]
+restore_after = \"1s\"
+max_lag = \"5s\"
+";
+        let i = issues(toml);
+        assert_issue(
+            &i,
+            "kubernetes.lag_routing",
+            &["needs a [remediation] section"],
+        );
+        assert_issue(
+            &i,
+            "kubernetes.lag_routing.service",
+            &["invalid Service name"],
+        );
+        assert_issue(&i, "kubernetes.lag_routing.restore_after", &["too short"]);
+        assert_issue(&i, "kubernetes.lag_routing.max_lag", &["unknown key"]);
+        let t: Vec<_> = i
+            .iter()
+            .filter(|x| x.path == "kubernetes.lag_routing.targets")
+            .map(|x| x.message.as_str())
+            .collect();
+        assert_eq!(t.len(), 3, "{i:#?}");
+        assert!(t[0].contains("\"other\" has no pods selector"), "{t:?}");
+        assert!(t[1].contains("\"graph\" is a Neo4j target"), "{t:?}");
+        assert!(
+            t[2].contains("\"nope\" is not a configured target"),
+            "{t:?}"
+        );
+        // A service is required.
+        let i = issues(
+            "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\npods = \"app=pg\"\n\
+             [kubernetes]\nnamespace = \"db\"\n[kubernetes.lag_routing]\n",
+        );
+        assert_issue(
+            &i,
+            "kubernetes.lag_routing.service",
+            &["missing", "postgres-replica"],
+        );
+    }
+
+    #[test]
     fn pods_without_a_section_and_a_section_without_pods_are_errors() {
         let i = issues(
             "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\npods = \"app=postgres\"\n",

@@ -24,7 +24,7 @@ pub use backups::{
     BACKUP_CHECKS, BackupThresholds, backup_limits, evaluate_backups, evaluate_backups_down,
     fmt_bytes,
 };
-pub use checks::{fmt_pct, fmt_secs, measure};
+pub use checks::{fmt_pct, fmt_secs, measure, standby_lag_seconds};
 pub use neo4j::{
     Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, neo4j_limits,
     summarize_neo4j,
