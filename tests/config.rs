@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dbwarden::config::{Config, ConfigError, ConfigIssue};
-use dbwarden::evaluate::{CheckId, Thresholds};
+use dbwarden::evaluate::{CheckId, CheckName, Thresholds};
 use dbwarden::observe::{SessionState, SslMode};
 use dbwarden::remediate::Mode;
 use dbwarden::remediate::policy::{Action, Blocking, Policy, Victims};
@@ -143,7 +143,10 @@ fn the_example_loads_with_the_runbook_defaults_and_its_overrides() {
         Some(Duration::from_secs(300))
     );
     assert!(idle.targets.is_none() && long.targets.is_none());
-    assert_eq!(idle.only_while_failing, [CheckId::ConnectionsUsed]);
+    assert_eq!(
+        idle.only_while_failing,
+        [CheckName::Builtin(CheckId::ConnectionsUsed)]
+    );
     assert_eq!(
         roots.conditions.blocking(),
         Some(Blocking {
@@ -1058,7 +1061,7 @@ fn actions_victims_and_gates_map_to_the_policy() {
     assert_eq!(p.max_per_cycle, 1000);
     assert_eq!(
         p.only_while_failing,
-        [CheckId::ConnectionsUsed, CheckId::IdleSession]
+        [CheckId::ConnectionsUsed.into(), CheckId::IdleSession.into()] as [CheckName; 2]
     );
     assert_eq!(
         p.conditions.blocking(),
@@ -1480,7 +1483,7 @@ fn the_api_token_is_read_from_env_or_file_and_never_printed() {
 #[cfg(feature = "neo4j")]
 mod neo4j {
     use dbwarden::config::{Config, ConfigError, ConfigIssue};
-    use dbwarden::evaluate::{CheckId, Neo4jThresholds};
+    use dbwarden::evaluate::{CheckId, CheckName, Neo4jThresholds};
 
     fn load(toml: &str) -> Result<Config, ConfigError> {
         Config::from_toml_with_env(
@@ -1578,7 +1581,10 @@ mod neo4j {
         assert_eq!(names, ["zeta", "alpha"]);
         let alpha = &r.neo4j_policies[1];
         assert_eq!(alpha.conditions.statuses, ["Blocked"]);
-        assert_eq!(alpha.only_while_failing, [CheckId::SlowQueries]);
+        assert_eq!(
+            alpha.only_while_failing,
+            [CheckName::Builtin(CheckId::SlowQueries)]
+        );
         let printed = c.to_redacted_toml();
         assert_eq!(load(&printed).unwrap().to_redacted_toml(), printed);
 
@@ -1876,6 +1882,67 @@ max_per_cycle = 2
         assert!(
             t[1].contains("\"nope\" is not a configured target"),
             "{t:?}"
+        );
+    }
+
+    #[test]
+    fn lag_routing_mistakes_are_reported_at_their_keys() {
+        let toml = "\
+[postgres.main]
+url = \"postgres://app@db:5432/app\"
+pods = \"statefulset.kubernetes.io/pod-name=pg-1\"
+
+[postgres.other]
+url = \"postgres://app@db2:5432/app\"
+
+[neo4j.graph]
+uri = \"bolt://neo4j:7687\"
+user = \"neo4j\"
+pods = \"app=neo4j\"
+
+[kubernetes]
+namespace = \"db\"
+
+[kubernetes.lag_routing]
+service = \"Pg_Read\"
+targets = [\"main\", \"other\", \"graph\", \"nope\"]
+restore_after = \"1s\"
+max_lag = \"5s\"
+";
+        let i = issues(toml);
+        assert_issue(
+            &i,
+            "kubernetes.lag_routing",
+            &["needs a [remediation] section"],
+        );
+        assert_issue(
+            &i,
+            "kubernetes.lag_routing.service",
+            &["invalid Service name"],
+        );
+        assert_issue(&i, "kubernetes.lag_routing.restore_after", &["too short"]);
+        assert_issue(&i, "kubernetes.lag_routing.max_lag", &["unknown key"]);
+        let t: Vec<_> = i
+            .iter()
+            .filter(|x| x.path == "kubernetes.lag_routing.targets")
+            .map(|x| x.message.as_str())
+            .collect();
+        assert_eq!(t.len(), 3, "{i:#?}");
+        assert!(t[0].contains("\"other\" has no pods selector"), "{t:?}");
+        assert!(t[1].contains("\"graph\" is a Neo4j target"), "{t:?}");
+        assert!(
+            t[2].contains("\"nope\" is not a configured target"),
+            "{t:?}"
+        );
+        // A service is required.
+        let i = issues(
+            "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\npods = \"app=pg\"\n\
+             [kubernetes]\nnamespace = \"db\"\n[kubernetes.lag_routing]\n",
+        );
+        assert_issue(
+            &i,
+            "kubernetes.lag_routing.service",
+            &["missing", "postgres-replica"],
         );
     }
 
@@ -2796,4 +2863,89 @@ mod backups {
         assert_issue(&missing, "backups.x.target", &["missing"]);
         assert_issue(&missing, "backups.x.url", &["missing"]);
     }
+}
+
+#[test]
+fn a_policy_may_wait_on_a_probe_check_that_every_one_of_its_targets_has() {
+    let base = "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\n\
+         [postgres.main.probes.entities]\nsql = \"SELECT count(*) AS rows FROM entities\"\n\
+         checks.rows = { min = 1000 }\n\
+         [postgres.other]\nurl = \"postgres://app@db2:5432/app\"\n\
+         [remediation]\nmode = \"observe\"\n\
+         [remediation.policies.a]\naction = \"cancel\"\nwhen.query_running_for = \"5m\"\n";
+    let c = ok(
+        &format!(
+            "{base}targets = [\"main\"]\n\
+             only_while_failing = [\"connections_used\", \"probe:entities:rows\", \"probe:entities\"]\n"
+        ),
+        &[],
+    );
+    let p = &c.remediation.as_ref().unwrap().policies["a"];
+    assert_eq!(
+        p.only_while_failing,
+        [
+            CheckName::Builtin(CheckId::ConnectionsUsed),
+            CheckName::Probe("probe:entities:rows".into()),
+            CheckName::Probe("probe:entities".into()),
+        ]
+    );
+    // Without targets the policy acts on "other" too, which has no such probe.
+    let found = issues(
+        &format!("{base}only_while_failing = [\"probe:entities:rows\"]\n"),
+        &[],
+    );
+    assert_issue(
+        &found,
+        "remediation.policies.a.only_while_failing",
+        &["\"probe:entities:rows\"", "target \"other\""],
+    );
+    // A column without a check, and a name that is not a probe check's.
+    let found = issues(
+        &format!("{base}targets = [\"main\"]\nonly_while_failing = [\"probe:entities:newest\"]\n"),
+        &[],
+    );
+    assert_issue(
+        &found,
+        "remediation.policies.a.only_while_failing",
+        &["\"probe:entities:newest\"", "target \"main\""],
+    );
+    let found = issues(
+        &format!("{base}targets = [\"main\"]\nonly_while_failing = [\"probe:Entities\"]\n"),
+        &[],
+    );
+    assert_issue(
+        &found,
+        "remediation.policies.a.only_while_failing",
+        &["\"probe:Entities\" is not a probe check's name"],
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_target_s_sub_table_lists_that_table_s_keys() {
+    let found = issues(
+        &format!("{MIN}[postgres.main.probes.p]\nsql = \"SELECT 1 AS one\"\nzzz = 1\n"),
+        &[],
+    );
+    let at: Vec<_> = found
+        .iter()
+        .filter(|i| i.path == "postgres.main.probes.p.zzz")
+        .collect();
+    assert_eq!(at.len(), 1, "{found:#?}");
+    assert!(
+        at[0].message.contains("sql, databases"),
+        "{}",
+        at[0].message
+    );
+    assert!(
+        !at[0].message.contains("poll_interval"),
+        "{}",
+        at[0].message
+    );
+    // At the target's own level its settings are keys too.
+    let found = issues(&format!("{MIN}poll_intervall = \"1s\"\n"), &[]);
+    assert_issue(
+        &found,
+        "postgres.main.poll_intervall",
+        &["did you mean `poll_interval`?"],
+    );
 }

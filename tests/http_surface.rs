@@ -249,6 +249,32 @@ async fn the_api_needs_authentication_and_never_shows_query_text_unless_configur
         !body.contains("hunter2") && !body.contains("pg_sleep"),
         "{body}"
     );
+    // The health endpoints are open like the probes (HAProxy sends no
+    // credentials), are never refused, and tell role and lag only.
+    let rejected = async || {
+        let (_, _, m) = get("/metrics", ops).await.unwrap();
+        ["unauthenticated", "wrong_credentials"].map(|r| {
+            metric_value(&m, "dbwarden_http_rejections_total", &[("reason", r)]).unwrap_or(0.0)
+        })
+    };
+    let before = rejected().await;
+    for (path, want) in [
+        ("/health/main/primary", 200),
+        ("/health/main/read-only", 200),
+        ("/health/main/replica", 503),
+    ] {
+        let (code, headers, body) = get(path, None).await.unwrap();
+        assert_eq!(code, want, "{path}: {body}");
+        assert_eq!(headers["x-frame-options"], "deny", "{path}");
+        assert!(
+            !body.contains("hunter2") && !body.contains("pg_sleep"),
+            "{path}: {body}"
+        );
+        // Wrong credentials are not even looked at.
+        let (code, _, _) = get(path, Some(("ops", "wrong"))).await.unwrap();
+        assert_eq!(code, want, "{path} with wrong credentials");
+    }
+    assert_eq!(rejected().await, before, "no health request was refused");
 
     // Authenticated: the session is there, its literals are not.
     let status = wait_until(

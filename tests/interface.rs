@@ -405,10 +405,12 @@ fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
             dashboard_exprs(&parse_json(&rel, &text)).join("\n"),
         ));
     }
+    // A probe check is named by the team's configuration.
+    let probe = regex::Regex::new("^probe:[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?$").unwrap();
     for (rel, text) in &texts {
         for c in check_matchers(text) {
             assert!(
-                checks.contains(c.as_str()),
+                checks.contains(c.as_str()) || probe.is_match(&c),
                 "{rel}: check=\"{c}\" is not a dbwarden check ({checks:?})"
             );
         }
@@ -473,6 +475,37 @@ fn the_status_page_links_each_check_to_the_alert_that_fires_for_it() {
             fires_for_check || down_alert,
             "{alert} does not fire for {kind}/{check}:\n{rule}"
         );
+    }
+}
+
+/// The status page links a failing probe check to the probe alerts' runbook
+/// sections: those alerts must exist and fire for exactly those checks
+/// (`probe:<probe>` for the run, `probe:<probe>:<column>` for the rest).
+#[test]
+fn the_probe_alerts_fire_for_the_probe_checks_the_status_page_links_them_to() {
+    let rules = read(RULES);
+    let per_rule: Vec<&str> = rules.split("- alert:").skip(1).collect();
+    let matcher = |alert: &str| -> regex::Regex {
+        let rule = per_rule
+            .iter()
+            .find(|r| r.trim_start().starts_with(&format!("{alert}\n")))
+            .unwrap_or_else(|| panic!("{alert} is not in {RULES}"));
+        let re = regex::Regex::new(r#"check=~"([^"]+)""#).unwrap();
+        let caps = re
+            .captures(rule)
+            .unwrap_or_else(|| panic!("{alert} matches no check=~ pattern"));
+        regex::Regex::new(&format!("^(?:{})$", &caps[1])).unwrap()
+    };
+    let [(_, run_alert), (_, check_alert)] = dbwarden::http::PROBE_ALERTS;
+    let (run, check) = (matcher(run_alert), matcher(check_alert));
+    for name in ["probe:entities", "probe:a_1"] {
+        assert!(run.is_match(name) && !check.is_match(name), "{name}");
+    }
+    for name in ["probe:entities:rows", "probe:entities:duration"] {
+        assert!(check.is_match(name) && !run.is_match(name), "{name}");
+    }
+    for name in ["connections_used", "probe:"] {
+        assert!(!check.is_match(name) && !run.is_match(name), "{name}");
     }
 }
 

@@ -957,6 +957,7 @@ fn every_manifest_parses_into_its_typed_object() {
         "grafana-dashboards",
         "kubernetes-observation",
         "eviction",
+        "lag-routing",
         "volume-stats",
         "tls",
     ] {
@@ -1164,6 +1165,10 @@ fn rbac_is_least_privilege_and_opt_in() {
             "components/volume-stats",
             grant_set(&[("", "nodes/proxy", &["get"])]),
         ),
+        (
+            "components/lag-routing",
+            grant_set(&[("", "pods/status", &["patch"]), ("", "services", &["get"])]),
+        ),
     ];
     for (dir, want) in &expected {
         let got: Vec<PolicyRule> = roles
@@ -1177,7 +1182,7 @@ fn rbac_is_least_privilege_and_opt_in() {
     }
     for dir in roles.keys() {
         if !expected.iter().any(|(d, _)| d == dir) {
-            errors.push(format!("{dir}: RBAC outside the three RBAC components"));
+            errors.push(format!("{dir}: RBAC outside the four RBAC components"));
         }
     }
     // Eviction, leases and nodes appear nowhere else.
@@ -1185,6 +1190,10 @@ fn rbac_is_least_privilege_and_opt_in() {
         for (origin, rules) in list {
             for ((_, res), _) in grants(rules) {
                 let eviction = res == "pods/eviction" || res == "leases";
+                let routing = res == "pods/status" || res == "services";
+                if routing && dir != "components/lag-routing" {
+                    errors.push(format!("{origin}: {res} outside components/lag-routing"));
+                }
                 let nodes = res == "nodes" || res.starts_with("nodes/");
                 if eviction && dir != "components/eviction" {
                     errors.push(format!("{origin}: {res} outside components/eviction"));
@@ -1656,6 +1665,8 @@ fn rendered_rbac_appears_only_with_its_component() {
             ("pods/eviction", "eviction"),
             ("leases", "eviction"),
             ("nodes/proxy", "volume-stats"),
+            ("pods/status", "lag-routing"),
+            ("services", "lag-routing"),
         ] {
             if has(res) != r.has(component) {
                 errors.push(format!(

@@ -585,7 +585,9 @@ fn the_example_neo4j_policy_is_valid_uncommented() {
     assert_eq!(p.max_per_cycle, 5);
     assert_eq!(
         p.only_while_failing,
-        [dbwarden::evaluate::CheckId::SlowQueries]
+        [dbwarden::evaluate::CheckName::Builtin(
+            dbwarden::evaluate::CheckId::SlowQueries
+        )]
     );
     assert_eq!(p.conditions.running_for, Some(Duration::from_secs(300)));
     assert_eq!(p.conditions.statuses, ["Running"]);

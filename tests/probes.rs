@@ -121,7 +121,7 @@ fn bad_probes_are_errors_at_their_key_paths() {
 [postgres.main.probes.counts]
 sql = "SELECT kind, count(*) AS rows FROM t GROUP BY kind"
 labels = ["kind", "Bad-Name", "kind", "target"]
-databases = ["other"]
+databases = ["other", "other"]
 interval = "5s"
 timeout = "10s"
 max_series = 0
@@ -177,11 +177,7 @@ query = "SELECT 2"
         &at("checks.duration.max"),
         &["is a number", "duration such as \"2s\""],
     );
-    assert_issue(
-        &found,
-        &at("databases"),
-        &["\"other\"", "\"app\"", "own database only"],
-    );
+    assert_issue(&found, &at("databases"), &["\"other\" is listed twice"]);
     assert_issue(
         &found,
         &at("interval"),
@@ -848,4 +844,176 @@ async fn a_queries_file_runs_against_postgresql() {
         "{}",
         support::describe_output(&out)
     );
+}
+
+/// A probe across databases: the target's own on the polling connection,
+/// the others each on a connection opened for the run; a pattern follows
+/// the databases the server has at each run; every row carries its
+/// database; a database that returns other columns fails the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_run_across_databases_within_the_connection_budget() {
+    let pg = support::primary();
+    for db in ["tenant_a", "tenant_b"] {
+        psql(&pg, &format!("CREATE DATABASE {db}"));
+    }
+    let in_db = |db: &str, sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &pg.url(db), "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    in_db(
+        "tenant_a",
+        "CREATE TABLE entities (id int); INSERT INTO entities SELECT generate_series(1, 3)",
+    );
+    in_db(
+        "tenant_b",
+        "CREATE TABLE entities (id int); INSERT INTO entities SELECT generate_series(1, 5)",
+    );
+    in_db(
+        "postgres",
+        "CREATE TABLE entities (id int); INSERT INTO entities SELECT generate_series(1, 7)",
+    );
+    let toml = format!(
+        r#"[postgres.main]
+url = "{}"
+sslmode = "disable"
+poll_interval = "1s"
+poll_timeout = "500ms"
+statement_timeout = "400ms"
+connect_timeout = "2s"
+max_connections = 2
+
+[postgres.main.probes.tenants]
+sql = "SELECT count(*) AS rows FROM entities"
+databases = ["tenant_*"]
+interval = "1s"
+timeout = "300ms"
+checks.rows = {{ min = 4 }}
+
+[postgres.main.probes.mixed]
+sql = "SELECT count(*) AS rows FROM entities"
+databases = ["postgres", "tenant_b"]
+interval = "1s"
+timeout = "300ms"
+"#,
+        pg.url("postgres")
+    );
+    let d = Daemon::start(&toml).await;
+    // dbwarden's backends, sampled at every check of the waits below.
+    let most = std::sync::atomic::AtomicI64::new(0);
+    let sample = || {
+        let n: i64 = psql(
+            &pg,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dbwarden%'",
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+    };
+    let want = |db: &'static str, probe: &'static str, n: f64| (probe, db, n);
+    let wants = [
+        want("tenant_a", "tenants", 3.0),
+        want("tenant_b", "tenants", 5.0),
+        want("postgres", "mixed", 7.0),
+        want("tenant_b", "mixed", 5.0),
+    ];
+    wait_until(T, "rows per database", async || {
+        sample();
+        let text = d.try_metrics().await?;
+        for (probe, db, n) in wants {
+            let got = support::metric_value(
+                &text,
+                &format!("dbwarden_probe_{probe}_rows"),
+                &[("target", "main"), ("database", db)],
+            );
+            if got != Some(n) {
+                return Err(format!("{probe} {db}: {got:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    // The worst database decides: tenant_a's 3 rows are under 4.
+    let status = d.status().await;
+    let (st, detail) = probe_check(&status, "probe:tenants:rows").expect("the check");
+    assert_eq!(st, "fail", "{detail}");
+    assert!(detail.contains("tenant_a"), "{detail}");
+    // A new database matching the pattern joins at the next run.
+    psql(&pg, "CREATE DATABASE tenant_c");
+    in_db(
+        "tenant_c",
+        "CREATE TABLE entities (id int); INSERT INTO entities SELECT generate_series(1, 9)",
+    );
+    wait_until(T, "tenant_c counted", async || {
+        sample();
+        let text = d.try_metrics().await?;
+        match support::metric_value(
+            &text,
+            "dbwarden_probe_tenants_rows",
+            &[("target", "main"), ("database", "tenant_c")],
+        ) {
+            Some(9.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // A database whose table has another shape fails the probe, by name.
+    in_db(
+        "tenant_c",
+        "DROP TABLE entities; CREATE TABLE entities (id int, kind text)",
+    );
+    in_db("tenant_b", "DROP TABLE entities");
+    let detail = wait_until(T, "tenants fails on tenant_b", async || {
+        let s = d.status().await;
+        match probe_check(&s, "probe:tenants") {
+            Some((st, detail)) if st == "fail" => Ok(detail),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(detail.contains("entities"), "{detail}");
+    // The connection budget held: never more than two backends of dbwarden
+    // in any sample, and the probes' own connection was seen at least once
+    // is not required (it lives for milliseconds).
+    sample();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=2).contains(&most), "{most} dbwarden backends");
+    assert_eq!(builtin_check(&d.status().await, "connection"), "pass");
+    d.stop().await;
+}
+
+/// A probe in another database needs a second connection: with
+/// `max_connections = 1`, or with remediation acting and only two, the
+/// configuration says so.
+#[test]
+fn a_probe_in_another_database_needs_room_in_the_connection_budget() {
+    let probe = "[postgres.main.probes.t]\nsql = \"SELECT 1 AS one\"\ndatabases = [\"tenant_*\"]\n";
+    let base = "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\n";
+    let found = issues(&format!("{base}max_connections = 1\n{probe}"));
+    assert_issue(
+        &found,
+        "postgres.main.probes.t.databases",
+        &["second connection", "max_connections is 1"],
+    );
+    let remediation = "[remediation]\nmode = \"enforce\"\naudit_file = \"/var/lib/dbwarden/audit.jsonl\"\n\
+        state_dir = \"/var/lib/dbwarden\"\n[remediation.policies.p]\naction = \"cancel\"\nwhen.query_running_for = \"5m\"\n";
+    let found = issues(&format!("{base}{probe}{remediation}"));
+    assert_issue(
+        &found,
+        "postgres.main.max_connections",
+        &[
+            "2 is too few",
+            "a probe runs in another database",
+            "max_connections = 3",
+        ],
+    );
+    load(&format!("{base}max_connections = 3\n{probe}{remediation}"))
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -1709,3 +1709,104 @@ match_applications = ["su-victim"]"#,
     assert_eq!(users, ["warden"]);
     daemon.stop().await;
 }
+
+/// A policy gated on a probe check (`only_while_failing =
+/// ["probe:backlog:pending"]`) leaves an idle session alone while the team's
+/// own check passes, however many polls go by, and terminates it once the
+/// check fails; the audit's reason names the probe check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_gated_on_a_probe_check_acts_only_while_that_check_fails() {
+    let mut fx = Fixture::new("CREATE ROLE app LOGIN; CREATE TABLE queue (id int)").await;
+    let policies = format!(
+        r#"
+[remediation.policies.idle_workers]
+targets = ["{TARGET}"]
+action = "terminate"
+only_while_failing = ["probe:backlog:pending"]
+
+[remediation.policies.idle_workers.when]
+state = ["idle"]
+idle_for = "1s"
+match_applications = ["worker"]
+
+[postgres.{TARGET}.probes.backlog]
+sql = "SELECT count(*) AS pending FROM queue"
+interval = "300ms"
+timeout = "200ms"
+checks.pending = {{ max = 10 }}
+"#
+    );
+    let audit_file = fx.audit_file();
+    let daemon = Daemon::start(&fx.config(&fx.url(), "enforce", &audit_file, 10, &policies)).await;
+    let mut worker = fx.session("app", "worker").await;
+
+    // The check passes (an empty queue) while the session is idle past
+    // idle_for: wait for the probe's verdict and the candidate, then for
+    // three more polls.
+    wait_until(T, "probe:backlog:pending passes", async || {
+        let s = daemon.status().await;
+        let found = s["targets"][0]["probes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["checks"].as_array().into_iter().flatten())
+            .find(|c| c["check"] == "probe:backlog:pending")
+            .map(|c| c["status"].clone());
+        match found {
+            Some(v) if v == "pass" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // The session meets the policy's conditions: a candidate, the gate closed.
+    wait_until(T, "the idle worker a candidate", async || {
+        let n = metric_or_zero(
+            &daemon,
+            "dbwarden_remediation_candidates",
+            &[("target", TARGET), ("policy", "idle_workers")],
+        )
+        .await;
+        if n >= 1.0 { Ok(()) } else { Err(n.to_string()) }
+    })
+    .await;
+    let seen = polls(&daemon).await;
+    wait_until(T, "three more polls", async || {
+        let n = polls(&daemon).await;
+        if n >= seen + 3.0 {
+            Ok(())
+        } else {
+            Err(n.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        fx.alive(worker.id).await,
+        Ok(true),
+        "terminated while the gate was closed"
+    );
+    assert!(
+        records_of(&audit(&audit_file), worker.id.0).is_empty(),
+        "no audit record while the probe check passes"
+    );
+
+    // A backlog: the check fails, the gate opens, the session goes.
+    psql(&fx.pg, "INSERT INTO queue SELECT generate_series(1, 50)");
+    wait_until(T, "the idle worker terminated", async || {
+        match fx.alive(worker.id).await {
+            Ok(false) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let records = audit(&audit_file);
+    assert_acted_once(
+        &records,
+        worker.id,
+        "idle worker",
+        "idle_workers",
+        "terminate",
+        "probe:backlog:pending failing",
+    );
+    let _ = worker.conn.ping().await;
+    daemon.stop().await;
+}

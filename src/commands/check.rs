@@ -207,6 +207,15 @@ async fn observe_neo4j_once(
     let (target, thresholds) = (&config.target, &config.thresholds);
     let mut observer = Neo4jObserver::new(target.clone());
     let result = observer.poll().await;
+    // Every probe runs once after a successful poll, due or not.
+    let probes = if result.is_ok() {
+        let runs = observer.run_probes(std::time::Instant::now(), true).await;
+        let mut book = evaluate::probes::ProbeBook::default();
+        book.record(runs);
+        evaluate::probes::evaluate(&mut book, &target.active_probes, 0, false)
+    } else {
+        Vec::new()
+    };
     observer.close().await;
     let (up, error, checks, neo4j, neo4j_snapshot) = match result {
         Ok(snapshot) => (
@@ -231,7 +240,7 @@ async fn observe_neo4j_once(
         up,
         error,
         checks,
-        probes: Vec::new(),
+        probes,
         summary: None,
         snapshot: None,
         neo4j,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{Format, exit};
 use crate::config::Config;
-use crate::evaluate::{CheckResult, CheckStatus, fmt_secs};
+use crate::evaluate::{CheckName, CheckResult, CheckStatus, fmt_secs};
 use crate::observe::PgSnapshot;
 use crate::observe::neo4j::Neo4jSnapshot;
 use crate::remediate::neo4j_policy::{self, Neo4jPolicyEvaluation};
@@ -33,6 +33,21 @@ struct RecordedTarget {
     snapshot: Option<PgSnapshot>,
     #[serde(default)]
     neo4j_snapshot: Option<Neo4jSnapshot>,
+    /// The probes' checks, which a policy's `only_while_failing` may name.
+    #[serde(default)]
+    probes: Vec<RecordedProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedProbe {
+    #[serde(default)]
+    checks: Vec<RecordedProbeCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedProbeCheck {
+    check: String,
+    status: CheckStatus,
 }
 
 /// One target's replay: PostgreSQL sessions or Neo4j transactions.
@@ -70,11 +85,18 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
     };
     let mut results = Vec::new();
     for t in &recorded.targets {
-        let failing: Vec<_> = t
+        let failing: Vec<CheckName> = t
             .checks
             .iter()
             .filter(|c| c.status == CheckStatus::Fail)
-            .map(|c| c.check)
+            .map(|c| CheckName::Builtin(c.check))
+            .chain(
+                t.probes
+                    .iter()
+                    .flat_map(|p| &p.checks)
+                    .filter(|c| c.status == CheckStatus::Fail)
+                    .map(|c| CheckName::Probe(c.check.clone())),
+            )
             .collect();
         let gates = policy::Gates {
             failing: &failing,

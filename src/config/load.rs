@@ -285,7 +285,17 @@ impl Loader {
         }
         if let Some(r) = &mut c.remediation {
             let targets: Vec<&PostgresTarget> = c.postgres.iter().map(|t| &t.target).collect();
-            r.validate(&targets, ctx, issues);
+            let probe_checks = c
+                .postgres
+                .iter()
+                .map(|t| (t.target.name.clone(), t.target.probe_check_names()))
+                .chain(
+                    c.neo4j
+                        .iter()
+                        .map(|t| (t.target.name.clone(), t.target.probe_check_names())),
+                )
+                .collect();
+            r.validate(&targets, &probe_checks, ctx, issues);
         }
     }
 
@@ -585,7 +595,9 @@ impl Loader {
                     let table = file_path(&segs[..segs.len().saturating_sub(1)]);
                     let is_table = matches!(lookup(&dict, &segs), Some(Value::Dict(..)));
                     let mut known: Vec<&str> = expected.to_vec();
-                    if target {
+                    // The target's own table also takes its settings'
+                    // keys (nested as `settings` in the type); its sub-tables do not.
+                    if target && segs.len() == 1 {
                         known.retain(|k| *k != "settings");
                         known.extend(field_names::<TargetSettings>());
                     }

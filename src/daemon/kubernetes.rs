@@ -1,7 +1,8 @@
 //! The Kubernetes loop: the pod watchers' snapshot (plus the kubelet volume
 //! stats on their own cadence) → the pure checks → the Lease → the eviction
-//! policy → publish into [`SharedState`], so `/metrics` and the status API
-//! read memory only.
+//! policy → lag routing (the standbys' `replication_lag` checks, read from
+//! the published state) → publish into [`SharedState`], so `/metrics` and
+//! the status API read memory only.
 //!
 //! It runs beside the database poll loops and shares nothing with them but
 //! the published state: an API server that cannot be reached makes the
@@ -33,6 +34,9 @@ use crate::kubernetes::evict::{
     EvictionAudit, EvictionBudget, EvictionCandidate, EvictionDecision, EvictionOutcome,
     EvictionReport,
 };
+#[cfg(feature = "kubernetes")]
+use crate::kubernetes::lag_routing::LagRoutingRunner;
+use crate::kubernetes::lag_routing::{LagRouteAudit, LagRouteChange, RouteOutcome, TargetLag};
 #[cfg(feature = "kubernetes")]
 use crate::kubernetes::lease::LeaseElector;
 #[cfg(feature = "kubernetes")]
@@ -141,6 +145,143 @@ pub fn decision_of(o: &EvictionOutcome) -> Decision {
     }
 }
 
+/// The audit bridge of lag routing: its records in the remediation audit
+/// file, the intent `fsync`ed before the patch, as for evictions.
+pub struct LagRouteAuditLog {
+    log: Option<Arc<AuditLog>>,
+    instance: String,
+    mode: Mode,
+    metrics: Arc<Metrics>,
+    /// The action id of each pod's pending intent, by UID.
+    pending: Mutex<HashMap<String, String>>,
+}
+
+impl LagRouteAuditLog {
+    pub fn new(rem: &Remediation, metrics: Arc<Metrics>) -> Self {
+        let settings = rem.settings();
+        LagRouteAuditLog {
+            log: rem.audit.clone(),
+            instance: settings.instance().to_string(),
+            mode: settings.mode,
+            metrics,
+            pending: Mutex::default(),
+        }
+    }
+
+    fn id(&self, c: &LagRouteChange) -> String {
+        format!("{}-{}-{}-{}", self.instance, c.action(), c.uid, now_ms())
+    }
+
+    fn append(&self, record: &AuditRecord, durable: bool) -> Result<(), String> {
+        let Some(log) = &self.log else {
+            return Err("no audit file (observe mode)".into());
+        };
+        log.append(record, durable).map_err(|e| {
+            self.metrics.audit_error();
+            e.to_string()
+        })
+    }
+}
+
+impl LagRouteAudit for LagRouteAuditLog {
+    fn intent(&self, c: &LagRouteChange) -> Result<(), String> {
+        let id = self.id(c);
+        let record = c.audit_record(
+            SystemTime::now(),
+            &id,
+            &self.instance,
+            self.mode,
+            Decision::Intent,
+            "about to set the pod condition",
+        );
+        self.append(&record, true)?;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.uid.clone(), id);
+        Ok(())
+    }
+
+    fn outcome(&self, c: &LagRouteChange, o: &RouteOutcome) {
+        let id = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.uid)
+            .unwrap_or_else(|| self.id(c));
+        let record = c.audit_record(
+            SystemTime::now(),
+            &id,
+            &self.instance,
+            self.mode,
+            o.decision(),
+            o.sentence(c),
+        );
+        if let Err(e) = self.append(&record, false) {
+            tracing::error!(error = %e, pod = %c.pod, "cannot write the lag routing outcome to the audit file");
+        }
+    }
+}
+
+/// What the targets' latest polls say about their lag, for lag routing:
+/// PostgreSQL targets only; the role only after a successful poll.
+pub fn target_lags(
+    state: &SharedState,
+    targets: &[String],
+) -> std::collections::BTreeMap<String, TargetLag> {
+    use crate::evaluate::{CheckId, CheckStatus};
+    let mut out = std::collections::BTreeMap::new();
+    for t in targets {
+        let Some(status) = state.get(t) else { continue };
+        if status.kind != "postgres" {
+            continue;
+        }
+        let check = status
+            .checks
+            .iter()
+            .find(|c| c.check == CheckId::ReplicationLag);
+        let role = status
+            .snapshot
+            .as_ref()
+            .filter(|_| status.up)
+            .map(|s| s.server.role());
+        out.insert(
+            t.clone(),
+            TargetLag {
+                role,
+                check: check.map_or(CheckStatus::Unknown, |c| c.status),
+                lag_seconds: check.and_then(|c| c.value),
+                passing_since_ms: None,
+            },
+        );
+    }
+    out
+}
+
+/// The lag routing runner over the shared remediation state.
+#[cfg(feature = "kubernetes")]
+pub fn lag_routing_runner(
+    settings: &KubernetesSettings,
+    rem: &Arc<Remediation>,
+    metrics: Arc<Metrics>,
+    elector: Option<&Arc<LeaseElector>>,
+) -> Option<LagRoutingRunner> {
+    let policy = settings.lag_routing.clone()?;
+    let paused = rem.clone();
+    let is_actor: Arc<dyn Fn() -> bool + Send + Sync> = match elector {
+        Some(e) => e.actor_flag(),
+        None => Arc::new(|| true),
+    };
+    Some(LagRoutingRunner::new(
+        policy,
+        rem.settings().mode,
+        Arc::new(SharedBudget(rem.clone())),
+        Arc::new(move || paused.pause.is_paused()),
+        is_actor,
+        Arc::new(LagRouteAuditLog::new(rem, metrics)),
+    ))
+}
+
 /// The shared remediation budgets (per target and global) as the eviction
 /// runner's budget.
 struct SharedBudget(Arc<Remediation>);
@@ -186,7 +327,10 @@ pub fn eviction_runner(
         let since = now_ms().saturating_sub(crate::kubernetes::duration_ms(policy.cooldown));
         for r in log.recent(RECENT_CAPACITY) {
             let Some(p) = &r.pod else { continue };
-            if r.time_ms >= since && matches!(r.decision, Decision::Acted | Decision::Failed) {
+            if r.action == "evict"
+                && r.time_ms >= since
+                && matches!(r.decision, Decision::Acted | Decision::Failed)
+            {
                 let group = match &p.statefulset {
                     Some(s) => format!("{}/statefulset/{s}", p.namespace),
                     None => format!("{}/pod/{}", p.namespace, p.name),
@@ -222,6 +366,9 @@ pub fn unreachable_status(settings: &KubernetesSettings, error: &str) -> Kuberne
         lease: None,
         eviction_enabled: false,
         last_evictions: Vec::new(),
+        lag_routing_enabled: false,
+        last_routes: Vec::new(),
+        lag_routing_held_back: Vec::new(),
         volumes_at_ms: None,
     }
 }
@@ -457,8 +604,48 @@ async fn run_inner(
         }
         _ => None,
     };
+    let mut router = match (&remediation, &settings.lag_routing) {
+        (Some(rem), Some(_)) => {
+            lag_routing_runner(&settings, rem, metrics.clone(), elector.as_ref())
+        }
+        (None, Some(_)) => {
+            tracing::error!("lag routing needs [remediation]: not routing");
+            None
+        }
+        _ => None,
+    };
     // The mode the eviction runner was started in labels its decisions.
     let mode = remediation.as_ref().map(|r| r.settings().mode.as_str());
+    let routed: Vec<String> = settings
+        .lag_routing
+        .as_ref()
+        .map(|p| {
+            settings
+                .targets
+                .iter()
+                .filter(|t| p.applies_to(&t.name))
+                .map(|t| t.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let (Some(mode), Some(policy), true) = (mode, &settings.lag_routing, router.is_some()) {
+        for t in &routed {
+            for action in ["route_out", "route_in"] {
+                for outcome in [
+                    "acted",
+                    "would_act",
+                    "skipped",
+                    "failed",
+                    "budget_exhausted",
+                    "audit_failed",
+                ] {
+                    metrics.init_action(t, &policy.name, action, outcome, mode);
+                }
+            }
+        }
+    }
+    let mut last_routes = Vec::new();
+    let mut held_back = Vec::new();
     if let (Some(mode), Some(policy)) = (mode, &settings.eviction) {
         for t in settings
             .targets
@@ -476,6 +663,28 @@ async fn run_inner(
             ] {
                 metrics.init_action(&t.name, &policy.name, "evict", outcome, mode);
             }
+        }
+    }
+
+    // Lag routing follows the standbys' polls, not only this loop's
+    // interval: each publish of a routed target wakes the loop.
+    if router.is_some() {
+        for t in &routed {
+            let Some(mut published) = state.subscribe(t) else {
+                continue;
+            };
+            let (wake, cancel) = (wake.clone(), cancel.clone());
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = published.changed() => match r {
+                            Ok(()) => wake.notify_one(),
+                            Err(_) => break,
+                        },
+                    }
+                }
+            });
         }
     }
 
@@ -569,6 +778,34 @@ async fn run_inner(
                 last_evictions = reports;
             }
         }
+        if let (Some(r), Some(rem), Some(mode)) = (router.as_mut(), &remediation, mode) {
+            let lags = target_lags(&state, &routed);
+            let (routing, reports) = r.run_once(&client, &snapshot, lags, now).await;
+            held_back = routing.held_back.clone();
+            for t in &routed {
+                let n = routing.changes.iter().filter(|c| &c.target == t).count();
+                metrics.set_candidates(t, &r.policy().name, n);
+            }
+            for report in &reports {
+                if let Some(label) = report.outcome_label() {
+                    metrics.action(
+                        &report.change.target,
+                        &report.change.policy,
+                        report.change.action(),
+                        label,
+                        mode,
+                    );
+                }
+            }
+            if !reports.is_empty() {
+                let targets: std::collections::BTreeSet<&str> =
+                    reports.iter().map(|r| r.change.target.as_str()).collect();
+                for t in targets {
+                    rem.publish_budgets(t);
+                }
+                last_routes = reports;
+            }
+        }
         let lease = elector.as_ref().map(|e| LeaseView {
             name: settings
                 .lease
@@ -586,6 +823,9 @@ async fn run_inner(
             lease,
             eviction_enabled: runner.is_some(),
             last_evictions: last_evictions.clone(),
+            lag_routing_enabled: router.is_some(),
+            last_routes: last_routes.clone(),
+            lag_routing_held_back: held_back.clone(),
             volumes_at_ms,
         });
     }

@@ -198,6 +198,12 @@ impl Observer for Neo4jObserver {
     fn down(&self, thresholds: &Self::Thresholds, error: &str) -> Vec<CheckResult> {
         evaluate::evaluate_neo4j_down(thresholds, error)
     }
+    fn active_probes(&self) -> &BTreeMap<String, ProbeSettings> {
+        &self.target().active_probes
+    }
+    fn run_probes(&mut self, deadline: Instant) -> impl Future<Output = Vec<ProbeRun>> + Send {
+        Neo4jObserver::run_probes(self, deadline, false)
+    }
 }
 
 /// A target's configuration as the poll loop receives it: at start, and

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::evaluate::CheckStatus;
+use crate::evaluate::{CheckName, CheckStatus};
 use crate::observe::PostgresTarget;
 use crate::remediate::Remediation;
 use crate::remediate::postgres::Postgres;
@@ -129,14 +129,21 @@ fn cycle_of<S>(
     })
 }
 
-/// The checks failing in a status: a policy's pressure gate.
-fn failing(status: &TargetStatus) -> Vec<crate::evaluate::CheckId> {
-    status
+/// The checks failing in a status, built-in and the probes': a policy's
+/// pressure gate.
+fn failing(status: &TargetStatus) -> Vec<CheckName> {
+    let builtin = status
         .checks
         .iter()
         .filter(|c| c.status == CheckStatus::Fail)
-        .map(|c| c.check)
-        .collect()
+        .map(|c| CheckName::Builtin(c.check));
+    let probes = status
+        .probes
+        .iter()
+        .flat_map(|p| &p.checks)
+        .filter(|c| c.status == CheckStatus::Fail)
+        .map(|c| CheckName::Probe(c.check.clone()));
+    builtin.chain(probes).collect()
 }
 
 /// The alerts Alertmanager reports firing for `target`: a policy's alert gate.
@@ -152,6 +159,7 @@ fn firing(alerts: &FiringAlerts, target: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evaluate::probes::{ProbeCheckResult, ProbeStatus};
     use crate::evaluate::{CheckId, CheckResult};
     use crate::state::alerts::{AlertReport, AlertStatus};
 
@@ -189,13 +197,41 @@ mod tests {
             check(CheckId::ReplicationLag, CheckStatus::Pass),
             check(CheckId::IdleInTransaction, CheckStatus::Fail),
         ];
+        let probe_check = |check: &str, status| ProbeCheckResult {
+            check: check.to_string(),
+            status,
+            value: Some(1.0),
+            threshold: 1.0,
+            for_seconds: 0.0,
+            held_seconds: 0.0,
+            detail: String::new(),
+        };
+        status.probes = vec![ProbeStatus {
+            probe: "entities".to_string(),
+            ok: true,
+            error: None,
+            last_run_at: SystemTime::now(),
+            duration_seconds: 0.1,
+            series: 2,
+            failures: Default::default(),
+            rows: None,
+            checks: vec![
+                probe_check("probe:entities", CheckStatus::Pass),
+                probe_check("probe:entities:rows", CheckStatus::Fail),
+                probe_check("probe:entities:newest", CheckStatus::Pending),
+            ],
+        }];
         let alerts = FiringAlerts::new();
         fire(&alerts, "a", "ConnectionsHigh", "main");
         fire(&alerts, "b", "ConnectionsHigh", "other");
         let snapshot = Arc::new(7);
         let cycle = cycle_of(&status, Some(&snapshot), &alerts).expect("a cycle");
         assert!(Arc::ptr_eq(&cycle.snapshot, &snapshot));
-        let failing = [CheckId::ConnectionsUsed, CheckId::IdleInTransaction];
+        let failing = [
+            CheckName::Builtin(CheckId::ConnectionsUsed),
+            CheckName::Builtin(CheckId::IdleInTransaction),
+            CheckName::Probe("probe:entities:rows".to_string()),
+        ];
         assert_eq!(cycle.failing, failing);
         assert_eq!(cycle.firing, ["ConnectionsHigh"]);
     }

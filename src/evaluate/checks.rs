@@ -162,23 +162,29 @@ fn disk_free(s: &PgSnapshot, min: f64) -> Measurement {
     }
 }
 
+/// How far a standby is behind, as `replication_lag` measures it: its replay
+/// delay (0 when the receiver streams and everything received is replayed,
+/// so an idle primary is not lag; otherwise the age of the last replayed
+/// transaction). `None` on a primary, or when nothing was replayed yet. The
+/// health endpoints (`/health/<target>/replica`) judge by the same figure.
+pub fn standby_lag_seconds(s: &PgSnapshot) -> Option<f64> {
+    s.recovery.as_ref().and_then(|r| r.replay_delay_seconds)
+}
+
 fn replication_lag(s: &PgSnapshot, max: f64) -> Measurement {
     match s.server.role() {
-        Role::Standby => {
-            let r = s.recovery.as_ref();
-            match r.and_then(|r| r.replay_delay_seconds) {
-                Some(d) => Measurement {
-                    value: d,
-                    violated: d > max,
-                    detail: format!("replay delay {} (threshold {})", fmt_secs(d), fmt_secs(max)),
-                },
-                None => Measurement {
-                    value: 0.0,
-                    violated: false,
-                    detail: "nothing replayed yet: replay delay unknown".into(),
-                },
-            }
-        }
+        Role::Standby => match standby_lag_seconds(s) {
+            Some(d) => Measurement {
+                value: d,
+                violated: d > max,
+                detail: format!("replay delay {} (threshold {})", fmt_secs(d), fmt_secs(max)),
+            },
+            None => Measurement {
+                value: 0.0,
+                violated: false,
+                detail: "nothing replayed yet: replay delay unknown".into(),
+            },
+        },
         Role::Primary => {
             let worst = s
                 .standbys

@@ -24,7 +24,7 @@ pub use backups::{
     BACKUP_CHECKS, BackupThresholds, backup_limits, evaluate_backups, evaluate_backups_down,
     fmt_bytes,
 };
-pub use checks::{fmt_pct, fmt_secs, measure};
+pub use checks::{fmt_pct, fmt_secs, measure, standby_lag_seconds};
 pub use neo4j::{
     Neo4jSummary, evaluate_neo4j, evaluate_neo4j_down, evaluate_neo4j_once, neo4j_limits,
     summarize_neo4j,
@@ -233,6 +233,68 @@ impl CheckId {
                 hold: Duration::ZERO,
             },
         }
+    }
+}
+
+/// A check by the name a policy's `only_while_failing` gives it: a built-in
+/// check, or one of the target's probe checks (`probe:<probe>` or
+/// `probe:<probe>:<column>`, as `evaluate::probes` names them).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CheckName {
+    Builtin(CheckId),
+    /// The whole name, `probe:` included.
+    Probe(String),
+}
+
+impl CheckName {
+    pub fn as_str(&self) -> &str {
+        match self {
+            CheckName::Builtin(c) => c.as_str(),
+            CheckName::Probe(p) => p,
+        }
+    }
+}
+
+impl From<CheckId> for CheckName {
+    fn from(c: CheckId) -> Self {
+        CheckName::Builtin(c)
+    }
+}
+
+impl std::fmt::Display for CheckName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for CheckName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IntoDeserializer;
+        let s = String::deserialize(d)?;
+        if s.starts_with("probe:") {
+            return Ok(CheckName::Probe(s));
+        }
+        let id: Result<CheckId, serde::de::value::Error> =
+            CheckId::deserialize(s.as_str().into_deserializer());
+        id.map(CheckName::Builtin).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a check: expected a check of the target's kind ({}), or a probe's check, \"probe:<probe>[:<column>]\"",
+                CheckId::ALL
+                    .iter()
+                    .chain(&CheckId::NEO4J)
+                    .map(|c| c.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::{CheckStatus, fmt_secs};
-use crate::observe::probes::settings::DURATION_CHECK;
+use crate::observe::probes::settings::{DURATION_CHECK, probe_check_name};
 use crate::observe::probes::{
     Bound, ColumnKind, ProbeCheck, ProbeError, ProbeRows, ProbeRun, ProbeSettings,
 };
@@ -119,7 +119,7 @@ pub fn evaluate(
             continue;
         };
         let mut checks = Vec::new();
-        let own = format!("probe:{name}");
+        let own = probe_check_name(name, None);
         let (ok, error, rows) = match &run.result {
             Ok(rows) => {
                 checks.push(ProbeCheckResult {
@@ -151,7 +151,7 @@ pub fn evaluate(
             }
         };
         for (column, check) in &settings.checks {
-            let id = format!("probe:{name}:{column}");
+            let id = probe_check_name(name, Some(column));
             let limit_hold = check.hold.unwrap_or(Duration::ZERO);
             let m = if column == DURATION_CHECK {
                 Some(measure_duration(run.duration_seconds, check))

@@ -3,6 +3,9 @@
 //!
 //! - `/livez`, `/readyz`: open (the kubelet's probes); they tell up/down
 //!   per target and nothing else.
+//! - `/health/<target>/primary|replica|read-only`: open too (HAProxy's and
+//!   the poolers' checks send no credentials); they tell one target's role,
+//!   replay delay and snapshot age, and nothing else (no error message).
 //! - `/metrics`: the web configuration's basic auth, when it has users
 //!   (client certificates are checked by the TLS handshake).
 //! - `/api/v1/status`, `/api/v1/actions`: authentication whenever any is

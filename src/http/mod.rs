@@ -4,6 +4,8 @@
 //! - `GET /`: the status page for people ([`ui`]), with pause and resume
 //!   forms behind the API token.
 //! - `GET /metrics`, `/livez`, `/readyz`: for Prometheus and Kubernetes.
+//! - `GET /health/<target>/primary|replica|read-only`: for load balancers
+//!   and connection poolers ([`health`]), open like the probes.
 //! - `GET /api/v1/status`, `/api/v1/actions`: read-only JSON ([`api`]).
 //! - `POST /api/v1/pause`, `/api/v1/resume`: the remediation kill switch,
 //!   behind a bearer token ([`auth`]).
@@ -18,6 +20,7 @@ pub mod access;
 mod alertmanager;
 mod api;
 pub mod auth;
+pub mod health;
 mod reload;
 pub mod server;
 mod settings;
@@ -29,7 +32,7 @@ pub mod web_config;
 pub use access::{Access, Security};
 pub use reload::{ReloadRequest, ReloadResult, Reloads};
 pub use settings::{DEFAULT_LISTEN, DEFAULT_RUNBOOK_URL, ServerSettings};
-pub use ui::CHECK_ALERTS;
+pub use ui::{CHECK_ALERTS, PROBE_ALERTS};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -95,6 +98,19 @@ pub fn router(app: AppState) -> Router {
         .merge(api)
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        // Open like the probes: HAProxy and poolers send no credentials.
+        .route(
+            "/health/{target}/primary",
+            get(health::primary).options(health::primary),
+        )
+        .route(
+            "/health/{target}/replica",
+            get(health::replica).options(health::replica),
+        )
+        .route(
+            "/health/{target}/read-only",
+            get(health::read_only).options(health::read_only),
+        )
         .route("/api/v1/pause", post(api::pause))
         .route("/api/v1/resume", post(api::resume))
         .route("/api/v1/reload", post(reload::reload))

@@ -406,13 +406,29 @@ fn target(t: &TargetStatus, runbook: &str) -> Markup {
                     (s.lock_waiters) " waiting on locks." }
             }
             (checks_section(t.kind, &t.checks, runbook))
-            (probe_table(&t.probes))
+            (probe_table(&t.probes, runbook))
         }
     }
 }
 
-/// The user's probes' checks, failing first (no runbook section: the team's own).
-fn probe_table(probes: &[crate::evaluate::probes::ProbeStatus]) -> Markup {
+/// The alerts that fire for a probe's checks: its run (`probe:<probe>`),
+/// and the checks of its `checks` table (`probe:<probe>:<column>`).
+pub const PROBE_ALERTS: [(&str, &str); 2] = [
+    ("probe:<probe>", "DbWardenProbeFailing"),
+    ("probe:<probe>:<column>", "DbWardenProbeCheckFailing"),
+];
+
+fn probe_alert(check: &str) -> &'static str {
+    if check.matches(':').count() == 1 {
+        PROBE_ALERTS[0].1
+    } else {
+        PROBE_ALERTS[1].1
+    }
+}
+
+/// The user's probes' checks, failing first, a failing one linked to its
+/// alert's runbook section.
+fn probe_table(probes: &[crate::evaluate::probes::ProbeStatus], runbook: &str) -> Markup {
     let rank = |s: CheckStatus| match s {
         CheckStatus::Fail => 0,
         CheckStatus::Pending => 1,
@@ -434,7 +450,13 @@ fn probe_table(probes: &[crate::evaluate::probes::ProbeStatus]) -> Markup {
                             @if c.held_seconds > 0.0 { (fmt_secs(c.held_seconds)) } @else { "—" }
                             @if c.for_seconds > 0.0 { " / " (fmt_secs(c.for_seconds)) }
                         }
-                        td data-label="Detail" { (c.detail) }
+                        td data-label="Detail" {
+                            (c.detail)
+                            @if c.status == CheckStatus::Fail {
+                                @let a = probe_alert(&c.check);
+                                " " a href={ (runbook) "#" (a.to_lowercase()) } { "runbook: " (a) }
+                            }
+                        }
                     }
                 }
             } }

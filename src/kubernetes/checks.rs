@@ -409,6 +409,8 @@ mod tests {
                 memory_limit_bytes: None,
                 cpu_limit_millicores: None,
             }],
+            lag_ok: None,
+            lag_gated: false,
         }
     }
 

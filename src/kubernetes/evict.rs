@@ -124,6 +124,7 @@ impl EvictionCandidate {
                 node: c.node.clone(),
                 not_ready_since_ms: c.not_ready_since_ms,
                 not_ready_for_ms: c.not_ready_for_ms,
+                condition: None,
             }),
         }
     }
@@ -204,6 +205,8 @@ pub fn select(
     let qualifies = |p: &PodFacts| {
         !p.ready
             && !p.terminating
+            // Held out of its Service for lag (`lag_routing`), not broken.
+            && !p.held_out_for_lag()
             && p.phase != "Succeeded"
             // An unscheduled pod is not helped by an eviction.
             && p.node.is_some()
@@ -653,6 +656,8 @@ mod tests {
             pvcs: vec![],
             created_ms: Some(0),
             containers: vec![],
+            lag_ok: None,
+            lag_gated: false,
         }
     }
 
@@ -700,6 +705,30 @@ mod tests {
         assert_eq!(
             names(&select(&policy(), &s, &RecentEvictions::default(), NOW, 1)),
             vec!["d-1"]
+        );
+    }
+
+    #[test]
+    fn a_pod_held_out_for_lag_is_not_evicted() {
+        // Not ready only because lag routing set its gate condition False.
+        let mut held = pod("a-1", Some("a"), Some(20 * MIN));
+        held.lag_ok = Some(false);
+        let s = snap(vec![held.clone()]);
+        assert!(select(&policy(), &s, &RecentEvictions::default(), NOW, 10).is_empty());
+        // A container that is not ready too: broken, whatever the gate says.
+        held.containers = vec![crate::kubernetes::snapshot::ContainerFacts {
+            name: "postgres".into(),
+            ready: false,
+            restart_count: 3,
+            waiting_reason: Some("CrashLoopBackOff".into()),
+            last_termination: None,
+            memory_limit_bytes: None,
+            cpu_limit_millicores: None,
+        }];
+        let s = snap(vec![held]);
+        assert_eq!(
+            names(&select(&policy(), &s, &RecentEvictions::default(), NOW, 10)),
+            vec!["a-1"]
         );
     }
 

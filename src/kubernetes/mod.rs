@@ -16,6 +16,8 @@
 //! - [`evict::select`] (pure) and [`evict::EvictionRunner`] (pause → mode →
 //!   budget → audit intent → re-check → evict → audit outcome).
 //! - [`lease::LeaseElector`]: `coordination.k8s.io` Lease election.
+//! - [`lag_routing::select`] (pure): which standby pods leave or rejoin
+//!   their Service through the `dbwarden.io/replication-lag-ok` readiness gate.
 //!
 //! Phase 2 wires it: the configuration loader reads the settings,
 //! `daemon::kubernetes` runs the loop (publish → checks → Lease → eviction),
@@ -29,6 +31,7 @@ pub mod checks;
 #[cfg(feature = "kubernetes")]
 pub mod client;
 pub mod evict;
+pub mod lag_routing;
 pub mod lease;
 #[cfg(feature = "kubernetes")]
 pub mod pods;
@@ -42,6 +45,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use evict::EvictionPolicy;
+pub use lag_routing::LagRoutingPolicy;
 pub use lease::LeaseSettings;
 pub use settings::KubernetesSettings;
 pub use snapshot::KubernetesSnapshot;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checks::KubeThresholds;
 use super::selector::LabelSelector;
-use super::{Credentials, EvictionPolicy, KubernetesTarget, LeaseSettings};
+use super::{Credentials, EvictionPolicy, KubernetesTarget, LagRoutingPolicy, LeaseSettings};
 use crate::settings::{Context, Issues, duration, join, q, ratio, within};
 
 /// The name of the eviction policy in audit records and metrics.
@@ -68,6 +68,9 @@ pub struct KubernetesSettings {
     pub lease: Option<LeaseSettings>,
     /// The opt-in eviction policy; `None` (the default) never evicts.
     pub eviction: Option<EvictionPolicy>,
+    /// The opt-in lag routing policy (a readiness gate condition that takes
+    /// a lagging standby's pod out of its Service); `None` never routes.
+    pub lag_routing: Option<LagRoutingPolicy>,
     /// The targets that name their pods (their `pods` selectors).
     #[serde(skip)]
     pub targets: Vec<KubernetesTarget>,
@@ -89,6 +92,7 @@ impl Default for KubernetesSettings {
             min_volume_free_ratio: None,
             lease: None,
             eviction: None,
+            lag_routing: None,
             targets: Vec::new(),
         }
     }
@@ -264,6 +268,33 @@ impl KubernetesSettings {
             within(e.not_ready_for, s(30), DAY, &p("not_ready_for"), issues);
             within(e.cooldown, s(60), DAY, &p("cooldown"), issues);
         }
+        if let Some(r) = &mut self.lag_routing {
+            let path = key("lag_routing");
+            r.validate(&path, issues);
+            if !ctx.remediation {
+                issues.push(
+                    path.clone(),
+                    "needs a [remediation] section: taking pods out of a Service runs under its mode, budgets, pause switch and audit file",
+                );
+            }
+            for t in &r.targets {
+                if !self.targets.iter().any(|k| &k.name == t) {
+                    let why = if ctx.neo4j.contains(t) {
+                        "is a Neo4j target: lag routing is for PostgreSQL standbys"
+                    } else if ctx.postgres.contains(t) {
+                        "has no pods selector: add pods = \"statefulset.kubernetes.io/pod-name=...\" to it"
+                    } else {
+                        "is not a configured target"
+                    };
+                    issues.push(join(&path, "targets"), format!("{t:?} {why}"));
+                } else if ctx.neo4j.contains(t) {
+                    issues.push(
+                        join(&path, "targets"),
+                        format!("{t:?} is a Neo4j target: lag routing is for PostgreSQL standbys"),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -308,8 +339,8 @@ pub fn targets(
     out
 }
 
-/// A DNS-1123 label: a namespace's name.
-fn dns_label(s: &str) -> bool {
+/// A DNS-1123 label: a namespace's or a Service's name.
+pub(crate) fn dns_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

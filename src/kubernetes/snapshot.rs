@@ -66,6 +66,24 @@ pub struct PodFacts {
     pub pvcs: Vec<String>,
     pub created_ms: Option<u64>,
     pub containers: Vec<ContainerFacts>,
+    /// The readiness gate condition dbwarden owns
+    /// (`dbwarden.io/replication-lag-ok`, see `lag_routing`): `None` when
+    /// the pod does not carry it.
+    #[serde(default)]
+    pub lag_ok: Option<bool>,
+    /// The pod declares that condition under `spec.readinessGates`: only
+    /// then does setting it take the pod out of its Services' endpoints.
+    #[serde(default)]
+    pub lag_gated: bool,
+}
+
+impl PodFacts {
+    /// Not ready only because dbwarden's lag routing holds it out: every
+    /// container is ready and the gate condition is `False`. The eviction
+    /// policy leaves such a pod alone (it is not broken).
+    pub fn held_out_for_lag(&self) -> bool {
+        self.lag_ok == Some(false) && self.containers.iter().all(|c| c.ready)
+    }
 }
 
 /// One StatefulSet tied to a target.
@@ -221,6 +239,19 @@ pub fn pod_facts(target: &str, pod: &Pod, restarts_last_hour: u32) -> PodFacts {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
     let ready = ready_cond.is_some_and(|c| c.status == "True");
+    let lag_ok = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == super::lag_routing::CONDITION_TYPE)
+        })
+        .map(|c| c.status == "True");
+    let lag_gated = spec
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| {
+            g.iter()
+                .any(|g| g.condition_type == super::lag_routing::CONDITION_TYPE)
+        });
     let created_ms = meta.creation_timestamp.as_ref().and_then(time_ms);
     let not_ready_since_ms = if ready {
         None
@@ -287,6 +318,8 @@ pub fn pod_facts(target: &str, pod: &Pod, restarts_last_hour: u32) -> PodFacts {
                     .collect()
             })
             .unwrap_or_default(),
+        lag_ok,
+        lag_gated,
         created_ms,
         containers,
     }

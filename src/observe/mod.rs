@@ -145,7 +145,11 @@ pub struct PostgresObserver {
     /// Sessions the last successful poll saw, to size the next poll's list.
     last_sessions: usize,
     /// When each probe last started.
-    probes_started: std::collections::BTreeMap<String, Instant>,
+    probes: probes::Schedule,
+    /// A probe's connection attempt to another database that a run gave
+    /// up waiting for: kept, like the polling connection's, so that a
+    /// server stuck in start-up never collects more than one.
+    probe_connecting: Option<JoinHandle<Result<PgConnection, sqlx::Error>>>,
 }
 
 impl PostgresObserver {
@@ -159,7 +163,8 @@ impl PostgresObserver {
             statistics_errors: Vec::new(),
             statistics_availability: None,
             last_sessions: 0,
-            probes_started: Default::default(),
+            probes: Default::default(),
+            probe_connecting: None,
         }
     }
 
@@ -186,7 +191,7 @@ impl PostgresObserver {
         let result = self.poll_inner_bounded(timeout).await;
         if result.is_err() {
             // After an outage every probe runs at the first successful poll.
-            self.probes_started.clear();
+            self.probes.clear();
         }
         result
     }
@@ -357,30 +362,30 @@ impl PostgresObserver {
     /// did not come in time costs the connection: the next poll reopens it.
     pub async fn run_probes(&mut self, deadline: Instant, all: bool) -> Vec<probes::ProbeRun> {
         let mut runs = Vec::new();
-        let names: Vec<String> = self.target.active_probes.keys().cloned().collect();
-        self.probes_started.retain(|n, _| names.contains(n));
+        self.probes.retain(&self.target.active_probes);
         let poll_interval = self.target.settings.poll_interval();
+        let names: Vec<String> = self.target.active_probes.keys().cloned().collect();
         for name in names {
+            if self.conn.is_none() {
+                break;
+            }
             let p = self.target.active_probes[&name].clone();
-            let (interval, timeout) = (p.interval(poll_interval), p.timeout(poll_interval));
-            // Half a poll of slack: a probe is due on the poll after its interval.
-            let due = all
-                || self
-                    .probes_started
-                    .get(&name)
-                    .is_none_or(|at| at.elapsed() + poll_interval / 2 >= interval);
-            if !due {
+            if !self.probes.start(&name, &p, poll_interval, deadline, all) {
                 continue;
             }
-            if !all && Instant::now() + timeout + probes::client_grace(timeout) > deadline {
-                tracing::debug!(probe = %name, "probe does not fit before the next poll: it waits");
-                continue;
-            }
+            let timeout = p.timeout(poll_interval);
             let lock_timeout = p.lock_timeout(poll_interval, self.target.settings.lock_timeout());
+            let own = self.own_database();
+            if p.needs_other_connection(&own) {
+                runs.push(
+                    self.run_elsewhere(&name, &p, &own, timeout, lock_timeout)
+                        .await,
+                );
+                continue;
+            }
             let Some(conn) = self.conn.as_mut() else {
                 break;
             };
-            self.probes_started.insert(name.clone(), Instant::now());
             let ran = probes::run(conn, &name, &p, timeout, lock_timeout).await;
             if ran.connection_lost {
                 self.conn = None;
@@ -390,9 +395,163 @@ impl PostgresObserver {
         runs
     }
 
+    /// The database the target's URL names (the polling connection's).
+    fn own_database(&self) -> String {
+        let o = self.target.connect_options();
+        o.get_database()
+            .unwrap_or_else(|| o.get_username())
+            .to_string()
+    }
+
+    /// A probe that runs in other databases: in each, one after the other,
+    /// the target's own on the polling connection and every other on a
+    /// connection opened for the run and closed after it (the second
+    /// connection of the target's budget); the rows of each carry the
+    /// `database` label. Patterns are resolved against `pg_database` at each
+    /// run. The whole run is bounded by the probe's timeout and its grace.
+    async fn run_elsewhere(
+        &mut self,
+        name: &str,
+        p: &probes::ProbeSettings,
+        own: &str,
+        timeout: Duration,
+        lock_timeout: Duration,
+    ) -> probes::ProbeRun {
+        let at = std::time::SystemTime::now();
+        let started = Instant::now();
+        let bound = timeout + probes::client_grace(timeout);
+        let result = match tokio::time::timeout(
+            bound,
+            self.elsewhere_inner(name, p, own, timeout, lock_timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                // The polling connection may be mid-statement: reopen it.
+                self.conn = None;
+                Err(probes::ProbeError::new(
+                    probes::ProbeErrorKind::Timeout,
+                    format!(
+                        "its databases did not all answer within the probe's timeout {} (and {} grace)",
+                        humantime::format_duration(timeout),
+                        humantime::format_duration(probes::client_grace(timeout))
+                    ),
+                ))
+            }
+        };
+        probes::ProbeRun {
+            probe: name.to_string(),
+            at,
+            duration_seconds: started.elapsed().as_secs_f64(),
+            result,
+        }
+    }
+
+    async fn elsewhere_inner(
+        &mut self,
+        name: &str,
+        p: &probes::ProbeSettings,
+        own: &str,
+        timeout: Duration,
+        lock_timeout: Duration,
+    ) -> Result<probes::ProbeRows, probes::ProbeError> {
+        let lost = |e: sqlx::Error| {
+            probes::ProbeError::new(probes::ProbeErrorKind::Connection, e.to_string())
+        };
+        let databases = if p.databases.iter().any(|d| probes::settings::is_pattern(d)) {
+            let conn = self.conn.as_mut().ok_or_else(|| {
+                probes::ProbeError::new(probes::ProbeErrorKind::Connection, "no connection")
+            })?;
+            let all: Vec<String> = sqlx::query_scalar(
+                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+            )
+            .fetch_all(conn)
+            .await
+            .map_err(lost)?;
+            probes::resolve_databases(&p.databases, &all)?
+        } else {
+            p.databases.clone()
+        };
+        let mut per_db = Vec::with_capacity(databases.len());
+        for db in &databases {
+            let ran = if db == own {
+                let conn = self.conn.as_mut().ok_or_else(|| {
+                    probes::ProbeError::new(probes::ProbeErrorKind::Connection, "no connection")
+                })?;
+                let ran = probes::run(conn, name, p, timeout, lock_timeout).await;
+                if ran.connection_lost {
+                    self.conn = None;
+                }
+                ran
+            } else {
+                let mut conn = self.connect_elsewhere(db, timeout).await?;
+                let ran = probes::run(&mut conn, name, p, timeout, lock_timeout).await;
+                if !ran.connection_lost {
+                    let _ = conn.close().await;
+                }
+                ran
+            };
+            per_db.push((db.clone(), ran.run.result?));
+        }
+        probes::merge_databases(per_db, p.max_series() as usize)
+    }
+
+    /// A connection to another database of the target, for one probe run:
+    /// the target's options with that database, bounded by `timeout`. An
+    /// attempt that does not finish in time is kept (see `probe_connecting`).
+    async fn connect_elsewhere(
+        &mut self,
+        db: &str,
+        timeout: Duration,
+    ) -> Result<PgConnection, probes::ProbeError> {
+        if let Some(h) = &self.probe_connecting
+            && !h.is_finished()
+        {
+            return Err(probes::ProbeError::new(
+                probes::ProbeErrorKind::Connection,
+                "an earlier connection attempt for a probe is still under way",
+            ));
+        }
+        let options = self.target.connect_options().database(db);
+        let attempt = self.probe_connecting.insert(tokio::spawn(async move {
+            PgConnection::connect_with(&options).await
+        }));
+        let joined = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+            probes::ProbeError::new(
+                probes::ProbeErrorKind::Connection,
+                format!(
+                    "could not connect to database {db:?} within the probe's timeout {} (the attempt continues)",
+                    humantime::format_duration(timeout)
+                ),
+            )
+        })?;
+        self.probe_connecting = None;
+        joined
+            .map_err(|e| {
+                probes::ProbeError::new(
+                    probes::ProbeErrorKind::Connection,
+                    format!("connect task failed: {e}"),
+                )
+            })?
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) => probes::ProbeError::new(
+                    probes::ProbeErrorKind::Query,
+                    format!("database {db:?}: {}", d.message()),
+                ),
+                _ => probes::ProbeError::new(
+                    probes::ProbeErrorKind::Connection,
+                    format!("database {db:?}: {e}"),
+                ),
+            })
+    }
+
     /// Closes the connection; used at shutdown. A pending attempt is aborted.
     pub async fn close(&mut self) {
         if let Some(h) = self.connecting.take() {
+            h.abort();
+        }
+        if let Some(h) = self.probe_connecting.take() {
             h.abort();
         }
         if let Some(c) = self.conn.take() {

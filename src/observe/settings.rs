@@ -387,6 +387,27 @@ pub fn validate_target_name(name: &str, path: &str, issues: &mut Issues) {
 }
 
 impl PostgresTarget {
+    /// Whether a probe runs in a database other than the target's own, so
+    /// that a run takes a second connection for a moment.
+    pub fn probes_elsewhere(&self) -> bool {
+        let own = self
+            .connect
+            .as_ref()
+            .and_then(|c| c.0.get_database().map(str::to_string))
+            .unwrap_or_default();
+        self.active_probes
+            .values()
+            .any(|p| p.needs_other_connection(&own))
+    }
+
+    /// Every probe check of the target (its probes and its queries file's).
+    pub fn probe_check_names(&self) -> Vec<String> {
+        self.active_probes
+            .iter()
+            .flat_map(|(name, p)| p.check_names(name))
+            .collect()
+    }
+
     /// The options sqlx connects with: the URL, the password, TLS, and
     /// dbwarden's session settings (`application_name`, `statement_timeout`,
     /// `lock_timeout`, `idle_in_transaction_session_timeout`).
@@ -591,14 +612,27 @@ impl PostgresTarget {
                 }
             }
         }
+        let own: Vec<String> = database.into_iter().collect();
         for (path, name, probe) in &active {
             probe.validate(
                 name,
                 path,
                 self.settings.poll_interval(),
-                database.as_deref(),
+                super::probes::settings::Language::Sql,
+                &own,
                 issues,
             );
+            if let Some(own) = own.first()
+                && probe.needs_other_connection(own)
+                && self.settings.max_connections().get() < 2
+            {
+                issues.push(
+                    join(path, "databases"),
+                    format!(
+                        "runs in a database other than the target's ({own:?}), which takes a second connection for the run: max_connections is 1; set it to 2 or more"
+                    ),
+                );
+            }
         }
         self.active_probes = active.into_iter().map(|(_, n, p)| (n, p)).collect();
         super::probes::settings::validate_names(&self.active_probes, &probes_path, issues);

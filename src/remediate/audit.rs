@@ -145,6 +145,22 @@ pub struct AuditPod {
     /// When the pod became not ready (ms since the epoch), the moment the re-check compares.
     pub not_ready_since_ms: u64,
     pub not_ready_for_ms: u64,
+    /// Lag routing: the readiness gate condition set on the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<AuditCondition>,
+}
+
+/// The pod condition a lag routing decision sets (`kubernetes::lag_routing`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The value set: `true` puts the pod back into its Service.
+    pub status: bool,
+    /// The value before (`None`: the pod did not carry the condition).
+    pub before: Option<bool>,
+    /// The standby's replication lag that justified it, in seconds.
+    pub lag_seconds: Option<f64>,
 }
 
 /// The Neo4j transaction as the decision saw it.

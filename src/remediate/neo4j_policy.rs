@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::policy::{Gates, Victims};
-use crate::evaluate::CheckId;
+use crate::evaluate::CheckName;
 use crate::observe::neo4j::{Neo4jSnapshot, Neo4jTransaction};
 use crate::settings::{Pattern, duration, non_empty};
 
@@ -64,7 +64,7 @@ pub struct Neo4jPolicy {
     pub max_per_cycle: u32,
     /// Act only while all of these checks fail on the target.
     #[serde(default)]
-    pub only_while_failing: Vec<CheckId>,
+    pub only_while_failing: Vec<CheckName>,
     /// Act only while all of these alerts fire for the target.
     #[serde(default)]
     pub only_while_alerts: Vec<String>,
@@ -241,7 +241,16 @@ pub fn evaluate_policy(
             Victims::Oldest => 1,
             Victims::All => policy.max_per_cycle as usize,
         };
-        candidates.iter().take(cap).cloned().collect()
+        let gated = !policy.only_while_failing.is_empty() || !policy.only_while_alerts.is_empty();
+        candidates
+            .iter()
+            .take(cap)
+            .cloned()
+            .map(|mut c| {
+                c.reason = super::policy::with_gate(c.reason, gated, &gate_reason);
+                c
+            })
+            .collect()
     };
     Neo4jPolicyEvaluation {
         policy: policy.name.clone(),

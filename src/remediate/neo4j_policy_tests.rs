@@ -3,6 +3,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::evaluate::CheckId;
 use crate::observe::neo4j::Generation;
 
 fn tx(id: &str, user: &str, db: &str, status: &str, ms: i64) -> Neo4jTransaction {
@@ -129,11 +130,11 @@ fn query_conditions_never_act_on_hidden_text() {
 fn the_gates_close_the_policy() {
     let s = snapshot(vec![tx("a", "alice", "neo4j", "Running", 10_000)]);
     let mut p = policy(slow_for(1));
-    p.only_while_failing = vec![CheckId::SlowQueries];
+    p.only_while_failing = vec![CheckId::SlowQueries.into()];
     let e = evaluate_policy(&p, &s, Gates::default());
     assert!(!e.gate_open && e.selected.is_empty());
     assert_eq!(e.candidates.len(), 1, "candidates are still reported");
-    let failing = [CheckId::SlowQueries];
+    let failing = [CheckName::Builtin(CheckId::SlowQueries)];
     let e = evaluate_policy(
         &p,
         &s,

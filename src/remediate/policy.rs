@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::CheckId;
+use crate::evaluate::CheckName;
 pub use crate::evaluate::NameSet;
 use crate::evaluate::scope::{client_addr, with_scope};
 use crate::observe::{APPLICATION_NAME, PgSnapshot, Session, SessionState};
@@ -149,7 +149,7 @@ pub struct Policy {
     /// Pressure gate: act only while all of these checks fail on the target
     /// (e.g. `connections_used`, the runbook's exhaustion scenario). Empty: always.
     #[serde(default)]
-    pub only_while_failing: Vec<CheckId>,
+    pub only_while_failing: Vec<CheckName>,
     /// Second gate, for teams that want a human-visible alert before any
     /// action: act only while all of these alerts fire for the target, as
     /// Alertmanager reports them to `POST /api/v1/alertmanager`. Empty: no gate.
@@ -256,7 +256,7 @@ pub struct PolicyEvaluation {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gates<'a> {
     /// Checks whose status is Fail on this target (the pressure gate).
-    pub failing: &'a [CheckId],
+    pub failing: &'a [CheckName],
     /// Alert names Alertmanager reports firing for this target (the alert gate).
     pub firing_alerts: &'a [String],
 }
@@ -264,7 +264,7 @@ pub struct Gates<'a> {
 /// The gates of a policy: open when every named check fails and every
 /// named alert fires; with the sentence that says why.
 pub fn gate(
-    only_while_failing: &[CheckId],
+    only_while_failing: &[CheckName],
     only_while_alerts: &[String],
     gates: Gates<'_>,
 ) -> (bool, String) {
@@ -301,6 +301,20 @@ pub fn gate(
         reasons.join("; ")
     };
     (gate_open, gate_reason)
+}
+
+fn policy_gated(policy: &Policy) -> bool {
+    !policy.only_while_failing.is_empty() || !policy.only_while_alerts.is_empty()
+}
+
+/// A selected session's reason, and why the gate was open when the policy
+/// has one: the audit then says which checks or alerts let it act.
+pub(super) fn with_gate(reason: String, gated: bool, gate_reason: &str) -> String {
+    if gated {
+        format!("{reason}; {gate_reason}")
+    } else {
+        reason
+    }
 }
 
 /// Evaluates one policy on one snapshot.
@@ -346,7 +360,15 @@ pub fn evaluate_policy(
             Victims::Oldest => 1,
             Victims::All => policy.max_per_cycle as usize,
         };
-        candidates.iter().take(cap).cloned().collect()
+        candidates
+            .iter()
+            .take(cap)
+            .cloned()
+            .map(|mut c| {
+                c.reason = with_gate(c.reason, policy_gated(policy), &gate_reason);
+                c
+            })
+            .collect()
     };
     PolicyEvaluation {
         policy: policy.name.clone(),

@@ -17,7 +17,7 @@ use super::{
     Action, ActionKind, Candidate, Conditions, NameSet, Policy, PolicyEvaluation, Protection,
     Victims, evaluate_policy, is_own, select,
 };
-use crate::evaluate::CheckId;
+use crate::evaluate::{CheckId, CheckName};
 use crate::observe::APPLICATION_NAME;
 use crate::observe::{Archiver, PgSnapshot, ServerInfo, Session, SessionState};
 use crate::settings::Pattern;
@@ -782,10 +782,10 @@ fn blocking_combines_with_other_conditions() {
 #[test]
 fn closed_gate_selects_nothing_but_reports_candidates() {
     let mut p = idle_in_intelgraph();
-    p.only_while_failing = vec![CheckId::ConnectionsUsed, CheckId::IdleSession];
+    p.only_while_failing = vec![CheckId::ConnectionsUsed.into(), CheckId::IdleSession.into()];
     let snap = snapshot([client(1).idle(700.0), client(2).idle(900.0)]);
 
-    let e = evaluate_policy(&p, &snap, gates(&[CheckId::IdleSession]));
+    let e = evaluate_policy(&p, &snap, gates(&[CheckId::IdleSession.into()]));
     assert!(!e.gate_open);
     assert!(e.selected.is_empty());
     assert_eq!(pids(&e.candidates), vec![2, 1]);
@@ -805,9 +805,9 @@ fn closed_gate_selects_nothing_but_reports_candidates() {
         &p,
         &snap,
         gates(&[
-            CheckId::IdleSession,
-            CheckId::LongRunningQuery,
-            CheckId::ConnectionsUsed,
+            CheckId::IdleSession.into(),
+            CheckId::LongRunningQuery.into(),
+            CheckId::ConnectionsUsed.into(),
         ]),
     );
     assert!(e.gate_open);
@@ -818,7 +818,12 @@ fn closed_gate_selects_nothing_but_reports_candidates() {
     );
 
     // The gate closes select too.
-    let (evals, chosen) = select(&[p], "db1", &snap, gates(&[CheckId::ConnectionsUsed]));
+    let (evals, chosen) = select(
+        &[p],
+        "db1",
+        &snap,
+        gates(&[CheckId::ConnectionsUsed.into()]),
+    );
     assert_eq!(evals.len(), 1);
     assert!(chosen.is_empty());
 }
@@ -1050,11 +1055,14 @@ const NETS: [&str; 4] = ["10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/16", "::1/128
 // on `NameSet::contains`, which searches unanchored.
 const APP_PATTERNS: [&str; 3] = ["^report-.*$", "^(api|worker)$", "^dbwarden.*$"];
 const QUERY_PATTERNS: [&str; 4] = ["orders", "(?i)^select", "privilege", "^VACUUM$"];
-const GATE_CHECKS: [CheckId; 3] = [
-    CheckId::ConnectionsUsed,
-    CheckId::LongRunningQuery,
-    CheckId::IdleSession,
-];
+fn gate_checks() -> [CheckName; 4] {
+    [
+        CheckName::Builtin(CheckId::ConnectionsUsed),
+        CheckName::Builtin(CheckId::LongRunningQuery),
+        CheckName::Builtin(CheckId::IdleSession),
+        CheckName::Probe("probe:entities:rows".to_string()),
+    ]
+}
 const TARGET: &str = "db1";
 
 /// An age in µs: often a round threshold-like value (for ties), else anything up to an hour.
@@ -1239,7 +1247,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         conditions(),
         prop::sample::select(vec![Victims::All, Victims::Oldest]),
         0u32..=5,
-        some_of(&GATE_CHECKS),
+        gate_subset(),
         some_of(&["db1", "db2"]),
         prop::sample::select(vec![ActionKind::Cancel, ActionKind::Terminate]),
     )
@@ -1260,8 +1268,16 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         )
 }
 
-fn failing() -> impl Strategy<Value = Vec<CheckId>> {
-    prop::sample::subsequence(GATE_CHECKS.to_vec(), 0..=3)
+/// Some gate checks, usually none (as `some_of`).
+fn gate_subset() -> impl Strategy<Value = Vec<CheckName>> {
+    prop_oneof![
+        5 => Just(Vec::new()),
+        1 => prop::sample::subsequence(gate_checks().to_vec(), 1..=4),
+    ]
+}
+
+fn failing() -> impl Strategy<Value = Vec<CheckName>> {
+    prop::sample::subsequence(gate_checks().to_vec(), 0..=4)
 }
 
 // --- The oracle: the rules restated, independently of the module ---------
@@ -1542,7 +1558,14 @@ proptest! {
     fn victims_are_the_oldest_candidates(snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing()) {
         let e = evaluate_policy(&p, &snap, gates(&f));
         prop_assert!(e.selected.len() <= e.candidates.len());
-        prop_assert_eq!(&e.selected[..], &e.candidates[..e.selected.len()]);
+        // The selected are the first candidates; their reason also says why
+        // the gate was open, when the policy has one.
+        let gated = !p.only_while_failing.is_empty() || !p.only_while_alerts.is_empty();
+        for (s, c) in e.selected.iter().zip(&e.candidates) {
+            prop_assert_eq!(&s.facts, &c.facts);
+            let want = if gated { format!("{}; {}", c.reason, e.gate_reason) } else { c.reason.clone() };
+            prop_assert_eq!(&s.reason, &want);
+        }
         for c in &e.candidates {
             prop_assert_eq!(c.age_seconds, oracle_age(&p.conditions, session(&snap, c.facts.pid)));
         }
@@ -1699,7 +1722,7 @@ fn ipv4_mapped_client_addresses_match_ipv4_networks() {
 }
 
 /// Gates with these checks failing and no alert firing.
-fn gates(failing: &[CheckId]) -> Gates<'_> {
+fn gates(failing: &[CheckName]) -> Gates<'_> {
     Gates {
         failing,
         firing_alerts: &[],

@@ -26,7 +26,7 @@ use super::audit::{AuditRecord, Decision, Mode};
 use super::executor::{Holder, Signal};
 use super::policy::Gates;
 use super::shared::{Remediation, now_ms};
-use crate::evaluate::CheckId;
+use crate::evaluate::CheckName;
 
 /// How long after a poll a candidate must wait at most; exported for docs and tests.
 pub const MAX_REACTION_AFTER_POLL: Duration = Duration::from_millis(250);
@@ -37,7 +37,7 @@ pub const MAX_REACTION_AFTER_POLL: Duration = Duration::from_millis(250);
 pub struct Cycle<S> {
     pub snapshot: Arc<S>,
     /// The checks failing in that poll (the pressure gate).
-    pub failing: Vec<CheckId>,
+    pub failing: Vec<CheckName>,
     /// The alerts Alertmanager reports firing for the target (the alert gate).
     pub firing: Vec<String>,
 }

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::evaluate::CheckId;
 use crate::remediate::executor::Holder;
 use crate::remediate::policy::{Action, ActionKind, Conditions, Policy, Victims};
 use crate::remediate::postgres::Postgres;
@@ -84,7 +85,7 @@ struct Seen {
     acted: Vec<Acted>,
     selects: usize,
     contended: usize,
-    gates: Vec<(Vec<CheckId>, Vec<String>)>,
+    gates: Vec<(Vec<CheckName>, Vec<String>)>,
     closed: bool,
 }
 
@@ -413,7 +414,7 @@ impl Harness {
     async fn cycle_with(
         &self,
         items: &[(u32, &'static str)],
-        failing: Vec<CheckId>,
+        failing: Vec<CheckName>,
         firing: Vec<String>,
     ) {
         let selects = self.seen(|s| s.selects);
@@ -657,12 +658,16 @@ async fn observe_selects_and_exports_but_neither_contends_nor_audits() {
     let h = Harness::start(|d| settings(d, Mode::Observe, vec![terminate("p")])).await;
     assert!(h.seen(|s| s.events.iter().all(|e| !e.starts_with("init"))));
     let firing = vec!["DbwardenConnectionsExhausted".to_string()];
-    h.cycle_with(&[(1, "p")], vec![CheckId::ConnectionsUsed], firing.clone())
-        .await;
+    h.cycle_with(
+        &[(1, "p")],
+        vec![CheckId::ConnectionsUsed.into()],
+        firing.clone(),
+    )
+    .await;
     assert_eq!(h.count("candidates t p 1"), 1);
     assert_eq!(
         h.seen(|s| s.gates.clone()),
-        [(vec![CheckId::ConnectionsUsed], firing)]
+        [(vec![CheckName::Builtin(CheckId::ConnectionsUsed)], firing)]
     );
     assert_eq!(h.seen(|s| s.contended), 0);
     assert!(h.acted().is_empty());

@@ -3,6 +3,7 @@
 //! order the file has them (the loader keeps that order: when two policies
 //! select the same session, the first acts).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::audit::Mode;
 use super::neo4j_policy::Neo4jPolicy;
 use super::policy::{ActionKind, Policy};
-use crate::evaluate::CheckId;
+use crate::evaluate::{CheckId, CheckName};
+use crate::observe::probes::settings::valid_metric_word;
 use crate::observe::{PostgresTarget, SessionState};
 use crate::secret::Secret;
 use crate::settings::{
@@ -120,7 +122,15 @@ impl RemediationSettings {
 
     /// Checks the section and its policies against the configured
     /// targets, reads the API token and resolves the instance name.
-    pub fn validate(&mut self, postgres: &[&PostgresTarget], ctx: &Context, issues: &mut Issues) {
+    /// `probe_checks` names each target's probe checks (PostgreSQL and
+    /// Neo4j), which a policy's `only_while_failing` may name.
+    pub fn validate(
+        &mut self,
+        postgres: &[&PostgresTarget],
+        probe_checks: &BTreeMap<String, Vec<String>>,
+        ctx: &Context,
+        issues: &mut Issues,
+    ) {
         let key = |k: &str| join("remediation", k);
         self.instance = Some(match self.instance.take() {
             Some(i) => {
@@ -186,6 +196,66 @@ impl RemediationSettings {
             p.validate(&join("remediation.neo4j_policies", name), ctx, issues);
         }
         self.check_connection_budgets(postgres, ctx, issues);
+        self.check_probe_gates(probe_checks, ctx, issues);
+    }
+
+    /// A probe check in `only_while_failing` must exist on every target the
+    /// policy acts on: a gate on a check that never fails would keep the
+    /// policy closed forever without a word.
+    fn check_probe_gates(
+        &self,
+        probe_checks: &BTreeMap<String, Vec<String>>,
+        ctx: &Context,
+        issues: &mut Issues,
+    ) {
+        let pg = self.policies.iter().map(|(n, p)| {
+            (
+                join("remediation.policies", n),
+                &p.only_while_failing,
+                &ctx.postgres,
+                p.targets.as_deref(),
+            )
+        });
+        let neo = self.neo4j_policies.iter().map(|(n, p)| {
+            (
+                join("remediation.neo4j_policies", n),
+                &p.only_while_failing,
+                &ctx.neo4j,
+                p.targets.as_deref(),
+            )
+        });
+        for (path, gates, all, targets) in pg.chain(neo) {
+            let targets: Vec<&String> = match targets {
+                Some(ts) => ts.iter().filter(|t| all.contains(t)).collect(),
+                None => all.iter().collect(),
+            };
+            for gate in gates {
+                let CheckName::Probe(name) = gate else {
+                    continue;
+                };
+                if !well_formed_probe_check(name) {
+                    continue; // reported by the policy's own validation
+                }
+                let lacking: Vec<String> = targets
+                    .iter()
+                    .filter(|t| {
+                        !probe_checks
+                            .get(t.as_str())
+                            .is_some_and(|cs| cs.contains(name))
+                    })
+                    .map(|t| format!("{t:?}"))
+                    .collect();
+                if !lacking.is_empty() {
+                    issues.push(
+                        join(&path, "only_while_failing"),
+                        format!(
+                            "{name:?} is not a probe check of target {}: a probe check is \"probe:<probe>\" or \"probe:<probe>:<column>\" with a check on that column; define it there, or name the policy's targets",
+                            lacking.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// Every target a policy acts on needs a second connection, for the actor.
@@ -205,6 +275,22 @@ impl RemediationSettings {
                 .filter(|p| p.applies_to(&t.name))
                 .map(|p| p.name.as_str())
                 .collect();
+            // A probe in another database holds a connection of its own
+            // while it runs: the actor's must still be there.
+            if !acting.is_empty() && t.probes_elsewhere() {
+                let n = t.settings.max_connections().get();
+                let needed = REMEDIATION_MIN_CONNECTIONS + 1;
+                if n < needed {
+                    issues.push(
+                        join(&join("postgres", &t.name), "max_connections"),
+                        format!(
+                            "{n} is too few for target {:?}: remediation acts on it and a probe runs in another database, which needs {needed} connections (poll, actor, the probe's); set max_connections = {needed} or more",
+                            t.name
+                        ),
+                    );
+                }
+                continue;
+            }
             let Some(n) = t.settings.max_connections else {
                 continue;
             };
@@ -237,6 +323,12 @@ impl RemediationSettings {
     }
 }
 
+/// `probe:<probe>` or `probe:<probe>:<column>`, each a metric word.
+fn well_formed_probe_check(name: &str) -> bool {
+    let mut parts = name.splitn(3, ':').skip(1);
+    parts.next().is_some_and(valid_metric_word) && parts.next().is_none_or(valid_metric_word)
+}
+
 /// An instance name: it appears in audit records and as the actor lock's holder.
 fn valid_instance(name: &str) -> bool {
     (1..=40).contains(&name.len())
@@ -250,7 +342,7 @@ pub(super) struct Common<'a> {
     pub name: &'a str,
     pub targets: Option<&'a [String]>,
     pub max_per_cycle: u32,
-    pub only_while_failing: &'a [CheckId],
+    pub only_while_failing: &'a [CheckName],
     pub only_while_alerts: &'a [String],
 }
 
@@ -331,6 +423,20 @@ impl Common<'_> {
             );
         }
         for check in self.only_while_failing {
+            let check = match check {
+                CheckName::Builtin(c) => c,
+                CheckName::Probe(p) => {
+                    if !well_formed_probe_check(p) {
+                        issues.push(
+                            key("only_while_failing"),
+                            format!(
+                                "{p:?} is not a probe check's name: write \"probe:<probe>\" (the probe's run) or \"probe:<probe>:<column>\" (one of its checks)"
+                            ),
+                        );
+                    }
+                    continue;
+                }
+            };
             if !kind.checks.contains(check) {
                 issues.push(
                     key("only_while_failing"),

@@ -308,6 +308,8 @@ fn spent(records: &[AuditRecord], mode: Mode) -> impl Iterator<Item = &AuditReco
             && !unsent.contains(r.action_id.as_str())
             // The terminate after a cancel is part of the same action.
             && !r.action_id.ends_with("/t")
+            // Putting a pod back into its Service undoes an action: free.
+            && r.action != "route_in"
     })
 }
 

@@ -112,6 +112,13 @@ pub struct KubernetesStatus {
     pub eviction_enabled: bool,
     /// The decisions of the latest eviction round that had candidates.
     pub last_evictions: Vec<EvictionReport>,
+    /// Whether lag routing (`[kubernetes.lag_routing]`) is configured.
+    pub lag_routing_enabled: bool,
+    /// The decisions of the latest lag routing round that changed something.
+    pub last_routes: Vec<crate::kubernetes::lag_routing::RouteReport>,
+    /// Standbys that qualify to be taken out but stay, and why (the last
+    /// ready endpoint of the Service, its endpoints unknown), as of the latest round.
+    pub lag_routing_held_back: Vec<crate::kubernetes::lag_routing::LagRouteChange>,
     /// When the volume usage in the snapshot was read (ms since the epoch).
     pub volumes_at_ms: Option<u64>,
 }

@@ -929,6 +929,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_kubernetes_target_synced",
     "dbwarden_kubernetes_pod_phase",
     "dbwarden_kubernetes_pod_ready",
+    "dbwarden_kubernetes_pod_lag_routing_ok",
     "dbwarden_kubernetes_pod_not_ready_since_timestamp_seconds",
     "dbwarden_kubernetes_pod_restarts_total",
     "dbwarden_kubernetes_pod_restarts_last_hour",
@@ -1463,6 +1464,10 @@ fn encode_kubernetes(
         "kubernetes_pod_ready",
         "1 when the pod's Ready condition is True",
     );
+    let mut lag_ok = Fam::gauge(
+        "kubernetes_pod_lag_routing_ok",
+        "The pod's readiness gate condition dbwarden.io/replication-lag-ok: 0 while lag routing holds it out of its Service (absent without the condition)",
+    );
     let mut not_ready_since = Fam::gauge_unit(
         "kubernetes_pod_not_ready_since_timestamp",
         "Unix time the pod last became not ready (absent while ready)",
@@ -1505,6 +1510,9 @@ fn encode_kubernetes(
             phase.push(l, b(p.phase == ph));
         }
         ready.push(pod(p), b(p.ready));
+        if let Some(ok) = p.lag_ok {
+            lag_ok.push(pod(p), b(ok));
+        }
         if let Some(ms) = p.not_ready_since_ms {
             not_ready_since.push(pod(p), ms as f64 / 1000.0);
         }
@@ -1603,6 +1611,7 @@ fn encode_kubernetes(
         &synced,
         &phase,
         &ready,
+        &lag_ok,
         &not_ready_since,
         &restarts,
         &restarts_hour,

@@ -8,7 +8,8 @@
 //!   pods whose labels match (equality selectors `k=v`, `k==v`, `k!=v`,
 //!   comma-separated), with the list's `resourceVersion`.
 //! - `GET /apis/apps/v1/namespaces/{ns}/statefulsets`: a `StatefulSetList`.
-//! - `...&watch=true&resourceVersion=N`: nothing changes in this cluster, so
+//! - `...&watch=true&resourceVersion=N`: nothing changes in this cluster but
+//!   status patches (below), so
 //!   the watch is held open (the response is withheld) for
 //!   [`KubeFake::WATCH_HOLD`] or the request's `timeoutSeconds`, whichever is
 //!   shorter, then ends with no event: the watcher resumes from the same
@@ -19,6 +20,16 @@
 //!   summary of the pods on that node, with each claim's usage.
 //! - `coordination.k8s.io/v1` Leases: GET (404 while absent), POST (409 when
 //!   present), PUT (409 unless the `resourceVersion` sent is the current one).
+//! - Lag routing: `GET /api/v1/namespaces/{ns}/services/{name}` for the
+//!   Services added with [`KubeFake::add_service`], and
+//!   `PATCH .../pods/{name}/status` with a JSON patch
+//!   (`application/json-patch+json`: `test`, `add`, `replace`), applied to
+//!   the pod's conditions and recorded ([`KubeFake::status_patches`]). A pod
+//!   made gated with [`KubeFake::gate`] declares the readiness gate
+//!   `dbwarden.io/replication-lag-ok` and is `Ready` only while its
+//!   container is ready and that condition is `True`. A patch bumps the
+//!   cluster's `resourceVersion` and ends the pod watches at once with a
+//!   `MODIFIED` event for each pod, as a real API server streams it.
 //!
 //! Every request needs `Authorization: Bearer` with the kubeconfig's token
 //! (else 401). Anything else answers 404 with a `Status` and is counted in
@@ -42,7 +53,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "kube-fake-token";
-/// The resourceVersion of every list (nothing in this cluster changes).
+/// The resourceVersion of every list until a status patch bumps it.
 const LIST_VERSION: &str = "1000";
 
 /// One container's last termination.
@@ -267,8 +278,30 @@ struct LeaseStore {
     version: u64,
 }
 
+/// One `pods/status` patch as the fake received it.
+#[derive(Debug, Clone)]
+pub struct StatusPatch {
+    pub pod: String,
+    pub content_type: String,
+    pub ops: Value,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+/// The readiness gate condition lag routing owns.
+pub const GATE: &str = "dbwarden.io/replication-lag-ok";
+
 struct Inner {
     cluster: FakeCluster,
+    /// Pods declaring the readiness gate.
+    gated: Mutex<std::collections::BTreeSet<String>>,
+    /// Conditions set through `pods/status`, by pod (besides `Ready`).
+    conditions: Mutex<BTreeMap<String, Vec<Value>>>,
+    services: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    status_patches: Mutex<Vec<StatusPatch>>,
+    /// The cluster's resourceVersion: bumped by every status patch.
+    version: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
     log: Mutex<Vec<Seen>>,
     unexpected: Mutex<Vec<String>>,
     evictions: Mutex<Vec<String>>,
@@ -299,6 +332,12 @@ impl KubeFake {
         let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let inner = Arc::new(Inner {
             cluster,
+            gated: Mutex::default(),
+            conditions: Mutex::default(),
+            services: Mutex::default(),
+            status_patches: Mutex::default(),
+            version: std::sync::atomic::AtomicU64::new(LIST_VERSION.parse().expect("version")),
+            changed: tokio::sync::Notify::new(),
             log: Mutex::default(),
             unexpected: Mutex::default(),
             evictions: Mutex::default(),
@@ -369,6 +408,52 @@ impl KubeFake {
     }
 
     /// Pods evicted through the Eviction API, in order.
+    /// Makes `pod` declare the readiness gate `dbwarden.io/replication-lag-ok`
+    /// (with no condition yet, so not ready until one is set `True`), or
+    /// with `initial` set.
+    pub fn gate(&self, pod: &str, initial: Option<bool>) {
+        lock(&self.inner.gated).insert(pod.to_string());
+        if let Some(v) = initial {
+            lock(&self.inner.conditions).insert(
+                pod.to_string(),
+                vec![json!({"type": GATE, "status": if v { "True" } else { "False" }})],
+            );
+        }
+    }
+
+    /// Adds a Service selecting pods by `selector` (equality labels).
+    pub fn add_service(&self, name: &str, selector: &[(&str, &str)]) {
+        lock(&self.inner.services).insert(
+            name.to_string(),
+            selector
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+
+    /// Every `pods/status` patch received, in order.
+    pub fn status_patches(&self) -> Vec<StatusPatch> {
+        lock(&self.inner.status_patches).clone()
+    }
+
+    /// The gate condition of `pod` now (`None`: absent).
+    pub fn gate_value(&self, pod: &str) -> Option<bool> {
+        gate_of(&lock(&self.inner.conditions), pod)
+    }
+
+    /// Whether `pod` is `Ready` now, as the fake renders it.
+    pub fn pod_ready(&self, pod: &str) -> bool {
+        let ns = &self.inner.cluster.namespace;
+        self.inner
+            .cluster
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .map(|p| render(&self.inner, p, ns)["status"]["conditions"][0]["status"] == "True")
+            .unwrap_or(false)
+    }
+
     pub fn evictions(&self) -> Vec<String> {
         lock(&self.inner.evictions).clone()
     }
@@ -387,6 +472,74 @@ impl Drop for KubeFake {
         self.inner.stop.cancel();
         self.task.abort();
     }
+}
+
+fn gate_of(conditions: &BTreeMap<String, Vec<Value>>, pod: &str) -> Option<bool> {
+    conditions
+        .get(pod)?
+        .iter()
+        .find(|c| c["type"] == GATE)
+        .map(|c| c["status"] == "True")
+}
+
+/// A pod as the fake serves it now: its conditions set through
+/// `pods/status`, its readiness gate, the cluster's resourceVersion.
+fn render(fake: &Inner, pod: &FakePod, ns: &str) -> Value {
+    let mut v = pod.json(ns);
+    let version = fake.version.load(std::sync::atomic::Ordering::SeqCst);
+    v["metadata"]["resourceVersion"] = json!(version.to_string());
+    let conditions = lock(&fake.conditions);
+    if lock(&fake.gated).contains(&pod.name) {
+        v["spec"]["readinessGates"] = json!([{"conditionType": GATE}]);
+        if pod.ready && gate_of(&conditions, &pod.name) != Some(true) {
+            v["status"]["conditions"][0]["status"] = json!("False");
+        }
+    }
+    if let Some(extra) = conditions.get(&pod.name)
+        && let Some(list) = v["status"]["conditions"].as_array_mut()
+    {
+        list.extend(extra.iter().cloned());
+    }
+    v
+}
+
+/// Applies a JSON patch's `test`, `add` and `replace` operations (the ones
+/// dbwarden sends) to `doc`, all or nothing, as the API server does.
+fn apply_json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
+    let mut out = doc.clone();
+    for op in ops.as_array().ok_or("a JSON patch is an array")? {
+        let path = op["path"].as_str().ok_or("an operation without a path")?;
+        let pointer = |p: &str| p.to_string();
+        match op["op"].as_str() {
+            Some("test") => {
+                if out.pointer(path) != Some(&op["value"]) {
+                    return Err(format!("testing value {path} failed"));
+                }
+            }
+            Some("replace") => {
+                let slot = out
+                    .pointer_mut(&pointer(path))
+                    .ok_or(format!("replace: {path} does not exist"))?;
+                *slot = op["value"].clone();
+            }
+            Some("add") => {
+                let (parent, last) = path.rsplit_once('/').ok_or("add: bad path")?;
+                let target = out
+                    .pointer_mut(parent)
+                    .ok_or(format!("add: {parent} does not exist"))?;
+                match target {
+                    Value::Array(a) if last == "-" => a.push(op["value"].clone()),
+                    Value::Object(o) => {
+                        o.insert(last.to_string(), op["value"].clone());
+                    }
+                    _ => return Err(format!("add: unsupported path {path}")),
+                }
+            }
+            other => return Err(format!("unsupported operation {other:?}")),
+        }
+    }
+    *doc = out;
+    Ok(())
 }
 
 fn toml_path(p: &Path) -> String {
@@ -483,6 +636,12 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
 async fn handle(State(fake): State<Arc<Inner>>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let query = parse_query(req.uri().query());
     let authorized = req
         .headers()
@@ -494,7 +653,7 @@ async fn handle(State(fake): State<Arc<Inner>>, req: Request) -> Response {
         .unwrap_or_default();
     let body: Option<Value> = serde_json::from_slice(&body).ok();
     let response = if authorized {
-        route(&fake, &method, &path, &query, body).await
+        route(&fake, &method, &path, &query, body, &content_type).await
     } else {
         status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     };
@@ -513,6 +672,7 @@ async fn route(
     path: &str,
     query: &BTreeMap<String, String>,
     body: Option<Value>,
+    content_type: &str,
 ) -> Response {
     let ns = fake.cluster.namespace.as_str();
     let pods = format!("/api/v1/namespaces/{ns}/pods");
@@ -522,14 +682,14 @@ async fn route(
     match (method.clone(), path) {
         (Method::GET, p) if p == pods || p == sts => {
             if query.get("watch").map(String::as_str) == Some("true") {
-                return held_watch(fake, query).await;
+                return held_watch(fake, query, p == pods).await;
             }
             let items: Vec<Value> = if p == pods {
                 let selector = query.get("labelSelector").map(String::as_str).unwrap_or("");
                 let mut items = Vec::new();
                 for pod in &fake.cluster.pods {
                     match selector_matches(selector, &pod.labels) {
-                        Ok(true) => items.push(pod.json(ns)),
+                        Ok(true) => items.push(render(fake, pod, ns)),
                         Ok(false) => {}
                         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
                     }
@@ -550,13 +710,71 @@ async fn route(
             json_response(
                 StatusCode::OK,
                 &json!({"apiVersion": api_version, "kind": kind,
-                        "metadata": {"resourceVersion": LIST_VERSION}, "items": items}),
+                        "metadata": {"resourceVersion": fake.version.load(std::sync::atomic::Ordering::SeqCst).to_string()},
+                        "items": items}),
             )
         }
         (Method::GET, p) if p.starts_with(&format!("{pods}/")) && segments.len() == 6 => {
             match fake.cluster.pods.iter().find(|f| f.name == segments[5]) {
-                Some(pod) => json_response(StatusCode::OK, &pod.json(ns)),
+                Some(pod) => json_response(StatusCode::OK, &render(fake, pod, ns)),
                 None => status(StatusCode::NOT_FOUND, "NotFound", "pods not found"),
+            }
+        }
+        (Method::PATCH, p)
+            if p.starts_with(&format!("{pods}/"))
+                && p.ends_with("/status")
+                && segments.len() == 7 =>
+        {
+            let name = segments[5].to_string();
+            let Some(pod) = fake.cluster.pods.iter().find(|f| f.name == name) else {
+                return status(StatusCode::NOT_FOUND, "NotFound", "pods not found");
+            };
+            let ops = body.clone().unwrap_or(Value::Null);
+            let record = |code: StatusCode| {
+                lock(&fake.status_patches).push(StatusPatch {
+                    pod: name.clone(),
+                    content_type: content_type.to_string(),
+                    ops: ops.clone(),
+                    status: code.as_u16(),
+                })
+            };
+            if content_type != "application/json-patch+json" {
+                record(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    content_type,
+                );
+            }
+            let mut doc = render(fake, pod, ns);
+            if let Err(e) = apply_json_patch(&mut doc, &ops) {
+                record(StatusCode::UNPROCESSABLE_ENTITY);
+                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e);
+            }
+            // Keep what the patch set besides the Ready condition the fake computes.
+            let extra: Vec<Value> = doc["status"]["conditions"]
+                .as_array()
+                .map(|a| a.iter().filter(|c| c["type"] != "Ready").cloned().collect())
+                .unwrap_or_default();
+            lock(&fake.conditions).insert(name.clone(), extra);
+            fake.version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            fake.changed.notify_waiters();
+            record(StatusCode::OK);
+            json_response(StatusCode::OK, &render(fake, pod, ns))
+        }
+        (Method::GET, p)
+            if segments.len() == 6
+                && p.starts_with(&format!("/api/v1/namespaces/{ns}/services/")) =>
+        {
+            match lock(&fake.services).get(segments[5]) {
+                Some(selector) => json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "Service",
+                            "metadata": {"name": segments[5], "namespace": ns, "resourceVersion": "900"},
+                            "spec": {"selector": selector, "ports": [{"port": 5432}]}}),
+                ),
+                None => status(StatusCode::NOT_FOUND, "NotFound", "services not found"),
             }
         }
         (Method::POST, p)
@@ -666,10 +884,32 @@ fn unexpected(fake: &Inner, method: &Method, path: &str) -> Response {
     )
 }
 
+/// The watch's answer after a status patch: a `MODIFIED` event for each
+/// pod it selects, at the cluster's current version; then it ends and the
+/// watcher resumes from that version.
+fn pod_events(fake: &Inner, query: &BTreeMap<String, String>) -> Response {
+    let ns = fake.cluster.namespace.as_str();
+    let selector = query.get("labelSelector").map(String::as_str).unwrap_or("");
+    let mut body = String::new();
+    for pod in &fake.cluster.pods {
+        if selector_matches(selector, &pod.labels).unwrap_or(false) {
+            body.push_str(
+                &json!({"type": "MODIFIED", "object": render(fake, pod, ns)}).to_string(),
+            );
+            body.push('\n');
+        }
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("watch response")
+}
+
 /// A watch from the listed version: nothing changes here, so the response is
 /// withheld until the hold (or the request's `timeoutSeconds`) ends or the
 /// server stops, then the watch ends without an event.
-async fn held_watch(fake: &Inner, query: &BTreeMap<String, String>) -> Response {
+async fn held_watch(fake: &Inner, query: &BTreeMap<String, String>, pods: bool) -> Response {
     if query.get("resourceVersion").is_none_or(|v| v.is_empty()) {
         return status(
             StatusCode::BAD_REQUEST,
@@ -683,9 +923,16 @@ async fn held_watch(fake: &Inner, query: &BTreeMap<String, String>) -> Response 
         .map_or(KubeFake::WATCH_HOLD, |t| {
             Duration::from_secs(t).min(KubeFake::WATCH_HOLD)
         });
+    let from: u64 = query["resourceVersion"].parse().unwrap_or(0);
+    let changed = fake.changed.notified();
+    let now = fake.version.load(std::sync::atomic::Ordering::SeqCst);
+    if pods && from < now {
+        return pod_events(fake, query);
+    }
     tokio::select! {
         _ = tokio::time::sleep(timeout) => {}
         _ = fake.stop.cancelled() => {}
+        _ = changed, if pods => return pod_events(fake, query),
     }
     Response::builder()
         .status(StatusCode::OK)

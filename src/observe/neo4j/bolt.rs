@@ -54,6 +54,16 @@ impl Neo4jClient {
         )
     }
 
+    /// Runs `q` on `db` in a read-access session (Bolt `mode: "r"`: the
+    /// server refuses a write) and returns its rows as they come.
+    pub async fn read(
+        &self,
+        db: &str,
+        q: Query,
+    ) -> Result<neo4rs::DetachedRowStream, neo4rs::Error> {
+        self.graph.execute_read(q.extra("db", db)).await
+    }
+
     /// Runs `q` (on `db`, or the server's default database) and collects every row.
     pub async fn rows(&self, db: Option<&str>, q: Query) -> Result<Vec<Row>, neo4rs::Error> {
         let mut stream = match db {
@@ -80,6 +90,8 @@ pub struct Neo4jObserver {
     client: Option<Neo4jClient>,
     /// The client has completed a statement: its connection is established.
     established: bool,
+    /// When each probe last started.
+    probes: crate::observe::probes::Schedule,
 }
 
 impl Neo4jObserver {
@@ -88,7 +100,46 @@ impl Neo4jObserver {
             target,
             client: None,
             established: false,
+            probes: Default::default(),
         }
+    }
+
+    /// Runs the probes that are due, one after the other, on the polling
+    /// client, between polls, as `PostgresObserver::run_probes` does: a
+    /// probe starts only if it ends before `deadline`; `all` runs every
+    /// probe. Without an established client (the poll failed) nothing runs;
+    /// a probe that timed out or broke the connection drops the client, and
+    /// the next poll rebuilds it.
+    pub async fn run_probes(
+        &mut self,
+        deadline: std::time::Instant,
+        all: bool,
+    ) -> Vec<crate::observe::probes::ProbeRun> {
+        let mut runs = Vec::new();
+        self.probes.retain(&self.target.active_probes);
+        let poll_interval = self.target.settings.poll_interval();
+        let target_dbs = self.target.databases();
+        let names: Vec<String> = self.target.active_probes.keys().cloned().collect();
+        for name in names {
+            let Some(client) = self.client.clone().filter(|_| self.established) else {
+                break;
+            };
+            let p = self.target.active_probes[&name].clone();
+            if !self.probes.start(&name, &p, poll_interval, deadline, all) {
+                continue;
+            }
+            let dbs = p.databases_or(&target_dbs).to_vec();
+            let labelled = p.labels_database(&target_dbs);
+            let ran =
+                super::probes::run(&client, &name, &p, &dbs, labelled, p.timeout(poll_interval))
+                    .await;
+            if ran.connection_lost {
+                self.client = None;
+                self.established = false;
+            }
+            runs.push(ran.run);
+        }
+        runs
     }
 
     /// Takes settings a reload changed in place; the connection stays (the
@@ -138,7 +189,13 @@ impl Neo4jObserver {
             )),
         };
         match &result {
-            Ok(_) => self.established = true,
+            Ok(_) => {
+                // After an outage every probe runs at the first successful poll.
+                if !self.established {
+                    self.probes.clear();
+                }
+                self.established = true;
+            }
             Err(e) if e.kind != PollErrorKind::Query => {
                 self.client = None;
                 self.established = false;

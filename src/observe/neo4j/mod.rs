@@ -56,3 +56,6 @@ pub const METADATA_APP_KEY: &str = "app";
 mod bolt;
 #[cfg(feature = "neo4j")]
 pub use bolt::*;
+/// Cypher probes over the observer's client.
+#[cfg(feature = "neo4j")]
+pub mod probes;

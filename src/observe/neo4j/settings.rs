@@ -2,10 +2,13 @@
 //! PostgreSQL targets (and inherits them from `[defaults]`), but not the
 //! PostgreSQL-only ones, which are refused when written in its table.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::observe::probes::ProbeSettings;
+use crate::observe::probes::settings::{CypherProbe, Language};
 use crate::observe::settings::{TargetSettings, validate_target_name};
 use crate::secret::{Secret, redact_url};
 use crate::settings::{Context, Issues, Trim, join, read_secret};
@@ -44,6 +47,12 @@ pub struct Neo4jTarget {
     pub databases: Option<Vec<String>>,
     /// The label selector of the target's pods (read by the Kubernetes part).
     pub pods: Option<String>,
+    /// Statements the user defines: `[neo4j.<name>.probes.<probe>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, CypherProbe>,
+    /// The probes that run, as every part reads them (set by `validate`).
+    #[serde(skip)]
+    pub active_probes: BTreeMap<String, ProbeSettings>,
     /// Only poll_interval, poll_timeout, connect_timeout and backoff_max apply.
     #[serde(default)]
     pub settings: TargetSettings,
@@ -184,6 +193,31 @@ impl Neo4jTarget {
                 issues.push(key("databases"), format!("{db:?} is listed twice"));
             }
         }
+        let probes_path = key("probes");
+        self.active_probes = self
+            .probes
+            .iter()
+            .map(|(n, p)| (n.clone(), p.settings()))
+            .collect();
+        for (name, probe) in &self.active_probes {
+            probe.validate(
+                name,
+                &join(&probes_path, name),
+                self.settings.poll_interval(),
+                Language::Cypher,
+                &databases,
+                issues,
+            );
+        }
+        crate::observe::probes::settings::validate_names(&self.active_probes, &probes_path, issues);
+    }
+
+    /// Every probe check of the target.
+    pub fn probe_check_names(&self) -> Vec<String> {
+        self.active_probes
+            .iter()
+            .flat_map(|(name, p)| p.check_names(name))
+            .collect()
     }
 }
 
@@ -221,7 +255,7 @@ fn check_uri(uri: &str) -> Result<(), String> {
 
 /// Neo4j's database naming rules (3-63 characters; letters, digits, dots and
 /// dashes; a letter first), lower-cased as Neo4j stores them.
-fn valid_database_name(name: &str) -> bool {
+pub fn valid_database_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
         && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && name

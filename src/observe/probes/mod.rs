@@ -73,7 +73,7 @@ pub struct ProbeError {
 }
 
 impl ProbeError {
-    fn new(kind: ProbeErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ProbeErrorKind, message: impl Into<String>) -> Self {
         ProbeError {
             kind,
             message: message.into(),
@@ -189,6 +189,153 @@ pub fn client_grace(timeout: Duration) -> Duration {
     (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
+/// When each of a target's probes last started, and which are due: what
+/// both kinds of observer keep between polls.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    started: std::collections::BTreeMap<String, std::time::Instant>,
+}
+
+impl Schedule {
+    /// After an outage every probe runs at the first successful poll.
+    pub fn clear(&mut self) {
+        self.started.clear();
+    }
+
+    /// Forgets probes a reload removed.
+    pub fn retain(&mut self, probes: &std::collections::BTreeMap<String, ProbeSettings>) {
+        self.started.retain(|n, _| probes.contains_key(n));
+    }
+
+    /// Whether `name` runs now, and if so records its start: it is due
+    /// (its interval has passed, with half a poll of slack, so that a probe
+    /// is due on the poll after its interval) and its timeout and the
+    /// client's grace end before `deadline`, the next poll's start, so that
+    /// probes never delay a poll. `all` (`dbwarden check`): every probe, now.
+    pub fn start(
+        &mut self,
+        name: &str,
+        probe: &ProbeSettings,
+        poll_interval: Duration,
+        deadline: std::time::Instant,
+        all: bool,
+    ) -> bool {
+        let (interval, timeout) = (probe.interval(poll_interval), probe.timeout(poll_interval));
+        let now = std::time::Instant::now();
+        let due = all
+            || self
+                .started
+                .get(name)
+                .is_none_or(|at| now.duration_since(*at) + poll_interval / 2 >= interval);
+        if !due {
+            return false;
+        }
+        if !all && now + timeout + client_grace(timeout) > deadline {
+            tracing::debug!(probe = %name, "probe does not fit before the next poll: it waits");
+            return false;
+        }
+        self.started.insert(name.to_string(), now);
+        true
+    }
+}
+
+/// The databases a probe runs in this time: the server's databases that a
+/// `databases` entry matches, in name order, and every named one (a name
+/// the server lacks then fails the run by its own error). At most
+/// [`MAX_DATABASES`].
+pub fn resolve_databases(entries: &[String], server: &[String]) -> Result<Vec<String>, ProbeError> {
+    let mut out: Vec<String> = server
+        .iter()
+        .filter(|d| entries.iter().any(|e| settings::database_matches(e, d)))
+        .cloned()
+        .collect();
+    for e in entries {
+        if !settings::is_pattern(e) && !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+    if out.len() > MAX_DATABASES {
+        return Err(ProbeError::new(
+            ProbeErrorKind::Series,
+            format!(
+                "its databases match {} databases, more than {MAX_DATABASES}: narrow the pattern",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// The most databases one probe run visits.
+pub const MAX_DATABASES: usize = 64;
+
+/// One probe's results from several databases, as one result whose rows
+/// carry the `database` label first. Every database must return the same
+/// columns (one that returned no row says nothing of its columns).
+pub fn merge_databases(
+    per_db: Vec<(String, ProbeRows)>,
+    max_series: usize,
+) -> Result<ProbeRows, ProbeError> {
+    let mut merged = ProbeRows {
+        labels: Vec::new(),
+        values: Vec::new(),
+        rows: Vec::new(),
+        server_now: per_db.first().map_or(0.0, |(_, r)| r.server_now),
+    };
+    let mut shaped = false;
+    for (db, rows) in per_db {
+        if rows.rows.is_empty() {
+            continue;
+        }
+        if !shaped {
+            merged.labels = std::iter::once(settings::DATABASE_LABEL.to_string())
+                .chain(rows.labels.iter().cloned())
+                .collect();
+            merged.values = rows.values.clone();
+            shaped = true;
+        } else if merged.labels[1..] != rows.labels[..] || merged.values != rows.values {
+            return Err(columns_error(format!(
+                "database {db:?} returns other columns than the databases before it: the statement must return the same columns in each"
+            )));
+        }
+        for mut r in rows.rows {
+            r.labels.insert(0, db.clone());
+            merged.rows.push(r);
+        }
+        if merged.series() > max_series {
+            return Err(series_error(max_series, merged.values.len()));
+        }
+    }
+    Ok(merged)
+}
+
+/// More rows than `max_series` allows.
+pub(crate) fn series_error(max_series: usize, value_columns: usize) -> ProbeError {
+    ProbeError::new(
+        ProbeErrorKind::Series,
+        format!(
+            "more than max_series = {max_series} series ({value_columns} value columns per row): aggregate in the statement, or raise max_series"
+        ),
+    )
+}
+
+/// Each row must differ in a label column.
+pub(crate) fn unique_labels(rows: &[ProbeRow]) -> Result<(), ProbeError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in rows {
+        if !seen.insert(&r.labels) {
+            return Err(ProbeError::new(
+                ProbeErrorKind::Series,
+                format!(
+                    "two rows have the same labels ({}): each row must differ in a label column",
+                    r.labels.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs one probe on `conn`: `BEGIN READ ONLY`, its timeouts set for this
 /// transaction only, the statement (extended protocol: one statement, no
 /// `;`-separated second one), rows read up to the series cap, `ROLLBACK`.
@@ -266,13 +413,7 @@ async fn run_inner(
             };
             rows.push(shape.read(&row)?);
             if rows.len() * shape.values.len().max(1) > max_series {
-                return Err(ProbeError::new(
-                    ProbeErrorKind::Series,
-                    format!(
-                        "more than max_series = {max_series} series ({} value columns per row): aggregate in the SQL, or raise max_series",
-                        shape.values.len()
-                    ),
-                ));
+                return Err(series_error(max_series, shape.values.len()));
             }
         }
     }
@@ -286,18 +427,7 @@ async fn run_inner(
             columns: Vec::new(),
         },
     };
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &rows {
-        if !seen.insert(&r.labels) {
-            return Err(ProbeError::new(
-                ProbeErrorKind::Series,
-                format!(
-                    "two rows have the same labels ({}): each row must differ in a label column",
-                    r.labels.join(", ")
-                ),
-            ));
-        }
-    }
+    unique_labels(&rows)?;
     Ok(ProbeRows {
         labels: shape.labels,
         values: shape.values,
@@ -449,7 +579,7 @@ impl Shape {
     }
 }
 
-fn columns_error(message: String) -> ProbeError {
+pub(crate) fn columns_error(message: String) -> ProbeError {
     ProbeError::new(ProbeErrorKind::Columns, message)
 }
 
@@ -517,6 +647,71 @@ mod tests {
         // 0: no digits.
         let b = [0u8; 8];
         assert_eq!(numeric(&b), Some(0.0));
+    }
+
+    #[test]
+    fn database_patterns() {
+        use settings::database_matches as m;
+        assert!(m("app", "app") && !m("app", "app2"));
+        assert!(m("*", "anything") && m("tenant_*", "tenant_a") && !m("tenant_*", "tenant"));
+        assert!(m("*_prod", "billing_prod") && !m("*_prod", "billing_prod2"));
+        assert!(m("a*b*c", "aXbYc") && m("a*b*c", "abc") && !m("a*b*c", "acb"));
+        assert!(!m("ab*ba", "aba"), "prefix and suffix may not overlap");
+        let server: Vec<String> = ["postgres", "tenant_a", "tenant_b", "other"]
+            .map(String::from)
+            .to_vec();
+        let got = resolve_databases(&["tenant_*".into(), "missing".into()], &server).unwrap();
+        assert_eq!(got, ["tenant_a", "tenant_b", "missing"]);
+        let many: Vec<String> = (0..65).map(|i| format!("db{i}")).collect();
+        let e = resolve_databases(&["db*".into()], &many).unwrap_err();
+        assert_eq!(e.kind, ProbeErrorKind::Series);
+    }
+
+    #[test]
+    fn results_of_several_databases_merge_under_a_database_label() {
+        let rows = |kind: &str, n: f64| ProbeRows {
+            labels: vec!["kind".into()],
+            values: vec![("rows".into(), ColumnKind::Number)],
+            rows: vec![ProbeRow {
+                labels: vec![kind.into()],
+                values: vec![Some(n)],
+            }],
+            server_now: 7.0,
+        };
+        let empty = ProbeRows {
+            labels: vec![],
+            values: vec![],
+            rows: vec![],
+            server_now: 8.0,
+        };
+        let m = merge_databases(
+            vec![
+                ("a".into(), rows("x", 1.0)),
+                ("b".into(), empty),
+                ("c".into(), rows("x", 3.0)),
+            ],
+            10,
+        )
+        .unwrap();
+        assert_eq!(m.labels, ["database", "kind"]);
+        assert_eq!(m.rows.len(), 2);
+        assert_eq!(m.rows[1].labels, ["c", "x"]);
+        assert_eq!(m.server_now, 7.0);
+        let e = merge_databases(
+            vec![("a".into(), rows("x", 1.0)), ("c".into(), rows("x", 3.0))],
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ProbeErrorKind::Series);
+        let mut other = rows("x", 1.0);
+        other.values[0].0 = "count".into();
+        let e = merge_databases(vec![("a".into(), rows("x", 1.0)), ("b".into(), other)], 10)
+            .unwrap_err();
+        assert!(
+            e.message.contains("database \"b\" returns other columns"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

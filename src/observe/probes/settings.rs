@@ -1,11 +1,15 @@
-//! `[postgres.<target>.probes.<name>]`: a statement the user writes, the
-//! columns of its result that become metrics and labels, and the checks on
-//! them (`[postgres.<target>.probes.<name>.checks]`).
+//! `[postgres.<target>.probes.<name>]` and `[neo4j.<target>.probes.<name>]`:
+//! a statement the user writes (`sql` or `cypher`), the columns of its
+//! result that become metrics and labels, and the checks on them
+//! (`[...probes.<name>.checks]`).
 //!
-//! A probe runs on the target's polling connection, in the target's own
-//! database (the one in its URL): `databases` names that database or is left
-//! out. Other databases would need a connection each, which the connection
-//! budget does not have yet.
+//! A probe runs on the target's polling connection. A PostgreSQL probe runs
+//! in the target's own database (the one in its URL): `databases` names
+//! that database or is left out; other databases would need a connection
+//! each, which the connection budget does not have. A Cypher probe runs in
+//! each database `databases` names (default: the target's `databases`) over
+//! the same Bolt connection; with more than one, its rows carry a
+//! `database` label.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -39,13 +43,31 @@ pub const FIXED_FAMILIES: [&str; 5] = [
     "failures_total",
 ];
 
+/// The language of a target's probes: the kind of target decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// PostgreSQL: `sql`, in the target's own database.
+    Sql,
+    /// Neo4j: `cypher`, in each of `databases`.
+    Cypher,
+}
+
+/// The label a Cypher probe's rows carry when it runs in several databases.
+pub const DATABASE_LABEL: &str = "database";
+
 /// One probe, as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSettings {
-    /// One SQL statement (a query); required.
+    /// One SQL statement (a query); required on a PostgreSQL target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
-    /// The databases it runs in: for now only the target's own (the default).
+    /// One Cypher statement, from a Neo4j target's [`CypherProbe`]; not a
+    /// key of a PostgreSQL probe.
+    #[serde(skip)]
+    pub cypher: Option<String>,
+    /// The databases it runs in. PostgreSQL: only the target's own (the
+    /// default). Neo4j: any; default the target's `databases`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<String>,
     /// How often it runs: a multiple of the poll interval, never faster.
@@ -68,6 +90,47 @@ pub struct ProbeSettings {
     /// Columns left out of the result (a queries file's `DISCARD`); not a key.
     #[serde(skip)]
     pub discard: Vec<String>,
+}
+
+/// `[neo4j.<target>.probes.<name>]`: a probe as a Neo4j target's table
+/// holds it (`cypher`; no `sql`, no `lock_timeout`), turned into
+/// [`ProbeSettings`] by [`CypherProbe::settings`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CypherProbe {
+    /// One Cypher statement (a read); required.
+    pub cypher: Option<String>,
+    /// The databases it runs in; default the target's `databases`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    #[serde(default, with = "duration::option")]
+    pub interval: Option<Duration>,
+    /// The transaction timeout the server applies (and the longest the
+    /// probe may hold the connection).
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub max_series: Option<u32>,
+    #[serde(default)]
+    pub checks: BTreeMap<String, ProbeCheck>,
+}
+
+impl CypherProbe {
+    pub fn settings(&self) -> ProbeSettings {
+        ProbeSettings {
+            sql: None,
+            cypher: self.cypher.clone(),
+            databases: self.databases.clone(),
+            interval: self.interval,
+            timeout: self.timeout,
+            lock_timeout: None,
+            labels: self.labels.clone(),
+            max_series: self.max_series,
+            checks: self.checks.clone(),
+            discard: Vec::new(),
+        }
+    }
 }
 
 /// A check on one column (or on the run time, `duration`).
@@ -143,6 +206,40 @@ impl<'de> Deserialize<'de> for Bound {
     }
 }
 
+/// A `databases` entry with `*`: every database whose name it matches.
+pub fn is_pattern(database: &str) -> bool {
+    database.contains('*')
+}
+
+/// Whether `name` matches the `databases` entry `entry` (a name, or a
+/// pattern where `*` stands for any run of characters).
+pub fn database_matches(entry: &str, name: &str) -> bool {
+    if !is_pattern(entry) {
+        return entry == name;
+    }
+    let parts: Vec<&str> = entry.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `probe:<probe>` or `probe:<probe>:<column>`: a probe check's name.
+pub fn probe_check_name(probe: &str, column: Option<&str>) -> String {
+    match column {
+        Some(c) => format!("probe:{probe}:{c}"),
+        None => format!("probe:{probe}"),
+    }
+}
+
 /// A probe's or a column's name: it becomes part of a metric name.
 pub fn valid_metric_word(name: &str) -> bool {
     (1..=63).contains(&name.len())
@@ -172,6 +269,19 @@ impl ProbeSettings {
             .min(self.timeout(poll_interval))
     }
 
+    /// The names of the probe's checks, as `evaluate::probes` reports them
+    /// and a policy's `only_while_failing` names them: `probe:<name>` (the
+    /// run succeeded), then `probe:<name>:<column>` for each check.
+    pub fn check_names(&self, name: &str) -> Vec<String> {
+        std::iter::once(probe_check_name(name, None))
+            .chain(
+                self.checks
+                    .keys()
+                    .map(|column| probe_check_name(name, Some(column))),
+            )
+            .collect()
+    }
+
     pub fn max_series(&self) -> u32 {
         self.max_series.unwrap_or(DEFAULT_MAX_SERIES)
     }
@@ -180,14 +290,44 @@ impl ProbeSettings {
         self.sql.as_deref().unwrap_or_default()
     }
 
+    pub fn cypher(&self) -> &str {
+        self.cypher.as_deref().unwrap_or_default()
+    }
+
+    /// Whether the probe's rows carry a `database` label: it runs in more
+    /// than one database, or in every database a pattern matches.
+    pub fn labels_database(&self, target_databases: &[String]) -> bool {
+        let dbs = self.databases_or(target_databases);
+        dbs.len() > 1 || dbs.iter().any(|d| is_pattern(d))
+    }
+
+    /// A PostgreSQL probe that runs in a database other than the target's
+    /// own: it needs a connection of its own for the run (`own` is the
+    /// target's database).
+    pub fn needs_other_connection(&self, own: &str) -> bool {
+        self.sql.is_some() && self.databases.iter().any(|d| d != own)
+    }
+
+    /// The databases a Cypher probe runs in: its own list, else the target's.
+    pub fn databases_or<'a>(&'a self, target_databases: &'a [String]) -> &'a [String] {
+        if self.databases.is_empty() {
+            target_databases
+        } else {
+            &self.databases
+        }
+    }
+
     /// Checks everything serde could not. `path` is
-    /// `postgres.<target>.probes.<name>`; `database` is the target's own.
+    /// `postgres.<target>.probes.<name>` (`language` Sql; `databases` the
+    /// target's own) or `neo4j.<target>.probes.<name>` (Cypher; the
+    /// target's `databases`).
     pub fn validate(
         &self,
         name: &str,
         path: &str,
         poll_interval: Duration,
-        database: Option<&str>,
+        language: Language,
+        databases: &[String],
         issues: &mut Issues,
     ) {
         let key = |k: &str| join(path, k);
@@ -209,20 +349,65 @@ impl ProbeSettings {
                 );
             }
         }
-        match self.sql.as_deref().map(str::trim) {
-            None => issues.push(key("sql"), "missing: the probe's SQL statement is required"),
-            Some("") => issues.push(key("sql"), "empty: write the probe's SQL statement"),
+        let (statement, what, mine) = match language {
+            Language::Sql => ("sql", "SQL", &self.sql),
+            Language::Cypher => ("cypher", "Cypher", &self.cypher),
+        };
+        match mine.as_deref().map(str::trim) {
+            None => issues.push(
+                key(statement),
+                format!("missing: the probe's {what} statement is required"),
+            ),
+            Some("") => issues.push(
+                key(statement),
+                format!("empty: write the probe's {what} statement"),
+            ),
             Some(_) => {}
         }
-        for db in &self.databases {
-            if Some(db.as_str()) != database {
-                issues.push(
-                    key("databases"),
-                    format!(
-                        "{db:?} is not the target's database ({}): probes run on the polling connection, in the target's own database only",
-                        database.map_or("unknown".to_string(), |d| format!("{d:?}"))
-                    ),
-                );
+        match language {
+            Language::Sql => {
+                for (i, db) in self.databases.iter().enumerate() {
+                    if db.is_empty() || db.len() > 63 || db.chars().any(char::is_control) {
+                        issues.push(
+                            key("databases"),
+                            format!(
+                                "invalid database name {db:?}: 1 to 63 characters, or a pattern with `*` such as \"tenant_*\""
+                            ),
+                        );
+                    } else if self.databases[..i].contains(db) {
+                        issues.push(key("databases"), format!("{db:?} is listed twice"));
+                    }
+                }
+                if self.labels_database(databases)
+                    && self.labels.iter().any(|l| l == DATABASE_LABEL)
+                {
+                    issues.push(
+                        key("labels"),
+                        "\"database\" is the label dbwarden adds when a probe runs in several databases: rename the column (AS ...)",
+                    );
+                }
+            }
+            Language::Cypher => {
+                for (i, db) in self.databases.iter().enumerate() {
+                    if !super::super::neo4j::settings::valid_database_name(db) {
+                        issues.push(
+                            key("databases"),
+                            format!(
+                                "invalid database name {db:?}: Neo4j names are 3-63 characters, letters, digits, '.' and '-', starting with a letter"
+                            ),
+                        );
+                    } else if self.databases[..i].contains(db) {
+                        issues.push(key("databases"), format!("{db:?} is listed twice"));
+                    }
+                }
+                if self.labels_database(databases)
+                    && self.labels.iter().any(|l| l == DATABASE_LABEL)
+                {
+                    issues.push(
+                        key("labels"),
+                        "\"database\" is the label dbwarden adds when a probe runs in several databases: rename the column (AS ...)",
+                    );
+                }
             }
         }
         for (k, v) in [

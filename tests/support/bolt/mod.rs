@@ -27,6 +27,6 @@ pub use packstream::Value;
 pub use persona::{Edition, Generation, Persona};
 pub use server::{BoltServer, BoltVersion};
 pub use state::{
-    ClusterMember, ConnectionRecord, Db, Fault, Index, KillMethod, Request, ServerState, Statement,
-    Termination, Tx,
+    Canned, ClusterMember, ConnectionRecord, Db, Fault, Index, KillMethod, Request, ServerState,
+    Statement, Termination, Tx,
 };

@@ -10,6 +10,11 @@ use std::fmt;
 
 /// Structure tag of a Duration (months, days, seconds, nanoseconds).
 pub const TAG_DURATION: u8 = 0x45;
+/// Structure tag of a DateTime with an offset in Bolt 4.x without the
+/// `utc` patch (as neo4rs negotiates): local seconds, nanoseconds, offset.
+pub const TAG_DATETIME: u8 = 0x46;
+/// Structure tag of a LocalDateTime (seconds, nanoseconds).
+pub const TAG_LOCAL_DATETIME: u8 = 0x64;
 /// Structure tag of a Node (id, labels, properties) in Bolt 4.x.
 pub const TAG_NODE: u8 = 0x4E;
 /// Structure tag of a Relationship (id, start, end, type, properties) in Bolt 4.x.
@@ -69,6 +74,27 @@ impl Value {
 
     pub fn structure(tag: u8, fields: Vec<Value>) -> Value {
         Value::Struct(Struct { tag, fields })
+    }
+
+    /// A DateTime at Unix second `unix` with `offset` seconds east of UTC
+    /// (tag `0x46`; Bolt 4.x sends the local time's seconds).
+    pub fn datetime(unix: i64, offset: i64) -> Value {
+        Value::structure(
+            TAG_DATETIME,
+            vec![
+                Value::Integer(unix + offset),
+                Value::Integer(0),
+                Value::Integer(offset),
+            ],
+        )
+    }
+
+    /// A LocalDateTime (tag `0x64`): seconds and nanoseconds, no zone.
+    pub fn local_datetime(seconds: i64) -> Value {
+        Value::structure(
+            TAG_LOCAL_DATETIME,
+            vec![Value::Integer(seconds), Value::Integer(0)],
+        )
     }
 
     /// A Duration structure (tag `0x45`).

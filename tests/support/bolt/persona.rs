@@ -33,6 +33,12 @@
 //! | [`SHOW_SERVERS`] | `SHOW SERVERS YIELD name, address, state, health, hosting RETURN name, address, state, health, hosting` | SyntaxError | SyntaxError | ✓ |
 //! | — | `RETURN duration({seconds: 1, nanoseconds: 5}) AS d` (any of months, days, seconds, nanoseconds as integer literals) → a Duration structure | ✓ | ✓ | ✓ |
 //!
+//! Then the state's [`Canned`](super::state::Canned) statements (a user's
+//! Cypher probes): their rows, or for one that writes, in a read-access
+//! session (`mode: "r"`), FAILURE `Neo.ClientError.Statement.AccessMode`.
+//! A RUN whose `tx_timeout` (ms) is shorter than its fault delay gets
+//! FAILURE `Neo.ClientError.Transaction.TransactionTimedOut` at that time.
+//!
 //! Anything else gets FAILURE `Neo.ClientError.Statement.SyntaxError` whose
 //! message names the statement.
 //!
@@ -92,6 +98,8 @@ pub const PARAMETER_MISSING: &str = "Neo.ClientError.Statement.ParameterMissing"
 pub const TYPE_ERROR: &str = "Neo.ClientError.Statement.TypeError";
 pub const UNAUTHORIZED: &str = "Neo.ClientError.Security.Unauthorized";
 pub const REQUEST_INVALID: &str = "Neo.ClientError.Request.Invalid";
+pub const ACCESS_MODE: &str = "Neo.ClientError.Statement.AccessMode";
+pub const TRANSACTION_TIMED_OUT: &str = "Neo.ClientError.Transaction.TransactionTimedOut";
 
 /// Whitespace-insensitive form of a statement (see the module docs).
 pub fn normalize(query: &str) -> String {
@@ -510,6 +518,23 @@ impl Persona {
         if let Some(d) = parse_duration_literal(&q) {
             return Ok(Rows::new(&["d"], vec![vec![d]]));
         }
+        let database = ctx.own.database.as_str();
+        if let Some(c) = state.canned.iter().find(|c| {
+            normalize(&c.query) == q && c.database.as_deref().is_none_or(|d| d == database)
+        }) {
+            if c.writes && ctx.read_only {
+                return Err(Failure::new(
+                    ACCESS_MODE,
+                    format!(
+                        "Writing in read access mode not allowed. Attempted write to internal graph 0 ({database})"
+                    ),
+                ));
+            }
+            return Ok(Rows {
+                fields: c.fields.clone(),
+                records: c.records.clone(),
+            });
+        }
         Err(Failure::new(
             SYNTAX_ERROR,
             format!(
@@ -615,6 +640,8 @@ pub struct RunContext<'a> {
     /// The transaction this statement runs in, as SHOW TRANSACTIONS would
     /// list it (current query = this statement, metaData = tx_metadata).
     pub own: Tx,
+    /// The session's access mode is read (`mode: "r"`): writes are refused.
+    pub read_only: bool,
 }
 
 /// A result: column names and rows.
@@ -803,6 +830,7 @@ mod tests {
             query,
             params,
             own: Tx::running("neo4j-transaction-7", "query-9", "neo4j", query),
+            read_only: false,
         }
     }
 

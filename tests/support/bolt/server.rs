@@ -590,9 +590,36 @@ impl Session {
                 _ => Duration::ZERO,
             })
             .sum();
+        // The client's transaction timeout (RUN's or BEGIN's `tx_timeout`,
+        // in milliseconds) stops a statement that would run longer.
+        let tx_timeout = extra
+            .get("tx_timeout")
+            .or_else(|| {
+                self.tx
+                    .as_ref()
+                    .and_then(|t| t.begin_extra.get("tx_timeout"))
+            })
+            .and_then(Value::as_int)
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms as u64));
+        if let Some(limit) = tx_timeout.filter(|l| delay > *l) {
+            tokio::time::sleep(limit).await;
+            self.failure(
+                persona::TRANSACTION_TIMED_OUT,
+                "The transaction has been terminated. Retry your operation in a new transaction, and you should see a successful result. The transaction has not completed within the timeout specified at its start by the client.",
+            )
+            .await?;
+            return Ok(Flow::Continue);
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        // A read-access session: `mode: "r"` in RUN's or BEGIN's extra.
+        let read_only = extra
+            .get("mode")
+            .or_else(|| self.tx.as_ref().and_then(|t| t.begin_extra.get("mode")))
+            .and_then(Value::as_str)
+            == Some("r");
         let normalized = persona::normalize(&query);
         let missing = faults.iter().find_map(|f| match f {
             Fault::ProcedureNotFound { procedure }
@@ -611,6 +638,7 @@ impl Session {
                     query: &query,
                     params: &params,
                     own,
+                    read_only,
                 };
                 self.persona.run(&mut lock(&self.state), &ctx)
             }

@@ -41,6 +41,9 @@ pub struct ServerState {
     pub show_own_transaction: bool,
     /// Active faults; see [`Fault`]. Change them at any time.
     pub faults: Vec<Fault>,
+    /// The answers to statements no persona knows (a user's Cypher probes):
+    /// matched on the normalized text and the database; see [`Canned`].
+    pub canned: Vec<Canned>,
 
     // ---- records
     /// Every accepted TCP connection, in order.
@@ -70,6 +73,7 @@ impl Default for ServerState {
             cluster_members: Vec::new(),
             show_own_transaction: true,
             faults: Vec::new(),
+            canned: Vec::new(),
             connections: Vec::new(),
             active_connections: 0,
             requests: Vec::new(),
@@ -154,6 +158,44 @@ pub enum Fault {
     /// RECORDs (or after the last one, if fewer), before the summary.
     /// Applies to results whose RUN arrived while the fault was active.
     DropMidStream { after_records: usize },
+}
+
+/// A scripted answer to one statement in one database: its rows, or, for a
+/// statement that writes, the refusal a read-access session gets (Neo4j's
+/// `Neo.ClientError.Statement.AccessMode`) and, in a write session, no rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canned {
+    pub query: String,
+    /// `None`: every database.
+    pub database: Option<String>,
+    pub fields: Vec<String>,
+    pub records: Vec<Vec<Value>>,
+    pub writes: bool,
+}
+
+impl Canned {
+    pub fn rows(query: &str, fields: &[&str], records: Vec<Vec<Value>>) -> Canned {
+        Canned {
+            query: query.to_string(),
+            database: None,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            records,
+            writes: false,
+        }
+    }
+
+    /// A statement that writes (CREATE, MERGE, SET, DELETE, ...).
+    pub fn write(query: &str) -> Canned {
+        Canned {
+            writes: true,
+            ..Canned::rows(query, &[], Vec::new())
+        }
+    }
+
+    pub fn in_database(mut self, database: &str) -> Canned {
+        self.database = Some(database.to_string());
+        self
+    }
 }
 
 /// One transaction as SHOW TRANSACTIONS lists it.
