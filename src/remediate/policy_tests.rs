@@ -192,7 +192,7 @@ fn snapshot(sessions: impl IntoIterator<Item = Sb>) -> PgSnapshot {
     snapshot_of(sessions.into_iter().map(|s| s.0).collect())
 }
 
-fn snapshot_of(sessions: Vec<Session>) -> PgSnapshot {
+pub(crate) fn snapshot_of(sessions: Vec<Session>) -> PgSnapshot {
     PgSnapshot {
         server_now_us: NOW_US,
         server: ServerInfo {
@@ -1069,7 +1069,7 @@ fn ts() -> impl Strategy<Value = Option<i64>> {
 }
 
 /// Sessions with pids 100.. in shuffled order; lock waiters point at random pids of the snapshot.
-fn sessions() -> impl Strategy<Value = Vec<Session>> {
+pub(crate) fn sessions() -> impl Strategy<Value = Vec<Session>> {
     let one = (
         (
             prop::sample::select(BACKENDS.to_vec()),
@@ -1233,7 +1233,7 @@ fn conditions() -> impl Strategy<Value = Conditions> {
         )
 }
 
-fn policy_strategy() -> impl Strategy<Value = Policy> {
+pub(crate) fn policy_strategy() -> impl Strategy<Value = Policy> {
     (
         conditions(),
         prop::sample::select(vec![Victims::All, Victims::Oldest]),
@@ -1259,7 +1259,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         )
 }
 
-fn failing() -> impl Strategy<Value = Vec<CheckId>> {
+pub(crate) fn failing() -> impl Strategy<Value = Vec<CheckId>> {
     prop::sample::subsequence(GATE_CHECKS.to_vec(), 0..=3)
 }
 
@@ -1698,7 +1698,7 @@ fn ipv4_mapped_client_addresses_match_ipv4_networks() {
 }
 
 /// Gates with these checks failing and no alert firing.
-fn gates(failing: &[CheckId]) -> Gates<'_> {
+pub(crate) fn gates(failing: &[CheckId]) -> Gates<'_> {
     Gates {
         failing,
         firing_alerts: &[],

@@ -3,6 +3,7 @@
 //! order the file has them (the loader keeps that order: when two policies
 //! select the same session, the first acts).
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::audit::Mode;
+use super::batch::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
 use super::neo4j_policy::Neo4jPolicy;
 use super::policy::{ActionKind, Policy};
 use crate::evaluate::CheckId;
@@ -47,9 +49,12 @@ pub struct RemediationSettings {
     pub api_token_env: Option<String>,
     pub query_max_chars: u32,
     pub redact_queries: bool,
-    /// Wait after each action before the next.
+    /// Wait after each batch of actions before the next.
     #[serde(with = "duration")]
     pub pacing: Duration,
+    /// At most this many actions per batch: one audit `fsync` for their
+    /// intents, one guarded statement (PostgreSQL) for their signals.
+    pub batch_size: u32,
     pub budget: Budget,
     pub policies: IndexMap<String, Policy>,
     pub neo4j_policies: IndexMap<String, Neo4jPolicy>,
@@ -70,6 +75,7 @@ impl Default for RemediationSettings {
             query_max_chars: 256,
             redact_queries: false,
             pacing: Duration::from_secs(1),
+            batch_size: DEFAULT_BATCH_SIZE,
             budget: Budget::default(),
             policies: IndexMap::new(),
             neo4j_policies: IndexMap::new(),
@@ -106,6 +112,11 @@ impl RemediationSettings {
 
     pub fn pause_state_file(&self) -> PathBuf {
         self.state_dir.join(PAUSE_STATE_FILE)
+    }
+
+    /// Actions per batch (at least one, whatever the file says).
+    pub fn batch_size(&self) -> NonZeroUsize {
+        NonZeroUsize::new(self.batch_size as usize).unwrap_or(NonZeroUsize::MIN)
     }
 
     /// At most this many actions per window on one target.
@@ -169,6 +180,12 @@ impl RemediationSettings {
                     "{} is out of range: 1 to {MAX_QUERY_MAX_CHARS}",
                     self.query_max_chars
                 ),
+            );
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            issues.push(
+                key("batch_size"),
+                format!("{} is out of range: 1 to {MAX_BATCH_SIZE}", self.batch_size),
             );
         }
         if self.budget.window < MIN_BUDGET_WINDOW {
