@@ -1,6 +1,7 @@
 //! The remediation loop of one target, for every kind of target: after each
 //! poll, select (pure), then act within the bounds: mode, pause switch,
-//! actor lock, budgets, pacing, and the write-ahead audit.
+//! actor lock, budgets, pacing, and the write-ahead audit, in batches of
+//! `batch_size` (one `fsync` for a batch's intents, one act for the batch).
 //!
 //! What differs between PostgreSQL and Neo4j sits behind [`Kind`] (as
 //! `daemon::poller::Observer` does for polling): the selection, the
