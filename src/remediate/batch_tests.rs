@@ -8,7 +8,6 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::evaluate::CheckId;
 use crate::remediate::budget::Budget;
 use crate::remediate::policy::tests::{failing, gates, policy_strategy, sessions, snapshot_of};
 use crate::remediate::policy::{self, Candidate, Victims};
@@ -120,8 +119,7 @@ proptest! {
             p.name = format!("p{i}");
             p
         }).collect();
-        let fails: Vec<CheckId> = f;
-        let (_, chosen) = policy::select(&ps, "db1", &snap, gates(&fails));
+        let (_, chosen) = policy::select(&ps, "db1", &snap, gates(&f));
         let mut b = Budget::new(budget, Duration::from_secs(600));
         let batches = all(&chosen, n, |c: &Candidate| c.facts.pid, |c| {
             !settled.contains(&c.facts.pid) && b.try_spend(1_000)
