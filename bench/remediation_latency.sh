@@ -11,12 +11,16 @@
 #   POLL_INTERVAL [1s]      the target's poll_interval
 #   IDLE_FOR [2s]           the policy's idle_for
 #   MAX_PER_CYCLE [1000]    the policy's max_per_cycle (empty: leave dbwarden's default, 10)
+#   BATCH_SIZE []           [remediation] batch_size (empty: dbwarden's default, 100;
+#                           leave it empty for a binary older than batches)
 #   MIN_WAVE [1], MAX_WAVE [15]   sessions per wave, uniform in [MIN_WAVE, MAX_WAVE]
 #                           (MIN_WAVE=MAX_WAVE=SESSIONS: one burst crossing at once)
 #   GAP_MIN [0.1], GAP_MAX [1.9]  seconds between waves, uniform
 #   SYNC_IDLE [0]           1: the sessions of a wave become idle at one instant (each runs
 #                           SELECT pg_sleep_until(T) first), so a whole wave crosses together
 #   SKIP_BUILD [0]          1: use target/release/dbwarden as it is
+#   RUSTC_WAIT [600]        seconds to wait at most, before the runs, while a rustc runs
+#                           (RUN_RUSTC_WAIT [300]: before each run); the load is noted either way
 #   RESULTS [/tmp/dbwarden-remediation-latency-<time>]   JSON results, logs, audit files, report.md
 #   DBWARDEN, PG_BIN [/usr/lib/postgresql/15/bin]
 #
@@ -35,12 +39,15 @@ RUNS=${RUNS:-3}
 POLL_INTERVAL=${POLL_INTERVAL:-1s}
 IDLE_FOR=${IDLE_FOR:-2s}
 MAX_PER_CYCLE=${MAX_PER_CYCLE-1000}
+BATCH_SIZE=${BATCH_SIZE:-}
 MIN_WAVE=${MIN_WAVE:-1}
 MAX_WAVE=${MAX_WAVE:-15}
 GAP_MIN=${GAP_MIN:-0.1}
 GAP_MAX=${GAP_MAX:-1.9}
 SYNC_IDLE=${SYNC_IDLE:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
+RUSTC_WAIT=${RUSTC_WAIT:-600}
+RUN_RUSTC_WAIT=${RUN_RUSTC_WAIT:-300}
 DBWARDEN=${DBWARDEN:-$ROOT/target/release/dbwarden}
 RESULTS=${RESULTS:-/tmp/dbwarden-remediation-latency-$(date +%Y%m%d-%H%M%S)}
 LAT="python3 $HERE/remediation_latency.py"
@@ -97,10 +104,10 @@ fi
 
 # A compiler on a 2-core machine distorts latencies: wait (bounded) for it.
 NOTES=()
-for _ in $(seq 1 60); do pgrep -x rustc >/dev/null || break; sleep 10; done
+for _ in $(seq 1 $((RUSTC_WAIT / 10))); do pgrep -x rustc >/dev/null || break; sleep 10; done
 if pgrep -x rustc >/dev/null; then
     NOTES+=("a rustc process was running when the measurement started")
-    log "WARNING: rustc still running after 10 min of waiting; measuring anyway"
+    log "WARNING: rustc still running after ${RUSTC_WAIT}s of waiting; measuring anyway"
 fi
 
 # ---------------------------------------------------------------- scratch PostgreSQL
@@ -137,7 +144,7 @@ MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
     echo "postgres: $("${PSQL[@]}" -c 'SELECT version()')"
     echo "dbwarden: $("$DBWARDEN" --version 2>&1), binary built $(date -r "$DBWARDEN" '+%Y-%m-%d %H:%M:%S') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), work tree $(cd "$ROOT" && git status --porcelain 2>/dev/null | wc -l) changed paths)"
     echo "audit file system: $(df -T "$WORK" | awk 'NR==2 {print $2}') ($WORK)"
-    echo "settings: SESSIONS=$SESSIONS RUNS=$RUNS POLL_INTERVAL=$POLL_INTERVAL IDLE_FOR=$IDLE_FOR MAX_PER_CYCLE=${MAX_PER_CYCLE:-default} waves of $MIN_WAVE-$MAX_WAVE sessions $GAP_MIN-${GAP_MAX}s apart, SYNC_IDLE=$SYNC_IDLE, pacing=0s"
+    echo "settings: SESSIONS=$SESSIONS RUNS=$RUNS POLL_INTERVAL=$POLL_INTERVAL IDLE_FOR=$IDLE_FOR MAX_PER_CYCLE=${MAX_PER_CYCLE:-default} BATCH_SIZE=${BATCH_SIZE:-default} waves of $MIN_WAVE-$MAX_WAVE sessions $GAP_MIN-${GAP_MAX}s apart, SYNC_IDLE=$SYNC_IDLE, pacing=0s"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$RESULTS/env.txt"
 
@@ -168,6 +175,7 @@ instance = "bench"
 audit_file = "$AUDIT"
 state_dir = "$WORK/state-$run"
 pacing = "0s"
+${BATCH_SIZE:+batch_size = $BATCH_SIZE}
 
 [remediation.budget]
 per_target = 100000
@@ -190,7 +198,7 @@ EOF
     $SCRAPE wait-http "http://127.0.0.1:$DBW_PORT/readyz" 30
 
     # Someone else's build may have started meanwhile: wait for it (bounded).
-    for _ in $(seq 1 30); do pgrep -x rustc >/dev/null || break; sleep 10; done
+    for _ in $(seq 1 $((RUN_RUSTC_WAIT / 10))); do pgrep -x rustc >/dev/null || break; sleep 10; done
     note="load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     pgrep -x rustc >/dev/null && note="$note; rustc running"
     log "run $run/$RUNS: $SESSIONS sessions (dbwarden pid $DBW_PID, :$DBW_PORT)"

@@ -781,6 +781,7 @@ fn an_empty_remediation_section_takes_the_defaults() {
     assert_eq!(r.query_max_chars, 256);
     assert!(!r.redact_queries);
     assert_eq!(r.pacing, Duration::from_secs(1));
+    assert_eq!(r.batch_size, 100);
     assert_eq!(r.target_budget(), (10, Duration::from_secs(600)));
     assert_eq!(r.global_budget(), (30, Duration::from_secs(600)));
     assert!(r.policies.is_empty());
@@ -806,7 +807,7 @@ fn every_remediation_mistake_is_reported_at_once() {
     let toml = format!(
         "{MIN}[remediation]\n\
          mode = \"dry_run\"\naudit_file = \"audit.jsonl\"\nquery_max_chars = 0\n\
-         redact_queries = \"yes\"\nstate = [\"idle\"]\npacing = \"1x\"\n\
+         redact_queries = \"yes\"\nstate = [\"idle\"]\npacing = \"1x\"\nbatch_size = 0\n\
          [remediation.budget]\nwindow = \"0s\"\nper_targte = 1\n\
          [remediation.policies.a]\naction = \"kill\"\ntargets = [\"main\", \"nope\"]\n\
          max_per_cycle = 0\nonly_while_failing = [\"pool\"]\nidle_for = \"1m\"\n\
@@ -831,6 +832,7 @@ fn every_remediation_mistake_is_reported_at_once() {
             &["unknown key", "a [remediation.policies.<name>.when] table"],
         ),
         ("remediation.pacing", &["\"1x\""]),
+        ("remediation.batch_size", &["0", "1 to 1000"]),
         ("remediation.budget.window", &["\"0s\"", "at least \"1s\""]),
         (
             "remediation.budget.per_targte",

@@ -1810,3 +1810,345 @@ checks.pending = {{ max = 10 }}
     let _ = worker.conn.ping().await;
     daemon.stop().await;
 }
+
+// ------------------------------------------------------------------ bursts
+
+impl Fixture {
+    /// As [`Fixture::new`], on a primary that takes `max_connections`.
+    async fn with_connections(max_connections: u32, setup_sql: &str) -> Fixture {
+        let pg = support::primary_with(dbwarden::scratch::ClusterOptions {
+            max_connections,
+            ..Default::default()
+        });
+        psql(&pg, setup_sql);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("write the token file");
+        let monitor = support::connect(&pg, "monitor").await;
+        Fixture { pg, dir, monitor }
+    }
+}
+
+/// One batch statement over sessions that, between the snapshot and the
+/// statement, ran a query, became active, left, or are another backend
+/// (a stale backend_start), beside a superuser's session that the
+/// signalling role may not signal, and unchanged sessions: each gets its
+/// own outcome, in the batch's order; only the unchanged ones are
+/// signalled (terminated, or cancelled: one statement sends both), and the
+/// refusal does not stop the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_statement_rechecks_each_session_and_signals_only_the_unchanged() {
+    let mut fx = Fixture::new(
+        "CREATE ROLE app LOGIN; CREATE ROLE warden LOGIN;
+         GRANT pg_monitor, pg_signal_backend TO warden",
+    )
+    .await;
+    let config =
+        Config::from_toml_with_env(&fast_target(TARGET, &fx.url(), ""), std::iter::empty())
+            .expect("target config");
+    let mut observer = PostgresObserver::new(config.postgres[0].target.clone());
+    let cond = Conditions {
+        states: vec![SessionState::Idle],
+        idle_for: Some(Duration::from_millis(300)),
+        match_users: vec!["app".into(), "postgres".into()],
+        match_applications: NameSet::new(vec![], &["batch-.*"]).expect("pattern"),
+        ..Conditions::default()
+    };
+    let policy = Policy {
+        name: "idle".into(),
+        targets: None,
+        kind: Some(ActionKind::Terminate),
+        grace: None,
+        victims: Victims::All,
+        max_per_cycle: 100,
+        conditions: cond.clone(),
+        only_while_failing: vec![],
+        only_while_alerts: vec![],
+    };
+    let mut ok = Vec::new();
+    for i in 0..6 {
+        ok.push(fx.session("app", &format!("batch-ok-{i}")).await);
+    }
+    let mut ran = fx.session("app", "batch-ran").await;
+    let busy = fx.session("app", "batch-busy").await;
+    let gone = fx.session("app", "batch-gone").await;
+    let mut other = fx.session("app", "batch-other").await;
+    let mut su = fx.session("postgres", "batch-su").await;
+    let mut cancelled = fx.session("app", "batch-cancelled").await;
+    let mut ids: Vec<(i32, i64)> = ok.iter().map(|s| s.id).collect();
+    ids.extend([ran.id, busy.id, gone.id, other.id, su.id, cancelled.id]);
+
+    let selected = wait_until(T, "one snapshot to select every session", async || {
+        let snapshot = observer.poll().await.map_err(|e| format!("poll: {e:?}"))?;
+        let e = evaluate_policy(&policy, &snapshot, Gates::default());
+        let pids: BTreeSet<i32> = e.selected.iter().map(|c| c.facts.pid).collect();
+        if ids.iter().all(|id| pids.contains(&id.0)) && pids.len() == ids.len() {
+            Ok(e.selected)
+        } else {
+            Err(format!("selected {pids:?}, want {ids:?}"))
+        }
+    })
+    .await;
+    observer.close().await;
+    let candidate = |id: (i32, i64)| {
+        selected
+            .iter()
+            .find(|c| c.facts.pid == id.0)
+            .cloned()
+            .expect("selected")
+    };
+
+    // Between the snapshot and the statement:
+    ran.select_1("batch-ran").await;
+    let busy_id = busy.id;
+    let busy = spawn_query(busy, "SELECT count(*) FROM pg_sleep(600)");
+    fx.wait_active(busy_id.0, false, "batch-busy to run its query")
+        .await;
+    let gone_id = gone.id;
+    gone.conn.close().await.expect("close batch-gone");
+    wait_until(T, "batch-gone to leave the server", async || {
+        match fx.alive(gone_id).await? {
+            false => Ok(()),
+            true => Err("still there".into()),
+        }
+    })
+    .await;
+    let mut impostor = candidate(other.id);
+    impostor.facts.backend_start_us = impostor.facts.backend_start_us.map(|b| b - 1);
+
+    // The batch, in this order: three unchanged, the changed ones, the
+    // superuser's, the cancelled one, three more unchanged.
+    let mut candidates = Vec::new();
+    let mut signals = Vec::new();
+    for s in &ok[..3] {
+        candidates.push(candidate(s.id));
+        signals.push(Signal::Terminate);
+    }
+    for c in [
+        candidate(ran.id),
+        candidate(busy_id),
+        candidate(gone_id),
+        impostor,
+        candidate(su.id),
+    ] {
+        candidates.push(c);
+        signals.push(Signal::Terminate);
+    }
+    candidates.push(candidate(cancelled.id));
+    signals.push(Signal::Cancel);
+    for s in &ok[3..] {
+        candidates.push(candidate(s.id));
+        signals.push(Signal::Terminate);
+    }
+    let batch: Vec<executor::Batched<'_>> = candidates
+        .iter()
+        .zip(&signals)
+        .map(|(c, &signal)| executor::Batched {
+            candidate: c,
+            signal,
+            conditions: &cond,
+        })
+        .collect();
+    // As the least-privilege role: the server would refuse the superuser's.
+    let mut warden = connect_as(&fx.pg, "warden", "warden").await;
+    let out = executor::signal_batch(&mut warden, &batch).await;
+
+    assert_eq!(out.len(), batch.len());
+    for (i, o) in out.iter().enumerate().take(3) {
+        assert_eq!(*o, Outcome::Signalled, "row {i}");
+    }
+    assert_eq!(
+        out[3],
+        Outcome::Changed(vec!["the session was active since"]),
+        "ran a query"
+    );
+    assert_eq!(
+        out[4],
+        Outcome::Changed(vec!["state", "the session was active since"]),
+        "became active"
+    );
+    assert_eq!(out[5], Outcome::Gone, "left");
+    assert_eq!(
+        out[6],
+        Outcome::Changed(vec!["a different backend now has this pid"]),
+        "another backend"
+    );
+    match &out[7] {
+        Outcome::Refused(m) => assert!(m.contains("superuser"), "{m}"),
+        o => panic!("the superuser's session: {o:?}"),
+    }
+    assert_eq!(out[8], Outcome::Signalled, "the cancel");
+    for (i, o) in out.iter().enumerate().skip(9) {
+        assert_eq!(*o, Outcome::Signalled, "row {i}");
+    }
+
+    // On the server: the unchanged are gone, everything else still works.
+    for s in &mut ok {
+        let id = s.id;
+        wait_until(
+            T,
+            "an unchanged session to be terminated",
+            async || match fx.alive(id).await? {
+                false => Ok(()),
+                true => Err(format!("pid {} still there", id.0)),
+            },
+        )
+        .await;
+        s.assert_terminated("an unchanged session").await;
+    }
+    ran.select_1("batch-ran").await;
+    other.select_1("batch-other").await;
+    su.select_1("batch-su").await;
+    cancelled
+        .select_1("batch-cancelled (an idle session ignores a cancel)")
+        .await;
+    assert!(!busy.is_finished(), "batch-busy's query ended");
+    let stopped: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+        .bind(busy_id.0)
+        .fetch_one(&mut fx.monitor)
+        .await
+        .expect("cancel batch-busy");
+    assert!(stopped);
+    let (mut busy, r) = busy.await.expect("batch-busy task");
+    assert_cancelled(r, "the test cancelled batch-busy");
+    busy.select_1("batch-busy").await;
+}
+
+/// The runbook's burst: 150 idle sessions cross `idle_for` at one instant
+/// (they wait on one advisory lock, released at once), the daemon selects
+/// them together and terminates every one, in batches of `batch_size`
+/// (60): each batch's intents on consecutive lines before any of its
+/// outcomes, every session with its intent before its `acted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_idle_sessions_is_terminated_in_batches() {
+    const N: usize = 150;
+    const BATCH: usize = 60;
+    let mut fx = Fixture::with_connections(N as u32 + 30, "CREATE ROLE app LOGIN").await;
+    let lock: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242)")
+        .fetch_one(&mut fx.monitor)
+        .await
+        .expect("take the lock");
+    assert!(lock);
+    let mut waiting = Vec::new();
+    for i in 0..N {
+        let s = fx.session("app", &format!("burst-{i}")).await;
+        waiting.push(spawn_query(
+            s,
+            "SELECT count(*) FROM (SELECT pg_advisory_lock_shared(4242), pg_advisory_unlock_shared(4242)) x",
+        ));
+    }
+    let audit_file = fx.audit_file();
+    let toml = fx
+        .config(
+            &fx.url(),
+            "enforce",
+            &audit_file,
+            1000,
+            &policy(
+                "idle",
+                "terminate",
+                r#"state = ["idle"]
+idle_for = "1s"
+match_applications = ["burst-.*"]"#,
+            )
+            .replace("max_per_cycle = 10", "max_per_cycle = 1000"),
+        )
+        .replace("global = 100", "global = 1000")
+        .replace(
+            "pacing = \"0s\"",
+            &format!("pacing = \"0s\"\nbatch_size = {BATCH}"),
+        );
+    let daemon = Daemon::start(&toml).await;
+    wait_until(T, "every session waiting on the lock", async || {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'burst-%' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut fx.monitor)
+        .await
+        .map_err(|e| e.to_string())?;
+        if n as usize == N { Ok(()) } else { Err(format!("{n} waiting")) }
+    })
+    .await;
+    let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(4242)")
+        .fetch_one(&mut fx.monitor)
+        .await
+        .expect("release the lock");
+    assert!(unlocked);
+    let mut sessions = Vec::new();
+    for w in waiting {
+        let (s, r) = w.await.expect("session task");
+        assert_eq!(r.expect("the lock query"), 1);
+        sessions.push(s);
+    }
+    let ids: Vec<(i32, i64)> = sessions.iter().map(|s| s.id).collect();
+    // The outcomes are written after the statement: wait for both.
+    wait_until(
+        T,
+        "every session of the burst terminated and audited",
+        async || {
+            let left = fx.client_pids().await;
+            let alive = ids.iter().filter(|id| left.contains(&id.0)).count();
+            let acted = audit(&audit_file)
+                .iter()
+                .filter(|r| r.decision == Decision::Acted)
+                .count();
+            if alive == 0 && acted == N {
+                Ok(())
+            } else {
+                Err(format!("{alive} of {N} left, {acted} acted records"))
+            }
+        },
+    )
+    .await;
+    let records = audit(&audit_file);
+    for &id in &ids {
+        assert_acted_once(&records, id, "a burst session", "idle", "terminate", "idle");
+        let at = |d: Decision| {
+            records
+                .iter()
+                .position(|r| r.pg().pid == id.0 && r.decision == d)
+                .expect("a record")
+        };
+        assert!(at(Decision::Intent) < at(Decision::Acted), "pid {}", id.0);
+    }
+    // Runs of consecutive intents are the batches.
+    let mut runs = Vec::new();
+    let mut run = 0;
+    for r in &records {
+        if r.decision == Decision::Intent {
+            run += 1;
+        } else if run > 0 {
+            runs.push(run);
+            run = 0;
+        }
+    }
+    assert_eq!(run, 0, "the file ends with outcomes");
+    assert_eq!(runs.iter().sum::<usize>(), N, "{runs:?}");
+    assert!(runs.iter().all(|&r| r <= BATCH), "{runs:?}");
+    assert_eq!(runs.iter().max(), Some(&BATCH), "full batches: {runs:?}");
+    // A batch's outcomes follow its intents, in the same order.
+    let mut i = 0;
+    for &n in &runs {
+        let intents = &records[i..i + n];
+        let outcomes = &records[i + n..i + 2 * n];
+        for (a, b) in intents.iter().zip(outcomes) {
+            assert_eq!(a.action_id, b.action_id, "{runs:?}");
+            assert_eq!(b.decision, Decision::Acted);
+        }
+        i += 2 * n;
+    }
+    assert_eq!(i, records.len());
+    wait_until(T, "every action counted", async || {
+        expect_metrics(
+            &daemon.try_metrics().await?,
+            &[(
+                "dbwarden_remediation_actions_total",
+                &actions("idle", "terminate", "acted", "enforce"),
+                Want::Eq(N as f64),
+            )],
+        )
+    })
+    .await;
+    for s in &mut sessions {
+        s.assert_terminated("a burst session").await;
+    }
+}

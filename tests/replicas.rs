@@ -489,14 +489,14 @@ fn signal(pid: u32, sig: &str) {
 // ------------------------------------------------------------------ tests
 
 /// Requirement 1: `kill -9` while dbwarden works through 40 idle sessions,
-/// 50 ms apart (`pacing`). Whatever ended was announced by a flushed
-/// `intent` first. Five rounds, each with fresh sessions and a fresh audit
+/// in batches of 4, 50 ms apart (`pacing`). Whatever ended was announced
+/// by a flushed `intent` first. Five rounds, each with fresh sessions and a fresh audit
 /// file: four kill at 0, 30, 75 and 140 ms after the first `acted` record,
 /// so the kill lands at different points of the intent → signal → outcome
 /// → pacing cycle; the fifth stops the server backend of dbwarden's actor
-/// connection (SIGSTOP) so that the next signal statement hangs after its
-/// intent was written, kills dbwarden there, and lets the backend go on:
-/// the statement still runs, and the session it ends has an `intent` and
+/// connection (SIGSTOP) so that the next batch's statement hangs after its
+/// intents were written, kills dbwarden there, and lets the backend go on:
+/// the statement still runs, and the sessions it ends have an `intent` and
 /// no outcome. That is the case the write-ahead intent exists for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() {
@@ -505,6 +505,8 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
     let url = pg.url("postgres");
     let sampler = ConnectionSampler::start(&pg).await;
     let mut midway_rounds = 0;
+    /// Sessions per batch: one `fsync`, one statement.
+    const BATCH: usize = 4;
     const ROUNDS: [KillAt; 5] = [
         KillAt::AfterActed(0),
         KillAt::AfterActed(30),
@@ -515,14 +517,41 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
     for (round, kill_at) in ROUNDS.into_iter().enumerate() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sessions = open_idle(&pg, 40).await;
+        // All past idle_for before the daemon starts: its first poll
+        // selects all 40, so that the batches of one cycle, paced, leave
+        // room for the kill (and for stopping the actor between two).
+        wait_until(T, "every session idle for more than idle_for", async || {
+            let n = psql(
+                &pg,
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle'
+                   AND now() - state_change > interval '1.2 s'",
+            );
+            if n == "40" {
+                Ok(())
+            } else {
+                Err(format!("{n} of 40"))
+            }
+        })
+        .await;
         let audit = audit_path(dir.path(), "a");
         sampler.announce("a");
         // A signal may wait as long as the poll timeout for its backend:
         // 3 s, so that the stopped backend's statement is still in flight,
         // not given up, when the daemon is killed, however loaded the machine.
+        // Batches of BATCH, 50 ms apart, all 40 sessions in one cycle.
         let toml = config(&url, "a", dir.path(), "50ms")
             .replacen("poll_interval = \"300ms\"", "poll_interval = \"3s\"", 1)
-            .replacen("poll_timeout = \"300ms\"", "poll_timeout = \"3s\"", 1);
+            .replacen("poll_timeout = \"300ms\"", "poll_timeout = \"3s\"", 1)
+            .replacen(
+                "pacing = \"50ms\"",
+                &format!("pacing = \"50ms\"\nbatch_size = {BATCH}"),
+                1,
+            )
+            .replacen(
+                "action = \"terminate\"",
+                "action = \"terminate\"\nmax_per_cycle = 40",
+                1,
+            );
         let mut d = DaemonProcess::spawn("a", dir.path(), &toml).await;
         sampler.watch(&d);
         let Some(seen) = first_acted(audit.clone(), T).await else {
@@ -534,7 +563,7 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
                 None
             }
             KillAt::SignalInFlight => {
-                // Between two actions (pacing): the actor's backend is idle.
+                // Between two batches (pacing): the actor's backend is idle.
                 let pid: u32 = psql(
                     &pg,
                     "SELECT pid FROM pg_stat_activity WHERE application_name = 'dbwarden-actor/a'",
@@ -663,27 +692,30 @@ async fn kill_9_mid_enforcement_leaves_an_intent_for_every_terminated_session() 
             !terminated.is_empty(),
             "an `acted` record was seen, yet no session ended"
         );
-        // The kill must land mid-way: 40 × 50 ms of pacing against a kill at
+        // The kill must land mid-way: 10 batches 50 ms apart against a kill at
         // most 140 ms after the first action. A machine stalled for seconds
         // can still let one round finish; one such round is tolerated.
         if kill_at == KillAt::SignalInFlight {
-            // The hung statement ran after dbwarden died: its session ended
-            // with an intent on record and no outcome.
-            assert_eq!(open, 1, "{records:#?}");
-            let pid = intents
+            // The hung statement (a whole batch's) ran after dbwarden died:
+            // its sessions ended with an intent on record and no outcome.
+            assert_eq!(open, BATCH, "{records:#?}");
+            let pids: Vec<i32> = intents
                 .iter()
-                .find(|i| {
+                .filter(|i| {
                     !records
                         .iter()
                         .any(|r| r.decision != Decision::Intent && r.action_id == i.action_id)
                 })
                 .map(|i| i.pg().pid)
-                .expect("the open intent");
-            assert!(
-                terminated.iter().any(|(p, _)| *p == pid),
-                "the signal in flight did not end session {pid}"
-            );
-            assert!(acted.iter().all(|r| r.pg().pid != pid));
+                .collect();
+            assert_eq!(pids.len(), BATCH, "the open intents");
+            for pid in pids {
+                assert!(
+                    terminated.iter().any(|(p, _)| *p == pid),
+                    "the signal in flight did not end session {pid}"
+                );
+                assert!(acted.iter().all(|r| r.pg().pid != pid));
+            }
         }
         if surviving.is_empty() {
             eprintln!("round {round}: every session was terminated before the kill landed");

@@ -372,12 +372,23 @@ impl AuditLog {
     /// before returning (an `fsync` also flushes every record before it).
     /// Blocking: call from a blocking context.
     pub fn append(&self, record: &AuditRecord, durable: bool) -> Result<(), AuditError> {
+        self.append_all(std::slice::from_ref(record), durable)
+    }
+
+    /// Appends the records of a batch in one write; with `durable`, one
+    /// `fsync` flushes them all before returning. On error none is in the
+    /// recent ring, and none may be taken as on disk (a part may be).
+    /// Blocking: call from a blocking context.
+    pub fn append_all(&self, records: &[AuditRecord], durable: bool) -> Result<(), AuditError> {
         let err = |source| AuditError {
             path: self.path.clone(),
             source,
         };
-        let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
-        line.push(b'\n');
+        let mut lines = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut lines, record).map_err(|e| err(std::io::Error::other(e)))?;
+            lines.push(b'\n');
+        }
         {
             let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
             // Rotated away (renamed or removed, e.g. by logrotate)? Reopen the
@@ -385,17 +396,20 @@ impl AuditLog {
             if rotated(&f, &self.path) {
                 *f = open_append(&self.path).map_err(err)?;
             }
-            // One write call per line: O_APPEND keeps lines whole even with other writers.
-            f.write_all(&line).map_err(err)?;
+            // One write call for whole lines: O_APPEND keeps them together
+            // even with other writers.
+            f.write_all(&lines).map_err(err)?;
             if durable {
                 f.sync_data().map_err(err)?;
             }
         }
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() == RECENT_CAPACITY {
-            recent.pop_front();
+        for record in records {
+            if recent.len() == RECENT_CAPACITY {
+                recent.pop_front();
+            }
+            recent.push_back(record.clone());
         }
-        recent.push_back(record.clone());
         Ok(())
     }
 

@@ -64,75 +64,76 @@ impl Outcome {
     }
 }
 
-/// Sends `signal` to the candidate's backend if, at the moment of the
-/// statement, it is still the same backend in the same situation.
-pub async fn signal(
-    conn: &mut PgConnection,
-    signal: Signal,
-    c: &Candidate,
-    cond: &Conditions,
-) -> Outcome {
-    let f = &c.facts;
-    let Some(backend_start) = f.backend_start_us else {
-        return Outcome::Changed(vec!["backend_start unknown"]);
-    };
-    // Which timestamps must be unchanged: those the policy measured.
-    let query_start = (cond.query_running_for.is_some()
-        || cond.match_query.is_some()
-        || cond.ignore_query.is_some())
-    .then_some(f.query_start_us)
-    .flatten();
-    let xact_start = cond
-        .transaction_open_for
-        .is_some()
-        .then_some(f.xact_start_us)
-        .flatten();
-    let state_change = cond
-        .idle_for
-        .is_some()
-        .then_some(f.state_change_us)
-        .flatten();
-    let need_query = query_start.is_some() || cond.query_running_for.is_some();
-    let need_xact = xact_start.is_some() || cond.transaction_open_for.is_some();
-    let need_idle = state_change.is_some() || cond.idle_for.is_some();
+/// What the guarded statement compares for one candidate: the backend's
+/// identity, and the timestamps the policy measured (`None`: not compared).
+#[derive(Debug, Clone, PartialEq)]
+struct Guard<'a> {
+    pid: i32,
+    backend_start: i64,
+    state: &'static str,
+    application_name: &'a str,
+    need_query: bool,
+    query_start: Option<i64>,
+    need_xact: bool,
+    xact_start: Option<i64>,
+    need_idle: bool,
+    state_change: Option<i64>,
+    need_blocking: bool,
+}
 
-    let sql = match signal {
-        Signal::Cancel => GUARD_CANCEL,
-        Signal::Terminate => GUARD_TERMINATE,
-    };
-    let row = sqlx::query(sql)
-        .bind(f.pid)
-        .bind(backend_start)
-        .bind(state_text(f.state))
-        .bind(&f.application_name)
-        .bind(need_query)
-        .bind(query_start)
-        .bind(need_xact)
-        .bind(xact_start)
-        .bind(need_idle)
-        .bind(state_change)
-        .bind(cond.blocking().is_some())
-        .fetch_optional(&mut *conn)
-        .await;
-    let row = match row {
-        Ok(Some(r)) => r,
-        Ok(None) => return Outcome::Gone,
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
-            return Outcome::Refused(db.message().to_string());
-        }
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    let checks = [
-        ("same_backend", "a different backend now has this pid"),
-        ("same_state", "state"),
-        ("same_app", "application_name"),
-        ("same_query", "a new query started"),
-        ("same_xact", "a new transaction started"),
-        ("same_idle", "the session was active since"),
-        ("still_blocking", "no longer blocks anyone"),
-    ];
+impl<'a> Guard<'a> {
+    /// `None` when the backend cannot be identified (no backend_start).
+    fn of(c: &'a Candidate, cond: &Conditions) -> Option<Self> {
+        let f = &c.facts;
+        let backend_start = f.backend_start_us?;
+        // Which timestamps must be unchanged: those the policy measured.
+        let query_start = (cond.query_running_for.is_some()
+            || cond.match_query.is_some()
+            || cond.ignore_query.is_some())
+        .then_some(f.query_start_us)
+        .flatten();
+        let xact_start = cond
+            .transaction_open_for
+            .is_some()
+            .then_some(f.xact_start_us)
+            .flatten();
+        let state_change = cond
+            .idle_for
+            .is_some()
+            .then_some(f.state_change_us)
+            .flatten();
+        Some(Guard {
+            pid: f.pid,
+            backend_start,
+            state: state_text(f.state),
+            application_name: &f.application_name,
+            need_query: query_start.is_some() || cond.query_running_for.is_some(),
+            query_start,
+            need_xact: xact_start.is_some() || cond.transaction_open_for.is_some(),
+            xact_start,
+            need_idle: state_change.is_some() || cond.idle_for.is_some(),
+            state_change,
+            need_blocking: cond.blocking().is_some(),
+        })
+    }
+}
+
+/// The re-checks of a row of a guarded statement's answer, and what each
+/// says when it fails.
+const CHECKS: [(&str, &str); 7] = [
+    ("same_backend", "a different backend now has this pid"),
+    ("same_state", "state"),
+    ("same_app", "application_name"),
+    ("same_query", "a new query started"),
+    ("same_xact", "a new transaction started"),
+    ("same_idle", "the session was active since"),
+    ("still_blocking", "no longer blocks anyone"),
+];
+
+/// The outcome a row of a guarded statement's answer reports.
+fn outcome_of_row(row: &sqlx::postgres::PgRow) -> Outcome {
     let mut changed = Vec::new();
-    for (col, what) in checks {
+    for (col, what) in CHECKS {
         match row.try_get::<Option<bool>, _>(col) {
             Ok(Some(true)) => {}
             Ok(_) => changed.push(what),
@@ -148,6 +149,186 @@ pub async fn signal(
         Err(e) => Outcome::Failed(format!("unexpected answer in column \"signalled\": {e}")),
     }
 }
+
+/// Sends `signal` to the candidate's backend if, at the moment of the
+/// statement, it is still the same backend in the same situation.
+pub async fn signal(
+    conn: &mut PgConnection,
+    signal: Signal,
+    c: &Candidate,
+    cond: &Conditions,
+) -> Outcome {
+    let Some(g) = Guard::of(c, cond) else {
+        return Outcome::Changed(vec!["backend_start unknown"]);
+    };
+    let sql = match signal {
+        Signal::Cancel => GUARD_CANCEL,
+        Signal::Terminate => GUARD_TERMINATE,
+    };
+    let row = sqlx::query(sql)
+        .bind(g.pid)
+        .bind(g.backend_start)
+        .bind(g.state)
+        .bind(g.application_name)
+        .bind(g.need_query)
+        .bind(g.query_start)
+        .bind(g.need_xact)
+        .bind(g.xact_start)
+        .bind(g.need_idle)
+        .bind(g.state_change)
+        .bind(g.need_blocking)
+        .fetch_optional(&mut *conn)
+        .await;
+    match row {
+        Ok(Some(r)) => outcome_of_row(&r),
+        Ok(None) => Outcome::Gone,
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+            Outcome::Refused(db.message().to_string())
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// One session of a batch: what to send it, and the policy conditions its
+/// re-check compares.
+#[derive(Debug, Clone, Copy)]
+pub struct Batched<'a> {
+    pub candidate: &'a Candidate,
+    pub signal: Signal,
+    pub conditions: &'a Conditions,
+}
+
+/// Sends each session of the batch its signal, in ONE statement, to those
+/// that at that moment are still the same backend in the same situation:
+/// the re-check of [`signal`], evaluated per row. The outcomes are in the
+/// batch's order.
+///
+/// A signal the server would refuse is not attempted: the statement checks
+/// the server's rule per row (a superuser's backend needs a superuser; any
+/// other needs `pg_signal_backend` or the privileges of its role), because
+/// one refused call would end the statement after earlier rows' signals
+/// were already sent, with no answer saying which. Should the server still
+/// refuse (a rule of a later version), the batch is sent again one session
+/// at a time, each with [`signal`].
+pub async fn signal_batch(conn: &mut PgConnection, batch: &[Batched<'_>]) -> Vec<Outcome> {
+    let mut out: Vec<Option<Outcome>> = vec![None; batch.len()];
+    // The rows the statement checks, with their place in the batch.
+    let mut rows: Vec<(usize, Guard<'_>, bool)> = Vec::with_capacity(batch.len());
+    for (i, b) in batch.iter().enumerate() {
+        match Guard::of(b.candidate, b.conditions) {
+            Some(g) => rows.push((i, g, b.signal == Signal::Terminate)),
+            None => out[i] = Some(Outcome::Changed(vec!["backend_start unknown"])),
+        }
+    }
+    if !rows.is_empty() {
+        let answer = sqlx::query(GUARD_BATCH)
+            .bind(rows.iter().map(|(i, _, _)| *i as i64).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|(_, g, _)| g.pid).collect::<Vec<i32>>())
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.backend_start)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(rows.iter().map(|(_, g, _)| g.state).collect::<Vec<&str>>())
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.application_name)
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.need_query)
+                    .collect::<Vec<bool>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.query_start)
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.need_xact)
+                    .collect::<Vec<bool>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.xact_start)
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.need_idle)
+                    .collect::<Vec<bool>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.state_change)
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, g, _)| g.need_blocking)
+                    .collect::<Vec<bool>>(),
+            )
+            .bind(rows.iter().map(|(_, _, t)| *t).collect::<Vec<bool>>())
+            .fetch_all(&mut *conn)
+            .await;
+        match answer {
+            Ok(answer) => {
+                for row in &answer {
+                    let Ok(i) = row.try_get::<i64, _>("n") else {
+                        continue;
+                    };
+                    let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) else {
+                        continue;
+                    };
+                    *slot = Some(outcome_of_batch_row(row));
+                }
+            }
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                tracing::warn!(error = %db.message(), sessions = rows.len(), "the server refused a signal of the batch statement: sending the batch one session at a time (a session the batch statement signalled before the refusal may be reported as ended)");
+                for (i, _, _) in &rows {
+                    let b = batch[*i];
+                    out[*i] = Some(signal(conn, b.signal, b.candidate, b.conditions).await);
+                }
+            }
+            Err(e) => {
+                let m = format!(
+                    "the batch statement failed ({e}): a signal sent before the failure may have been delivered"
+                );
+                for (i, _, _) in &rows {
+                    out[*i] = Some(Outcome::Failed(m.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Outcome::Failed("the batch statement did not answer for this session".into())
+            })
+        })
+        .collect()
+}
+
+/// The outcome a row of the batch statement's answer reports.
+fn outcome_of_batch_row(row: &sqlx::postgres::PgRow) -> Outcome {
+    match row.try_get::<bool, _>("present") {
+        Ok(true) => {}
+        Ok(false) => return Outcome::Gone,
+        Err(e) => return Outcome::Failed(format!("unexpected answer in column \"present\": {e}")),
+    }
+    match outcome_of_row(row) {
+        // Not signalled because the server would refuse it, not because it ended.
+        Outcome::Gone if row.try_get::<Option<bool>, _>("permitted").ok() == Some(Some(false)) => {
+            Outcome::Refused(NOT_PERMITTED.into())
+        }
+        other => other,
+    }
+}
+
+/// Why the batch statement did not signal a session the server would refuse.
+const NOT_PERMITTED: &str = "permission denied to signal this session: a superuser's session needs a superuser, any other pg_signal_backend or the privileges of its role (checked in the statement, nothing sent)";
 
 fn state_text(s: crate::observe::SessionState) -> &'static str {
     use crate::observe::SessionState::*;
@@ -188,6 +369,46 @@ macro_rules! guard_sql {
         )
     };
 }
+
+/// The guarded statement of a batch: one row per session (`n` its place
+/// in the batch), each re-checked like [`GUARD_CANCEL`]/[`GUARD_TERMINATE`]
+/// re-check one, and signalled only if every check holds and the server
+/// would allow it (`permitted`; the server's rule, so that no call in the
+/// statement raises an error after others have sent their signals).
+const GUARD_BATCH: &str = "WITH b AS (
+       SELECT * FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::text[],
+                            $6::bool[], $7::int8[], $8::bool[], $9::int8[], $10::bool[], $11::int8[],
+                            $12::bool[], $13::bool[])
+              AS b(n, pid, backend_start, state, app, need_query, query_start, need_xact, xact_start,
+                   need_idle, state_change, need_blocking, terminate)
+     ), s AS (
+       SELECT b.n, b.pid, b.terminate,
+              a.pid IS NOT NULL AS present,
+              (extract(epoch FROM a.backend_start) * 1000000)::int8 = b.backend_start AS same_backend,
+              coalesce(a.state, '') = b.state AS same_state,
+              coalesce(a.application_name, '') = b.app AS same_app,
+              (NOT b.need_query OR (extract(epoch FROM a.query_start) * 1000000)::int8 IS NOT DISTINCT FROM b.query_start) AS same_query,
+              (NOT b.need_xact OR (extract(epoch FROM a.xact_start) * 1000000)::int8 IS NOT DISTINCT FROM b.xact_start) AS same_xact,
+              (NOT b.need_idle OR (extract(epoch FROM a.state_change) * 1000000)::int8 IS NOT DISTINCT FROM b.state_change) AS same_idle,
+              (NOT b.need_blocking OR EXISTS (SELECT 1 FROM pg_stat_activity w
+                                              WHERE w.wait_event_type = 'Lock' AND a.pid = ANY (pg_blocking_pids(w.pid)))) AS still_blocking,
+              CASE WHEN a.pid IS NULL THEN NULL
+                   WHEN current_setting('is_superuser')::bool THEN true
+                   WHEN coalesce(r.rolsuper, false) THEN false
+                   WHEN pg_has_role('pg_signal_backend', 'USAGE') THEN true
+                   WHEN r.oid IS NULL THEN false
+                   ELSE pg_has_role(r.oid, 'USAGE')
+              END AS permitted
+       FROM b
+       LEFT JOIN pg_stat_activity a ON a.pid = b.pid AND a.backend_type = 'client backend'
+       LEFT JOIN pg_roles r ON r.oid = a.usesysid
+     )
+     SELECT n, present, same_backend, same_state, same_app, same_query, same_xact, same_idle, still_blocking, permitted,
+            CASE WHEN present AND same_backend AND same_state AND same_app AND same_query AND same_xact
+                      AND same_idle AND still_blocking AND permitted
+                 THEN CASE WHEN terminate THEN pg_terminate_backend(pid) ELSE pg_cancel_backend(pid) END
+            END AS signalled
+     FROM s ORDER BY n";
 
 const GUARD_CANCEL: &str = guard_sql!("pg_cancel_backend");
 const GUARD_TERMINATE: &str = guard_sql!("pg_terminate_backend");

@@ -3,6 +3,7 @@
 //! - [`policy`]: pure selection of candidate sessions (conditions AND-ed,
 //!   ignores win, protected sessions never selected).
 //! - [`budget`]: sliding-window action budgets (pure).
+//! - [`batch`]: a cycle's chosen candidates cut into batches (pure).
 //! - [`audit`]: the append-only, write-ahead audit trail.
 //! - [`pause`]: the kill switch (API state file and sentinel file).
 //! - [`executor`]: the guarded signal statements and the actor lock.
@@ -19,6 +20,7 @@
 //! inputs ([`runner::Cycle`]) through a channel.
 
 pub mod audit;
+pub mod batch;
 pub mod budget;
 pub mod executor;
 #[cfg(feature = "neo4j")]

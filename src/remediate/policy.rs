@@ -612,4 +612,4 @@ fn blocked_waiters(
 
 #[cfg(test)]
 #[path = "policy_tests.rs"]
-mod tests;
+pub(crate) mod tests;

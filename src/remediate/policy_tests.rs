@@ -192,7 +192,7 @@ fn snapshot(sessions: impl IntoIterator<Item = Sb>) -> PgSnapshot {
     snapshot_of(sessions.into_iter().map(|s| s.0).collect())
 }
 
-fn snapshot_of(sessions: Vec<Session>) -> PgSnapshot {
+pub(crate) fn snapshot_of(sessions: Vec<Session>) -> PgSnapshot {
     PgSnapshot {
         server_now_us: NOW_US,
         server: ServerInfo {
@@ -1078,7 +1078,7 @@ fn ts() -> impl Strategy<Value = Option<i64>> {
 }
 
 /// Sessions with pids 100.. in shuffled order; lock waiters point at random pids of the snapshot.
-fn sessions() -> impl Strategy<Value = Vec<Session>> {
+pub(crate) fn sessions() -> impl Strategy<Value = Vec<Session>> {
     let one = (
         (
             prop::sample::select(BACKENDS.to_vec()),
@@ -1242,7 +1242,7 @@ fn conditions() -> impl Strategy<Value = Conditions> {
         )
 }
 
-fn policy_strategy() -> impl Strategy<Value = Policy> {
+pub(crate) fn policy_strategy() -> impl Strategy<Value = Policy> {
     (
         conditions(),
         prop::sample::select(vec![Victims::All, Victims::Oldest]),
@@ -1276,7 +1276,7 @@ fn gate_subset() -> impl Strategy<Value = Vec<CheckName>> {
     ]
 }
 
-fn failing() -> impl Strategy<Value = Vec<CheckName>> {
+pub(crate) fn failing() -> impl Strategy<Value = Vec<CheckName>> {
     prop::sample::subsequence(gate_checks().to_vec(), 0..=4)
 }
 
@@ -1722,7 +1722,7 @@ fn ipv4_mapped_client_addresses_match_ipv4_networks() {
 }
 
 /// Gates with these checks failing and no alert firing.
-fn gates(failing: &[CheckName]) -> Gates<'_> {
+pub(crate) fn gates(failing: &[CheckName]) -> Gates<'_> {
     Gates {
         failing,
         firing_alerts: &[],

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use super::RemediationSettings;
 use super::audit::{AuditRecord, Decision};
-use super::executor::{self, Actor, Holder, Outcome, Signal};
-use super::policy::{self, Action, Candidate, Gates, Policy};
+use super::executor::{self, Actor, Batched, Holder, Outcome, Signal};
+use super::policy::{self, Action, Candidate, Conditions, Gates, Policy};
 use super::runner::{Context, Event, Kind, Selection};
 use crate::observe::{PgSnapshot, PostgresTarget, Session};
 
@@ -188,32 +188,60 @@ impl Kind for Postgres {
         c: &Candidate,
         signal: Signal,
     ) -> (Decision, String) {
-        let cond = cx
-            .policies
+        let mut answers = self.act_batch(cx, &[(c, signal)]).await;
+        answers
+            .pop()
+            .unwrap_or((Decision::Failed, "failed: no answer".into()))
+    }
+
+    /// The guarded signals of a batch, in one statement that re-checks
+    /// every session at the moment of acting and signals those that still
+    /// qualify ([`executor::signal_batch`]).
+    async fn act_batch(
+        &mut self,
+        cx: &Context<'_, Self>,
+        batch: &[(&Candidate, Signal)],
+    ) -> Vec<(Decision, String)> {
+        let none = Conditions::default();
+        let batched: Vec<Batched<'_>> = batch
             .iter()
-            .find(|p| p.name == c.policy)
-            .map(|p| p.conditions.clone())
-            .unwrap_or_default();
-        let outcome = match self.actor.connection() {
+            .map(|&(c, signal)| Batched {
+                candidate: c,
+                signal,
+                conditions: cx
+                    .policies
+                    .iter()
+                    .find(|p| p.name == c.policy)
+                    .map_or(&none, |p| &p.conditions),
+            })
+            .collect();
+        let outcomes = match self.actor.connection() {
             // A hung server or network must not hang remediation: bound the
             // statement on our side too (the server's statement_timeout cannot
             // fire if the server does not answer at all).
             Some(conn) => {
-                let signalled = executor::signal(conn, signal, c, &cond);
+                let signalled = executor::signal_batch(conn, &batched);
                 match tokio::time::timeout(self.limit, signalled).await {
                     Ok(o) => o,
-                    Err(_) => Outcome::Failed(format!(
-                        "no answer within {}: the signal may or may not have been delivered",
-                        humantime::format_duration(self.limit)
-                    )),
+                    Err(_) => {
+                        let m = format!(
+                            "no answer within {}: the signal may or may not have been delivered",
+                            humantime::format_duration(self.limit)
+                        );
+                        vec![Outcome::Failed(m); batch.len()]
+                    }
                 }
             }
-            None => Outcome::Failed("lost the actor connection".into()),
+            None => vec![Outcome::Failed("lost the actor connection".into()); batch.len()],
         };
-        if matches!(outcome, Outcome::Failed(_)) {
+        if outcomes.iter().any(|o| matches!(o, Outcome::Failed(_))) {
             self.actor.reset();
         }
-        (decision_of(&outcome), outcome.sentence(signal))
+        outcomes
+            .iter()
+            .zip(batch)
+            .map(|(o, &(_, signal))| (decision_of(o), o.sentence(signal)))
+            .collect()
     }
 
     async fn close(self) {

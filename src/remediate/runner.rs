@@ -1,6 +1,7 @@
 //! The remediation loop of one target, for every kind of target: after each
 //! poll, select (pure), then act within the bounds: mode, pause switch,
-//! actor lock, budgets, pacing, and the write-ahead audit.
+//! actor lock, budgets, pacing, and the write-ahead audit, in batches of
+//! `batch_size` (one `fsync` for a batch's intents, one act for the batch).
 //!
 //! What differs between PostgreSQL and Neo4j sits behind [`Kind`] (as
 //! `daemon::poller::Observer` does for polling): the selection, the
@@ -23,6 +24,7 @@ use tracing::Instrument;
 
 use super::RemediationSettings;
 use super::audit::{AuditRecord, Decision, Mode};
+use super::batch::Batches;
 use super::executor::{Holder, Signal};
 use super::policy::Gates;
 use super::shared::{Remediation, now_ms};
@@ -148,6 +150,23 @@ pub trait Kind: Sized + Send + 'static {
         c: &Self::Candidate,
         signal: Signal,
     ) -> impl Future<Output = (Decision, String)> + Send;
+    /// [`Kind::act`] for every candidate of a batch, whose intents are all
+    /// on disk: one answer per candidate, in the batch's order. By default
+    /// one after another; a kind that can re-check and signal many in one
+    /// statement (PostgreSQL) does so.
+    fn act_batch(
+        &mut self,
+        cx: &Context<'_, Self>,
+        batch: &[(&Self::Candidate, Signal)],
+    ) -> impl Future<Output = Vec<(Decision, String)>> + Send {
+        async move {
+            let mut answers = Vec::with_capacity(batch.len());
+            for &(c, signal) in batch {
+                answers.push(self.act(cx, c, signal).await);
+            }
+            answers
+        }
+    }
     fn close(self) -> impl Future<Output = ()> + Send;
 }
 
@@ -194,7 +213,9 @@ struct Runner<K: Kind> {
     series: HashSet<(String, Signal, Mode)>,
     /// Candidates not to decide on again while they exist: in dry-run,
     /// those already reported (enforce would have acted once); in enforce,
-    /// those the server refused (retrying would only burn the budget).
+    /// those the server refused (retrying would only burn the budget), and
+    /// those terminated (a poll taken before the signal, or while the
+    /// backend exits, still lists them; a second terminate does nothing).
     settled: HashSet<K::Key>,
     was_paused: bool,
     /// A budget was exhausted at the last spend (logged once per exhaustion).
@@ -355,38 +376,52 @@ impl<K: Kind> Runner<K> {
         false
     }
 
-    /// One decision per chosen candidate, in order, each charged to the
-    /// budgets; then the follow-up terminates that came due.
+    /// The chosen candidates, in order, in batches of `batch_size`: each
+    /// candidate charged to the budgets as its batch is formed, each batch
+    /// decided on at once ([`decide`]), pacing waited between batches;
+    /// then the follow-up terminates that came due.
     async fn act_on(&mut self, cx: &Context<'_, K>, chosen: &[K::Candidate]) {
         let enforce = cx.settings.mode == Mode::Enforce;
         let mut follow_ups: Vec<(K::Candidate, Instant)> = Vec::new();
-        for c in chosen {
-            if self.cancel.is_cancelled() {
-                break;
-            }
-            let signal = K::first_signal(c);
-            if self.settled.contains(&K::key(c)) {
-                K::log(c, signal, Event::Settled);
-                continue;
-            }
-            let Some(spent_at) = self.spend(cx, c, signal) else {
-                continue;
-            };
-            let id = format!("{}-{}-{}", cx.settings.instance(), K::subject(c), now_ms());
-            let decided = decide(&mut self.kind, cx, c, signal, &id).await;
-            self.settle(cx, c, decided, spent_at);
-            if let (Decided::Done(Decision::Acted), Some(grace)) = (decided, K::follow_up(c)) {
-                follow_ups.push((c.clone(), Instant::now() + grace));
-            }
-            if decided == Decided::Unaudited {
-                // The audit failed: act on nothing more this cycle.
-                break;
-            }
-            if enforce && !cx.settings.pacing.is_zero() {
+        let mut batches = Batches::new(chosen, cx.settings.batch_size(), K::key);
+        let mut first = true;
+        while !batches.is_done() && !self.cancel.is_cancelled() {
+            if !first && enforce && !cx.settings.pacing.is_zero() {
                 tokio::select! {
                     _ = self.cancel.cancelled() => break,
                     _ = tokio::time::sleep(cx.settings.pacing) => {}
                 }
+            }
+            first = false;
+            let batch = batches.next(|c| {
+                let signal = K::first_signal(c);
+                if self.settled.contains(&K::key(c)) {
+                    K::log(c, signal, Event::Settled);
+                    return None;
+                }
+                self.spend(cx, c, signal)
+            });
+            if batch.is_empty() {
+                break;
+            }
+            let items: Vec<Item<'_, K>> = batch
+                .iter()
+                .map(|&(c, _)| Item {
+                    c,
+                    signal: K::first_signal(c),
+                    id: format!("{}-{}-{}", cx.settings.instance(), K::subject(c), now_ms()),
+                })
+                .collect();
+            let decided = decide(&mut self.kind, cx, &items).await;
+            for (&(c, spent_at), &d) in batch.iter().zip(&decided) {
+                self.settle(cx, c, d, spent_at);
+                if let (Decided::Done(Decision::Acted), Some(grace)) = (d, K::follow_up(c)) {
+                    follow_ups.push((c.clone(), Instant::now() + grace));
+                }
+            }
+            if decided.contains(&Decided::Unaudited) {
+                // The audit failed: act on nothing more this cycle.
+                break;
             }
         }
         self.follow_up(cx, follow_ups).await;
@@ -419,7 +454,11 @@ impl<K: Kind> Runner<K> {
     /// the candidate settled when deciding on it again would be pointless.
     fn settle(&mut self, cx: &Context<'_, K>, c: &K::Candidate, decided: Decided, spent_at: u64) {
         match decided {
-            Decided::Done(Decision::Acted) => {}
+            Decided::Done(Decision::Acted) => {
+                if K::first_signal(c) == Signal::Terminate {
+                    self.settled.insert(K::key(c));
+                }
+            }
             Decided::Reported => {
                 self.settled.insert(K::key(c));
             }
@@ -433,62 +472,117 @@ impl<K: Kind> Runner<K> {
         }
     }
 
-    /// `cancel_then_terminate`'s terminates, each after its grace. Part of
-    /// the action already charged: no budget, and nothing settled.
-    async fn follow_up(&mut self, cx: &Context<'_, K>, due: Vec<(K::Candidate, Instant)>) {
-        for (c, at) in due {
+    /// `cancel_then_terminate`'s terminates, each after its grace, those
+    /// due together in one batch. Part of the action already charged: no
+    /// budget, and nothing settled.
+    async fn follow_up(&mut self, cx: &Context<'_, K>, mut due: Vec<(K::Candidate, Instant)>) {
+        due.sort_by_key(|(_, at)| *at);
+        let size = cx.settings.batch_size().get();
+        let mut due = due.into_iter().peekable();
+        while let Some((_, at)) = due.peek() {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(at) => {}
+                _ = tokio::time::sleep_until(*at) => {}
             }
-            let id = format!(
-                "{}-{}-{}/t",
-                cx.settings.instance(),
-                K::subject(&c),
-                now_ms()
-            );
-            decide(&mut self.kind, cx, &c, Signal::Terminate, &id).await;
+            let now = Instant::now();
+            let mut batch = Vec::new();
+            while let Some((c, _)) = due.next_if(|(_, at)| *at <= now && batch.len() < size) {
+                batch.push(c);
+            }
+            let items: Vec<Item<'_, K>> = batch
+                .iter()
+                .map(|c| Item {
+                    c,
+                    signal: Signal::Terminate,
+                    id: format!(
+                        "{}-{}-{}/t",
+                        cx.settings.instance(),
+                        K::subject(c),
+                        now_ms()
+                    ),
+                })
+                .collect();
+            decide(&mut self.kind, cx, &items).await;
         }
     }
 }
 
-/// One decision: audit, then (in enforce mode) the kind's statement and its
-/// outcome, each recorded in the audit, the log and the metrics. In enforce
-/// mode nothing is sent unless the intent is on disk first.
-async fn decide<K: Kind>(
-    kind: &mut K,
-    cx: &Context<'_, K>,
-    c: &K::Candidate,
+/// One decision about one candidate of a batch.
+struct Item<'c, K: Kind> {
+    c: &'c K::Candidate,
     signal: Signal,
-    id: &str,
-) -> Decided {
-    let record = |decision, outcome| K::record(cx, id, c, signal, decision, outcome);
+    /// The action id that ties its intent to its outcome.
+    id: String,
+}
+
+/// The decisions about a batch, one per item, in order: audit, then (in
+/// enforce mode) the kind's statement(s) and the outcomes, each recorded
+/// in the audit, the log and the metrics. One audit write (in enforce mode
+/// with one `fsync`) for the batch's intents, one for its outcomes; in
+/// enforce mode nothing is sent unless every intent of the batch is on
+/// disk first.
+async fn decide<K: Kind>(kind: &mut K, cx: &Context<'_, K>, items: &[Item<'_, K>]) -> Vec<Decided> {
+    let records = |decision: Decision, sentence: &dyn Fn(&Item<'_, K>) -> String| {
+        items
+            .iter()
+            .map(|i| K::record(cx, &i.id, i.c, i.signal, decision, sentence(i)))
+            .collect::<Vec<_>>()
+    };
     if cx.settings.mode == Mode::DryRun {
-        let report = record(Decision::WouldAct, format!("would {}", signal.as_str()));
-        let written = cx.rem.audit(report, false).await;
-        K::log(c, signal, Event::WouldAct);
-        count(
+        let reports = records(Decision::WouldAct, &|i| {
+            format!("would {}", i.signal.as_str())
+        });
+        let written = cx.rem.audit_all(reports, false).await;
+        for i in items {
+            K::log(i.c, i.signal, Event::WouldAct);
+            let outcome = if written { "would_act" } else { "audit_failed" };
+            count(cx, i.c, i.signal, outcome);
+        }
+        return vec![Decided::Reported; items.len()];
+    }
+    // Write-ahead: every intent of the batch is on disk before anything is sent.
+    let intents = records(Decision::Intent, &|i| {
+        format!("about to {}", i.signal.as_str())
+    });
+    if !cx.rem.audit_all(intents, true).await {
+        for i in items {
+            count(cx, i.c, i.signal, "audit_failed");
+        }
+        return vec![Decided::Unaudited; items.len()];
+    }
+    let batch: Vec<(&K::Candidate, Signal)> = items.iter().map(|i| (i.c, i.signal)).collect();
+    let mut answers = kind.act_batch(cx, &batch).await;
+    // A kind answers for each; one that did not has failed for the rest.
+    answers.resize_with(items.len(), || {
+        (
+            Decision::Failed,
+            "failed: no answer for this candidate".to_string(),
+        )
+    });
+    let mut outcomes = Vec::with_capacity(items.len());
+    for (i, (decision, sentence)) in items.iter().zip(answers.iter()) {
+        match decision {
+            Decision::Acted => K::log(i.c, i.signal, Event::Acted),
+            _ => K::log(i.c, i.signal, Event::NotActed(sentence)),
+        }
+        outcomes.push(K::record(
             cx,
-            c,
-            signal,
-            if written { "would_act" } else { "audit_failed" },
-        );
-        return Decided::Reported;
+            &i.id,
+            i.c,
+            i.signal,
+            *decision,
+            sentence.clone(),
+        ));
     }
-    // Write-ahead: the intent is on disk before anything is sent.
-    let intent = record(Decision::Intent, format!("about to {}", signal.as_str()));
-    if !cx.rem.audit(intent, true).await {
-        count(cx, c, signal, "audit_failed");
-        return Decided::Unaudited;
-    }
-    let (decision, sentence) = kind.act(cx, c, signal).await;
-    match decision {
-        Decision::Acted => K::log(c, signal, Event::Acted),
-        _ => K::log(c, signal, Event::NotActed(&sentence)),
-    }
-    cx.rem.audit(record(decision, sentence), false).await;
-    count(cx, c, signal, decision.as_str());
-    Decided::Done(decision)
+    cx.rem.audit_all(outcomes, false).await;
+    answers
+        .into_iter()
+        .zip(items)
+        .map(|((decision, _), i)| {
+            count(cx, i.c, i.signal, decision.as_str());
+            Decided::Done(decision)
+        })
+        .collect()
 }
 
 /// Counts one decision about `c` in the cycle's mode.

@@ -74,8 +74,11 @@ struct Acted {
     id: u32,
     signal: Signal,
     at: Instant,
-    /// The newest audit record was this item's intent when it was called.
+    /// This item's newest audit record was its intent for this signal
+    /// when it was called (its batch's intents are written together).
     intent_first: bool,
+    /// Audit records on disk when it was called.
+    records: usize,
 }
 
 /// Everything observable: the recorder's events and the fake's calls.
@@ -275,17 +278,21 @@ impl Kind for Fake {
         c: &Item,
         signal: Signal,
     ) -> (Decision, String) {
-        let last = cx.rem.audit.as_ref().and_then(|a| a.recent(1).pop());
-        let intent_first = last.is_some_and(|r| {
-            r.decision == Decision::Intent
-                && r.reason == c.id.to_string()
-                && r.action == signal.as_str()
-        });
+        let recent = cx
+            .rem
+            .audit
+            .as_ref()
+            .map(|a| a.recent(1000))
+            .unwrap_or_default();
+        let mine = recent.iter().find(|r| r.reason == c.id.to_string());
+        let intent_first =
+            mine.is_some_and(|r| r.decision == Decision::Intent && r.action == signal.as_str());
         let acted = Acted {
             id: c.id,
             signal,
             at: Instant::now(),
             intent_first,
+            records: recent.len(),
         };
         self.seen.send_modify(|s| s.acted.push(acted));
         let answers = &self.script.lock().unwrap().answers;
@@ -548,11 +555,17 @@ async fn enforce_acts_after_the_intent_and_charges_only_what_was_sent() {
     }
     assert_eq!(h.target_remaining(), 9, "only what was sent is charged");
     assert!(h.count("budget t 9 false") >= 1);
-    // Refused: settled while it exists. The others are decided again.
+    // Refused, and terminated: settled while they exist (a poll taken
+    // before the signal still lists a terminated session). The skipped and
+    // the failed are decided again.
     h.cycle(&items).await;
-    let again = [1, 2, 4].map(|id| (id, Signal::Terminate));
+    let again = [2, 4].map(|id| (id, Signal::Terminate));
     assert_eq!(h.acted()[4..], again);
-    assert_eq!(h.target_remaining(), 8);
+    assert_eq!(h.target_remaining(), 9);
+    // Gone, and back (a new decision).
+    h.cycle(&[(2, "p")]).await;
+    h.cycle(&items).await;
+    assert_eq!(h.acted().iter().filter(|(id, _)| *id == 1).count(), 2);
     h.stop().await;
 }
 
@@ -597,13 +610,13 @@ async fn no_action_without_its_intent_on_disk() {
     .await;
     h.cycle(&[(1, "p"), (2, "p")]).await;
     assert!(h.acted().is_empty());
-    // The first failure stops the cycle: 2 is not decided on.
-    assert_eq!(h.count("action t p terminate audit_failed enforce"), 1);
+    // One batch: its intents are written together, and none got to disk.
+    assert_eq!(h.count("action t p terminate audit_failed enforce"), 2);
     assert_eq!(h.count("audit_error"), 1);
     assert_eq!(h.target_remaining(), 10, "refunded");
     // Each cycle tries again.
     h.cycle(&[(1, "p"), (2, "p")]).await;
-    assert_eq!(h.count("action t p terminate audit_failed enforce"), 2);
+    assert_eq!(h.count("action t p terminate audit_failed enforce"), 4);
     h.stop().await;
 }
 
@@ -723,6 +736,7 @@ async fn enforce_paces_its_actions() {
     let h = Harness::start(|d| {
         let mut s = settings(d, Mode::Enforce, vec![terminate("p")]);
         s.pacing = pacing;
+        s.batch_size = 1;
         s
     })
     .await;
@@ -730,6 +744,130 @@ async fn enforce_paces_its_actions() {
     let acted = h.seen(|s| s.acted.clone());
     assert_eq!(acted.len(), 2);
     assert!(acted[1].at - acted[0].at >= pacing);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pacing_is_waited_between_batches_not_within() {
+    let pacing = Duration::from_millis(500);
+    let h = Harness::start(|d| {
+        let mut s = settings(d, Mode::Enforce, vec![terminate("p")]);
+        s.pacing = pacing;
+        s.batch_size = 2;
+        s
+    })
+    .await;
+    let started = Instant::now();
+    h.cycle(&[(1, "p"), (2, "p"), (3, "p")]).await;
+    let acted = h.seen(|s| s.acted.clone());
+    assert_eq!(acted.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(
+        acted[1].at - acted[0].at < pacing,
+        "one batch: no pacing between 1 and 2"
+    );
+    assert!(
+        acted[2].at - acted[1].at >= pacing,
+        "paced before the next batch"
+    );
+    assert!(
+        started.elapsed() < pacing * 19 / 10,
+        "no pacing after the last batch"
+    );
+    h.stop().await;
+}
+
+/// A batch: its intents written together (all on disk before the first
+/// act), then the acts, then its outcomes together; the next batch after.
+#[tokio::test]
+async fn a_batch_writes_its_intents_then_acts_then_writes_its_outcomes() {
+    let h = Harness::start(|d| {
+        let mut s = settings(d, Mode::Enforce, vec![terminate("p")]);
+        s.batch_size = 3;
+        s
+    })
+    .await;
+    h.answer(2, Decision::Skipped);
+    h.answer(4, Decision::Failed);
+    h.cycle(&[(1, "p"), (2, "p"), (3, "p"), (4, "p"), (5, "p")])
+        .await;
+    let acted = h.seen(|s| s.acted.clone());
+    assert_eq!(
+        acted.iter().map(|a| a.id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(acted.iter().all(|a| a.intent_first));
+    let records: Vec<usize> = acted.iter().map(|a| a.records).collect();
+    assert_eq!(
+        records,
+        [3, 3, 3, 8, 8],
+        "each batch's intents are all written before its first act"
+    );
+    let audit: Vec<(Decision, String)> = h.audit();
+    let d = |d: Decision, id: u32| (d, id.to_string());
+    use Decision::*;
+    assert_eq!(
+        audit,
+        [
+            d(Intent, 1),
+            d(Intent, 2),
+            d(Intent, 3),
+            d(Acted, 1),
+            d(Skipped, 2),
+            d(Acted, 3),
+            d(Intent, 4),
+            d(Intent, 5),
+            d(Failed, 4),
+            d(Acted, 5),
+        ]
+    );
+    assert_eq!(
+        h.target_remaining(),
+        7,
+        "three sent, the skipped and the failed refunded"
+    );
+    assert_eq!(h.count("action t p terminate acted enforce"), 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn budgets_cut_a_batch_and_settled_candidates_leave_room_in_it() {
+    let h = Harness::start(|d| {
+        let mut s = settings(d, Mode::Enforce, vec![terminate("p")]);
+        s.batch_size = 2;
+        s.budget.per_target = 3;
+        s
+    })
+    .await;
+    h.answer(1, Decision::Refused);
+    h.cycle(&[(1, "p")]).await;
+    assert_eq!(h.target_remaining(), 3, "refused: refunded, and settled");
+    // 1 is settled: 2 and 3 form the first batch, 4 the second, 5 and 6
+    // find the budget exhausted.
+    h.cycle(&[(1, "p"), (2, "p"), (3, "p"), (4, "p"), (5, "p"), (6, "p")])
+        .await;
+    let acted = h.seen(|s| s.acted.clone());
+    let ids: Vec<u32> = acted.iter().map(|a| a.id).collect();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(h.count("action t p terminate budget_exhausted enforce"), 2);
+    assert_eq!(h.target_remaining(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_stops_the_cycle_before_the_batch_acts() {
+    let h = Harness::start(|d| {
+        let mut s = settings(d, Mode::Enforce, vec![terminate("p")]);
+        s.audit_file = "/dev/full".into();
+        s.batch_size = 2;
+        s
+    })
+    .await;
+    h.cycle(&[(1, "p"), (2, "p"), (3, "p")]).await;
+    assert!(h.acted().is_empty());
+    // The whole first batch is unaudited; the second is never formed.
+    assert_eq!(h.count("action t p terminate audit_failed enforce"), 2);
+    assert_eq!(h.count("audit_error"), 1, "one write for the batch");
+    assert_eq!(h.target_remaining(), 10, "refunded");
     h.stop().await;
 }
 

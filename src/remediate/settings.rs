@@ -4,6 +4,7 @@
 //! select the same session, the first acts).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::audit::Mode;
+use super::batch::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
 use super::neo4j_policy::Neo4jPolicy;
 use super::policy::{ActionKind, Policy};
 use crate::evaluate::{CheckId, CheckName};
@@ -49,9 +51,12 @@ pub struct RemediationSettings {
     pub api_token_env: Option<String>,
     pub query_max_chars: u32,
     pub redact_queries: bool,
-    /// Wait after each action before the next.
+    /// Wait after each batch of actions before the next.
     #[serde(with = "duration")]
     pub pacing: Duration,
+    /// At most this many actions per batch: one audit `fsync` for their
+    /// intents, one guarded statement (PostgreSQL) for their signals.
+    pub batch_size: u32,
     pub budget: Budget,
     pub policies: IndexMap<String, Policy>,
     pub neo4j_policies: IndexMap<String, Neo4jPolicy>,
@@ -72,6 +77,7 @@ impl Default for RemediationSettings {
             query_max_chars: 256,
             redact_queries: false,
             pacing: Duration::from_secs(1),
+            batch_size: DEFAULT_BATCH_SIZE,
             budget: Budget::default(),
             policies: IndexMap::new(),
             neo4j_policies: IndexMap::new(),
@@ -108,6 +114,11 @@ impl RemediationSettings {
 
     pub fn pause_state_file(&self) -> PathBuf {
         self.state_dir.join(PAUSE_STATE_FILE)
+    }
+
+    /// Actions per batch (at least one, whatever the file says).
+    pub fn batch_size(&self) -> NonZeroUsize {
+        NonZeroUsize::new(self.batch_size as usize).unwrap_or(NonZeroUsize::MIN)
     }
 
     /// At most this many actions per window on one target.
@@ -179,6 +190,12 @@ impl RemediationSettings {
                     "{} is out of range: 1 to {MAX_QUERY_MAX_CHARS}",
                     self.query_max_chars
                 ),
+            );
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            issues.push(
+                key("batch_size"),
+                format!("{} is out of range: 1 to {MAX_BATCH_SIZE}", self.batch_size),
             );
         }
         if self.budget.window < MIN_BUDGET_WINDOW {

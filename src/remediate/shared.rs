@@ -259,14 +259,16 @@ impl Remediation {
         self.recorder.set_budget("global", g, g == 0);
     }
 
-    /// Writes a record through a blocking task; false when it could not be written.
-    /// `durable`: flush to disk (`fsync`) before returning. Intents must be;
-    /// other records are flushed by the next intent's `fsync` at the latest.
-    pub(super) async fn audit(&self, record: AuditRecord, durable: bool) -> bool {
+    /// Writes records (a batch's) in one write through a blocking task;
+    /// false when they could not be written, in which case none counts as
+    /// written. `durable`: flush to disk (one `fsync`) before returning.
+    /// Intents must be; other records are flushed by the next intents'
+    /// `fsync` at the latest.
+    pub(super) async fn audit_all(&self, records: Vec<AuditRecord>, durable: bool) -> bool {
         let Some(log) = self.audit.clone() else {
             return false;
         };
-        let r = tokio::task::spawn_blocking(move || log.append(&record, durable)).await;
+        let r = tokio::task::spawn_blocking(move || log.append_all(&records, durable)).await;
         match r {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
