@@ -56,21 +56,23 @@ const PER_NODE_TIMEOUT: Duration = Duration::from_secs(5);
 /// the disk-free check must not pass on an old reading.
 const VOLUME_STALE_AFTER: u32 = 3;
 
-/// The audit bridge: eviction records in the remediation audit file, with
-/// the same write-ahead rule (the intent is `fsync`ed before the eviction).
-pub struct EvictionAuditLog {
+/// The audit bridge of the pod actions (evictions, lag routing): their
+/// records in the remediation audit file, with the same write-ahead rule
+/// (the intent is `fsync`ed before the action), and each outcome carrying
+/// its intent's action id.
+pub struct PodAuditLog {
     log: Option<Arc<AuditLog>>,
     instance: String,
     mode: Mode,
     metrics: Arc<Metrics>,
-    /// The action id of each pod's pending intent, by UID, so the outcome carries it.
+    /// The action id of each pod's pending intent, by UID.
     pending: Mutex<HashMap<String, String>>,
 }
 
-impl EvictionAuditLog {
+impl PodAuditLog {
     pub fn new(rem: &Remediation, metrics: Arc<Metrics>) -> Self {
         let settings = rem.settings();
-        EvictionAuditLog {
+        PodAuditLog {
             log: rem.audit.clone(),
             instance: settings.instance().to_string(),
             mode: settings.mode,
@@ -79,8 +81,8 @@ impl EvictionAuditLog {
         }
     }
 
-    fn id(&self, c: &EvictionCandidate) -> String {
-        format!("{}-evict-{}-{}", self.instance, c.uid, now_ms())
+    fn id(&self, action: &str, uid: &str) -> String {
+        format!("{}-{action}-{uid}-{}", self.instance, now_ms())
     }
 
     fn append(&self, record: &AuditRecord, durable: bool) -> Result<(), String> {
@@ -92,45 +94,97 @@ impl EvictionAuditLog {
             e.to_string()
         })
     }
-}
 
-impl EvictionAudit for EvictionAuditLog {
-    fn intent(&self, c: &EvictionCandidate) -> Result<(), String> {
-        let id = self.id(c);
-        let record = c.audit_record(
-            SystemTime::now(),
-            &id,
-            &self.instance,
-            self.mode,
-            Decision::Intent,
-            "about to evict the pod",
-        );
-        self.append(&record, true)?;
+    /// Writes and syncs the intent `record(id, instance, mode)` of the pod `uid`.
+    fn intent(
+        &self,
+        action: &str,
+        uid: &str,
+        record: impl FnOnce(&str, &str, Mode) -> AuditRecord,
+    ) -> Result<(), String> {
+        let id = self.id(action, uid);
+        self.append(&record(&id, &self.instance, self.mode), true)?;
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(c.uid.clone(), id);
+            .insert(uid.to_string(), id);
         Ok(())
     }
 
-    fn outcome(&self, c: &EvictionCandidate, o: &EvictionOutcome) {
+    /// Writes the outcome `record(id, instance, mode)` under its intent's id;
+    /// a failure is logged (the action already happened).
+    fn outcome(
+        &self,
+        action: &str,
+        uid: &str,
+        pod: &str,
+        record: impl FnOnce(&str, &str, Mode) -> AuditRecord,
+    ) {
         let id = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&c.uid)
-            .unwrap_or_else(|| self.id(c));
-        let record = c.audit_record(
-            SystemTime::now(),
-            &id,
-            &self.instance,
-            self.mode,
-            decision_of(o),
-            o.sentence(),
-        );
-        if let Err(e) = self.append(&record, false) {
-            tracing::error!(error = %e, pod = %c.pod, "cannot write the eviction's outcome to the audit file");
+            .remove(uid)
+            .unwrap_or_else(|| self.id(action, uid));
+        if let Err(e) = self.append(&record(&id, &self.instance, self.mode), false) {
+            tracing::error!(error = %e, pod = %pod, action, "cannot write the outcome to the audit file");
         }
+    }
+}
+
+impl EvictionAudit for PodAuditLog {
+    fn intent(&self, c: &EvictionCandidate) -> Result<(), String> {
+        PodAuditLog::intent(self, "evict", &c.uid, |id, instance, mode| {
+            c.audit_record(
+                SystemTime::now(),
+                id,
+                instance,
+                mode,
+                Decision::Intent,
+                "about to evict the pod",
+            )
+        })
+    }
+
+    fn outcome(&self, c: &EvictionCandidate, o: &EvictionOutcome) {
+        PodAuditLog::outcome(self, "evict", &c.uid, &c.pod, |id, instance, mode| {
+            c.audit_record(
+                SystemTime::now(),
+                id,
+                instance,
+                mode,
+                decision_of(o),
+                o.sentence(),
+            )
+        });
+    }
+}
+
+impl LagRouteAudit for PodAuditLog {
+    fn intent(&self, c: &LagRouteChange) -> Result<(), String> {
+        PodAuditLog::intent(self, c.action(), &c.uid, |id, instance, mode| {
+            c.audit_record(
+                SystemTime::now(),
+                id,
+                instance,
+                mode,
+                Decision::Intent,
+                "about to set the pod condition",
+            )
+        })
+    }
+
+    fn outcome(&self, c: &LagRouteChange, o: &RouteOutcome) {
+        PodAuditLog::outcome(self, c.action(), &c.uid, &c.pod, |id, instance, mode| {
+            c.audit_record(
+                SystemTime::now(),
+                id,
+                instance,
+                mode,
+                o.decision(),
+                o.sentence(c),
+            )
+        });
     }
 }
 
@@ -142,84 +196,6 @@ pub fn decision_of(o: &EvictionOutcome) -> Decision {
         EvictionOutcome::Refused(_) => Decision::Refused,
         EvictionOutcome::Gone | EvictionOutcome::Changed(_) => Decision::Skipped,
         EvictionOutcome::Failed(_) => Decision::Failed,
-    }
-}
-
-/// The audit bridge of lag routing: its records in the remediation audit
-/// file, the intent `fsync`ed before the patch, as for evictions.
-pub struct LagRouteAuditLog {
-    log: Option<Arc<AuditLog>>,
-    instance: String,
-    mode: Mode,
-    metrics: Arc<Metrics>,
-    /// The action id of each pod's pending intent, by UID.
-    pending: Mutex<HashMap<String, String>>,
-}
-
-impl LagRouteAuditLog {
-    pub fn new(rem: &Remediation, metrics: Arc<Metrics>) -> Self {
-        let settings = rem.settings();
-        LagRouteAuditLog {
-            log: rem.audit.clone(),
-            instance: settings.instance().to_string(),
-            mode: settings.mode,
-            metrics,
-            pending: Mutex::default(),
-        }
-    }
-
-    fn id(&self, c: &LagRouteChange) -> String {
-        format!("{}-{}-{}-{}", self.instance, c.action(), c.uid, now_ms())
-    }
-
-    fn append(&self, record: &AuditRecord, durable: bool) -> Result<(), String> {
-        let Some(log) = &self.log else {
-            return Err("no audit file (observe mode)".into());
-        };
-        log.append(record, durable).map_err(|e| {
-            self.metrics.audit_error();
-            e.to_string()
-        })
-    }
-}
-
-impl LagRouteAudit for LagRouteAuditLog {
-    fn intent(&self, c: &LagRouteChange) -> Result<(), String> {
-        let id = self.id(c);
-        let record = c.audit_record(
-            SystemTime::now(),
-            &id,
-            &self.instance,
-            self.mode,
-            Decision::Intent,
-            "about to set the pod condition",
-        );
-        self.append(&record, true)?;
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(c.uid.clone(), id);
-        Ok(())
-    }
-
-    fn outcome(&self, c: &LagRouteChange, o: &RouteOutcome) {
-        let id = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&c.uid)
-            .unwrap_or_else(|| self.id(c));
-        let record = c.audit_record(
-            SystemTime::now(),
-            &id,
-            &self.instance,
-            self.mode,
-            o.decision(),
-            o.sentence(c),
-        );
-        if let Err(e) = self.append(&record, false) {
-            tracing::error!(error = %e, pod = %c.pod, "cannot write the lag routing outcome to the audit file");
-        }
     }
 }
 
@@ -278,7 +254,7 @@ pub fn lag_routing_runner(
         Arc::new(SharedBudget(rem.clone())),
         Arc::new(move || paused.pause.is_paused()),
         is_actor,
-        Arc::new(LagRouteAuditLog::new(rem, metrics)),
+        Arc::new(PodAuditLog::new(rem, metrics)),
     ))
 }
 
@@ -320,7 +296,7 @@ pub fn eviction_runner(
         Arc::new(SharedBudget(rem.clone())),
         Arc::new(move || paused.pause.is_paused()),
         is_actor,
-        Arc::new(EvictionAuditLog::new(rem, metrics)),
+        Arc::new(PodAuditLog::new(rem, metrics)),
     );
     // After a restart, a StatefulSet evicted within the cooldown stays cooling.
     if let Some(log) = &rem.audit {

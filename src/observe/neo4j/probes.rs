@@ -13,15 +13,15 @@
 //! fails the probe with a message naming the column. Rows come as maps,
 //! so columns are taken in name order.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use neo4rs::{BoltType, Row};
 
 use super::bolt::Neo4jClient;
 use crate::observe::probes::settings::{DATABASE_LABEL, valid_metric_word};
 use crate::observe::probes::{
-    ColumnKind, ProbeError, ProbeErrorKind, ProbeRow, ProbeRows, ProbeRun, ProbeSettings, Ran,
-    client_grace, columns_error, series_error, unique_labels,
+    ColumnKind, ProbeError, ProbeErrorKind, ProbeRow, ProbeRows, ProbeSettings, Ran, bounded,
+    columns_error, series_error, unique_labels,
 };
 
 /// Runs one probe over `client` in each of `databases` (`labelled`: its
@@ -34,39 +34,12 @@ pub async fn run(
     labelled: bool,
     timeout: Duration,
 ) -> Ran {
-    let at = SystemTime::now();
-    let started = Instant::now();
-    let result = tokio::time::timeout(
-        timeout + client_grace(timeout),
+    bounded(
+        name,
+        timeout,
         run_inner(client, probe, databases, labelled, timeout),
     )
-    .await;
-    let (result, connection_lost) = match result {
-        Ok(r) => {
-            let lost = matches!(&r, Err(e) if e.kind == ProbeErrorKind::Connection);
-            (r, lost)
-        }
-        Err(_) => (
-            Err(ProbeError::new(
-                ProbeErrorKind::Timeout,
-                format!(
-                    "no answer within the probe's timeout {} (and {} grace): the connection is reopened",
-                    humantime::format_duration(timeout),
-                    humantime::format_duration(client_grace(timeout))
-                ),
-            )),
-            true,
-        ),
-    };
-    Ran {
-        run: ProbeRun {
-            probe: name.to_string(),
-            at,
-            duration_seconds: started.elapsed().as_secs_f64(),
-            result,
-        },
-        connection_lost,
-    }
+    .await
 }
 
 async fn run_inner(

@@ -346,13 +346,20 @@ pub async fn run(
     timeout: Duration,
     lock_timeout: Duration,
 ) -> Ran {
+    bounded(name, timeout, run_inner(conn, probe, timeout, lock_timeout)).await
+}
+
+/// One run of `name`, bounded by `timeout` and the client's grace: a run
+/// that breaks the connection or gets no answer in time costs it (both
+/// kinds of probe).
+pub(crate) async fn bounded(
+    name: &str,
+    timeout: Duration,
+    run: impl Future<Output = Result<ProbeRows, ProbeError>>,
+) -> Ran {
     let at = SystemTime::now();
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(
-        timeout + client_grace(timeout),
-        run_inner(conn, probe, timeout, lock_timeout),
-    )
-    .await;
+    let result = tokio::time::timeout(timeout + client_grace(timeout), run).await;
     let (result, connection_lost) = match result {
         Ok(r) => {
             let lost = matches!(&r, Err(e) if e.kind == ProbeErrorKind::Connection);
