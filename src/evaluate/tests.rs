@@ -48,6 +48,8 @@ fn primary(max_connections: i32, reserved: i32) -> Pg {
                 in_recovery: false,
                 data_checksums: true,
                 database: "app".into(),
+                system_identifier: None,
+                wal_lsn: None,
             },
             sessions: Vec::new(),
             standbys: Vec::new(),
@@ -78,6 +80,8 @@ fn recovery(receiver: Option<&str>, replay_delay_seconds: Option<f64>) -> Recove
         replay_paused: false,
         replay_delay_seconds,
         replay_pending_bytes: Some(0.0),
+        receive_lsn: None,
+        replay_lsn: None,
     }
 }
 

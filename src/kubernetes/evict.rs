@@ -11,11 +11,19 @@
 //!   terminating) and creates a `pods/eviction`, which the API server refuses
 //!   (429) when a PodDisruptionBudget would be violated: unlike a delete, an
 //!   eviction respects the PDB.
+//! - With `rebuild_after` set, [`select`] also takes a PostgreSQL standby
+//!   whose replay has stalled (see [`super::rebuild`]: replay not moving
+//!   while its primary advances, for at least `rebuild_after`): evicted so
+//!   that it is rebuilt. Never a primary's pod, never a target whose
+//!   selector matches more than its one pod, and never while another member
+//!   of its StatefulSet is not ready (the pods dbwarden watches, and the
+//!   StatefulSet's ready count when it is watched). Its re-check at the
+//!   moment of acting confirms the stall on the freshest published polls.
 //! - [`EvictionRunner`] applies the bounds, in this order: pause switch →
 //!   mode → actor (the Lease) → budget → audit intent → re-check → evict →
 //!   audit outcome, with pacing between evictions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[cfg(feature = "kubernetes")]
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -32,8 +40,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::duration_ms;
+use super::rebuild::{ReplayStall, ReplayTracker, WalReading};
 use super::snapshot::{KubernetesSnapshot, PodFacts};
-use crate::remediate::audit::{AuditPod, AuditRecord, Decision, Mode};
+use crate::remediate::audit::{AuditPod, AuditRecord, AuditReplayStall, Decision, Mode};
 use crate::remediate::budget::Budget;
 
 /// The eviction policy, `[kubernetes.eviction]`. Off unless configured.
@@ -52,7 +61,19 @@ pub struct EvictionPolicy {
     /// lone pod) is left alone to recover.
     #[serde(with = "crate::settings::duration")]
     pub cooldown: Duration,
+    /// The opt-in second reason: a PostgreSQL standby whose replay has not
+    /// moved for this long while its primary advanced is evicted, to be
+    /// rebuilt. `None` (the default): off.
+    #[serde(
+        default,
+        with = "crate::settings::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rebuild_after: Option<Duration>,
 }
+
+/// The rebuild reason's policy name in audit records and metrics.
+pub const REBUILD_POLICY_NAME: &str = "kubernetes_rebuild";
 
 impl Default for EvictionPolicy {
     fn default() -> Self {
@@ -61,6 +82,7 @@ impl Default for EvictionPolicy {
             targets: Vec::new(),
             not_ready_for: Duration::from_secs(600),
             cooldown: Duration::from_secs(900),
+            rebuild_after: None,
         }
     }
 }
@@ -72,7 +94,7 @@ impl EvictionPolicy {
 }
 
 /// A pod chosen for eviction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvictionCandidate {
     pub policy: String,
     pub target: String,
@@ -85,6 +107,9 @@ pub struct EvictionCandidate {
     pub not_ready_for_ms: u64,
     /// Why, for humans and the audit trail.
     pub reason: String,
+    /// The rebuild reason: the figures of the stalled replay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall: Option<ReplayStall>,
 }
 
 impl EvictionCandidate {
@@ -125,6 +150,17 @@ impl EvictionCandidate {
                 not_ready_since_ms: c.not_ready_since_ms,
                 not_ready_for_ms: c.not_ready_for_ms,
                 condition: None,
+                replay_stall: c.stall.as_ref().map(|s| AuditReplayStall {
+                    replay_lsn: super::rebuild::fmt_lsn(s.replay_lsn),
+                    unchanged_since_ms: s.since_ms,
+                    stalled_for_ms: s.stalled_for_ms,
+                    upstream: s.upstream.clone(),
+                    upstream_lsn_then: super::rebuild::fmt_lsn(s.upstream_lsn_then),
+                    upstream_lsn_now: super::rebuild::fmt_lsn(s.upstream_lsn_now),
+                    advanced_bytes: s.advanced_bytes,
+                    lag_bytes: s.lag_bytes,
+                    lag_seconds: s.lag_seconds,
+                }),
             }),
         }
     }
@@ -175,15 +211,178 @@ fn fmt_ms(ms: u64) -> String {
     humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
 }
 
-/// The pods to evict now, at most `max`, those not ready the longest first.
-/// Pure. Nothing is selected from a snapshot taken while the API server was
-/// unreachable, or from a target whose pods are not fully listed yet.
+/// What the targets' polls say, for the rebuild reason.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplayFacts {
+    /// The standbys stalled for at least `rebuild_after`, by target.
+    pub stalls: BTreeMap<String, ReplayStall>,
+    /// The targets whose latest successful poll found a primary: their
+    /// pods are never rebuilt.
+    pub primaries: BTreeSet<String>,
+}
+
+impl ReplayFacts {
+    /// The facts as of the targets' latest `readings`, folded into `tracker`.
+    pub fn observe(
+        tracker: &mut ReplayTracker,
+        readings: &BTreeMap<String, WalReading>,
+        rebuild_after: Duration,
+    ) -> ReplayFacts {
+        tracker.observe(readings);
+        ReplayFacts {
+            stalls: tracker.stalls(duration_ms(rebuild_after)),
+            primaries: readings
+                .iter()
+                .filter(|(_, r)| !r.in_recovery)
+                .map(|(t, _)| t.clone())
+                .collect(),
+        }
+    }
+}
+
+/// The pods to evict now for being not ready, at most `max`, those not
+/// ready the longest first: [`select_with`] without the rebuild reason.
 pub fn select(
     policy: &EvictionPolicy,
     snapshot: &KubernetesSnapshot,
     recent: &RecentEvictions,
     now_ms: u64,
     max: usize,
+) -> Vec<EvictionCandidate> {
+    let mut out = select_not_ready(policy, snapshot, recent, now_ms);
+    out.truncate(max);
+    out
+}
+
+/// The pods to evict now, at most `max` and at most one per StatefulSet (or
+/// lone pod): those not ready, the longest first, then (with
+/// `rebuild_after`) the stalled standbys, the longest stalled first. Pure.
+/// Nothing is selected from a snapshot taken while the API server was
+/// unreachable, or from a target whose pods are not fully listed yet.
+pub fn select_with(
+    policy: &EvictionPolicy,
+    snapshot: &KubernetesSnapshot,
+    replay: &ReplayFacts,
+    recent: &RecentEvictions,
+    now_ms: u64,
+    max: usize,
+) -> Vec<EvictionCandidate> {
+    let mut out = select_not_ready(policy, snapshot, recent, now_ms);
+    let taken: BTreeSet<String> = out.iter().map(EvictionCandidate::group).collect();
+    out.extend(
+        select_rebuilds(policy, snapshot, replay, recent, now_ms)
+            .into_iter()
+            .filter(|c| !taken.contains(&c.group())),
+    );
+    out.truncate(max);
+    out
+}
+
+/// The stalled standbys to rebuild (evict), one per StatefulSet, the
+/// longest stalled first. Pure.
+pub fn select_rebuilds(
+    policy: &EvictionPolicy,
+    snapshot: &KubernetesSnapshot,
+    replay: &ReplayFacts,
+    recent: &RecentEvictions,
+    now_ms: u64,
+) -> Vec<EvictionCandidate> {
+    let Some(after) = policy.rebuild_after else {
+        return Vec::new();
+    };
+    if !snapshot.api_reachable {
+        return Vec::new();
+    }
+    let cooldown = duration_ms(policy.cooldown);
+    let synced = |target: &str| {
+        snapshot
+            .targets
+            .iter()
+            .any(|t| t.target == target && t.synced && t.error.is_none())
+    };
+    // A pod that is a primary target's, under whatever target it also shows.
+    let primary_pods: BTreeSet<&str> = snapshot
+        .pods
+        .iter()
+        .filter(|p| replay.primaries.contains(&p.target))
+        .map(|p| p.uid.as_str())
+        .collect();
+    let mut out: Vec<EvictionCandidate> = Vec::new();
+    for (target, stall) in &replay.stalls {
+        if !policy.applies_to(target) || !synced(target) || replay.primaries.contains(target) {
+            continue;
+        }
+        // The target's one pod: with more, which one is the standby is unknown.
+        let pods: Vec<&PodFacts> = snapshot
+            .pods
+            .iter()
+            .filter(|p| &p.target == target)
+            .collect();
+        let [p] = pods.as_slice() else {
+            continue;
+        };
+        if p.terminating
+            || p.uid.is_empty()
+            || p.node.is_none()
+            || primary_pods.contains(p.uid.as_str())
+        {
+            continue;
+        }
+        let group = group_of(p);
+        if recent.cooling(&group, cooldown, now_ms) {
+            continue;
+        }
+        // Never while another member of the set is not ready or leaving.
+        if snapshot
+            .pods
+            .iter()
+            .any(|o| o.uid != p.uid && group_of(o) == group && (!o.ready || o.terminating))
+        {
+            continue;
+        }
+        if let Some(sts) = &p.statefulset
+            && let Some(f) = snapshot
+                .statefulsets
+                .iter()
+                .find(|f| &f.name == sts && f.target == p.target)
+            && f.ready_replicas - i32::from(p.ready) < f.desired_replicas - 1
+        {
+            continue;
+        }
+        out.push(EvictionCandidate {
+            policy: REBUILD_POLICY_NAME.to_string(),
+            target: p.target.clone(),
+            namespace: p.namespace.clone(),
+            pod: p.name.clone(),
+            uid: p.uid.clone(),
+            statefulset: p.statefulset.clone(),
+            node: p.node.clone(),
+            not_ready_since_ms: p.not_ready_since_ms.unwrap_or(0),
+            not_ready_for_ms: p.not_ready_since_ms.map_or(0, |t| now_ms.saturating_sub(t)),
+            reason: format!(
+                "standby replay stalled for at least {} (policy {}: rebuild_after): {}",
+                fmt_ms(duration_ms(after)),
+                REBUILD_POLICY_NAME,
+                stall.describe()
+            ),
+            stall: Some(stall.clone()),
+        });
+    }
+    out.sort_by(|a, b| {
+        let since = |c: &EvictionCandidate| c.stall.as_ref().map_or(u64::MAX, |s| s.since_ms);
+        since(a).cmp(&since(b)).then(a.pod.cmp(&b.pod))
+    });
+    let mut groups = BTreeSet::new();
+    out.retain(|c| groups.insert(c.group()));
+    out
+}
+
+/// The not-ready reason, every group's candidate, the longest down first.
+fn select_not_ready(
+    policy: &EvictionPolicy,
+    snapshot: &KubernetesSnapshot,
+    recent: &RecentEvictions,
+    now_ms: u64,
 ) -> Vec<EvictionCandidate> {
     if !snapshot.api_reachable {
         return Vec::new();
@@ -263,6 +462,7 @@ pub fn select(
             not_ready_since_ms: since,
             not_ready_for_ms: down,
             reason,
+            stall: None,
         });
     }
     out.sort_by(|a, b| {
@@ -270,7 +470,6 @@ pub fn select(
             .cmp(&b.not_ready_since_ms)
             .then(a.pod.cmp(&b.pod))
     });
-    out.truncate(max);
     out
 }
 
@@ -346,11 +545,13 @@ pub async fn execute(client: &Client, c: &EvictionCandidate) -> EvictionOutcome 
     if pod.metadata.deletion_timestamp.is_some() {
         return EvictionOutcome::Changed("the pod is already terminating".into());
     }
+    // A rebuild's stall was re-checked by the runner on the freshest polls;
+    // a not-ready pod must still be the same kind of not ready.
     let facts = super::snapshot::pod_facts(&c.target, &pod, 0);
-    if facts.ready {
+    if c.stall.is_none() && facts.ready {
         return EvictionOutcome::Changed("the pod became ready".into());
     }
-    if facts.not_ready_since_ms != Some(c.not_ready_since_ms) {
+    if c.stall.is_none() && facts.not_ready_since_ms != Some(c.not_ready_since_ms) {
         return EvictionOutcome::Changed(
             "the pod's readiness changed since it was selected".into(),
         );
@@ -382,7 +583,7 @@ pub async fn execute(client: &Client, c: &EvictionCandidate) -> EvictionOutcome 
 }
 
 /// What the runner decided for one candidate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvictionDecision {
     /// The pause switch is on.
@@ -399,7 +600,7 @@ pub enum EvictionDecision {
     Done(EvictionOutcome),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvictionReport {
     pub candidate: EvictionCandidate,
     pub decision: EvictionDecision,
@@ -444,7 +645,16 @@ pub struct EvictionRunner {
     recent: RecentEvictions,
     /// Pod UIDs not to decide on again, until a time (ms) or while they exist.
     settled: HashMap<String, Option<u64>>,
+    /// The rebuild reason: the targets' latest WAL readings, read afresh at
+    /// each round and again at the moment of acting, and the replay
+    /// positions followed across them.
+    readings: Option<Readings>,
+    tracker: ReplayTracker,
 }
+
+/// Reads the PostgreSQL targets' latest published WAL positions.
+#[cfg(feature = "kubernetes")]
+pub type Readings = Arc<dyn Fn() -> BTreeMap<String, WalReading> + Send + Sync>;
 
 #[cfg(feature = "kubernetes")]
 impl std::fmt::Debug for EvictionRunner {
@@ -481,6 +691,52 @@ impl EvictionRunner {
             audit,
             recent: RecentEvictions::default(),
             settled: HashMap::new(),
+            readings: None,
+            tracker: ReplayTracker::default(),
+        }
+    }
+
+    /// Where the rebuild reason reads the targets' WAL positions (without
+    /// it, `rebuild_after` selects nothing).
+    pub fn with_readings(mut self, readings: Readings) -> Self {
+        self.readings = Some(readings);
+        self
+    }
+
+    /// The replay positions followed, for the stall metric.
+    pub fn tracker(&self) -> &ReplayTracker {
+        &self.tracker
+    }
+
+    pub fn policy(&self) -> &EvictionPolicy {
+        &self.policy
+    }
+
+    /// What the targets' polls say now, folded into the tracker.
+    fn replay_facts(&mut self) -> ReplayFacts {
+        match (&self.readings, self.policy.rebuild_after) {
+            (Some(read), Some(after)) => ReplayFacts::observe(&mut self.tracker, &read(), after),
+            _ => ReplayFacts::default(),
+        }
+    }
+
+    /// The rebuild re-check: the stall still holds on the freshest polls,
+    /// at the same replay position, and the target is still a standby.
+    fn recheck_stall(&mut self, c: &EvictionCandidate) -> Result<(), String> {
+        let Some(selected) = &c.stall else {
+            return Ok(());
+        };
+        let facts = self.replay_facts();
+        if facts.primaries.contains(&c.target) {
+            return Err("the server is a primary now".into());
+        }
+        match facts.stalls.get(&c.target) {
+            Some(s) if s.replay_lsn == selected.replay_lsn => Ok(()),
+            Some(s) => Err(format!(
+                "replay moved to {} since it was selected",
+                super::rebuild::fmt_lsn(s.replay_lsn)
+            )),
+            None => Err("the stall no longer holds on the latest poll".into()),
         }
     }
 
@@ -521,7 +777,15 @@ impl EvictionRunner {
         self.settled.retain(|uid, until| {
             snapshot.pods.iter().any(|p| &p.uid == uid) && until.is_none_or(|t| t > now_ms)
         });
-        let candidates = select(&self.policy, snapshot, &self.recent, now_ms, usize::MAX);
+        let replay = self.replay_facts();
+        let candidates = select_with(
+            &self.policy,
+            snapshot,
+            &replay,
+            &self.recent,
+            now_ms,
+            usize::MAX,
+        );
         let all = |d: EvictionDecision| {
             candidates
                 .iter()
@@ -581,7 +845,10 @@ impl EvictionRunner {
                 reports.push(report(EvictionDecision::AuditFailed));
                 break;
             }
-            let o = execute(client, c).await;
+            let o = match self.recheck_stall(c) {
+                Ok(()) => execute(client, c).await,
+                Err(why) => EvictionOutcome::Changed(why),
+            };
             self.audit_outcome(c, &o).await;
             match &o {
                 EvictionOutcome::Evicted => {
@@ -634,6 +901,7 @@ mod tests {
             targets: vec![],
             not_ready_for: Duration::from_secs(600),
             cooldown: Duration::from_secs(900),
+            rebuild_after: None,
         }
     }
 
@@ -825,6 +1093,284 @@ mod tests {
                         prop_assert!(o.ready || o_down.is_some_and(|d| d >= threshold_min * MIN && o.node.is_some()));
                     }
                 }
+            }
+        }
+    }
+
+    // ------------------------------------------------ the rebuild reason
+
+    fn rebuild_policy() -> EvictionPolicy {
+        EvictionPolicy {
+            rebuild_after: Some(Duration::from_secs(600)),
+            ..policy()
+        }
+    }
+
+    /// A pod per target (`pg-0` of target `t0`, ...), in StatefulSet `pg`.
+    fn member(i: usize, ready: bool) -> PodFacts {
+        let mut p = pod(&format!("pg-{i}"), Some("pg"), (!ready).then_some(MIN));
+        p.target = format!("t{i}");
+        p
+    }
+
+    fn targets_snap(pods: Vec<PodFacts>) -> KubernetesSnapshot {
+        let mut s = snap(pods.clone());
+        s.targets = pods
+            .iter()
+            .map(|p| TargetWatchStatus {
+                target: p.target.clone(),
+                label_selector: format!("statefulset.kubernetes.io/pod-name={}", p.name),
+                synced: true,
+                error: None,
+            })
+            .collect();
+        s
+    }
+
+    fn stall(since_ms: u64) -> ReplayStall {
+        ReplayStall {
+            replay_lsn: 0x300_0060,
+            since_ms,
+            stalled_for_ms: NOW - since_ms,
+            upstream_lsn_then: 0x300_0100,
+            upstream_lsn_now: 0x400_0000,
+            upstream: "primary (target t0)".into(),
+            advanced_bytes: 0x400_0000 - 0x300_0100,
+            lag_bytes: 0x400_0000 - 0x300_0060,
+            lag_seconds: Some(700.0),
+        }
+    }
+
+    fn facts(stalled: &[&str], primaries: &[&str]) -> ReplayFacts {
+        ReplayFacts {
+            stalls: stalled
+                .iter()
+                .map(|t| (t.to_string(), stall(NOW - 20 * MIN)))
+                .collect(),
+            primaries: primaries.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_stalled_standby_is_rebuilt_with_its_figures() {
+        let s = targets_snap(vec![member(0, true), member(1, true), member(2, true)]);
+        let c = select_with(
+            &rebuild_policy(),
+            &s,
+            &facts(&["t1"], &["t0"]),
+            &RecentEvictions::default(),
+            NOW,
+            10,
+        );
+        assert_eq!(names(&c), vec!["pg-1"]);
+        assert_eq!(c[0].policy, REBUILD_POLICY_NAME);
+        assert!(
+            c[0].reason.contains("replay LSN 0/3000060 unchanged since")
+                && c[0].reason.contains("primary (target t0) advanced"),
+            "{}",
+            c[0].reason
+        );
+        let record = c[0].audit_record(
+            std::time::SystemTime::now(),
+            "id",
+            "i",
+            Mode::Enforce,
+            Decision::Intent,
+            "about to evict",
+        );
+        let figures = record.pod.unwrap().replay_stall.unwrap();
+        assert_eq!(figures.replay_lsn, "0/3000060");
+        assert_eq!(figures.upstream_lsn_now, "0/4000000");
+        assert_eq!(figures.lag_seconds, Some(700.0));
+        // Off without rebuild_after; never the primary; never a target
+        // whose selector matches two pods.
+        assert!(
+            select_with(
+                &policy(),
+                &s,
+                &facts(&["t1"], &["t0"]),
+                &RecentEvictions::default(),
+                NOW,
+                10
+            )
+            .is_empty()
+        );
+        assert!(
+            select_with(
+                &rebuild_policy(),
+                &s,
+                &facts(&["t0"], &["t0"]),
+                &RecentEvictions::default(),
+                NOW,
+                10
+            )
+            .is_empty()
+        );
+        let mut twice = member(2, true);
+        twice.target = "t1".into();
+        let s2 = targets_snap(vec![member(0, true), member(1, true), twice]);
+        assert!(
+            select_with(
+                &rebuild_policy(),
+                &s2,
+                &facts(&["t1"], &["t0"]),
+                &RecentEvictions::default(),
+                NOW,
+                10
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn never_while_another_member_is_not_ready_and_one_per_set() {
+        let f = facts(&["t1", "t2"], &["t0"]);
+        // pg-2 is not ready: pg-1 stays, and pg-2 (stalled, not ready) is
+        // blocked by nothing but is the one chosen.
+        let s = targets_snap(vec![member(0, true), member(1, true), member(2, false)]);
+        let c = select_with(
+            &rebuild_policy(),
+            &s,
+            &f,
+            &RecentEvictions::default(),
+            NOW,
+            10,
+        );
+        assert_eq!(names(&c), vec!["pg-2"]);
+        // Two stalled, all ready: one of the set only.
+        let s = targets_snap(vec![member(0, true), member(1, true), member(2, true)]);
+        let c = select_with(
+            &rebuild_policy(),
+            &s,
+            &f,
+            &RecentEvictions::default(),
+            NOW,
+            10,
+        );
+        assert_eq!(c.len(), 1, "{:?}", names(&c));
+        // The StatefulSet says a member dbwarden does not watch is not ready.
+        let mut s = targets_snap(vec![member(0, true), member(1, true)]);
+        s.statefulsets_watched = true;
+        s.statefulsets = vec![crate::kubernetes::snapshot::StatefulSetFacts {
+            target: "t1".into(),
+            name: "pg".into(),
+            desired_replicas: 3,
+            ready_replicas: 2,
+            current_replicas: 3,
+        }];
+        let f = facts(&["t1"], &["t0"]);
+        assert!(
+            select_with(
+                &rebuild_policy(),
+                &s,
+                &f,
+                &RecentEvictions::default(),
+                NOW,
+                10
+            )
+            .is_empty()
+        );
+        s.statefulsets[0].ready_replicas = 3;
+        assert_eq!(
+            select_with(
+                &rebuild_policy(),
+                &s,
+                &f,
+                &RecentEvictions::default(),
+                NOW,
+                10
+            )
+            .len(),
+            1
+        );
+        // Cooling after an eviction in the set.
+        let mut recent = RecentEvictions::default();
+        recent.record("db/statefulset/pg".into(), NOW - MIN);
+        assert!(select_with(&rebuild_policy(), &s, &f, &recent, NOW, 10).is_empty());
+    }
+
+    proptest! {
+        /// Whatever the pods, the stalls and the primaries: only stalled
+        /// standbys' pods, never a primary's, never while another member of
+        /// the set is not ready or leaving, at most one per set.
+        #[test]
+        fn rebuild_selection_is_always_safe(
+            rows in proptest::collection::vec(
+                (0usize..3, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+                1..10,
+            ),
+        ) {
+            // Per pod: its set, ready, terminating, stalled, primary.
+            let mut pods = Vec::new();
+            let mut f = ReplayFacts::default();
+            for (i, (set, ready, terminating, stalled, primary)) in rows.iter().enumerate() {
+                let sts = ["a", "b", "c"][*set];
+                let mut p = pod(&format!("{sts}-{i}"), Some(sts), (!ready).then_some(MIN));
+                p.target = format!("t{i}");
+                p.terminating = *terminating;
+                if *stalled {
+                    f.stalls.insert(p.target.clone(), stall(NOW - 20 * MIN));
+                }
+                if *primary {
+                    f.primaries.insert(p.target.clone());
+                }
+                pods.push(p);
+            }
+            let s = targets_snap(pods.clone());
+            let chosen = select_rebuilds(&rebuild_policy(), &s, &f, &RecentEvictions::default(), NOW);
+            let mut groups = std::collections::HashSet::new();
+            for c in &chosen {
+                prop_assert!(f.stalls.contains_key(&c.target), "only a stalled standby");
+                prop_assert!(!f.primaries.contains(&c.target), "never a primary");
+                prop_assert!(groups.insert(c.group()), "one per StatefulSet");
+                let me = pods.iter().find(|p| p.uid == c.uid).unwrap();
+                prop_assert!(!me.terminating);
+                for o in pods.iter().filter(|o| o.uid != c.uid && o.statefulset == me.statefulset) {
+                    prop_assert!(o.ready && !o.terminating, "another member is not ready");
+                }
+            }
+            // And the same through select_with, with the not-ready reason.
+            let mut p = rebuild_policy();
+            p.not_ready_for = Duration::from_secs(30);
+            let all = select_with(&p, &s, &f, &RecentEvictions::default(), NOW, 10);
+            let mut groups = std::collections::HashSet::new();
+            for c in &all {
+                prop_assert!(groups.insert(c.group()), "one per StatefulSet across reasons");
+                if c.stall.is_some() {
+                    prop_assert!(!f.primaries.contains(&c.target));
+                }
+            }
+        }
+
+        /// A standby whose replay advances is never rebuilt: fed through
+        /// the tracker, readings whose replay moves produce no stall, so no
+        /// candidate.
+        #[test]
+        fn advancing_replay_is_never_rebuilt(
+            steps in proptest::collection::vec((1u64..1000, 0u64..5000, 1u64..20), 1..30),
+        ) {
+            let mut tracker = ReplayTracker::default();
+            let s = targets_snap(vec![member(0, true), member(1, true)]);
+            let (mut at, mut lsn, mut replay) = (NOW, 10_000u64, 10_000u64);
+            for (dr, dp, dt) in steps {
+                at += dt * MIN;
+                lsn += dp + dr;
+                replay += dr;
+                let reading = |in_recovery: bool| WalReading {
+                    at_ms: at,
+                    up: true,
+                    in_recovery,
+                    system_id: Some(1),
+                    wal_lsn: (!in_recovery).then_some(lsn),
+                    receive_lsn: in_recovery.then_some(lsn),
+                    replay_lsn: in_recovery.then_some(replay),
+                    lag_seconds: Some(5.0),
+                };
+                let readings: BTreeMap<String, WalReading> =
+                    [("t0".to_string(), reading(false)), ("t1".to_string(), reading(true))].into();
+                let f = ReplayFacts::observe(&mut tracker, &readings, Duration::from_secs(60));
+                prop_assert!(f.stalls.is_empty());
+                prop_assert!(select_rebuilds(&rebuild_policy(), &s, &f, &RecentEvictions::default(), at).is_empty());
             }
         }
     }

@@ -415,6 +415,7 @@ impl LagRouteChange {
                     before: self.before,
                     lag_seconds: self.lag_seconds,
                 }),
+                replay_stall: None,
             }),
         }
     }

@@ -15,6 +15,8 @@
 //! - [`checks::pod_checks`]: the pure checks over a snapshot.
 //! - [`evict::select`] (pure) and [`evict::EvictionRunner`] (pause → mode →
 //!   budget → audit intent → re-check → evict → audit outcome).
+//! - [`rebuild::ReplayTracker`] (pure): which standbys' replay has stalled
+//!   while their primary advances, the eviction policy's `rebuild_after` reason.
 //! - [`lease::LeaseElector`]: `coordination.k8s.io` Lease election.
 //! - [`lag_routing::select`] (pure): which standby pods leave or rejoin
 //!   their Service through the `dbwarden.io/replication-lag-ok` readiness gate.
@@ -35,6 +37,7 @@ pub mod lag_routing;
 pub mod lease;
 #[cfg(feature = "kubernetes")]
 pub mod pods;
+pub mod rebuild;
 pub mod selector;
 pub mod settings;
 pub mod snapshot;

@@ -22,6 +22,11 @@ macro_rules! current_lsn {
     };
 }
 
+/// An LSN read as bytes from `0/0` (never negative).
+fn lsn(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
 /// Longest query text kept per session, in characters.
 pub const QUERY_TEXT_MAX_CHARS: i32 = 1024;
 
@@ -62,7 +67,15 @@ const SERVER_SQL: &str = concat!(
                  THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END,
             sl.names, sl.types, sl.active, sl.retained,
             pg_backend_pid(),
-            sl.wal_status, sl.safe_wal
+            sl.wal_status, sl.safe_wal,
+            CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+                 THEN (SELECT system_identifier FROM pg_control_system()) END,
+            CASE WHEN NOT pg_is_in_recovery()
+                 THEN pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8 END,
+            CASE WHEN pg_is_in_recovery()
+                 THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::int8 END,
+            CASE WHEN pg_is_in_recovery()
+                 THEN pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::int8 END
      FROM pg_stat_archiver ar,
           (SELECT coalesce(array_agg(slot_name::text ORDER BY slot_name), '{}') AS names,
                   coalesce(array_agg(slot_type ORDER BY slot_name), '{}') AS types,
@@ -188,6 +201,8 @@ pub async fn read_snapshot(
         in_recovery: col(&r, 4, "pg_is_in_recovery")?,
         data_checksums: col(&r, 5, "data_checksums")?,
         database: col(&r, 6, "current_database")?,
+        system_identifier: col::<Option<i64>>(&r, 27, "system_identifier")?.map(|v| v as u64),
+        wal_lsn: lsn(col(&r, 28, "pg_current_wal_lsn")?),
     };
     if server.version_num < MIN_SERVER_VERSION {
         return Err(PollError::new(
@@ -217,6 +232,8 @@ pub async fn read_snapshot(
             receiver_status,
             replay_paused: col::<Option<bool>>(&r, 16, "pg_is_wal_replay_paused")?.unwrap_or(false),
             replay_pending_bytes: col(&r, 19, "replay pending bytes")?,
+            receive_lsn: lsn(col(&r, 29, "pg_last_wal_receive_lsn")?),
+            replay_lsn: lsn(col(&r, 30, "pg_last_wal_replay_lsn")?),
         })
     } else {
         None

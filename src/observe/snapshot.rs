@@ -41,6 +41,14 @@ pub struct ServerInfo {
     pub data_checksums: bool,
     /// The database dbwarden is connected to.
     pub database: String,
+    /// `pg_control_system().system_identifier`: the same on a primary and
+    /// its physical standbys, so it pairs them (`None` when the role may
+    /// not call the function).
+    #[serde(default)]
+    pub system_identifier: Option<u64>,
+    /// A primary's `pg_current_wal_lsn()`, in bytes; `None` in recovery.
+    #[serde(default)]
+    pub wal_lsn: Option<u64>,
 }
 
 impl ServerInfo {
@@ -219,6 +227,12 @@ pub struct RecoveryStatus {
     pub replay_delay_seconds: Option<f64>,
     /// WAL received but not yet replayed.
     pub replay_pending_bytes: Option<f64>,
+    /// `pg_last_wal_receive_lsn()`, in bytes (`None` before anything was streamed).
+    #[serde(default)]
+    pub receive_lsn: Option<u64>,
+    /// `pg_last_wal_replay_lsn()`, in bytes.
+    #[serde(default)]
+    pub replay_lsn: Option<u64>,
 }
 
 impl RecoveryStatus {

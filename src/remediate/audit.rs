@@ -148,6 +148,30 @@ pub struct AuditPod {
     /// Lag routing: the readiness gate condition set on the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<AuditCondition>,
+    /// A standby rebuilt: the stalled replay that justified the eviction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_stall: Option<AuditReplayStall>,
+}
+
+/// The figures of a stalled replay (`kubernetes::rebuild`), LSNs written
+/// as PostgreSQL writes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditReplayStall {
+    /// The replay position that did not move.
+    pub replay_lsn: String,
+    /// Since when (ms since the epoch) it did not move with WAL to replay.
+    pub unchanged_since_ms: u64,
+    pub stalled_for_ms: u64,
+    /// `primary (target <name>)` or `received WAL`.
+    pub upstream: String,
+    pub upstream_lsn_then: String,
+    pub upstream_lsn_now: String,
+    /// How far the upstream advanced over the stall.
+    pub advanced_bytes: u64,
+    /// Upstream now minus replay.
+    pub lag_bytes: u64,
+    /// The standby's replay delay, seconds.
+    pub lag_seconds: Option<f64>,
 }
 
 /// The pod condition a lag routing decision sets (`kubernetes::lag_routing`).

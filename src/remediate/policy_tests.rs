@@ -203,6 +203,8 @@ pub(crate) fn snapshot_of(sessions: Vec<Session>) -> PgSnapshot {
             in_recovery: false,
             data_checksums: true,
             database: "postgres".into(),
+            system_identifier: None,
+            wal_lsn: None,
         },
         sessions,
         standbys: Vec::new(),
