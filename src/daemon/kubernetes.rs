@@ -32,7 +32,7 @@ use crate::kubernetes::client::build_client;
 use crate::kubernetes::evict::EvictionRunner;
 use crate::kubernetes::evict::{
     EvictionAudit, EvictionBudget, EvictionCandidate, EvictionDecision, EvictionOutcome,
-    EvictionReport,
+    EvictionReport, REBUILD_POLICY_NAME,
 };
 #[cfg(feature = "kubernetes")]
 use crate::kubernetes::lag_routing::LagRoutingRunner;
@@ -234,6 +234,41 @@ pub fn target_lags(
     out
 }
 
+/// Every PostgreSQL target's latest WAL positions, for the rebuild reason:
+/// its latest successful snapshot, stamped with that poll's time, and
+/// whether its latest poll succeeded.
+pub fn wal_readings(
+    state: &SharedState,
+) -> std::collections::BTreeMap<String, crate::kubernetes::rebuild::WalReading> {
+    let mut out = std::collections::BTreeMap::new();
+    for status in state.all() {
+        if status.kind != "postgres" {
+            continue;
+        }
+        let (Some(s), Some(at)) = (&status.snapshot, status.last_success_at) else {
+            continue;
+        };
+        let at_ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        out.insert(
+            status.target.clone(),
+            crate::kubernetes::rebuild::WalReading {
+                at_ms,
+                up: status.up,
+                in_recovery: s.server.in_recovery,
+                system_id: s.server.system_identifier,
+                wal_lsn: s.server.wal_lsn,
+                receive_lsn: s.recovery.as_ref().and_then(|r| r.receive_lsn),
+                replay_lsn: s.recovery.as_ref().and_then(|r| r.replay_lsn),
+                lag_seconds: s.recovery.as_ref().and_then(|r| r.replay_delay_seconds),
+            },
+        );
+    }
+    out
+}
+
 /// The lag routing runner over the shared remediation state.
 #[cfg(feature = "kubernetes")]
 pub fn lag_routing_runner(
@@ -279,6 +314,7 @@ pub fn eviction_runner(
     rem: &Arc<Remediation>,
     metrics: Arc<Metrics>,
     elector: Option<&Arc<LeaseElector>>,
+    state: &Arc<SharedState>,
 ) -> Option<EvictionRunner> {
     let policy = settings.eviction.clone()?;
     let paused = rem.clone();
@@ -298,6 +334,10 @@ pub fn eviction_runner(
         is_actor,
         Arc::new(PodAuditLog::new(rem, metrics)),
     );
+    if policy.rebuild_after.is_some() {
+        let state = state.clone();
+        runner = runner.with_readings(Arc::new(move || wal_readings(&state)));
+    }
     // After a restart, a StatefulSet evicted within the cooldown stays cooling.
     if let Some(log) = &rem.audit {
         let since = now_ms().saturating_sub(crate::kubernetes::duration_ms(policy.cooldown));
@@ -346,6 +386,7 @@ pub fn unreachable_status(settings: &KubernetesSettings, error: &str) -> Kuberne
         last_routes: Vec::new(),
         lag_routing_held_back: Vec::new(),
         volumes_at_ms: None,
+        replay_stalled_seconds: Default::default(),
     }
 }
 
@@ -572,7 +613,9 @@ async fn run_inner(
     }
 
     let mut runner = match (&remediation, &settings.eviction) {
-        (Some(rem), Some(_)) => eviction_runner(&settings, rem, metrics.clone(), elector.as_ref()),
+        (Some(rem), Some(_)) => {
+            eviction_runner(&settings, rem, metrics.clone(), elector.as_ref(), &state)
+        }
         (None, Some(_)) => {
             // Validation requires [remediation] with an eviction policy.
             tracing::error!("the eviction policy needs [remediation]: not evicting");
@@ -638,6 +681,9 @@ async fn run_inner(
                 "audit_failed",
             ] {
                 metrics.init_action(&t.name, &policy.name, "evict", outcome, mode);
+                if policy.rebuild_after.is_some() {
+                    metrics.init_action(&t.name, REBUILD_POLICY_NAME, "evict", outcome, mode);
+                }
             }
         }
     }
@@ -668,6 +714,7 @@ async fn run_inner(
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_evictions: Vec<EvictionReport> = Vec::new();
+    let mut replay_stalled = std::collections::BTreeMap::new();
     let stale_ms = crate::kubernetes::duration_ms(settings.volume_stats_interval)
         .saturating_mul(u64::from(VOLUME_STALE_AFTER));
     let mut was_reachable = true;
@@ -725,11 +772,32 @@ async fn run_inner(
                     .iter()
                     .filter(|t| policy.applies_to(&t.name))
                 {
-                    let n = reports
-                        .iter()
-                        .filter(|x| x.candidate.target == t.name)
-                        .count();
-                    metrics.set_candidates(&t.name, &policy.name, n);
+                    let n = |p: &str| {
+                        reports
+                            .iter()
+                            .filter(|x| x.candidate.target == t.name && x.candidate.policy == p)
+                            .count()
+                    };
+                    metrics.set_candidates(&t.name, &policy.name, n(&policy.name));
+                    if policy.rebuild_after.is_some() {
+                        metrics.set_candidates(
+                            &t.name,
+                            REBUILD_POLICY_NAME,
+                            n(REBUILD_POLICY_NAME),
+                        );
+                    }
+                }
+                if policy.rebuild_after.is_some() {
+                    let tracker = r.tracker();
+                    replay_stalled = tracker
+                        .standbys()
+                        .into_iter()
+                        .filter(|t| policy.applies_to(t))
+                        .map(|t| {
+                            let ms = tracker.standing_still_ms(&t);
+                            (t, ms as f64 / 1000.0)
+                        })
+                        .collect();
                 }
             }
             for report in &reports {
@@ -803,6 +871,7 @@ async fn run_inner(
             last_routes: last_routes.clone(),
             lag_routing_held_back: held_back.clone(),
             volumes_at_ms,
+            replay_stalled_seconds: replay_stalled.clone(),
         });
     }
     tracing::debug!("Kubernetes loop stopped");

@@ -121,6 +121,9 @@ pub struct KubernetesStatus {
     pub lag_routing_held_back: Vec<crate::kubernetes::lag_routing::LagRouteChange>,
     /// When the volume usage in the snapshot was read (ms since the epoch).
     pub volumes_at_ms: Option<u64>,
+    /// With `rebuild_after`: per standby target, how long its replay has
+    /// stood still with WAL to replay (s; 0 while it moves or has nothing to replay).
+    pub replay_stalled_seconds: std::collections::BTreeMap<String, f64>,
 }
 
 /// What the latest observation of a `[backups.<name>]` location found.

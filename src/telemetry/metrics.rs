@@ -930,6 +930,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_kubernetes_pod_phase",
     "dbwarden_kubernetes_pod_ready",
     "dbwarden_kubernetes_pod_lag_routing_ok",
+    "dbwarden_kubernetes_replay_stalled_seconds",
     "dbwarden_kubernetes_pod_not_ready_since_timestamp_seconds",
     "dbwarden_kubernetes_pod_restarts_total",
     "dbwarden_kubernetes_pod_restarts_last_hour",
@@ -1606,7 +1607,16 @@ fn encode_kubernetes(
         }
         leader.push(Vec::new(), b(l.is_leader));
     }
+    let mut replay_stalled = Fam::gauge_unit(
+        "kubernetes_replay_stalled",
+        "With [kubernetes.eviction] rebuild_after: how long the standby's replay has stood still with WAL to replay (0 while it moves or has nothing to replay)",
+        Unit::Seconds,
+    );
+    for (target, secs) in &k.replay_stalled_seconds {
+        replay_stalled.push(t(target), *secs);
+    }
     for f in [
+        &replay_stalled,
         &reachable,
         &synced,
         &phase,
