@@ -268,7 +268,7 @@ impl KubernetesSettings {
             within(e.not_ready_for, s(30), DAY, &p("not_ready_for"), issues);
             within(e.cooldown, s(60), DAY, &p("cooldown"), issues);
             if let Some(r) = e.rebuild_after {
-                within(r, s(60), 7 * DAY, &p("rebuild_after"), issues);
+                within(r, s(5), 7 * DAY, &p("rebuild_after"), issues);
             }
         }
         if let Some(r) = &mut self.lag_routing {
