@@ -789,13 +789,15 @@ fn start_neo4j() -> BoltServer {
 /// through a kubeconfig, StatefulSets and volume stats on, a Lease, and the
 /// eviction policy (dry-run, like all remediation here) on the scratch
 /// primary, whose crash-looping pod has been not ready for longer than
-/// `not_ready_for`: it is recorded as would_act, never evicted.
+/// `not_ready_for`: it is recorded as would_act, never evicted. With
+/// `rebuild_after`, the scratch standby's replay is followed (and exported),
+/// never stalled: its primary is idle.
 fn kubernetes_config(kube: &KubeFake) -> String {
     kube.config_section(
         "statefulsets = true\nvolume_stats = true\nvolume_stats_interval = \"10s\"\n\
          interval = \"1s\"\n\n\
          [kubernetes.lease]\nname = \"dbwarden\"\nduration = \"15s\"\nrenew_every = \"5s\"\n\n\
-         [kubernetes.eviction]\ntargets = [\"scratch-primary\"]\nnot_ready_for = \"30s\"\n",
+         [kubernetes.eviction]\ntargets = [\"scratch-primary\"]\nnot_ready_for = \"30s\"\nrebuild_after = \"10m\"\n",
     )
 }
 
@@ -1141,6 +1143,7 @@ fn every_metric_in_rules_and_dashboards_is_really_exported() {
         "dbwarden_remediation_actions_total",
         &[
             ("target", "scratch-primary"),
+            ("policy", "kubernetes_eviction"),
             ("action", "evict"),
             ("outcome", "would_act"),
         ],

@@ -789,10 +789,11 @@ async fn run_inner(
                 }
                 if policy.rebuild_after.is_some() {
                     let tracker = r.tracker();
+                    // Every standby followed, not only the policy's targets:
+                    // the measure is the standby's, the eviction the policy's.
                     replay_stalled = tracker
                         .standbys()
                         .into_iter()
-                        .filter(|t| policy.applies_to(t))
                         .map(|t| {
                             let ms = tracker.standing_still_ms(&t);
                             (t, ms as f64 / 1000.0)
