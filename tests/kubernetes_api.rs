@@ -654,6 +654,7 @@ fn eviction_policy() -> EvictionPolicy {
         targets: vec!["pg".into()],
         not_ready_for: Duration::from_secs(600),
         cooldown: Duration::from_secs(900),
+        rebuild_after: None,
     }
 }
 
