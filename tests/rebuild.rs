@@ -326,3 +326,234 @@ async fn stalled_seconds_present(daemon: &Daemon) {
     )
     .await;
 }
+
+// ------------------------------------------------------- the runner alone
+
+mod runner {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use dbwarden::kubernetes::Credentials;
+    use dbwarden::kubernetes::evict::{
+        EvictionAudit, EvictionCandidate, EvictionDecision, EvictionOutcome, EvictionPolicy,
+        EvictionRunner, REBUILD_POLICY_NAME,
+    };
+    use dbwarden::kubernetes::rebuild::WalReading;
+    use dbwarden::kubernetes::snapshot::{KubernetesSnapshot, PodFacts, TargetWatchStatus};
+    use dbwarden::remediate::audit::Mode;
+    use dbwarden::remediate::budget::Budget;
+    use tokio_util::sync::CancellationToken;
+
+    use super::cluster;
+    use super::support::kube_fake::KubeFake;
+
+    const S: u64 = 1000;
+    const T0: u64 = 1_800_000_000_000;
+
+    /// Intents and outcomes in order, with the evictions the fake had then.
+    struct Recorder {
+        kube: Arc<KubeFake>,
+        log: Mutex<Vec<(String, usize)>>,
+    }
+
+    impl EvictionAudit for Recorder {
+        fn intent(&self, _: &EvictionCandidate) -> Result<(), String> {
+            let n = self.kube.evictions().len();
+            self.log.lock().unwrap().push(("intent".into(), n));
+            Ok(())
+        }
+        fn outcome(&self, _: &EvictionCandidate, o: &EvictionOutcome) {
+            let n = self.kube.evictions().len();
+            self.log.lock().unwrap().push((o.as_str().into(), n));
+        }
+    }
+
+    fn pod(target: &str, name: &str) -> PodFacts {
+        PodFacts {
+            target: target.into(),
+            namespace: "db".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            node: Some("node-a".into()),
+            phase: "Running".into(),
+            ready: true,
+            not_ready_since_ms: None,
+            terminating: false,
+            restart_count: 0,
+            restarts_last_hour: 0,
+            waiting_reason: None,
+            last_termination: None,
+            statefulset: Some("pg".into()),
+            pvcs: vec![],
+            created_ms: Some(0),
+            containers: vec![],
+            lag_ok: None,
+            lag_gated: false,
+        }
+    }
+
+    fn snapshot() -> KubernetesSnapshot {
+        let pods = vec![pod("primary", "pg-0"), pod("standby", "pg-1")];
+        let mut s = KubernetesSnapshot::unreachable("db", String::new(), 0);
+        s.api_reachable = true;
+        s.error = None;
+        s.targets = pods
+            .iter()
+            .map(|p| TargetWatchStatus {
+                target: p.target.clone(),
+                label_selector: format!("statefulset.kubernetes.io/pod-name={}", p.name),
+                synced: true,
+                error: None,
+            })
+            .collect();
+        s.pods = pods;
+        s
+    }
+
+    /// The primary at `primary`, the standby having received it and
+    /// replayed up to `replay`, both read at `at`.
+    fn readings(at: u64, primary: u64, replay: u64) -> BTreeMap<String, WalReading> {
+        let r = |in_recovery: bool| WalReading {
+            at_ms: at,
+            up: true,
+            in_recovery,
+            system_id: Some(42),
+            wal_lsn: (!in_recovery).then_some(primary),
+            receive_lsn: in_recovery.then_some(primary),
+            replay_lsn: in_recovery.then_some(replay),
+            lag_seconds: Some(3.0),
+        };
+        [
+            ("primary".to_string(), r(false)),
+            ("standby".to_string(), r(true)),
+        ]
+        .into()
+    }
+
+    /// Each read takes the next queued readings (the last one stays).
+    type Queue = Arc<Mutex<VecDeque<BTreeMap<String, WalReading>>>>;
+
+    fn runner(kube: &Arc<KubeFake>, mode: Mode, queue: &Queue) -> (EvictionRunner, Arc<Recorder>) {
+        let audit = Arc::new(Recorder {
+            kube: kube.clone(),
+            log: Mutex::default(),
+        });
+        let policy = EvictionPolicy {
+            targets: vec![],
+            rebuild_after: Some(Duration::from_secs(5)),
+            ..EvictionPolicy::default()
+        };
+        let q = queue.clone();
+        let runner = EvictionRunner::new(
+            policy,
+            mode,
+            Duration::ZERO,
+            Arc::new(Mutex::new(Budget::new(5, Duration::from_secs(600)))),
+            Arc::new(|| false),
+            Arc::new(|| true),
+            audit.clone(),
+        )
+        .with_readings(Arc::new(move || {
+            let mut q = q.lock().unwrap();
+            if q.len() > 1 {
+                q.pop_front().unwrap()
+            } else {
+                q.front().cloned().unwrap_or_default()
+            }
+        }));
+        (runner, audit)
+    }
+
+    async fn client(kube: &KubeFake) -> kube::Client {
+        dbwarden::kubernetes::client::build_client(
+            &Credentials::Kubeconfig {
+                path: Some(kube.kubeconfig()),
+                context: None,
+            },
+            "db",
+        )
+        .await
+        .expect("a client for the fake API server")
+    }
+
+    /// Selected on a stall, but replay moved by the moment of acting (the
+    /// freshest readings): nothing evicted, the intent followed by a
+    /// skipped outcome. Stalled again for rebuild_after: exactly pg-1 is
+    /// evicted, after its intent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stall_is_rechecked_on_the_freshest_polls() {
+        let kube = Arc::new(KubeFake::start(cluster()));
+        let client = client(&kube).await;
+        let queue: Queue = Arc::default();
+        let (mut runner, audit) = runner(&kube, Mode::Enforce, &queue);
+        let cancel = CancellationToken::new();
+        let snap = snapshot();
+        let mut round = async |batch: Vec<BTreeMap<String, WalReading>>, now: u64| {
+            *queue.lock().unwrap() = batch.into();
+            runner.run_once(&client, &snap, now, &cancel).await
+        };
+        assert!(
+            round(vec![readings(T0, 1000, 1000)], T0).await.is_empty(),
+            "caught up"
+        );
+        assert!(
+            round(vec![readings(T0 + S, 2000, 1000)], T0 + S)
+                .await
+                .is_empty(),
+            "behind since 1s"
+        );
+        // Stalled for 6s at selection; replay moved by the re-check.
+        let reports = round(
+            vec![
+                readings(T0 + 7 * S, 9000, 1000),
+                readings(T0 + 7 * S + 300, 9100, 1500),
+            ],
+            T0 + 7 * S,
+        )
+        .await;
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].candidate.policy, REBUILD_POLICY_NAME);
+        match &reports[0].decision {
+            EvictionDecision::Done(EvictionOutcome::Changed(m)) => {
+                assert!(m.contains("the stall no longer holds"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(kube.evictions().is_empty());
+        // Stalled at 1500 from 7.3s: not before 12.3s, then evicted.
+        assert!(
+            round(vec![readings(T0 + 12 * S, 12000, 1500)], T0 + 12 * S)
+                .await
+                .is_empty()
+        );
+        let reports = round(vec![readings(T0 + 13 * S, 13000, 1500)], T0 + 13 * S).await;
+        assert_eq!(
+            reports
+                .iter()
+                .map(|r| r.decision.clone())
+                .collect::<Vec<_>>(),
+            vec![EvictionDecision::Done(EvictionOutcome::Evicted)]
+        );
+        let stall = reports[0].candidate.stall.as_ref().unwrap();
+        assert_eq!((stall.replay_lsn, stall.since_ms), (1500, T0 + 7 * S + 300));
+        assert_eq!(kube.evictions(), vec!["pg-1".to_string()]);
+        assert_eq!(
+            audit.log.lock().unwrap().clone(),
+            vec![
+                ("intent".to_string(), 0),
+                ("skipped".into(), 0),
+                ("intent".into(), 0),
+                ("acted".into(), 1),
+            ],
+            "each intent before its eviction"
+        );
+        // Cooling down: not again.
+        assert!(
+            round(vec![readings(T0 + 20 * S, 20000, 1500)], T0 + 20 * S)
+                .await
+                .is_empty()
+        );
+        assert_eq!(kube.evictions().len(), 1);
+    }
+}
