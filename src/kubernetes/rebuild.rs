@@ -163,9 +163,12 @@ impl ReplayTracker {
             };
             let primary = primary_of(r, readings);
             let received = r.receive_lsn.unwrap_or(0);
+            // Both are positions in the same WAL stream: the larger counts,
+            // whichever poll came last (the primary's may be older than
+            // what the standby has received since).
             let (upstream_now, upstream) = match primary {
-                Some((p, lsn)) if lsn >= received => (lsn, format!("primary (target {p})")),
-                _ => (received, "received WAL".to_string()),
+                Some((p, lsn)) => (lsn.max(received), format!("primary (target {p})")),
+                None => (received, "received WAL".to_string()),
             };
             let ahead = upstream_now > replay;
             match self.tracks.get_mut(target) {
@@ -175,11 +178,7 @@ impl ReplayTracker {
                     t.up = r.up;
                     t.lag_seconds = r.lag_seconds;
                     t.upstream_now = upstream_now;
-                    if t.upstream != upstream {
-                        // Positions from another source are not compared.
-                        t.behind = None;
-                        t.upstream = upstream;
-                    }
+                    t.upstream = upstream;
                     if !ahead {
                         t.behind = None;
                     } else if t.behind.is_none() {
@@ -326,6 +325,22 @@ mod tests {
         );
         assert!(t.stall("s", 11 * MIN).is_none(), "not yet for 11 minutes");
         assert_eq!(t.standing_still_ms("s"), 10 * MIN);
+    }
+
+    #[test]
+    fn an_older_primary_reading_does_not_restart_the_clock() {
+        // The standby received more than the primary's last poll showed,
+        // in every other round: the larger position counts, the stall holds.
+        let t = feed(&[
+            (0, 100, 100, 100),
+            (MIN, 200, 250, 100),
+            (5 * MIN, 900, 800, 100),
+            (11 * MIN, 1400, 1500, 100),
+        ]);
+        let s = t.stall("s", 10 * MIN).expect("stalled");
+        assert_eq!(s.since_ms, MIN);
+        assert_eq!((s.upstream_lsn_then, s.upstream_lsn_now), (250, 1500));
+        assert_eq!(s.upstream, "primary (target p)");
     }
 
     #[test]
