@@ -489,22 +489,22 @@ mod runner {
         let (mut runner, audit) = runner(&kube, Mode::Enforce, &queue);
         let cancel = CancellationToken::new();
         let snap = snapshot();
-        let mut round = async |batch: Vec<BTreeMap<String, WalReading>>, now: u64| {
-            *queue.lock().unwrap() = batch.into();
-            runner.run_once(&client, &snap, now, &cancel).await
-        };
-        assert!(
-            round(vec![readings(T0, 1000, 1000)], T0).await.is_empty(),
-            "caught up"
-        );
-        assert!(
-            round(vec![readings(T0 + S, 2000, 1000)], T0 + S)
-                .await
-                .is_empty(),
-            "behind since 1s"
-        );
+        // The primary's pod pg-0 not ready: a sibling down blocks a rebuild.
+        let mut sibling_down = snapshot();
+        sibling_down.pods[0].ready = false;
+        sibling_down.pods[0].not_ready_since_ms = Some(T0);
+        let mut round =
+            async |s: &KubernetesSnapshot, batch: Vec<BTreeMap<String, WalReading>>, now: u64| {
+                *queue.lock().unwrap() = batch.into();
+                runner.run_once(&client, s, now, &cancel).await
+            };
+        let caught_up = round(&snap, vec![readings(T0, 1000, 1000)], T0).await;
+        assert!(caught_up.is_empty(), "{caught_up:?}");
+        let behind = round(&snap, vec![readings(T0 + S, 2000, 1000)], T0 + S).await;
+        assert!(behind.is_empty(), "behind since 1s: {behind:?}");
         // Stalled for 6s at selection; replay moved by the re-check.
         let reports = round(
+            &snap,
             vec![
                 readings(T0 + 7 * S, 9000, 1000),
                 readings(T0 + 7 * S + 300, 9100, 1500),
@@ -521,13 +521,19 @@ mod runner {
             other => panic!("{other:?}"),
         }
         assert!(kube.evictions().is_empty());
-        // Stalled at 1500 from 7.3s: not before 12.3s, then evicted.
-        assert!(
-            round(vec![readings(T0 + 12 * S, 12000, 1500)], T0 + 12 * S)
-                .await
-                .is_empty()
-        );
-        let reports = round(vec![readings(T0 + 13 * S, 13000, 1500)], T0 + 13 * S).await;
+        // Stalled at 1500 from 7.3s: not before 12.3s.
+        let early = round(&snap, vec![readings(T0 + 12 * S, 12000, 1500)], T0 + 12 * S).await;
+        assert!(early.is_empty(), "{early:?}");
+        // Stalled long enough, but another member of the set is not ready.
+        let blocked = round(
+            &sibling_down,
+            vec![readings(T0 + 13 * S, 13000, 1500)],
+            T0 + 13 * S,
+        )
+        .await;
+        assert!(blocked.is_empty(), "{blocked:?}");
+        assert!(kube.evictions().is_empty());
+        let reports = round(&snap, vec![readings(T0 + 13 * S, 13000, 1500)], T0 + 13 * S).await;
         assert_eq!(
             reports
                 .iter()
@@ -549,11 +555,8 @@ mod runner {
             "each intent before its eviction"
         );
         // Cooling down: not again.
-        assert!(
-            round(vec![readings(T0 + 20 * S, 20000, 1500)], T0 + 20 * S)
-                .await
-                .is_empty()
-        );
+        let again = round(&snap, vec![readings(T0 + 20 * S, 20000, 1500)], T0 + 20 * S).await;
+        assert!(again.is_empty(), "{again:?}");
         assert_eq!(kube.evictions().len(), 1);
     }
 }
