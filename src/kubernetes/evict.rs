@@ -11,7 +11,7 @@
 //!   terminating) and creates a `pods/eviction`, which the API server refuses
 //!   (429) when a PodDisruptionBudget would be violated: unlike a delete, an
 //!   eviction respects the PDB.
-//! - With `rebuild_after` set, [`select`] also takes a PostgreSQL standby
+//! - With `rebuild_after` set, [`select_with`] also takes a PostgreSQL standby
 //!   whose replay has stalled (see [`super::rebuild`]: replay not moving
 //!   while its primary advances, for at least `rebuild_after`): evicted so
 //!   that it is rebuilt. Never a primary's pod, never a target whose
