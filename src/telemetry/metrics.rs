@@ -1429,9 +1429,9 @@ impl Collector for TargetsCollector {
                 fe.encode_info(&vec![("kind", s.kind.to_string())])?;
             }
         }
-        encode_postgres(&targets, &mut encoder)?;
-        encode_neo4j(&targets, &mut encoder)?;
-        encode_probes(&targets, &mut encoder)?;
+        encode_postgres(targets, &mut encoder)?;
+        encode_neo4j(targets, &mut encoder)?;
+        encode_probes(targets, &mut encoder)?;
         Ok(())
     }
 }
