@@ -59,9 +59,12 @@ def config(port, pgports, n, interval):
     return "\n".join(out)
 
 
-def get(port, path, gz=False):
+OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def get(port, path, gz=False, accept="text/plain"):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Accept": "text/plain"}
+    headers = {"Accept": accept}
     if gz:
         headers["Accept-Encoding"] = "gzip"
     t0 = time.monotonic()
@@ -198,6 +201,7 @@ def main():
                 }
             port = runs["fleet"][1]
             plain = [get(port, "/metrics")[1] for _ in range(20)]
+            om = [get(port, "/metrics", gz=True, accept=OPENMETRICS)[1] for _ in range(20)]
             gz = [get(port, "/metrics", gz=True)[1] for _ in range(20)]
             body = get(port, "/metrics")[0]
             rows.append({
@@ -205,6 +209,7 @@ def main():
                 "per_target_kb": (res["fleet"]["rss_kb"] - res["one"]["rss_kb"]) / max(1, n - 1),
                 "scrape_ms": (1000 * statistics.median(plain), 1000 * max(plain)),
                 "scrape_gz_ms": (1000 * statistics.median(gz), 1000 * max(gz)),
+                "scrape_om_ms": (1000 * statistics.median(om), 1000 * max(om)),
                 "body_kb": len(body.encode()) / 1024,
                 "peak_slot": peak_slot, "even_slot": n / (a.interval * 10), "starts": seen,
             })
@@ -214,14 +219,15 @@ def main():
         print(f"\nOne dbwarden per fleet size beside one watching a single target, scratch PostgreSQL 15 servers "
               f"with {per} targets each at most, poll_interval {a.interval} s, {a.windows} intervals measured; "
               f"load {os.getloadavg()[0]:.1f}\n")
-        print("| targets | CPU (share of a core) | RSS MiB | RSS per target KiB | mean poll ms (fleet / one) | ratio | targets polling in the busiest 100 ms slot (even spread) | scrape ms median / max | gzip scrape ms | /metrics KiB |")
-        print("|---:|---:|---:|---:|---|---:|---|---|---|---:|")
+        print("| targets | CPU (share of a core) | RSS MiB | RSS per target KiB | mean poll ms (fleet / one) | ratio | targets polling in the busiest 100 ms slot (even spread) | scrape ms median / max | gzip scrape ms | OpenMetrics + gzip (as Prometheus asks) ms | /metrics KiB |")
+        print("|---:|---:|---:|---:|---|---:|---|---|---|---|---:|")
         for r in rows:
             f, o = r["fleet"], r["one"]
             print(f"| {r['n']} | {100 * f['cpu']:.1f}% (one: {100 * o['cpu']:.1f}%) | {f['rss_kb'] / 1024:.1f} | {r['per_target_kb']:.0f} | "
                   f"{f['poll_ms']:.2f} / {o['poll_ms']:.2f} | {f['poll_ms'] / o['poll_ms']:.2f}× | "
                   f"{r['peak_slot']} ({r['even_slot']:.1f}) | {r['scrape_ms'][0]:.1f} / {r['scrape_ms'][1]:.1f} | "
-                  f"{r['scrape_gz_ms'][0]:.1f} / {r['scrape_gz_ms'][1]:.1f} | {r['body_kb']:.0f} |")
+                  f"{r['scrape_gz_ms'][0]:.1f} / {r['scrape_gz_ms'][1]:.1f} | "
+                  f"{r['scrape_om_ms'][0]:.1f} / {r['scrape_om_ms'][1]:.1f} | {r['body_kb']:.0f} |")
     finally:
         cleanup()
 
