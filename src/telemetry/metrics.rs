@@ -2772,6 +2772,8 @@ mod tests {
                 in_recovery: false,
                 data_checksums: true,
                 database: "app".into(),
+                system_identifier: None,
+                wal_lsn: None,
             },
             sessions: vec![
                 session(10, SessionState::Idle),
