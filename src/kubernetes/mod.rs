@@ -37,6 +37,7 @@ pub mod lease;
 pub mod pods;
 pub mod selector;
 pub mod settings;
+pub mod shards;
 pub mod snapshot;
 #[cfg(feature = "kubernetes")]
 pub mod volumes;
@@ -48,6 +49,7 @@ pub use evict::EvictionPolicy;
 pub use lag_routing::LagRoutingPolicy;
 pub use lease::LeaseSettings;
 pub use settings::KubernetesSettings;
+pub use shards::ShardSettings;
 pub use snapshot::KubernetesSnapshot;
 
 /// How dbwarden authenticates to the API server.
