@@ -1969,8 +1969,16 @@ max_lag = \"5s\"
         let i = issues(&format!(
             "{plain}[kubernetes]\nnamespace = \"db\"\n[kubernetes.shards]\ngroup = \"Shards\"\nduration = \"3s\"\nrenew_every = \"2s\"\nmembers = 3\n"
         ));
-        assert_issue(&i, "kubernetes.shards.group", &["invalid shard group", "label value"]);
-        assert_issue(&i, "kubernetes.shards.renew_every", &["three times per duration"]);
+        assert_issue(
+            &i,
+            "kubernetes.shards.group",
+            &["invalid shard group", "label value"],
+        );
+        assert_issue(
+            &i,
+            "kubernetes.shards.renew_every",
+            &["three times per duration"],
+        );
         assert_issue(&i, "kubernetes.shards.members", &["unknown key"]);
         let i = load(
             &format!("{plain}[kubernetes]\nnamespace = \"db\"\n[kubernetes.shards]\nduration = \"2500ms\"\n"),
@@ -1980,7 +1988,11 @@ max_lag = \"5s\"
         let ConfigError::Invalid(i) = i else {
             panic!("{i}")
         };
-        assert_issue(&i, "kubernetes.shards", &["\"dbwarden-Pod_1\"", "$HOSTNAME"]);
+        assert_issue(
+            &i,
+            "kubernetes.shards",
+            &["\"dbwarden-Pod_1\"", "$HOSTNAME"],
+        );
         assert_issue(&i, "kubernetes.shards.duration", &["whole seconds"]);
     }
 

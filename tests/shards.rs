@@ -17,7 +17,9 @@
 //! 3. Started again, it takes back exactly its share.
 //! 4. One replica cut off from the API server (its requests hang) stops
 //!    polling within one Lease duration; the others take its targets.
-//! 5. Throughout: no target polled by two replicas for longer than one poll
+//! 5. A replica stopped with SIGTERM deletes its Lease once its targets
+//!    have stopped, and the others take them within a Lease duration.
+//! 6. Throughout: no target polled by two replicas for longer than one poll
 //!    interval, and the fake saw no request it does not serve.
 //!
 //! Needs Linux and the Debian package `postgresql-15`; about 30 s.
@@ -346,7 +348,45 @@ async fn three_replicas_share_the_targets_through_leases() {
     )
     .await;
 
-    // 5. Never two pollers for longer than an interval.
+    // 5. A replica stopped with SIGTERM deletes its Lease after its
+    //    targets stopped: the others take them without waiting for expiry.
+    let leaving = "replica-a";
+    let pid = replicas[leaving].pid().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let termed = Instant::now();
+    wait_until(
+        SETTLE,
+        "replica-a to exit and delete its Lease",
+        async || {
+            let gone = !replicas.get_mut(leaving).unwrap().is_running();
+            let lease = kube
+                .leases()
+                .iter()
+                .any(|l| l["metadata"]["name"] == "dbwarden-replica-a");
+            if gone && !lease {
+                Ok(())
+            } else {
+                Err(format!("running {}, Lease {lease}", !gone))
+            }
+        },
+    )
+    .await;
+    let remaining = procs(&replicas);
+    wait_for(
+        &mut conn,
+        &remaining,
+        &expected(&["replica-b", "replica-c"]),
+        LEASE,
+        "the others taking the targets of the replica that left",
+    )
+    .await;
+    let handed = termed.elapsed();
+
+    // 6. Never two pollers for longer than an interval.
     let (longest, db) = monitor.finish().await;
     assert!(
         longest <= INTERVAL,
@@ -355,6 +395,7 @@ async fn three_replicas_share_the_targets_through_leases() {
     assert!(kube.unexpected().is_empty(), "{:?}", kube.unexpected());
     eprintln!(
         "killed replica's targets re-polled after {took:?}; cut-off replica stopped after \
-         {stopped:?}; longest double poll {longest:?} ({db})"
+         {stopped:?}; a replica leaving on SIGTERM handed over in {handed:?}; longest double \
+         poll {longest:?} ({db})"
     );
 }

@@ -48,6 +48,8 @@ struct Member {
     /// Until when this replica may act: its last successful renewal's
     /// sending time plus `duration - renew_every`.
     act_until: Option<Instant>,
+    /// The targets no live member claimed at the last reading (logged on change).
+    unowned: Vec<String>,
 }
 
 /// Why a round stopped early.
@@ -121,9 +123,18 @@ impl Member {
         let (members, _) = self.call(self.leases.members(now_ms())).await?;
         let report = shards::report(&members, &targets);
         self.metrics
-            .record_shards(report.members, &report.claimed, report.unowned);
+            .record_shards(report.members, &report.claimed, report.unowned.len());
+        if report.unowned != self.unowned {
+            if !report.unowned.is_empty() {
+                tracing::warn!(targets = ?report.unowned, "targets owned by no live member of the shard group");
+            }
+            self.unowned = report.unowned;
+        }
         self.assign(shards::decide(&me, &view, &members, &targets))
-            .await
+            .await?;
+        // Within this round's time bound: a slow delete only delays the next.
+        let _ = tokio::time::timeout(self.leases.settings().renew_every, self.leases.sweep()).await;
+        Ok(())
     }
 
     /// Stops every target: this replica may no longer act.
@@ -157,6 +168,7 @@ pub async fn run(
         metrics,
         acting: BTreeSet::new(),
         act_until: None,
+        unowned: Vec::new(),
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -28,7 +28,12 @@
 //!   ignores its claims, it has stopped acting.
 //! - The PostgreSQL advisory lock stays the last guard against two actors.
 //!
-//! RBAC: leases get, list, create, update in the namespace.
+//! A replica leaves by deleting its Lease once its targets have stopped; the
+//! Lease of a replica that died (a pod name that will not come back) is
+//! deleted by any member once it has been expired for [`SWEEP_AFTER`] Lease
+//! durations.
+//!
+//! RBAC: leases get, list, create, update, delete in the namespace.
 
 #[cfg(feature = "kubernetes")]
 use std::collections::BTreeMap;
@@ -43,6 +48,9 @@ pub const GROUP_LABEL: &str = "dbwarden.io/shard-group";
 /// The annotation holding a member's view: the members it acts under,
 /// comma-separated.
 pub const VIEW_ANNOTATION: &str = "dbwarden.io/shard-view";
+
+/// A member's Lease expired for this many Lease durations is deleted.
+pub const SWEEP_AFTER: u64 = 10;
 
 /// `[kubernetes.shards]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -201,7 +209,7 @@ pub struct GroupReport {
     /// Targets claimed by each live member (by its published view).
     pub claimed: Vec<(String, usize)>,
     /// Configured targets no live member claims.
-    pub unowned: usize,
+    pub unowned: Vec<String>,
 }
 
 /// The report over what was read: claims of live members only.
@@ -217,7 +225,8 @@ pub fn report(members: &[Member], targets: &[String]) -> GroupReport {
     let unowned = targets
         .iter()
         .filter(|t| !live.iter().any(|m| m.claims(t)))
-        .count();
+        .cloned()
+        .collect();
     GroupReport {
         members: live.len(),
         claimed,
@@ -235,7 +244,7 @@ mod api {
     use std::sync::Mutex;
 
     use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-    use kube::api::{ListParams, PostParams};
+    use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
     use kube::{Api, Client};
 
     use super::super::lease::{Sightings, expired, micro, micro_ms};
@@ -248,6 +257,8 @@ mod api {
         api: Api<Lease>,
         settings: ShardSettings,
         sightings: Mutex<Sightings>,
+        /// Leases of the group long expired (name, resourceVersion), as last read.
+        stale: Mutex<Vec<(String, String)>>,
     }
 
     impl ShardLeases {
@@ -256,6 +267,7 @@ mod api {
                 api: Api::namespaced(client, namespace),
                 settings,
                 sightings: Mutex::default(),
+                stale: Mutex::default(),
             }
         }
 
@@ -280,6 +292,7 @@ mod api {
                 .await?;
             let mut sightings = self.sightings.lock().unwrap_or_else(|e| e.into_inner());
             let mut members = Vec::new();
+            let mut stale = Vec::new();
             let mut own = None;
             let mut names = BTreeSet::new();
             let me = self.settings.lease_name();
@@ -289,10 +302,7 @@ mod api {
                 if name == me {
                     own = Some(lease.clone());
                 }
-                let Some(spec) = &lease.spec else { continue };
-                let Some(holder) = spec.holder_identity.clone().filter(|h| !h.is_empty()) else {
-                    continue;
-                };
+                let spec = lease.spec.clone().unwrap_or_default();
                 let rv = lease.metadata.resource_version.clone().unwrap_or_default();
                 let since = sightings.since(&name, &rv, now_ms);
                 let lease_ms = spec
@@ -300,6 +310,14 @@ mod api {
                     .map(|s| u64::from(s.max(0).unsigned_abs()) * 1000)
                     .unwrap_or_else(|| duration_ms(self.settings.duration));
                 let renewed = spec.renew_time.as_ref().and_then(micro_ms);
+                if name != me
+                    && expired(renewed, lease_ms.saturating_mul(SWEEP_AFTER), since, now_ms)
+                {
+                    stale.push((name.clone(), rv.clone()));
+                }
+                let Some(holder) = spec.holder_identity.clone().filter(|h| !h.is_empty()) else {
+                    continue;
+                };
                 let view = parse_view(
                     lease
                         .metadata
@@ -315,6 +333,7 @@ mod api {
                 });
             }
             sightings.retain(&names);
+            *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
             Ok((members, own))
         }
 
@@ -370,24 +389,41 @@ mod api {
         }
 
         /// Leaves the group at once (on shutdown, after every target
-        /// stopped): clears our Lease's holder, so the others take our
-        /// targets without waiting for it to expire. Best effort.
+        /// stopped): deletes our Lease, so the others take our targets
+        /// without waiting for it to expire. Best effort.
         pub async fn release(&self) -> Result<(), KubeError> {
             let name = self.settings.lease_name();
-            let Some(mut lease) = self.api.get_opt(&name).await? else {
-                return Ok(());
-            };
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.holder_identity = None;
+            match self.api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
             }
-            if let Some(a) = lease.metadata.annotations.as_mut() {
-                a.remove(VIEW_ANNOTATION);
-            }
-            self.api
-                .replace(&name, &PostParams::default(), &lease)
-                .await?;
-            tracing::info!(lease = %name, "left the shard group (released our Lease)");
+            tracing::info!(lease = %name, "left the shard group (deleted our Lease)");
             Ok(())
+        }
+
+        /// Deletes the Leases of members long gone (expired for
+        /// [`SWEEP_AFTER`] durations at the last reading), each only at the
+        /// version read. Best effort: another member may be doing the same.
+        pub async fn sweep(&self) {
+            let stale = std::mem::take(&mut *self.stale.lock().unwrap_or_else(|e| e.into_inner()));
+            for (name, rv) in stale {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        resource_version: Some(rv),
+                        uid: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match self.api.delete(&name, &params).await {
+                    Ok(_) => {
+                        tracing::info!(lease = %name, "deleted the Lease of a member long gone")
+                    }
+                    Err(e) => {
+                        tracing::debug!(lease = %name, error = %e, "could not delete a stale Lease")
+                    }
+                }
+            }
         }
     }
 }
@@ -438,7 +474,7 @@ mod tests {
         assert_eq!(seen.len(), targets.len());
         let r = report(&all, &targets);
         assert_eq!(r.members, 3);
-        assert_eq!(r.unowned, 0);
+        assert!(r.unowned.is_empty());
         assert_eq!(r.claimed.iter().map(|(_, n)| n).sum::<usize>(), 12);
     }
 

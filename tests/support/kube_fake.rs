@@ -21,7 +21,9 @@
 //! - `coordination.k8s.io/v1` Leases: GET (404 while absent), POST (409 when
 //!   present), PUT (409 unless the `resourceVersion` sent is the current one),
 //!   each Lease with its own version; LIST of the namespace's Leases whose
-//!   labels match `labelSelector` (the shard group's members).
+//!   labels match `labelSelector` (the shard group's members); DELETE (404
+//!   while absent, 409 when a `preconditions.resourceVersion` is not the
+//!   current one).
 //! - Clients by name: [`KubeFake::kubeconfig_for`] gives a client its own
 //!   token, and [`KubeFake::cut_off`] makes the API server unreachable for
 //!   that client alone (its requests hang, as behind a partition, until
@@ -952,6 +954,29 @@ async fn route(
                     s.version += 1;
                     lease["metadata"]["resourceVersion"] = json!(s.version.to_string());
                     s.lease = Some(lease.clone());
+                    json_response(StatusCode::OK, &lease)
+                }
+                Method::DELETE => {
+                    let Some(lease) = s.lease.clone() else {
+                        return status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            &format!("leases.coordination.k8s.io \"{name}\" not found"),
+                        );
+                    };
+                    let want = body.as_ref().and_then(|b| {
+                        b["preconditions"]["resourceVersion"]
+                            .as_str()
+                            .map(String::from)
+                    });
+                    if want.is_some_and(|w| w != s.version.to_string()) {
+                        return status(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            "Precondition failed: the object has been modified",
+                        );
+                    }
+                    s.lease = None;
                     json_response(StatusCode::OK, &lease)
                 }
                 _ => unexpected(fake, method, path),
