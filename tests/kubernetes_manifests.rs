@@ -1682,7 +1682,11 @@ fn rendered_rbac_appears_only_with_its_component() {
         let has = |res: &str| g.keys().any(|(_, x)| x == res);
         let leases = r.has("eviction") || r.has("shards");
         for (res, component, with) in [
-            ("pods", "kubernetes-observation", r.has("kubernetes-observation")),
+            (
+                "pods",
+                "kubernetes-observation",
+                r.has("kubernetes-observation"),
+            ),
             ("pods/eviction", "eviction", r.has("eviction")),
             ("leases", "eviction or shards", leases),
             ("nodes/proxy", "volume-stats", r.has("volume-stats")),

@@ -275,6 +275,10 @@ struct ShardGauges {
     unowned: Family<Vec<(String, String)>, Gauge>,
 }
 
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl ShardGauges {
     fn register(registry: &mut Registry) -> Self {
         ShardGauges {
@@ -2556,8 +2560,4 @@ mod tests {
                 .contains("dbwarden_up{target=\"main\"} 0")
         );
     }
-}
-
-fn gauge_value(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
