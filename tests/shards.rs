@@ -22,6 +22,9 @@
 //! 6. Throughout: no target polled by two replicas for longer than one poll
 //!    interval, and the fake saw no request it does not serve.
 //!
+//! 7. Two processes given one identity: one acts, the other says so and
+//!    polls nothing.
+//!
 //! Needs Linux and the Debian package `postgresql-15`; about 30 s.
 
 mod support;
@@ -51,20 +54,33 @@ fn target_names() -> Vec<String> {
 }
 
 fn config(pg: &ScratchCluster, kube: &KubeFake, replica: &str, dir: &Path) -> String {
+    config_as(pg, kube, replica, replica, dir, TARGETS)
+}
+
+/// The configuration of process `process` with shard identity `identity`
+/// (`remediation.instance`) and the first `targets` targets.
+fn config_as(
+    pg: &ScratchCluster,
+    kube: &KubeFake,
+    identity: &str,
+    process: &str,
+    dir: &Path,
+    targets: usize,
+) -> String {
     let mut toml = format!(
-        "[remediation]\nmode = \"observe\"\ninstance = \"{replica}\"\naudit_file = \"{}\"\nstate_dir = \"{}\"\n\n",
-        dir.join(format!("audit-{replica}.jsonl")).display(),
-        dir.join(format!("state-{replica}")).display(),
+        "[remediation]\nmode = \"observe\"\ninstance = \"{identity}\"\naudit_file = \"{}\"\nstate_dir = \"{}\"\n\n",
+        dir.join(format!("audit-{process}.jsonl")).display(),
+        dir.join(format!("state-{process}")).display(),
     );
     toml.push_str(&kube.config_section_for(
-        replica,
+        process,
         &format!(
             "\n[kubernetes.shards]\ngroup = \"dbwarden\"\nduration = \"{}s\"\nrenew_every = \"{}ms\"\n",
             LEASE.as_secs(),
             RENEW.as_millis()
         ),
     ));
-    for name in target_names() {
+    for name in target_names().into_iter().take(targets) {
         toml.push_str(&format!(
             "\n[postgres.{name}]\nurl = \"{}\"\nsslmode = \"disable\"\npoll_interval = \"1s\"\n\
              poll_timeout = \"1s\"\nstatement_timeout = \"500ms\"\nconnect_timeout = \"1s\"\n\
@@ -397,5 +413,71 @@ async fn three_replicas_share_the_targets_through_leases() {
         "killed replica's targets re-polled after {took:?}; cut-off replica stopped after \
          {stopped:?}; a replica leaving on SIGTERM handed over in {handed:?}; longest double \
          poll {longest:?} ({db})"
+    );
+}
+
+/// Two processes given one identity (a shared `remediation.instance`): the
+/// one that wrote the Lease last acts, the other notices the foreign writes
+/// to its Lease, says so, and polls nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_identity_never_both_act() {
+    support::init_logging();
+    const N: usize = 4;
+    let pg = support::primary();
+    for t in target_names().into_iter().take(N) {
+        psql(&pg, &format!("CREATE DATABASE {t}"));
+    }
+    let kube = KubeFake::start(FakeCluster {
+        namespace: "db".into(),
+        pods: Vec::new(),
+        statefulsets: Vec::new(),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut conn = support::connect(&pg, "shard-test").await;
+    let monitor = Monitor::start(&pg).await;
+    let mut twins = BTreeMap::new();
+    for p in ["twin-1", "twin-2"] {
+        let toml = config_as(&pg, &kube, "twin", p, dir.path(), N);
+        twins.insert(p, DaemonProcess::spawn(p, dir.path(), &toml).await);
+    }
+    let all = procs(&twins);
+    let active = wait_until(
+        SETTLE,
+        "one of the twins polling every target",
+        async || {
+            let got = pollers(&mut conn, &all).await?;
+            let who: BTreeSet<&String> = got.values().flatten().collect();
+            let each_once = got.len() == N && got.values().all(|w| w.len() == 1);
+            let warned: Vec<&str> = twins
+                .iter()
+                .filter(|(_, p)| {
+                    p.log().contains(
+                        "another dbwarden process runs with this replica's shard identity",
+                    )
+                })
+                .map(|(n, _)| *n)
+                .collect();
+            match (each_once, who.len(), warned.as_slice()) {
+                (true, 1, [passive]) if !who.contains(&passive.to_string()) => {
+                    Ok(who.into_iter().next().unwrap().clone())
+                }
+                _ => Err(format!("polled by {got:?}, warned: {warned:?}")),
+            }
+        },
+    )
+    .await;
+    // It stays that way for a few Lease durations.
+    let until = Instant::now() + 2 * LEASE;
+    while Instant::now() < until {
+        let got = pollers(&mut conn, &all).await.unwrap();
+        for (t, w) in &got {
+            assert_eq!(w, &BTreeSet::from([active.clone()]), "{t}: {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (longest, db) = monitor.finish().await;
+    assert!(
+        longest <= INTERVAL,
+        "{db} was polled by both twins for {longest:?}"
     );
 }

@@ -50,6 +50,8 @@ struct Member {
     act_until: Option<Instant>,
     /// The targets no live member claimed at the last reading (logged on change).
     unowned: Vec<String>,
+    /// Another process with our identity was seen (logged once).
+    twin_seen: bool,
 }
 
 /// Why a round stopped early.
@@ -109,7 +111,11 @@ impl Member {
     async fn round(&mut self) -> Result<(), RoundError> {
         let me = self.leases.identity().to_string();
         let targets = self.configured.borrow().clone();
-        let (members, own) = self.call(self.leases.members(now_ms())).await?;
+        let reading = self.call(self.leases.members(now_ms())).await?;
+        if self.twin(&reading).await? {
+            return Ok(());
+        }
+        let (members, own) = (reading.members, reading.own);
         let view = shards::view(&me, &members);
         let keep: BTreeSet<String> = self
             .acting
@@ -120,7 +126,11 @@ impl Member {
         let sent = Instant::now();
         self.call(self.leases.renew(now_ms(), &view, own)).await?;
         self.act_until = Some(sent + self.leases.settings().act_for());
-        let (members, _) = self.call(self.leases.members(now_ms())).await?;
+        let reading = self.call(self.leases.members(now_ms())).await?;
+        if self.twin(&reading).await? {
+            return Ok(());
+        }
+        let members = reading.members;
         let report = shards::report(&members, &targets);
         self.metrics
             .record_shards(report.members, &report.claimed, report.unowned.len());
@@ -135,6 +145,26 @@ impl Member {
         // Within this round's time bound: a slow delete only delays the next.
         let _ = tokio::time::timeout(self.leases.settings().renew_every, self.leases.sweep()).await;
         Ok(())
+    }
+
+    /// Whether another process runs with our identity (it wrote our Lease
+    /// since we did): then we stop every target and stay out, and say so
+    /// once.
+    async fn twin(&mut self, reading: &shards::Reading) -> Result<bool, RoundError> {
+        let Some(other) = &reading.twin else {
+            self.twin_seen = false;
+            return Ok(false);
+        };
+        if !self.twin_seen {
+            tracing::error!(
+                identity = self.leases.identity(),
+                other_process = %other,
+                "another dbwarden process runs with this replica's shard identity (remediation.instance or $HOSTNAME must be unique per replica): not acting while it holds the Lease"
+            );
+            self.twin_seen = true;
+        }
+        self.assign(BTreeSet::new()).await?;
+        Ok(true)
     }
 
     /// Stops every target: this replica may no longer act.
@@ -169,6 +199,7 @@ pub async fn run(
         acting: BTreeSet::new(),
         act_until: None,
         unowned: Vec::new(),
+        twin_seen: false,
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

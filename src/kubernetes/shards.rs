@@ -26,6 +26,10 @@
 //!   Lease could expire, counted from the moment it sent its last
 //!   successful renewal; so by the time another member sees it expired and
 //!   ignores its claims, it has stopped acting.
+//! - Two processes given one identity would share one Lease: each marks its
+//!   writes ([`PROCESS_ANNOTATION`]), and one that finds its live Lease
+//!   written by another since its own last write acts on nothing until that
+//!   Lease expires.
 //! - The PostgreSQL advisory lock stays the last guard against two actors.
 //!
 //! A replica leaves by deleting its Lease once its targets have stopped; the
@@ -48,6 +52,10 @@ pub const GROUP_LABEL: &str = "dbwarden.io/shard-group";
 /// The annotation holding a member's view: the members it acts under,
 /// comma-separated.
 pub const VIEW_ANNOTATION: &str = "dbwarden.io/shard-view";
+
+/// The annotation naming the process that last wrote a member's Lease, so
+/// that two processes given one identity notice each other.
+pub const PROCESS_ANNOTATION: &str = "dbwarden.io/shard-process";
 
 /// A member's Lease expired for this many Lease durations is deleted.
 pub const SWEEP_AFTER: u64 = 10;
@@ -237,7 +245,7 @@ pub fn report(members: &[Member], targets: &[String]) -> GroupReport {
 // ------------------------------------------------------------ the API side
 
 #[cfg(feature = "kubernetes")]
-pub use api::ShardLeases;
+pub use api::{Reading, ShardLeases};
 
 #[cfg(feature = "kubernetes")]
 mod api {
@@ -259,6 +267,21 @@ mod api {
         sightings: Mutex<Sightings>,
         /// Leases of the group long expired (name, resourceVersion), as last read.
         stale: Mutex<Vec<(String, String)>>,
+        /// This process, among any others given the same identity.
+        process: String,
+        /// The `resourceVersion` of our Lease as we last wrote it.
+        written: Mutex<Option<String>>,
+    }
+
+    /// The group as one reading found it.
+    #[derive(Debug)]
+    pub struct Reading {
+        pub members: Vec<Member>,
+        /// Our Lease, to renew it.
+        pub own: Option<Lease>,
+        /// Another process wrote our live Lease since we did: it was given
+        /// our identity. We must not act (see [`ShardLeases::members`]).
+        pub twin: Option<String>,
     }
 
     impl ShardLeases {
@@ -268,6 +291,8 @@ mod api {
                 settings,
                 sightings: Mutex::default(),
                 stale: Mutex::default(),
+                process: format!("{}-{}", std::process::id(), super::super::now_ms()),
+                written: Mutex::default(),
             }
         }
 
@@ -280,12 +305,12 @@ mod api {
         }
 
         /// Reads the group's Leases: every member but an empty holder
-        /// (released), with its liveness judged at `now_ms`. Also returns
-        /// our own Lease as read, to renew it.
-        pub async fn members(
-            &self,
-            now_ms: u64,
-        ) -> Result<(Vec<Member>, Option<Lease>), KubeError> {
+        /// (released), with its liveness judged at `now_ms`, and our own
+        /// Lease. When another process has written our live Lease since we
+        /// last did, it runs with our identity (a misconfiguration): the
+        /// reading says so, and we stay out until that Lease expires, so
+        /// that the last writer alone acts.
+        pub async fn members(&self, now_ms: u64) -> Result<Reading, KubeError> {
             let list = self
                 .api
                 .list(&ListParams::default().labels(&self.settings.selector()))
@@ -334,7 +359,26 @@ mod api {
             }
             sightings.retain(&names);
             *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
-            Ok((members, own))
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            let mine_live = members
+                .iter()
+                .any(|m| m.identity == self.identity() && m.live);
+            if !mine_live {
+                // Expired or gone: whoever wrote it last is not acting.
+                *written = None;
+            }
+            let twin = own.as_ref().and_then(|l| {
+                let rv = l.metadata.resource_version.as_deref();
+                let by = l
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(PROCESS_ANNOTATION))
+                    .cloned()
+                    .unwrap_or_default();
+                (written.is_some() && rv != written.as_deref() && by != self.process).then_some(by)
+            });
+            Ok(Reading { members, own, twin })
         }
 
         fn lease(&self, now_ms: u64, view: &[String], base: Option<Lease>) -> Lease {
@@ -344,9 +388,9 @@ mod api {
             meta.labels
                 .get_or_insert_with(BTreeMap::new)
                 .insert(GROUP_LABEL.to_string(), self.settings.group.clone());
-            meta.annotations
-                .get_or_insert_with(BTreeMap::new)
-                .insert(VIEW_ANNOTATION.to_string(), view_text(view));
+            let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+            annotations.insert(VIEW_ANNOTATION.to_string(), view_text(view));
+            annotations.insert(PROCESS_ANNOTATION.to_string(), self.process.clone());
             let old = lease.spec.take().unwrap_or_default();
             let ours = old.holder_identity.as_deref() == Some(self.identity());
             lease.spec = Some(LeaseSpec {
@@ -372,28 +416,47 @@ mod api {
             own: Option<Lease>,
         ) -> Result<(), KubeError> {
             let name = self.settings.lease_name();
-            match own {
+            let written = match own {
                 None => {
                     let lease = self.lease(now_ms, view, None);
-                    self.api.create(&PostParams::default(), &lease).await?;
+                    let created = self.api.create(&PostParams::default(), &lease).await?;
                     tracing::info!(lease = %name, "joined the shard group (created our Lease)");
+                    created
                 }
                 Some(own) => {
                     let lease = self.lease(now_ms, view, Some(own));
                     self.api
                         .replace(&name, &PostParams::default(), &lease)
-                        .await?;
+                        .await?
                 }
-            }
+            };
+            *self.written.lock().unwrap_or_else(|e| e.into_inner()) =
+                written.metadata.resource_version;
             Ok(())
         }
 
         /// Leaves the group at once (on shutdown, after every target
         /// stopped): deletes our Lease, so the others take our targets
-        /// without waiting for it to expire. Best effort.
+        /// without waiting for it to expire; only as we last wrote it (not
+        /// a twin's). Best effort.
         pub async fn release(&self) -> Result<(), KubeError> {
             let name = self.settings.lease_name();
-            match self.api.delete(&name, &DeleteParams::default()).await {
+            let Some(rv) = self
+                .written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            else {
+                return Ok(());
+            };
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: Some(rv),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(&name, &params).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
