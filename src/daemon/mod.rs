@@ -265,12 +265,14 @@ pub async fn run_with(
     token.cancel();
     tracker.close();
     let grace = daemon.config.server.shutdown_grace;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+    if !drained {
         tracing::warn!(grace = %humantime::format_duration(grace), "tasks did not stop within the grace period; exiting anyway");
     }
-    // Every target has stopped: the others may take them at once.
+    // Every target has stopped: the others may take them at once. (If some
+    // did not, the Lease is left to expire, after the process is gone.)
     #[cfg(feature = "kubernetes")]
-    if let Some(leases) = shard_leases {
+    if let Some(leases) = shard_leases.filter(|_| drained) {
         match tokio::time::timeout(STOP_GRACE, leases.release()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -442,8 +444,20 @@ impl Running {
     /// it gives away stop (and their series go) before this returns, as a
     /// reload removing them does; those it takes start.
     async fn assign(&mut self, targets: BTreeSet<String>) {
-        let running: Vec<String> = self.targets.keys().cloned().collect();
-        for name in running.iter().filter(|n| !targets.contains(*n)) {
+        let leaving: Vec<String> = self
+            .targets
+            .keys()
+            .filter(|n| !targets.contains(*n))
+            .cloned()
+            .collect();
+        // All at once, then wait for each: a handover of many targets takes
+        // as long as the slowest, not the sum.
+        for name in &leaving {
+            if let Some(t) = self.targets.get(name) {
+                t.cancel.cancel();
+            }
+        }
+        for name in &leaving {
             self.stop_target(name).await;
             self.state.remove_target(name);
             self.metrics.forget_target(name);
