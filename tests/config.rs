@@ -1948,6 +1948,54 @@ max_lag = \"5s\"
         );
     }
 
+    /// `[kubernetes.shards]`: no `pods` needed, the identity names the
+    /// Lease, and every mistake at its key.
+    #[test]
+    fn shards_take_their_identity_and_refuse_bad_values() {
+        let plain = "[postgres.main]\nurl = \"postgres://app@db:5432/app\"\n";
+        let c = load(
+            &format!("{plain}[kubernetes]\nnamespace = \"db\"\n[kubernetes.shards]\n"),
+            &[("HOSTNAME", "dbwarden-1")],
+        )
+        .unwrap();
+        let s = c.kubernetes.unwrap().shards.unwrap();
+        assert_eq!(s.identity, "dbwarden-1");
+        assert_eq!(s.lease_name(), "dbwarden-dbwarden-1");
+        assert_eq!(s.selector(), "dbwarden.io/shard-group=dbwarden");
+        assert_eq!(
+            (s.duration, s.renew_every),
+            (Duration::from_secs(15), Duration::from_secs(5))
+        );
+        let i = issues(&format!(
+            "{plain}[kubernetes]\nnamespace = \"db\"\n[kubernetes.shards]\ngroup = \"Shards\"\nduration = \"3s\"\nrenew_every = \"2s\"\nmembers = 3\n"
+        ));
+        assert_issue(
+            &i,
+            "kubernetes.shards.group",
+            &["invalid shard group", "label value"],
+        );
+        assert_issue(
+            &i,
+            "kubernetes.shards.renew_every",
+            &["three times per duration"],
+        );
+        assert_issue(&i, "kubernetes.shards.members", &["unknown key"]);
+        let i = load(
+            &format!("{plain}[kubernetes]\nnamespace = \"db\"\n[kubernetes.shards]\nduration = \"2500ms\"\n"),
+            &[("HOSTNAME", "Pod_1")],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(i) = i else {
+            panic!("{i}")
+        };
+        assert_issue(
+            &i,
+            "kubernetes.shards",
+            &["\"dbwarden-Pod_1\"", "$HOSTNAME"],
+        );
+        assert_issue(&i, "kubernetes.shards.duration", &["whole seconds"]);
+    }
+
     #[test]
     fn pods_without_a_section_and_a_section_without_pods_are_errors() {
         let i = issues(

@@ -372,7 +372,8 @@ fn every_alert_has_tests_a_runbook_section_and_the_conventions() {
         // Alerts about dbwarden's own process (its configuration) name the
         // instance; every other alert is about a target, names it and shows
         // the value.
-        if body.contains("expr: dbwarden_config_") {
+        // Per-instance alerts (configuration, shards) name the instance.
+        if body.contains("expr: dbwarden_config_") || body.contains("expr: dbwarden_shard_") {
             assert!(
                 body.contains("$labels.instance"),
                 "{a}: description must name the instance"
@@ -786,7 +787,8 @@ fn start_neo4j() -> BoltServer {
 }
 
 /// The Kubernetes part of the daemon's configuration: the fake API server
-/// through a kubeconfig, StatefulSets and volume stats on, a Lease, and the
+/// through a kubeconfig, StatefulSets and volume stats on, a Lease, a shard
+/// group of one (so the `dbwarden_shard_*` families are exported), and the
 /// eviction policy (dry-run, like all remediation here) on the scratch
 /// primary, whose crash-looping pod has been not ready for longer than
 /// `not_ready_for`: it is recorded as would_act, never evicted. With
@@ -797,7 +799,16 @@ fn kubernetes_config(kube: &KubeFake) -> String {
         "statefulsets = true\nvolume_stats = true\nvolume_stats_interval = \"10s\"\n\
          interval = \"1s\"\n\n\
          [kubernetes.lease]\nname = \"dbwarden\"\nduration = \"15s\"\nrenew_every = \"5s\"\n\n\
-         [kubernetes.eviction]\ntargets = [\"scratch-primary\"]\nnot_ready_for = \"30s\"\nrebuild_after = \"10m\"\n",
+         [kubernetes.shards]
+duration = \"15s\"
+renew_every = \"5s\"
+
+\
+         [kubernetes.eviction]
+targets = [\"scratch-primary\"]
+not_ready_for = \"30s\"
+rebuild_after = \"10m\"
+",
     )
 }
 

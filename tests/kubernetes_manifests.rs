@@ -898,6 +898,14 @@ fn renders() -> &'static [Render] {
             &k8s_dir().join("overlays/example"),
             component_names().into_iter().collect(),
         )?);
+        out.push(render(
+            "overlays/sharded",
+            &k8s_dir().join("overlays/sharded"),
+            ["shards", "prometheus-operator"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        )?);
         Ok(out)
     });
     match result {
@@ -947,7 +955,7 @@ fn every_manifest_parses_into_its_typed_object() {
         .filter(|(_, d)| matches!(d.obj, Obj::Kustomization | Obj::Component))
         .map(|(f, _)| rel(f.parent().unwrap()))
         .collect();
-    let mut expected: BTreeSet<String> = ["base", "overlays/example"]
+    let mut expected: BTreeSet<String> = ["base", "overlays/example", "overlays/sharded"]
         .iter()
         .map(|d| format!("deploy/kubernetes/{d}"))
         .collect();
@@ -960,6 +968,7 @@ fn every_manifest_parses_into_its_typed_object() {
         "lag-routing",
         "volume-stats",
         "tls",
+        "shards",
     ] {
         expected.insert(format!("deploy/kubernetes/components/{c}"));
     }
@@ -1166,6 +1175,14 @@ fn rbac_is_least_privilege_and_opt_in() {
             grant_set(&[("", "nodes/proxy", &["get"])]),
         ),
         (
+            "components/shards",
+            grant_set(&[(
+                "coordination.k8s.io",
+                "leases",
+                &["get", "list", "create", "update", "delete"],
+            )]),
+        ),
+        (
             "components/lag-routing",
             grant_set(&[("", "pods/status", &["patch"]), ("", "services", &["get"])]),
         ),
@@ -1182,14 +1199,15 @@ fn rbac_is_least_privilege_and_opt_in() {
     }
     for dir in roles.keys() {
         if !expected.iter().any(|(d, _)| d == dir) {
-            errors.push(format!("{dir}: RBAC outside the four RBAC components"));
+            errors.push(format!("{dir}: RBAC outside the five RBAC components"));
         }
     }
     // Eviction, leases and nodes appear nowhere else.
     for (dir, list) in &roles {
         for (origin, rules) in list {
             for ((_, res), _) in grants(rules) {
-                let eviction = res == "pods/eviction" || res == "leases";
+                let eviction =
+                    res == "pods/eviction" || (res == "leases" && dir != "components/shards");
                 let routing = res == "pods/status" || res == "services";
                 if routing && dir != "components/lag-routing" {
                     errors.push(format!("{origin}: {res} outside components/lag-routing"));
@@ -1274,7 +1292,7 @@ fn collect_ext(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
 fn kubectl_kustomize_renders_the_base_every_component_and_the_example() {
     let r = renders();
     let names: Vec<&str> = r.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names.len(), component_names().len() + 2, "{names:?}");
+    assert_eq!(names.len(), component_names().len() + 3, "{names:?}");
     for r in r {
         assert!(!r.docs.is_empty(), "{}: renders nothing", r.name);
         // What each render must (not) contain.
@@ -1450,8 +1468,10 @@ fn rendered_pods_are_hardened_probed_and_bounded() {
         if !labels_match(spec.selector.match_labels.as_ref(), &labels) {
             err("the Deployment's selector does not match its pod labels".into());
         }
-        if spec.replicas != Some(1) {
-            err(format!("replicas {:?}: 1 by default", spec.replicas));
+        // One replica by default; the sharded variant runs three.
+        let replicas = if r.name == "overlays/sharded" { 3 } else { 1 };
+        if spec.replicas != Some(replicas) {
+            err(format!("replicas {:?}: {replicas}", spec.replicas));
         }
         // The pod.
         match &pod.security_context {
@@ -1660,20 +1680,24 @@ fn rendered_rbac_appears_only_with_its_component() {
         rule_problems(&r.name, &rules, &mut errors);
         let g = grants(&rules);
         let has = |res: &str| g.keys().any(|(_, x)| x == res);
-        for (res, component) in [
-            ("pods", "kubernetes-observation"),
-            ("pods/eviction", "eviction"),
-            ("leases", "eviction"),
-            ("nodes/proxy", "volume-stats"),
-            ("pods/status", "lag-routing"),
-            ("services", "lag-routing"),
+        let leases = r.has("eviction") || r.has("shards");
+        for (res, component, with) in [
+            (
+                "pods",
+                "kubernetes-observation",
+                r.has("kubernetes-observation"),
+            ),
+            ("pods/eviction", "eviction", r.has("eviction")),
+            ("leases", "eviction or shards", leases),
+            ("nodes/proxy", "volume-stats", r.has("volume-stats")),
+            ("pods/status", "lag-routing", r.has("lag-routing")),
+            ("services", "lag-routing", r.has("lag-routing")),
         ] {
-            if has(res) != r.has(component) {
+            if has(res) != with {
                 errors.push(format!(
-                    "{}: {res} granted: {}, component {component} included: {}",
+                    "{}: {res} granted: {}, component {component} included: {with}",
                     r.name,
                     has(res),
-                    r.has(component)
                 ));
             }
         }
@@ -1899,10 +1923,10 @@ fn rendered_services_monitors_policies_and_budgets_select_the_pods() {
             }
         }
         let api = egress.contains(&("443".into(), "TCP".into()));
-        if api != r.has("kubernetes-observation") {
+        let calls_api = r.has("kubernetes-observation") || r.has("shards");
+        if api != calls_api {
             err(format!(
-                "egress to the API server: {api}, with kubernetes-observation: {}",
-                r.has("kubernetes-observation")
+                "egress to the API server: {api}, with kubernetes-observation or shards: {calls_api}"
             ));
         }
     }
@@ -2142,15 +2166,26 @@ fn load_config(r: &Render, root: &Path) -> Result<Loaded, String> {
                     format!("fake-{}", e.name)
                 }
             }
+            // The downward API: the pod's namespace.
+            (None, Some(from))
+                if from
+                    .field_ref
+                    .as_ref()
+                    .is_some_and(|f| f.field_path == "metadata.namespace") =>
+            {
+                "dbwarden-test".to_string()
+            }
             (None, Some(_)) => format!("fake-{}", e.name),
             (None, None) => String::new(),
         };
         env.push((e.name.clone(), value));
     }
     let config = Config::from_toml_with_env(&text, env).map_err(|e| e.to_string())?;
-    // [remediation] is compared apart: the component adds it.
+    // [remediation] is compared apart: the component adds it; so is
+    // [kubernetes], which the shards component adds.
     let mut value = serde_json::to_value(&config).unwrap();
     value.as_object_mut().unwrap().remove("remediation");
+    value.as_object_mut().unwrap().remove("kubernetes");
     // So is the web configuration: the tls component adds it.
     value["server"]
         .as_object_mut()
@@ -2218,6 +2253,16 @@ fn the_rendered_config_loads_as_the_pod_would_load_it() {
             (rem, with) => err(format!(
                 "remediation configured: {}, component included: {with}",
                 rem.is_some()
+            )),
+        }
+        // The shards component: [kubernetes.shards] in the pod's namespace,
+        // the pod's name as the identity.
+        let shards = cfg.kubernetes.as_ref().and_then(|k| k.shards.as_ref());
+        match (shards, r.has("shards")) {
+            (None, false) => {}
+            (Some(s), true) if s.identity == FAKE_HOSTNAME => {}
+            (s, with) => err(format!(
+                "shards {s:?} with the shards component included: {with}"
             )),
         }
         // The tls component: TLS and basic auth from the web configuration.

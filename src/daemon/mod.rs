@@ -17,9 +17,10 @@ pub mod poller;
 pub mod reload;
 pub mod remediation;
 pub mod schedule;
+pub mod shards;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -116,6 +117,8 @@ pub async fn run_with(
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let local = listener.local_addr()?;
 
+    // With shards, a target is known here only once this replica takes it.
+    let sharded = config.kubernetes.as_ref().and_then(|k| k.shards.clone());
     let state = Arc::new(SharedState::new(
         config
             .postgres
@@ -126,7 +129,8 @@ pub async fn run_with(
                     .neo4j
                     .iter()
                     .map(|t| (t.target.name.as_str(), "neo4j")),
-            ),
+            )
+            .filter(|_| sharded.is_none()),
     ));
     let metrics = Arc::new(Metrics::new(state.clone()));
     let tracker = TaskTracker::new();
@@ -149,7 +153,9 @@ pub async fn run_with(
     }
     // Without the `kubernetes` feature, validation refuses `[kubernetes]`.
     #[cfg(feature = "kubernetes")]
-    if let Some(k) = config.kubernetes.clone() {
+    if let Some(k) = config.kubernetes.clone()
+        && !k.targets.is_empty()
+    {
         start_kubernetes(
             k,
             state.clone(),
@@ -175,8 +181,23 @@ pub async fn run_with(
         targets: BTreeMap::new(),
         backups: BTreeMap::new(),
         log: options.log,
+        owned: sharded.as_ref().map(|_| BTreeSet::new()),
+        configured: None,
         config,
     };
+    let (assignments, mut assigned) = mpsc::channel::<shards::Assignment>(1);
+    #[cfg(feature = "kubernetes")]
+    let shard_leases = match (&sharded, daemon.config.kubernetes.clone()) {
+        (Some(s), Some(k)) => Some(
+            daemon
+                .start_shards(s.clone(), &k, assignments)
+                .await
+                .context("cannot join the shard group")?,
+        ),
+        _ => None,
+    };
+    #[cfg(not(feature = "kubernetes"))]
+    drop(assignments);
     daemon.start_targets();
     let locations: Vec<String> = daemon
         .config
@@ -226,6 +247,10 @@ pub async fn run_with(
                 tracing::error!("a component failed: shutting down");
                 break;
             }
+            Some(assignment) = assigned.recv() => {
+                daemon.assign(assignment.targets).await;
+                let _ = assignment.done.send(());
+            }
             Some(request) = reload_requests.recv() => {
                 let result = match &options.source {
                     Some(source) => daemon.reload(source, request.by).await,
@@ -240,8 +265,21 @@ pub async fn run_with(
     token.cancel();
     tracker.close();
     let grace = daemon.config.server.shutdown_grace;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+    if !drained {
         tracing::warn!(grace = %humantime::format_duration(grace), "tasks did not stop within the grace period; exiting anyway");
+    }
+    // Every target has stopped: the others may take them at once. (If some
+    // did not, the Lease is left to expire, after the process is gone.)
+    #[cfg(feature = "kubernetes")]
+    if let Some(leases) = shard_leases.filter(|_| drained) {
+        match tokio::time::timeout(STOP_GRACE, leases.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot release the shard Lease; it expires on its own")
+            }
+            Err(_) => tracing::warn!("releasing the shard Lease timed out; it expires on its own"),
+        }
     }
     tracing::info!("dbwarden stopped");
     Ok(())
@@ -324,6 +362,10 @@ struct Running {
     /// Each backup location's loop: its token and task.
     backups: BTreeMap<String, (CancellationToken, JoinHandle<()>)>,
     log: Option<LogLevel>,
+    /// With shards: the targets this replica may act on (`None`: all).
+    owned: Option<BTreeSet<String>>,
+    /// With shards: tells the member loop the configured targets.
+    configured: Option<watch_channel::Sender<Vec<String>>>,
 }
 
 /// One target's tasks: its poll loop and, where a policy applies, its
@@ -351,7 +393,85 @@ impl Running {
     fn start_targets(&mut self) {
         let names: Vec<String> = self.target_names();
         for name in names {
-            self.start_target(&name);
+            if self.owns(&name) {
+                self.start_target(&name);
+            }
+        }
+    }
+
+    /// Whether this replica watches target `name` (always, without shards).
+    fn owns(&self, name: &str) -> bool {
+        self.owned.as_ref().is_none_or(|o| o.contains(name))
+    }
+
+    /// Joins the shard group: spawns the member loop, which assigns this
+    /// replica its targets through `assignments`.
+    #[cfg(feature = "kubernetes")]
+    async fn start_shards(
+        &mut self,
+        settings: crate::kubernetes::ShardSettings,
+        k: &crate::kubernetes::KubernetesSettings,
+        assignments: mpsc::Sender<shards::Assignment>,
+    ) -> anyhow::Result<Arc<crate::kubernetes::shards::ShardLeases>> {
+        let client = crate::kubernetes::client::build_client(&k.credentials(), &k.namespace)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        tracing::info!(
+            group = %settings.group,
+            identity = %settings.identity,
+            lease = %settings.lease_name(),
+            duration = %humantime::format_duration(settings.duration),
+            "sharding the targets across replicas"
+        );
+        let leases = Arc::new(crate::kubernetes::shards::ShardLeases::new(
+            client,
+            &k.namespace,
+            settings,
+        ));
+        let (configured, names) = watch_channel::channel(self.target_names());
+        self.configured = Some(configured);
+        self.tracker.spawn(shards::run(
+            leases.clone(),
+            names,
+            assignments,
+            self.metrics.clone(),
+            self.token.child_token(),
+        ));
+        Ok(leases)
+    }
+
+    /// With shards: makes `targets` the ones this replica watches. Those
+    /// it gives away stop (and their series go) before this returns, as a
+    /// reload removing them does; those it takes start.
+    async fn assign(&mut self, targets: BTreeSet<String>) {
+        let leaving: Vec<String> = self
+            .targets
+            .keys()
+            .filter(|n| !targets.contains(*n))
+            .cloned()
+            .collect();
+        // All at once, then wait for each: a handover of many targets takes
+        // as long as the slowest, not the sum.
+        for name in &leaving {
+            if let Some(t) = self.targets.get(name) {
+                t.cancel.cancel();
+            }
+        }
+        for name in &leaving {
+            self.stop_target(name).await;
+            self.state.remove_target(name);
+            self.metrics.forget_target(name);
+            tracing::info!(
+                target = name.as_str(),
+                "target handed over: stopped watching it"
+            );
+        }
+        self.owned = Some(targets.clone());
+        for name in &targets {
+            if !self.targets.contains_key(name) && self.target_names().contains(name) {
+                self.start_target(name);
+                tracing::info!(target = name.as_str(), "target taken over: watching it");
+            }
         }
     }
 
@@ -598,7 +718,12 @@ impl Running {
             self.metrics.forget_target(name);
         }
         for name in plan.added.iter().chain(&plan.reconnected) {
-            self.start_target(name);
+            if self.owns(name) {
+                self.start_target(name);
+            }
+        }
+        if let Some(c) = &self.configured {
+            c.send_replace(self.target_names());
         }
         for name in &plan.updated {
             self.update_target(name);

@@ -101,15 +101,47 @@ pub struct LeaseElector {
     state: Mutex<State>,
 }
 
+/// Whether a Lease has expired at `now_ms`: renewed (`renew_ms`) more
+/// than `lease_ms` ago *and* unchanged on our own clock for as long
+/// (`since_ms`: when we first saw its current version), as client-go judges
+/// it, so that a reader whose clock runs ahead never sees a live Lease
+/// expired. Shared by the eviction elector and the shard members.
+pub fn expired(renew_ms: Option<u64>, lease_ms: u64, since_ms: u64, now_ms: u64) -> bool {
+    renew_ms.is_none_or(|t| t.saturating_add(lease_ms) <= now_ms)
+        && since_ms.saturating_add(lease_ms) <= now_ms
+}
+
+/// When we first saw each Lease's current `resourceVersion`, on our clock.
+#[derive(Debug, Default)]
+pub struct Sightings(std::collections::BTreeMap<String, (String, u64)>);
+
+impl Sightings {
+    /// When Lease `name` was first seen at version `rv` (now, if new).
+    pub fn since(&mut self, name: &str, rv: &str, now_ms: u64) -> u64 {
+        match self.0.get(name) {
+            Some((seen, since)) if seen == rv => *since,
+            _ => {
+                self.0.insert(name.to_string(), (rv.to_string(), now_ms));
+                now_ms
+            }
+        }
+    }
+
+    /// Forgets the Leases not in `names` (deleted).
+    pub fn retain(&mut self, names: &std::collections::BTreeSet<String>) {
+        self.0.retain(|k, _| names.contains(k));
+    }
+}
+
 #[cfg(feature = "kubernetes")]
-fn micro(ms: u64) -> Option<MicroTime> {
+pub(crate) fn micro(ms: u64) -> Option<MicroTime> {
     k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).ok()?)
         .ok()
         .map(MicroTime)
 }
 
 #[cfg(feature = "kubernetes")]
-fn micro_ms(t: &MicroTime) -> Option<u64> {
+pub(crate) fn micro_ms(t: &MicroTime) -> Option<u64> {
     u64::try_from(t.0.as_millisecond()).ok()
 }
 
@@ -244,12 +276,12 @@ impl LeaseElector {
             .map(|s| u64::from(s.max(0).unsigned_abs()) * 1000)
             .unwrap_or_else(|| duration_ms(self.settings.duration));
         let ours = holder.as_deref() == Some(self.settings.holder_identity.as_str());
-        let expired = spec
-            .renew_time
-            .as_ref()
-            .and_then(micro_ms)
-            .is_none_or(|t| t.saturating_add(lease_ms) <= now_ms)
-            && since_ms.saturating_add(lease_ms) <= now_ms;
+        let expired = expired(
+            spec.renew_time.as_ref().and_then(micro_ms),
+            lease_ms,
+            since_ms,
+            now_ms,
+        );
         if !ours && holder.is_some() && !expired {
             let mut s = self.state();
             s.holder = holder.clone();

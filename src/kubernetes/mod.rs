@@ -40,6 +40,7 @@ pub mod pods;
 pub mod rebuild;
 pub mod selector;
 pub mod settings;
+pub mod shards;
 pub mod snapshot;
 #[cfg(feature = "kubernetes")]
 pub mod volumes;
@@ -51,6 +52,7 @@ pub use evict::EvictionPolicy;
 pub use lag_routing::LagRoutingPolicy;
 pub use lease::LeaseSettings;
 pub use settings::KubernetesSettings;
+pub use shards::ShardSettings;
 pub use snapshot::KubernetesSnapshot;
 
 /// How dbwarden authenticates to the API server.

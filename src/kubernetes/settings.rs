@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::checks::KubeThresholds;
 use super::selector::LabelSelector;
-use super::{Credentials, EvictionPolicy, KubernetesTarget, LagRoutingPolicy, LeaseSettings};
+use super::{
+    Credentials, EvictionPolicy, KubernetesTarget, LagRoutingPolicy, LeaseSettings, ShardSettings,
+};
 use crate::settings::{Context, Issues, duration, join, q, ratio, within};
 
 /// The name of the eviction policy in audit records and metrics.
@@ -71,6 +73,9 @@ pub struct KubernetesSettings {
     /// The opt-in lag routing policy (a readiness gate condition that takes
     /// a lagging standby's pod out of its Service); `None` never routes.
     pub lag_routing: Option<LagRoutingPolicy>,
+    /// Shards across replicas: each replica's own Lease is its membership
+    /// and it watches only its share of the targets; `None`: every target.
+    pub shards: Option<ShardSettings>,
     /// The targets that name their pods (their `pods` selectors).
     #[serde(skip)]
     pub targets: Vec<KubernetesTarget>,
@@ -93,6 +98,7 @@ impl Default for KubernetesSettings {
             lease: None,
             eviction: None,
             lag_routing: None,
+            shards: None,
             targets: Vec::new(),
         }
     }
@@ -178,10 +184,10 @@ impl KubernetesSettings {
                 ),
             );
         }
-        if self.targets.is_empty() && issues.len() == before {
+        if self.targets.is_empty() && self.shards.is_none() && issues.len() == before {
             issues.push(
                 "kubernetes",
-                "no target names its pods: add e.g. pods = \"app=postgres\" to a [postgres.<name>] or [neo4j.<name>] table",
+                "no target names its pods: add e.g. pods = \"app=postgres\" to a [postgres.<name>] or [neo4j.<name>] table, or shard the targets with [kubernetes.shards]",
             );
         }
         let s = Duration::from_secs;
@@ -207,7 +213,7 @@ impl KubernetesSettings {
             })
             .unwrap_or_else(|| crate::remediate::settings::DEFAULT_INSTANCE.to_string());
         if let Some(l) = &mut self.lease {
-            l.holder_identity = holder;
+            l.holder_identity = holder.clone();
             let p = |k: &str| join(&key("lease"), k);
             if !dns_subdomain(&l.name) {
                 issues.push(
@@ -245,6 +251,10 @@ impl KubernetesSettings {
                     ),
                 );
             }
+        }
+        if let Some(sh) = &mut self.shards {
+            sh.identity = holder.clone();
+            validate_shards(sh, &key("shards"), issues);
         }
         if let Some(e) = &mut self.eviction {
             e.name = EVICTION_POLICY_NAME.to_string();
@@ -298,6 +308,65 @@ impl KubernetesSettings {
                 }
             }
         }
+    }
+}
+
+/// `[kubernetes.shards]`: the group names Leases and a label value, the
+/// identity completes a Lease name, and the member must renew well within
+/// the duration.
+fn validate_shards(sh: &ShardSettings, path: &str, issues: &mut Issues) {
+    let p = |k: &str| join(path, k);
+    let s = Duration::from_secs;
+    let label_value = (1..=63).contains(&sh.group.len())
+        && sh
+            .group
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !sh.group.starts_with('-')
+        && !sh.group.ends_with('-');
+    if !label_value {
+        issues.push(
+            p("group"),
+            format!(
+                "invalid shard group {:?}: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit (it is a label value and the prefix of each replica's Lease name)",
+                sh.group
+            ),
+        );
+    } else if !dns_subdomain(&sh.lease_name()) {
+        issues.push(
+            path.to_string(),
+            format!(
+                "this replica's Lease name {:?} (group, '-', identity) is not a valid name: the identity comes from remediation.instance or $HOSTNAME and must be lowercase letters, digits, '-' and '.'",
+                sh.lease_name()
+            ),
+        );
+    }
+    within(sh.duration, s(2), s(600), &p("duration"), issues);
+    if sh.duration.subsec_nanos() != 0 {
+        issues.push(
+            p("duration"),
+            format!(
+                "{}: a Lease lasts whole seconds (leaseDurationSeconds)",
+                q(sh.duration)
+            ),
+        );
+    }
+    within(
+        sh.renew_every,
+        Duration::from_millis(200),
+        s(300),
+        &p("renew_every"),
+        issues,
+    );
+    if sh.renew_every * 3 > sh.duration {
+        issues.push(
+            p("renew_every"),
+            format!(
+                "{} is too long for a duration of {}: renew at least three times per duration (a replica stops acting one renewal before its Lease could expire)",
+                q(sh.renew_every),
+                q(sh.duration)
+            ),
+        );
     }
 }
 

@@ -264,6 +264,46 @@ struct ErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    member: String,
+}
+
+/// The shard group as this replica last read it (`[kubernetes.shards]`);
+/// no series without sharding.
+#[derive(Debug)]
+struct ShardGauges {
+    members: Family<Vec<(String, String)>, Gauge>,
+    targets: Family<MemberLabels, Gauge>,
+    unowned: Family<Vec<(String, String)>, Gauge>,
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl ShardGauges {
+    fn register(registry: &mut Registry) -> Self {
+        ShardGauges {
+            members: add(
+                registry,
+                "shard_members",
+                "Live members of the shard group (unexpired Leases with its label), as this replica last read them",
+            ),
+            targets: add(
+                registry,
+                "shard_targets",
+                "Targets each live member of the shard group claims (by its published view), as this replica last read them",
+            ),
+            unowned: add(
+                registry,
+                "shard_unowned_targets",
+                "Configured targets that no live member of the shard group claims, as this replica last read them",
+            ),
+        }
+    }
+}
+
 /// The live instruments, and the registry that renders everything.
 #[derive(Debug)]
 pub struct Metrics {
@@ -290,6 +330,7 @@ pub struct Metrics {
     reload_success_time: Gauge<f64, AtomicU64>,
     reloads: Family<ResultLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
+    shards: ShardGauges,
     /// The decision and candidate series created so far, so that those of
     /// a target or a policy a reload removed can be removed too.
     created: Mutex<(HashSet<ActionLabels>, HashSet<PolicyLabels>)>,
@@ -433,6 +474,7 @@ impl Metrics {
         for reason in HTTP_REJECTION_REASONS {
             let _ = rejections.get_or_create(&ReasonLabels { reason });
         }
+        let shards = ShardGauges::register(&mut registry);
         let metrics = Metrics {
             registry,
             polls,
@@ -456,6 +498,7 @@ impl Metrics {
             reload_success_time,
             reloads,
             rejections,
+            shards,
             created: Mutex::default(),
             generation: AtomicU64::new(0),
             state,
@@ -595,6 +638,27 @@ impl Metrics {
 
     /// Records a configuration reload: applied, or refused (invalid, or a
     /// change that needs a restart).
+    /// The shard group as last read: live members, the targets each
+    /// claims, and the configured targets nobody claims.
+    pub fn record_shards(&self, members: usize, claimed: &[(String, usize)], unowned: usize) {
+        self.touch();
+        let g = &self.shards;
+        g.members
+            .get_or_create(&Vec::new())
+            .set(gauge_value(members));
+        g.unowned
+            .get_or_create(&Vec::new())
+            .set(gauge_value(unowned));
+        g.targets.clear();
+        for (member, n) in claimed {
+            g.targets
+                .get_or_create(&MemberLabels {
+                    member: member.clone(),
+                })
+                .set(gauge_value(*n));
+        }
+    }
+
     pub fn record_reload(&self, applied: bool) {
         self.touch();
         let result = if applied { "success" } else { "failure" };
@@ -1107,6 +1171,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_kubernetes_volume_free_ratio",
     "dbwarden_kubernetes_lease_holder",
     "dbwarden_kubernetes_lease_leader",
+    "dbwarden_shard_members",
+    "dbwarden_shard_targets",
+    "dbwarden_shard_unowned_targets",
     "dbwarden_backup_observations_total",
     "dbwarden_backup_up",
     "dbwarden_backup_error",

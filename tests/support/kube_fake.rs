@@ -19,7 +19,15 @@
 //! - `GET /api/v1/nodes/{node}/proxy/stats/summary`: the kubelet stats
 //!   summary of the pods on that node, with each claim's usage.
 //! - `coordination.k8s.io/v1` Leases: GET (404 while absent), POST (409 when
-//!   present), PUT (409 unless the `resourceVersion` sent is the current one).
+//!   present), PUT (409 unless the `resourceVersion` sent is the current one),
+//!   each Lease with its own version; LIST of the namespace's Leases whose
+//!   labels match `labelSelector` (the shard group's members); DELETE (404
+//!   while absent, 409 when a `preconditions.resourceVersion` is not the
+//!   current one).
+//! - Clients by name: [`KubeFake::kubeconfig_for`] gives a client its own
+//!   token, and [`KubeFake::cut_off`] makes the API server unreachable for
+//!   that client alone (its requests hang, as behind a partition, until
+//!   [`KubeFake::restore`]).
 //! - Lag routing: `GET /api/v1/namespaces/{ns}/services/{name}` for the
 //!   Services added with [`KubeFake::add_service`], and
 //!   `PATCH .../pods/{name}/status` with a JSON patch
@@ -306,6 +314,8 @@ struct Inner {
     unexpected: Mutex<Vec<String>>,
     evictions: Mutex<Vec<String>>,
     leases: Mutex<BTreeMap<String, LeaseStore>>,
+    /// Clients (by their kubeconfig's name) the API server is unreachable for.
+    cut: Mutex<std::collections::BTreeSet<String>>,
     stop: CancellationToken,
 }
 
@@ -342,6 +352,7 @@ impl KubeFake {
             unexpected: Mutex::default(),
             evictions: Mutex::default(),
             leases: Mutex::default(),
+            cut: Mutex::default(),
             stop: CancellationToken::new(),
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
@@ -378,9 +389,51 @@ impl KubeFake {
     }
 
     fn kubeconfig_text(&self) -> String {
+        self.kubeconfig_text_with(TOKEN)
+    }
+
+    /// A kubeconfig like [`KubeFake::kubeconfig`] whose token names the
+    /// client `name`, so that [`KubeFake::cut_off`] can single it out.
+    pub fn kubeconfig_for(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        std::fs::write(&path, self.kubeconfig_text_with(&format!("{TOKEN}.{name}")))
+            .expect("write the kubeconfig");
+        path
+    }
+
+    /// A `[kubernetes]` section like [`KubeFake::config_section`] for the
+    /// client `name` ([`KubeFake::kubeconfig_for`]).
+    pub fn config_section_for(&self, name: &str, extra: &str) -> String {
+        format!(
+            "[kubernetes]\ncredentials = \"kubeconfig\"\nkubeconfig = {}\nnamespace = {:?}\n{extra}\n",
+            toml_path(&self.kubeconfig_for(name)),
+            self.inner.cluster.namespace
+        )
+    }
+
+    /// Makes the API server unreachable for client `name`: its requests
+    /// hang (no answer, no error) until [`KubeFake::restore`].
+    pub fn cut_off(&self, name: &str) {
+        lock(&self.inner.cut).insert(name.to_string());
+    }
+
+    /// Makes the API server reachable again for client `name`.
+    pub fn restore(&self, name: &str) {
+        lock(&self.inner.cut).remove(name);
+    }
+
+    /// Every Lease now: name, holder, labels and annotations.
+    pub fn leases(&self) -> Vec<Value> {
+        lock(&self.inner.leases)
+            .values()
+            .filter_map(|s| s.lease.clone())
+            .collect()
+    }
+
+    fn kubeconfig_text_with(&self, token: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-             users:\n- name: dbwarden\n  user:\n    token: {TOKEN}\n\
+             users:\n- name: dbwarden\n  user:\n    token: {token}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: dbwarden\n    namespace: {}\n\
              current-context: fake\n",
             self.url, self.inner.cluster.namespace
@@ -643,11 +696,27 @@ async fn handle(State(fake): State<Arc<Inner>>, req: Request) -> Response {
         .unwrap_or("")
         .to_string();
     let query = parse_query(req.uri().query());
-    let authorized = req
+    let bearer = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {TOKEN}"));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    let client = bearer
+        .strip_prefix(TOKEN)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .map(String::from);
+    let authorized = bearer == TOKEN || client.is_some();
+    // A partition for this client: no answer until restored (or the fake stops).
+    if let Some(c) = &client {
+        while lock(&fake.cut).contains(c) {
+            tokio::select! {
+                _ = fake.stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
@@ -813,6 +882,25 @@ async fn route(
                 &json!({"node": {"nodeName": node}, "pods": pods}),
             )
         }
+        (Method::GET, p) if p == leases => {
+            let selector = query.get("labelSelector").map(String::as_str).unwrap_or("");
+            let store = lock(&fake.leases);
+            let mut items = Vec::new();
+            for lease in store.values().filter_map(|s| s.lease.as_ref()) {
+                let labels: BTreeMap<String, String> =
+                    serde_json::from_value(lease["metadata"]["labels"].clone()).unwrap_or_default();
+                match selector_matches(selector, &labels) {
+                    Ok(true) => items.push(lease.clone()),
+                    Ok(false) => {}
+                    Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+                }
+            }
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList",
+                        "metadata": {"resourceVersion": LIST_VERSION}, "items": items}),
+            )
+        }
         (m, p) if p == leases && m == Method::POST => {
             let Some(mut lease) = body else {
                 return status(StatusCode::BAD_REQUEST, "BadRequest", "no body");
@@ -866,6 +954,29 @@ async fn route(
                     s.version += 1;
                     lease["metadata"]["resourceVersion"] = json!(s.version.to_string());
                     s.lease = Some(lease.clone());
+                    json_response(StatusCode::OK, &lease)
+                }
+                Method::DELETE => {
+                    let Some(lease) = s.lease.clone() else {
+                        return status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            &format!("leases.coordination.k8s.io \"{name}\" not found"),
+                        );
+                    };
+                    let want = body.as_ref().and_then(|b| {
+                        b["preconditions"]["resourceVersion"]
+                            .as_str()
+                            .map(String::from)
+                    });
+                    if want.is_some_and(|w| w != s.version.to_string()) {
+                        return status(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            "Precondition failed: the object has been modified",
+                        );
+                    }
+                    s.lease = None;
                     json_response(StatusCode::OK, &lease)
                 }
                 _ => unexpected(fake, method, path),
