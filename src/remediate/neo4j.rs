@@ -250,20 +250,20 @@ impl Kind for Neo4j {
     }
 
     fn select(
-        &self,
+        &mut self,
         policies: &[Neo4jPolicy],
         snapshot: &Neo4jSnapshot,
         gates: Gates<'_>,
     ) -> Selection<Neo4jCandidate> {
         let (evaluations, chosen) =
             neo4j_policy::select(policies, &self.target.name, snapshot, gates);
-        Selection {
-            candidates: evaluations
+        Selection::of(
+            evaluations
                 .into_iter()
                 .map(|e| (e.policy, e.candidates.len()))
                 .collect(),
             chosen,
-        }
+        )
     }
 
     fn key(c: &Neo4jCandidate) -> (String, String) {

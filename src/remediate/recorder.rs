@@ -44,4 +44,20 @@ pub trait Recorder: Send + Sync {
     /// An audit record could not be written. When it was an intent,
     /// nothing was sent.
     fn audit_error(&self);
+
+    /// How many FAILED indexes of a Neo4j target the index rebuild leaves
+    /// alone in the latest cycle, for one reason (`neo4j_index_policy::Held`).
+    fn set_index_rebuild_held(&self, _target: &str, _reason: &str, _n: usize) {}
+
+    /// A rebuild of `index` started at `started_at` (seconds since the
+    /// epoch) and is not ONLINE yet; `None`: it is over (ONLINE, FAILED
+    /// again, or the rebuild stopped being followed), and the series goes.
+    fn set_index_rebuild(
+        &self,
+        _target: &str,
+        _database: &str,
+        _index: &str,
+        _started_at: Option<f64>,
+    ) {
+    }
 }

@@ -180,7 +180,7 @@ impl Kind for Fake {
     }
 
     /// Every item whose policy applies, in snapshot order.
-    fn select(&self, policies: &[Policy], items: &Items, gates: Gates<'_>) -> Selection<Item> {
+    fn select(&mut self, policies: &[Policy], items: &Items, gates: Gates<'_>) -> Selection<Item> {
         let chosen: Vec<Item> = items
             .iter()
             .filter_map(|&(id, name)| {
@@ -204,7 +204,7 @@ impl Kind for Fake {
             s.selects += 1;
             s.gates.push(gates);
         });
-        Selection { candidates, chosen }
+        Selection::of(candidates, chosen)
     }
 
     fn key(c: &Item) -> u32 {
@@ -259,6 +259,7 @@ impl Kind for Fake {
             outcome,
             session: None,
             transaction: None,
+            index: None,
             pod: None,
         }
     }

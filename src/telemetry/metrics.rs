@@ -256,6 +256,19 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabels {
+    target: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IndexLabels {
+    target: String,
+    database: String,
+    index: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     target: String,
     kind: &'static str,
@@ -287,6 +300,10 @@ pub struct Metrics {
     reload_success_time: Gauge<f64, AtomicU64>,
     reloads: Family<ResultLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
+    index_rebuild_held: Family<HeldLabels, Gauge>,
+    index_rebuild_started: Family<IndexLabels, Gauge<f64, AtomicU64>>,
+    /// The rebuilds exported, so that a target's can be removed with it.
+    index_rebuilds: Mutex<HashSet<IndexLabels>>,
     /// The decision and candidate series created so far, so that those of
     /// a target or a policy a reload removed can be removed too.
     created: Mutex<(HashSet<ActionLabels>, HashSet<PolicyLabels>)>,
@@ -426,6 +443,18 @@ impl Metrics {
         for reason in HTTP_REJECTION_REASONS {
             let _ = rejections.get_or_create(&ReasonLabels { reason });
         }
+        let index_rebuild_held: Family<HeldLabels, Gauge> = add(
+            &mut registry,
+            "neo4j_index_rebuild_held",
+            "FAILED Neo4j indexes the index rebuild leaves alone in the latest cycle, by reason (too_recent, constraint, unsupported_version, no_definition, one_at_a_time)",
+        );
+        let index_rebuild_started = Family::<IndexLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "neo4j_index_rebuild_started_timestamp",
+            "When the rebuild of a Neo4j index that is not ONLINE yet started (present only while it is followed)",
+            Unit::Seconds,
+            index_rebuild_started.clone(),
+        );
         registry.register_collector(Box::new(StateCollector {
             state: state.clone(),
         }));
@@ -452,6 +481,9 @@ impl Metrics {
             reload_success_time,
             reloads,
             rejections,
+            index_rebuild_held,
+            index_rebuild_started,
+            index_rebuilds: Mutex::default(),
             created: Mutex::default(),
             generation: AtomicU64::new(0),
             state,
@@ -508,6 +540,22 @@ impl Metrics {
             });
         }
         self.forget_series(|t, _| t == target);
+        for reason in crate::remediate::neo4j_index_policy::Held::ALL {
+            self.index_rebuild_held.remove(&HeldLabels {
+                target: target.to_string(),
+                reason: reason.as_str().to_string(),
+            });
+        }
+        self.index_rebuilds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| {
+                let keep = l.target != target;
+                if !keep {
+                    self.index_rebuild_started.remove(l);
+                }
+                keep
+            });
     }
 
     /// Removes the decision and candidate series of a policy a reload
@@ -697,6 +745,45 @@ impl Metrics {
 /// Remediation's events, as the metrics above (remediation records through
 /// this trait and does not know these metrics exist).
 impl Recorder for Metrics {
+    fn set_index_rebuild_held(&self, target: &str, reason: &str, n: usize) {
+        self.touch();
+        self.index_rebuild_held
+            .get_or_create(&HeldLabels {
+                target: target.to_string(),
+                reason: reason.to_string(),
+            })
+            .set(n as i64);
+    }
+
+    fn set_index_rebuild(
+        &self,
+        target: &str,
+        database: &str,
+        index: &str,
+        started_at: Option<f64>,
+    ) {
+        self.touch();
+        let l = IndexLabels {
+            target: target.to_string(),
+            database: database.to_string(),
+            index: index.to_string(),
+        };
+        let mut exported = self
+            .index_rebuilds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match started_at {
+            Some(at) => {
+                self.index_rebuild_started.get_or_create(&l).set(at);
+                exported.insert(l);
+            }
+            None => {
+                self.index_rebuild_started.remove(&l);
+                exported.remove(&l);
+            }
+        }
+    }
+
     fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
         self.touch();
         let l = ActionLabels {
@@ -906,6 +993,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_neo4j_longest_transaction_seconds",
     "dbwarden_neo4j_slow_transactions",
     "dbwarden_neo4j_indexes",
+    "dbwarden_neo4j_index_population_percent",
+    "dbwarden_neo4j_index_rebuild_held",
+    "dbwarden_neo4j_index_rebuild_started_timestamp_seconds",
     "dbwarden_neo4j_nodes",
     "dbwarden_neo4j_relationships",
     "dbwarden_neo4j_database_as_requested",
@@ -1633,6 +1723,9 @@ fn encode_kubernetes(
     Ok(())
 }
 
+/// At most this many indexes per target get a population series.
+const MAX_INDEX_SERIES: usize = 50;
+
 fn encode_neo4j(
     targets: &[Arc<TargetStatus>],
     encoder: &mut DescriptorEncoder,
@@ -1689,6 +1782,10 @@ fn encode_neo4j(
         "neo4j_indexes",
         "Indexes by database and state (ONLINE, POPULATING, FAILED)",
     );
+    let mut population = Fam::gauge(
+        "neo4j_index_population_percent",
+        "Population progress of each index that is not ONLINE (POPULATING, or FAILED), per database; absent once ONLINE",
+    );
     let mut nodes = Fam::gauge("neo4j_nodes", "Nodes per database (count store)");
     let mut rels = Fam::gauge(
         "neo4j_relationships",
@@ -1741,6 +1838,12 @@ fn encode_neo4j(
                 }
             }
         }
+        // Bounded: the indexes not ONLINE, at most MAX_INDEX_SERIES per target.
+        for i in n.indexes_not_online.iter().take(MAX_INDEX_SERIES) {
+            let mut l = db(target, &i.database);
+            l.push(("index", i.name.clone()));
+            population.push(l, i.population_percent);
+        }
         for (database, count) in &n.nodes {
             nodes.push(db(target, database), *count as f64);
         }
@@ -1772,6 +1875,7 @@ fn encode_neo4j(
         &longest,
         &slow,
         &indexes,
+        &population,
         &nodes,
         &rels,
         &as_requested,
