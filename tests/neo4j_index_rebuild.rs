@@ -299,6 +299,46 @@ async fn dry_run_sends_nothing_and_records_the_statements_once() {
         server.state().index("person_email").unwrap().state,
         "FAILED"
     );
+
+    // The live snapshot, replayed offline, explains the same decision.
+    let (code, body) = daemon
+        .get("/api/v1/status?snapshot=true")
+        .await
+        .expect("status");
+    assert_eq!(code, 200);
+    let saved = setup.dir.path().join("snapshot.json");
+    std::fs::write(&saved, body).unwrap();
+    let config = setup.dir.path().join("dbwarden.toml");
+    std::fs::write(
+        &config,
+        setup.config(&server, "dry-run", "failed_for = \"1s\""),
+    )
+    .unwrap();
+    let out = support::run_dbwarden(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--snapshot",
+        saved.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        support::describe_output(&out)
+    );
+    assert!(
+        text.contains(&format!(
+            "WOULD REBUILD neo4j.person_email (FAILED for 1s (>= 1s): java.io.IOException: disk full): DROP INDEX `person_email`; then {EMAIL_CREATE}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("would rebuild 1 index(es) this cycle"),
+        "{text}"
+    );
+    assert!(server.state().schema_statements().is_empty());
     daemon.stop().await;
 }
 

@@ -55,8 +55,11 @@ pub fn neo4j(
     cancel: CancellationToken,
 ) -> Option<Task> {
     let transactions = crate::remediate::neo4j::Neo4j::new(target.clone());
-    let indexes =
-        crate::remediate::neo4j_index::Neo4jIndexRebuild::new(target.clone(), rem.clone());
+    let indexes = crate::remediate::neo4j_index::Neo4jIndexRebuild::new(
+        target.clone(),
+        rem.clone(),
+        transactions.actor(),
+    );
     let snapshot_of: SnapshotOf<_> = |s| s.neo4j_snapshot.as_ref();
     let published = state.subscribe(&target.name)?;
     let (cycles, receiver) = watch::channel(None);

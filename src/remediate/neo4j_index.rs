@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use super::RemediationSettings;
 use super::audit::{AuditRecord, Decision};
 use super::executor::{Holder, Signal};
+use super::neo4j::ActorClient;
 use super::neo4j_index_policy::{
     self as policy, IndexCandidate, IndexKey, IndexRebuildSettings, POLICY, Progress, Statements,
 };
@@ -163,7 +164,8 @@ struct Rebuilding {
 pub struct Neo4jIndexRebuild {
     target: Neo4jTarget,
     rem: Arc<Remediation>,
-    client: Option<Neo4jClient>,
+    /// Shared with the target's transaction loop: one actor connection.
+    client: ActorClient,
     /// Bound on the re-check, DROP and CREATE together, on our side.
     limit: Duration,
     failed_since: BTreeMap<IndexKey, f64>,
@@ -171,12 +173,12 @@ pub struct Neo4jIndexRebuild {
 }
 
 impl Neo4jIndexRebuild {
-    pub fn new(target: Neo4jTarget, rem: Arc<Remediation>) -> Self {
+    pub fn new(target: Neo4jTarget, rem: Arc<Remediation>, client: ActorClient) -> Self {
         let limit = target.settings.poll_timeout();
         Neo4jIndexRebuild {
             target,
             rem,
-            client: None,
+            client,
             limit,
             failed_since: BTreeMap::new(),
             rebuilding: None,
@@ -184,11 +186,7 @@ impl Neo4jIndexRebuild {
     }
 
     fn client(&mut self) -> Result<Neo4jClient, PollError> {
-        match &self.client {
-            Some(c) => Ok(c.clone()),
-            None => Neo4jClient::new(&self.target, "remediate")
-                .inspect(|c| self.client = Some(c.clone())),
-        }
+        self.client.get(&self.target)
     }
 
     /// Follows the rebuild in progress in a new snapshot; forgets it once
@@ -402,7 +400,7 @@ impl Kind for Neo4jIndexRebuild {
             outcome,
             RebuildOutcome::Failed(_) | RebuildOutcome::NotCreated(_)
         ) {
-            self.client = None;
+            self.client.reset();
         }
         if outcome.dropped() {
             let key = policy::key_of(&c.index);

@@ -192,7 +192,7 @@ pub struct IndexCandidate {
 }
 
 /// What one cycle decided.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct IndexSelection {
     /// FAILED indexes of the target.
     pub failed: usize,
