@@ -1635,16 +1635,25 @@ mod neo4j {
 
     #[test]
     fn the_index_rebuild_is_opt_in_and_validated() {
-        let base = format!(
-            "{GRAPH}[remediation]\naudit_file = \"/tmp/a.jsonl\"\nstate_dir = \"/tmp\"\n"
-        );
+        let base =
+            format!("{GRAPH}[remediation]\naudit_file = \"/tmp/a.jsonl\"\nstate_dir = \"/tmp\"\n");
         assert_eq!(
-            load(&base).unwrap().remediation.unwrap().neo4j_index_rebuild,
+            load(&base)
+                .unwrap()
+                .remediation
+                .unwrap()
+                .neo4j_index_rebuild,
             None,
             "absent: off"
         );
         let c = load(&format!("{base}[remediation.neo4j_index_rebuild]\n")).unwrap();
-        let r = c.remediation.as_ref().unwrap().neo4j_index_rebuild.clone().unwrap();
+        let r = c
+            .remediation
+            .as_ref()
+            .unwrap()
+            .neo4j_index_rebuild
+            .clone()
+            .unwrap();
         assert_eq!(r.failed_for, Duration::from_secs(600));
         assert!(!r.include_constraints && r.constraints.is_empty() && r.targets.is_none());
         let printed = c.to_redacted_toml();
@@ -1661,7 +1670,9 @@ mod neo4j {
             .map(|x| x.message.as_str())
             .collect();
         assert!(
-            targets.iter().any(|m| m.contains("\"db\" is a PostgreSQL target")),
+            targets
+                .iter()
+                .any(|m| m.contains("\"db\" is a PostgreSQL target")),
             "{targets:?}"
         );
         assert!(

@@ -218,9 +218,6 @@ impl Neo4jIndexRebuild {
         }
         r.last = Some(p);
         if matches!(p, Progress::Online | Progress::Failed) {
-            self.rem
-                .recorder()
-                .set_index_rebuild(&self.target.name, db, name, None);
             self.rebuilding = None;
         }
     }
@@ -264,6 +261,10 @@ impl Kind for Neo4jIndexRebuild {
         let Some(settings) = policies.first() else {
             return Selection::of(Vec::new(), Vec::new());
         };
+        self.rem.recorder().set_index_rebuild(
+            &self.target.name,
+            self.rebuilding.as_ref().map(|r| r.started_at),
+        );
         let rebuilding = self.rebuilding.as_ref().map(|r| r.key.clone());
         self.failed_since = policy::track(&self.failed_since, snapshot, rebuilding.as_ref());
         let s = policy::select(settings, snapshot, &self.failed_since, rebuilding.as_ref());
@@ -406,7 +407,7 @@ impl Kind for Neo4jIndexRebuild {
             let key = policy::key_of(&c.index);
             self.rem
                 .recorder()
-                .set_index_rebuild(cx.target, &key.0, &key.1, Some(started_at));
+                .set_index_rebuild(cx.target, Some(started_at));
             self.failed_since.remove(&key);
             self.rebuilding = Some(Rebuilding {
                 key,

@@ -49,15 +49,7 @@ pub trait Recorder: Send + Sync {
     /// alone in the latest cycle, for one reason (`neo4j_index_policy::Held`).
     fn set_index_rebuild_held(&self, _target: &str, _reason: &str, _n: usize) {}
 
-    /// A rebuild of `index` started at `started_at` (seconds since the
-    /// epoch) and is not ONLINE yet; `None`: it is over (ONLINE, FAILED
-    /// again, or the rebuild stopped being followed), and the series goes.
-    fn set_index_rebuild(
-        &self,
-        _target: &str,
-        _database: &str,
-        _index: &str,
-        _started_at: Option<f64>,
-    ) {
-    }
+    /// When the index rebuild in progress on a Neo4j target started
+    /// (seconds since the epoch), `None` while none is (exported as 0).
+    fn set_index_rebuild(&self, _target: &str, _started_at: Option<f64>) {}
 }

@@ -262,13 +262,6 @@ struct HeldLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IndexLabels {
-    target: String,
-    database: String,
-    index: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     target: String,
     kind: &'static str,
@@ -301,9 +294,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
     index_rebuild_held: Family<HeldLabels, Gauge>,
-    index_rebuild_started: Family<IndexLabels, Gauge<f64, AtomicU64>>,
-    /// The rebuilds exported, so that a target's can be removed with it.
-    index_rebuilds: Mutex<HashSet<IndexLabels>>,
+    index_rebuild_started: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     /// The decision and candidate series created so far, so that those of
     /// a target or a policy a reload removed can be removed too.
     created: Mutex<(HashSet<ActionLabels>, HashSet<PolicyLabels>)>,
@@ -448,10 +439,10 @@ impl Metrics {
             "neo4j_index_rebuild_held",
             "FAILED Neo4j indexes the index rebuild leaves alone in the latest cycle, by reason (too_recent, constraint, unsupported_version, no_definition, one_at_a_time)",
         );
-        let index_rebuild_started = Family::<IndexLabels, Gauge<f64, AtomicU64>>::default();
+        let index_rebuild_started = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
         registry.register_with_unit(
             "neo4j_index_rebuild_started_timestamp",
-            "When the rebuild of a Neo4j index that is not ONLINE yet started (present only while it is followed)",
+            "When the Neo4j index rebuild in progress on the target started (its DROP); 0 while none is",
             Unit::Seconds,
             index_rebuild_started.clone(),
         );
@@ -483,7 +474,6 @@ impl Metrics {
             rejections,
             index_rebuild_held,
             index_rebuild_started,
-            index_rebuilds: Mutex::default(),
             created: Mutex::default(),
             generation: AtomicU64::new(0),
             state,
@@ -546,16 +536,9 @@ impl Metrics {
                 reason: reason.as_str().to_string(),
             });
         }
-        self.index_rebuilds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|l| {
-                let keep = l.target != target;
-                if !keep {
-                    self.index_rebuild_started.remove(l);
-                }
-                keep
-            });
+        self.index_rebuild_started.remove(&TargetLabels {
+            target: target.to_string(),
+        });
     }
 
     /// Removes the decision and candidate series of a policy a reload
@@ -755,33 +738,13 @@ impl Recorder for Metrics {
             .set(n as i64);
     }
 
-    fn set_index_rebuild(
-        &self,
-        target: &str,
-        database: &str,
-        index: &str,
-        started_at: Option<f64>,
-    ) {
+    fn set_index_rebuild(&self, target: &str, started_at: Option<f64>) {
         self.touch();
-        let l = IndexLabels {
-            target: target.to_string(),
-            database: database.to_string(),
-            index: index.to_string(),
-        };
-        let mut exported = self
-            .index_rebuilds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match started_at {
-            Some(at) => {
-                self.index_rebuild_started.get_or_create(&l).set(at);
-                exported.insert(l);
-            }
-            None => {
-                self.index_rebuild_started.remove(&l);
-                exported.remove(&l);
-            }
-        }
+        self.index_rebuild_started
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(started_at.unwrap_or(0.0));
     }
 
     fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
