@@ -225,7 +225,7 @@ async fn enforce_rebuilds_exactly_the_failed_index_and_follows_it_to_online() {
         server.state().advance_population("person_email", 40.0);
         wait_until(DEADLINE, "40% in the metrics", async || {
             match metric(&daemon, "dbwarden_neo4j_index_population_percent", &labels).await {
-                Some(p) if p == 40.0 => Ok(()),
+                Some(40.0) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         })
