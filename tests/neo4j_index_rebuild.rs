@@ -20,7 +20,7 @@ use dbwarden::remediate::audit::{AuditIndex, AuditLog, AuditRecord, Decision};
 use dbwarden::remediate::neo4j_index::{RebuildOutcome, rebuild};
 use dbwarden::remediate::neo4j_index_policy::{IndexCandidate, IndexRebuildSettings, statements};
 
-use support::bolt::{BoltServer, Index, Persona, ServerState};
+use support::bolt::{BoltServer, Fault, Index, Persona, ServerState};
 use support::{Daemon, metric_value, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -522,6 +522,55 @@ async fn neo4j_4_3_is_refused_with_the_reason() {
         Some(1.0)
     );
     assert!(server.state().schema_statements().is_empty());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_fails_after_the_drop_is_reported_and_followed() {
+    let setup = Setup::new();
+    let server = BoltServer::start(Persona::neo4j_5(), ServerState::shared());
+    server.state().indexes = vec![
+        failed_email(),
+        Index::failed("movie_title", "Movie", "title", "boom"),
+    ];
+    server.state().inject(Fault::FailMatching {
+        starts_with: "CREATE".into(),
+        code: "Neo.DatabaseError.Schema.IndexCreationFailed".into(),
+        message: "Unable to create index: disk full".into(),
+    });
+    let daemon = Daemon::start(&setup.config(&server, "enforce", "failed_for = \"1s\"")).await;
+    wait_until(DEADLINE, "the failed outcome", async || {
+        let recs = records(&setup.audit());
+        match recs.last() {
+            Some(r) if r.decision == Decision::Failed => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let recs = records(&setup.audit());
+    let first = index_of(&recs[0]).name.clone();
+    let create = index_of(&recs[0]).create_statement.clone().unwrap();
+    assert_eq!(
+        recs[1].outcome,
+        format!(
+            "dropped, but not created again: Neo.DatabaseError.Schema.IndexCreationFailed: Unable to create index: disk full; run by hand: {create}"
+        )
+    );
+    // The index is gone: followed as a rebuild in progress, so the other
+    // FAILED index is not touched, and the stuck alert's gauge stays set.
+    more_polls(&daemon, 4).await;
+    assert_eq!(
+        server.state().schema_statements(),
+        [format!("DROP INDEX `{first}`"), create.clone()]
+    );
+    assert!(server.state().index(&first).is_none());
+    let started = metric(
+        &daemon,
+        "dbwarden_neo4j_index_rebuild_started_timestamp_seconds",
+        &[("target", TARGET)],
+    )
+    .await;
+    assert!(started.is_some_and(|t| t > 1.0e9), "{started:?}");
     daemon.stop().await;
 }
 

@@ -183,6 +183,13 @@ pub enum Fault {
     ProcedureNotFound { procedure: String },
     /// Every RUN waits this long before it is executed and answered.
     Slow { delay: Duration },
+    /// RUNs whose text starts with `starts_with` get FAILURE `code`,
+    /// `message`, and change nothing.
+    FailMatching {
+        starts_with: String,
+        code: String,
+        message: String,
+    },
     /// RUNs whose text contains `contains` wait this long.
     SlowMatching { contains: String, delay: Duration },
     /// A result streamed by PULL: the socket is closed after this many
