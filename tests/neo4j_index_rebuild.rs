@@ -504,6 +504,14 @@ async fn neo4j_4_3_is_refused_with_the_reason() {
         recs[0].outcome
     );
     assert_eq!(index_of(&recs[0]).drop_statement, None);
+    // The status page and the actions API say it too.
+    let (code, page) = daemon.get("/").await.expect("status page");
+    assert_eq!(code, 200);
+    assert!(page.contains("index neo4j.person_email FAILED"), "{page}");
+    assert!(page.contains("is older than 4.4"), "{page}");
+    let (code, actions) = daemon.get("/api/v1/actions").await.expect("actions");
+    assert_eq!(code, 200);
+    assert!(actions.contains("\"decision\":\"refused\""), "{actions}");
     let text = daemon.metrics().await;
     assert_eq!(
         metric_value(
