@@ -346,11 +346,12 @@ impl<K: Kind> Runner<K> {
             snapshot: &*cycle.snapshot,
             policies: &policies,
         };
+        // Refusals are reports, not actions: recorded paused or not.
+        self.refuse(&cx, &refused).await;
         // Contend on every cycle, candidates or not: every replica then
         // knows and exports the holder before anything needs doing, and
         // another replica takes over on its first cycle after the holder's
         // connection is gone, not only once it sees a candidate.
-        self.refuse(&cx, &refused).await;
         let holder = if paused {
             None
         } else {
