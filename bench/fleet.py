@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """Many targets in one process (issue #14): for each fleet size N, one
 dbwarden watching N PostgreSQL targets and, side by side in the same run,
-one dbwarden watching a single target, both against one scratch PostgreSQL
-15 (each target is its own connection to the same server, so the server
-sees N monitoring connections, as a fleet's servers would see one each).
+one dbwarden watching a single target, in the same run.
+
+The targets are spread over scratch PostgreSQL 15 servers, --per-server
+targets on each (50 by default), so that every poll reads a server holding
+about the same number of sessions whatever the fleet size, as in a real
+fleet where each target is its own server; the single target watches the
+first of them. --per-server 0 puts every target on one server: each poll
+then reads all N monitoring sessions, and the work grows as N squared
+(the worst case, kept to show it).
 
 Measured per fleet size, over a window of whole poll intervals:
   - CPU of the dbwarden process, as a share of one core;
@@ -14,7 +20,7 @@ Measured per fleet size, over a window of whole poll intervals:
   - a full scrape of /metrics (plain and gzip): median and largest of 20.
 
   python3 bench/fleet.py [--sizes 10 100 1000] [--interval 10] [--windows 3]
-      [--dbwarden target/release/dbwarden]
+      [--per-server 50] [--dbwarden target/release/dbwarden]
 
 Run as root (the server runs as the postgres OS user). Everything it starts
 is stopped and removed on exit.
@@ -42,19 +48,23 @@ def log(msg):
     print(f"[fleet {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def config(port, pgport, n, interval):
+def config(port, pgports, n, interval):
     out = [f'[server]\nlisten = "127.0.0.1:{port}"\n\n[log]\nlevel = "warn"\n\n[defaults]\n'
            f'poll_interval = "{interval}s"\npoll_timeout = "{max(1, interval // 2)}s"\n'
            f'statement_timeout = "{max(1, interval // 2)}s"\nconnect_timeout = "5s"\n']
     for i in range(n):
+        pgport = pgports[i * len(pgports) // n]
         out.append(f'[postgres.t{i:04d}]\nurl = "postgres://postgres@127.0.0.1:{pgport}/postgres"\n'
                    f'sslmode = "disable"\n')
     return "\n".join(out)
 
 
-def get(port, path, gz=False):
+OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def get(port, path, gz=False, accept="text/plain"):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Accept": "text/plain"}
+    headers = {"Accept": accept}
     if gz:
         headers["Accept-Encoding"] = "gzip"
     t0 = time.monotonic()
@@ -105,6 +115,8 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--interval", type=int, default=10)
     ap.add_argument("--windows", type=int, default=3, help="poll intervals measured per size")
+    ap.add_argument("--per-server", type=int, default=50,
+                    help="targets per PostgreSQL server (0: every target on one server)")
     ap.add_argument("--dbwarden", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target/release/dbwarden"))
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -115,8 +127,20 @@ def main():
     work = tempfile.mkdtemp(prefix="dbwarden-fleet.")
     shutil.chown(work, "postgres")
     os.chmod(work, 0o755)
-    data = os.path.join(work, "data")
     procs = []
+
+    def start_server(work, k, per):
+        data = os.path.join(work, f"data{k}")
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+                       cwd=work, check=True, capture_output=True)
+        pgport = scrape.freeport()
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            f.write(f"port = {pgport}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{work}'\n"
+                    f"max_connections = {per + 50}\nshared_buffers = '16MB'\nfsync = off\n")
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", data, "-l",
+                        os.path.join(work, f"server{k}.log"), "-w", "-t", "60", "start"],
+                       cwd=work, check=True, capture_output=True)
+        return pgport
 
     def stop(p):
         p.terminate()
@@ -130,30 +154,28 @@ def main():
         for p in procs:
             if p.poll() is None:
                 stop(p)
-        if os.path.exists(os.path.join(data, "postmaster.pid")):
-            subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
-                           cwd=work, capture_output=True)
+        for d in sorted(os.listdir(work)):
+            data = os.path.join(work, d)
+            if os.path.exists(os.path.join(data, "postmaster.pid")):
+                subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                               cwd=work, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
     try:
-        subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
-                       cwd=work, check=True, capture_output=True)
-        pgport = scrape.freeport()
-        with open(os.path.join(data, "postgresql.conf"), "a") as f:
-            f.write(f"port = {pgport}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{work}'\n"
-                    f"max_connections = {max(a.sizes) + 50}\nshared_buffers = '128MB'\nfsync = off\n")
-        subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", data, "-l",
-                        os.path.join(work, "server.log"), "-w", "-t", "60", "start"],
-                       cwd=work, check=True, capture_output=True)
+        largest = max(a.sizes)
+        per = a.per_server if a.per_server > 0 else largest
+        pgports = [start_server(work, k, per) for k in range(-(-largest // per))]
+        log(f"{len(pgports)} PostgreSQL servers up, {per} targets each at most")
         for n in a.sizes:
             runs = {}
-            for name, count in [("one", 1), ("fleet", n)]:
+            # The single target watches the first server, which holds a fleet's share.
+            for name, count, ports in [("one", 1, pgports[:1]), ("fleet", n, pgports[:-(-n // per)])]:
                 port = scrape.freeport()
                 cfg = os.path.join(work, f"{name}-{n}.toml")
                 with open(cfg, "w") as f:
-                    f.write(config(port, pgport, count, a.interval))
+                    f.write(config(port, ports, count, a.interval))
                 p = subprocess.Popen([a.dbwarden, "run", "--config", cfg], stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(work, f"{name}-{n}.log"), "w"))
                 procs.append(p)
@@ -179,6 +201,7 @@ def main():
                 }
             port = runs["fleet"][1]
             plain = [get(port, "/metrics")[1] for _ in range(20)]
+            om = [get(port, "/metrics", gz=True, accept=OPENMETRICS)[1] for _ in range(20)]
             gz = [get(port, "/metrics", gz=True)[1] for _ in range(20)]
             body = get(port, "/metrics")[0]
             rows.append({
@@ -186,22 +209,25 @@ def main():
                 "per_target_kb": (res["fleet"]["rss_kb"] - res["one"]["rss_kb"]) / max(1, n - 1),
                 "scrape_ms": (1000 * statistics.median(plain), 1000 * max(plain)),
                 "scrape_gz_ms": (1000 * statistics.median(gz), 1000 * max(gz)),
+                "scrape_om_ms": (1000 * statistics.median(om), 1000 * max(om)),
                 "body_kb": len(body.encode()) / 1024,
                 "peak_slot": peak_slot, "even_slot": n / (a.interval * 10), "starts": seen,
             })
             for name, (p, _) in runs.items():
                 stop(p)
             log(f"{n} targets done")
-        print(f"\nOne dbwarden per fleet size beside one watching a single target, same scratch PostgreSQL 15, "
-              f"poll_interval {a.interval} s, {a.windows} intervals measured; load {os.getloadavg()[0]:.1f}\n")
-        print("| targets | CPU (share of a core) | RSS MiB | RSS per target KiB | mean poll ms (fleet / one) | ratio | targets polling in the busiest 100 ms slot (even spread) | scrape ms median / max | gzip scrape ms | /metrics KiB |")
-        print("|---:|---:|---:|---:|---|---:|---|---|---|---:|")
+        print(f"\nOne dbwarden per fleet size beside one watching a single target, scratch PostgreSQL 15 servers "
+              f"with {per} targets each at most, poll_interval {a.interval} s, {a.windows} intervals measured; "
+              f"load {os.getloadavg()[0]:.1f}\n")
+        print("| targets | CPU (share of a core) | RSS MiB | RSS per target KiB | mean poll ms (fleet / one) | ratio | targets polling in the busiest 100 ms slot (even spread) | scrape ms median / max | gzip scrape ms | OpenMetrics + gzip (as Prometheus asks) ms | /metrics KiB |")
+        print("|---:|---:|---:|---:|---|---:|---|---|---|---|---:|")
         for r in rows:
             f, o = r["fleet"], r["one"]
             print(f"| {r['n']} | {100 * f['cpu']:.1f}% (one: {100 * o['cpu']:.1f}%) | {f['rss_kb'] / 1024:.1f} | {r['per_target_kb']:.0f} | "
                   f"{f['poll_ms']:.2f} / {o['poll_ms']:.2f} | {f['poll_ms'] / o['poll_ms']:.2f}× | "
                   f"{r['peak_slot']} ({r['even_slot']:.1f}) | {r['scrape_ms'][0]:.1f} / {r['scrape_ms'][1]:.1f} | "
-                  f"{r['scrape_gz_ms'][0]:.1f} / {r['scrape_gz_ms'][1]:.1f} | {r['body_kb']:.0f} |")
+                  f"{r['scrape_gz_ms'][0]:.1f} / {r['scrape_gz_ms'][1]:.1f} | "
+                  f"{r['scrape_om_ms'][0]:.1f} / {r['scrape_om_ms'][1]:.1f} | {r['body_kb']:.0f} |")
     finally:
         cleanup()
 

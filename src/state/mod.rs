@@ -278,17 +278,17 @@ impl SharedState {
             .clone()
     }
 
-    /// Publishes a target's latest status; ignored for a target no longer
+    /// Publishes a target's latest status and returns it as stored (the
+    /// metrics render its series from it); ignored for a target no longer
     /// tracked (its poll loop is stopping).
-    pub fn publish(&self, status: TargetStatus) {
+    pub fn publish(&self, status: TargetStatus) -> Option<Arc<TargetStatus>> {
         let name = status.target.clone();
         let polls = status.polls_completed;
+        let published = Arc::new(status);
         {
             let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
-            let Some(slot) = map.get_mut(&name) else {
-                return;
-            };
-            *slot = Arc::new(status);
+            let slot = map.get_mut(&name)?;
+            *slot = published.clone();
             // Inside the write lock: a reader that sees the new generation sees the new status.
             self.generation.fetch_add(1, Ordering::Release);
         }
@@ -296,6 +296,7 @@ impl SharedState {
         if let Some(c) = channels.get(&name) {
             c.published.send_replace(polls);
         }
+        Some(published)
     }
 
     /// Changes whenever any target's status is published.

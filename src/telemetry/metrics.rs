@@ -3,19 +3,22 @@
 //! Two kinds live here:
 //! - live instruments the poll loops record through [`Metrics`]'s methods
 //!   (poll counts, durations, errors by kind);
-//! - state metrics rendered at scrape time by [`StateCollector`] from the
-//!   latest published [`TargetStatus`] of each target. A scrape reads memory
-//!   only: it never touches a database, and series of a standby or volume
-//!   that disappeared vanish with it instead of going stale.
+//! - state metrics rendered from the latest published [`TargetStatus`] of
+//!   each target, when it is published ([`Metrics::published`]; a scrape
+//!   renders any it finds without them), and kept as each target's sample
+//!   lines per family, which a scrape assembles under each family's header.
+//!   A scrape reads memory only: it never touches a database, and series of
+//!   a standby or volume that disappeared vanish with it instead of going
+//!   stale.
 //!
 //! Names follow `dbwarden_<name>_<unit>[_total]`; prometheus-client appends
 //! the unit and `_total`, so names below are registered without them.
 //! [`METRIC_NAMES`] lists every exported family, for the tests that check
 //! alert rules and dashboards against what really exists.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
@@ -305,6 +308,10 @@ pub struct Metrics {
     rendered: Mutex<Option<((u64, u64), Bytes)>>,
     /// The same, in the text format.
     rendered_text: Mutex<Option<((u64, u64), Bytes)>>,
+    /// Each target's series, rendered when its status was published.
+    series: Mutex<HashMap<String, Arc<TargetSeries>>>,
+    /// The state families' headers, each kept once.
+    families: Mutex<Families>,
 }
 
 impl Metrics {
@@ -446,9 +453,6 @@ impl Metrics {
             Unit::Seconds,
             index_rebuild_started.clone(),
         );
-        registry.register_collector(Box::new(StateCollector {
-            state: state.clone(),
-        }));
         let metrics = Metrics {
             registry,
             polls,
@@ -479,6 +483,8 @@ impl Metrics {
             state,
             rendered: Mutex::new(None),
             rendered_text: Mutex::new(None),
+            series: Mutex::default(),
+            families: Mutex::default(),
         };
         for t in metrics.state.all() {
             metrics.add_target(&t.target);
@@ -539,6 +545,10 @@ impl Metrics {
         self.index_rebuild_started.remove(&TargetLabels {
             target: target.to_string(),
         });
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
     }
 
     /// Removes the decision and candidate series of a policy a reload
@@ -693,11 +703,7 @@ impl Metrics {
         {
             return body.clone();
         }
-        let mut out = String::with_capacity(16 * 1024);
-        // Writing into a String cannot fail; an error here would be a bug in a collector.
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!(error = %e, "rendering metrics failed");
-        }
+        let out = self.render_now();
         let body = Bytes::from(out);
         *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
         body
@@ -723,6 +729,161 @@ impl Metrics {
         *self.rendered_text.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
         body
     }
+}
+
+impl Metrics {
+    /// Renders a target's series from the status just published, so that a
+    /// scrape only copies them: with a thousand targets the rendering is
+    /// spread over their polls instead of done at once by every scrape.
+    pub fn published(&self, status: &Arc<TargetStatus>) {
+        let _ = self.render_target(status);
+    }
+
+    fn render_target(&self, status: &Arc<TargetStatus>) -> Arc<TargetSeries> {
+        let text = render_collector(TargetsCollector {
+            targets: vec![status.clone()],
+        });
+        let mut series = self.split(&text);
+        series.status = Arc::downgrade(status);
+        let series = Arc::new(series);
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(status.target.clone(), series.clone());
+        series
+    }
+
+    /// The target's series rendered from exactly this status, or rendered now.
+    fn series_of(&self, status: &Arc<TargetStatus>) -> Arc<TargetSeries> {
+        let cached = self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&status.target)
+            .cloned();
+        match cached {
+            // A `Weak` keeps the allocation, so no newer status can have its address.
+            Some(s) if std::ptr::eq(s.status.as_ptr(), Arc::as_ptr(status)) => s,
+            _ => self.render_target(status),
+        }
+    }
+
+    /// The whole exposition: the live instruments, then every state family
+    /// once, its header followed by each target's samples and the global ones.
+    fn render_now(&self) -> String {
+        let targets = self.state.all();
+        let series: Vec<Arc<TargetSeries>> = targets.iter().map(|s| self.series_of(s)).collect();
+        let global = self.split(&render_collector(GlobalCollector {
+            state: self.state.clone(),
+        }));
+        let headers = self
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .headers
+            .clone();
+        let mut buckets: Vec<Vec<&str>> = vec![Vec::new(); headers.len()];
+        let mut size = 0;
+        for s in series.iter().map(|s| &**s).chain([&global]) {
+            let mut at = 0;
+            for &(family, end) in &s.spans {
+                buckets[family as usize].push(&s.samples[at..end as usize]);
+                at = end as usize;
+            }
+            size += s.samples.len();
+        }
+        let mut out = String::with_capacity(size + 64 * 1024);
+        // Writing into a String cannot fail; an error here would be a bug in a collector.
+        if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+        {
+            tracing::error!(error = %e, "rendering metrics failed");
+        }
+        for (header, samples) in headers.iter().zip(&buckets) {
+            if samples.is_empty() {
+                continue;
+            }
+            out.push_str(header);
+            for s in samples {
+                out.push_str(s);
+            }
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+
+    /// Cuts an OpenMetrics rendering into its families' sample lines, keeping
+    /// each family's header once in [`Families`].
+    fn split(&self, text: &str) -> TargetSeries {
+        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = TargetSeries {
+            samples: String::with_capacity(text.len()),
+            ..TargetSeries::default()
+        };
+        let (mut header, mut name, mut current) = (String::new(), "", None);
+        for line in text.split_inclusive('\n') {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                if let Some(f) = current.take() {
+                    out.spans.push((f, out.samples.len() as u32));
+                }
+                name = rest.split(' ').next().unwrap_or_default();
+                header.clear();
+                header.push_str(line);
+            } else if line.starts_with("# EOF") {
+                continue;
+            } else if line.starts_with('#') {
+                header.push_str(line);
+            } else {
+                if current.is_none() {
+                    current = Some(families.intern(name, &header));
+                }
+                out.samples.push_str(line);
+            }
+        }
+        if let Some(f) = current {
+            out.spans.push((f, out.samples.len() as u32));
+        }
+        out
+    }
+}
+
+/// One target's sample lines, family after family.
+#[derive(Debug, Default)]
+struct TargetSeries {
+    /// The status they were rendered from.
+    status: Weak<TargetStatus>,
+    samples: String,
+    /// Each family's index in [`Families`] and where its lines end in `samples`.
+    spans: Vec<(u32, u32)>,
+}
+
+/// The state families' headers (`# HELP`, `# TYPE`, `# UNIT`), in the order first seen.
+#[derive(Debug, Default)]
+struct Families {
+    index: HashMap<String, u32>,
+    headers: Vec<String>,
+}
+
+impl Families {
+    fn intern(&mut self, name: &str, header: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.headers.len() as u32;
+        self.headers.push(header.to_string());
+        self.index.insert(name.to_string(), i);
+        i
+    }
+}
+
+/// One collector's OpenMetrics rendering, without `# EOF`.
+fn render_collector(collector: impl Collector + 'static) -> String {
+    let mut registry = Registry::with_prefix("dbwarden");
+    registry.register_collector(Box::new(collector));
+    let mut out = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut out, &registry) {
+        tracing::error!(error = %e, "rendering metrics failed");
+    }
+    out
 }
 
 /// Remediation's events, as the metrics above (remediation records through
@@ -1044,9 +1205,18 @@ fn bounded(reason: &str, known: &[&'static str]) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Renders state metrics from the latest target statuses at scrape time.
+/// Renders the series of some targets' statuses: of one target when its
+/// status is published ([`Metrics::published`]), of any target a scrape
+/// finds without them.
 #[derive(Debug)]
-struct StateCollector {
+struct TargetsCollector {
+    targets: Vec<Arc<TargetStatus>>,
+}
+
+/// Renders, at scrape time, what is not a target's own: the Kubernetes
+/// loop's and the backup locations' series.
+#[derive(Debug)]
+struct GlobalCollector {
     state: Arc<SharedState>,
 }
 
@@ -1113,86 +1283,146 @@ fn t2(target: &str, k: &'static str, v: &str) -> Vec<(&'static str, String)> {
     vec![("target", target.to_string()), (k, v.to_string())]
 }
 
-impl Collector for StateCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let targets = self.state.all();
-        let mut up = Fam::gauge(
+/// The families every kind of status joins: a target's own, and the
+/// Kubernetes loop's and the backup locations' rows of the check families.
+struct StateFams {
+    up: Fam<'static>,
+    last_ok: Fam<'static>,
+    last: Fam<'static>,
+    conns: Fam<'static>,
+    failing: Fam<'static>,
+    pending: Fam<'static>,
+    value: Fam<'static>,
+    threshold: Fam<'static>,
+    hold: Fam<'static>,
+    held: Fam<'static>,
+    excluded: Fam<'static>,
+    interval: Fam<'static>,
+    timeout: Fam<'static>,
+}
+
+impl StateFams {
+    fn new() -> Self {
+        let up = Fam::gauge(
             "up",
             "1 when the latest poll of the target succeeded, 0 when it failed",
         );
-        let mut last_ok = Fam::gauge_unit(
+        let last_ok = Fam::gauge_unit(
             "last_poll_success_timestamp",
             "Unix time of the latest successful poll",
             Unit::Seconds,
         );
-        let mut last = Fam::gauge_unit(
+        let last = Fam::gauge_unit(
             "last_poll_timestamp",
             "Unix time of the latest finished poll",
             Unit::Seconds,
         );
-        let mut conns = Fam::gauge(
+        let conns = Fam::gauge(
             "open_connections",
             "Connections dbwarden holds open to the target",
         );
-        let mut failing = Fam::gauge(
+        let failing = Fam::gauge(
             "check_failing",
             "1 when the check fails (its condition held for its `for` duration)",
         );
-        let mut pending = Fam::gauge(
+        let pending = Fam::gauge(
             "check_pending",
             "1 when the check's condition holds but not yet for its `for` duration",
         );
-        let mut value = Fam::gauge(
+        let value = Fam::gauge(
             "check_value",
             "The value the check measured, in the check's base unit",
         );
-        let mut threshold = Fam::gauge(
+        let threshold = Fam::gauge(
             "check_threshold",
             "The configured threshold of the check, in the check's base unit",
         );
-        let mut hold = Fam::gauge_unit(
+        let hold = Fam::gauge_unit(
             "check_for",
             "How long the condition must hold before the check fails",
             Unit::Seconds,
         );
-        let mut held = Fam::gauge_unit(
+        let held = Fam::gauge_unit(
             "check_held",
             "How long the check's condition has held so far (0 when it does not hold)",
             Unit::Seconds,
         );
-        let mut excluded = Fam::gauge(
+        let excluded = Fam::gauge(
             "check_excluded_sessions",
             "Sessions a scoped check left out, by the key of its scope that did (ignore_users, match_applications, ...)",
         );
-        let mut interval = Fam::gauge_unit(
+        let interval = Fam::gauge_unit(
             "poll_interval",
             "The configured interval between polls of the target",
             Unit::Seconds,
         );
-        let mut timeout = Fam::gauge_unit(
+        let timeout = Fam::gauge_unit(
             "poll_timeout",
             "The configured limit after which a poll is abandoned",
             Unit::Seconds,
         );
-        for s in &targets {
-            interval.push(t(&s.target), s.poll_interval_seconds);
-            timeout.push(t(&s.target), s.poll_timeout_seconds);
-            up.push(t(&s.target), if s.up { 1.0 } else { 0.0 });
+        StateFams {
+            up,
+            last_ok,
+            last,
+            conns,
+            failing,
+            pending,
+            value,
+            threshold,
+            hold,
+            held,
+            excluded,
+            interval,
+            timeout,
+        }
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in [
+            &self.up,
+            &self.last_ok,
+            &self.last,
+            &self.conns,
+            &self.failing,
+            &self.pending,
+            &self.value,
+            &self.threshold,
+            &self.hold,
+            &self.held,
+            &self.excluded,
+            &self.interval,
+            &self.timeout,
+        ] {
+            f.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for TargetsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let targets = &self.targets;
+        let mut f = StateFams::new();
+        for s in targets {
+            f.interval.push(t(&s.target), s.poll_interval_seconds);
+            f.timeout.push(t(&s.target), s.poll_timeout_seconds);
+            f.up.push(t(&s.target), if s.up { 1.0 } else { 0.0 });
             if let Some(at) = s.last_success_at {
-                last_ok.push(t(&s.target), unix_seconds(at));
+                f.last_ok.push(t(&s.target), unix_seconds(at));
             }
             if let Some(at) = s.last_poll_at {
-                last.push(t(&s.target), unix_seconds(at));
+                f.last.push(t(&s.target), unix_seconds(at));
             }
-            conns.push(t(&s.target), f64::from(s.open_connections));
+            f.conns.push(t(&s.target), f64::from(s.open_connections));
             for c in &s.checks {
                 let l = || t2(&s.target, "check", c.check.as_str());
-                threshold.push(l(), c.threshold);
-                hold.push(l(), c.for_seconds);
+                f.threshold.push(l(), c.threshold);
+                f.hold.push(l(), c.for_seconds);
                 if c.status == CheckStatus::Unknown {
                     continue;
                 }
-                failing.push(
+                f.failing.push(
                     l(),
                     if c.status == CheckStatus::Fail {
                         1.0
@@ -1200,7 +1430,7 @@ impl Collector for StateCollector {
                         0.0
                     },
                 );
-                pending.push(
+                f.pending.push(
                     l(),
                     if c.status == CheckStatus::Pending {
                         1.0
@@ -1208,47 +1438,74 @@ impl Collector for StateCollector {
                         0.0
                     },
                 );
-                held.push(l(), c.held_seconds);
+                f.held.push(l(), c.held_seconds);
                 if let Some(v) = c.value {
-                    value.push(l(), v);
+                    f.value.push(l(), v);
                 }
                 for (reason, n) in c.excluded.iter().flatten() {
                     let mut labels = l();
                     labels.push(("reason", reason.as_str().to_string()));
-                    excluded.push(labels, *n as f64);
+                    f.excluded.push(labels, *n as f64);
                 }
             }
             // The probes' checks join the same families, `check="probe:<name>[:<column>]"`.
             for c in s.probes.iter().flat_map(|p| p.checks.iter()) {
                 let l = || t2(&s.target, "check", &c.check);
-                threshold.push(l(), c.threshold);
-                hold.push(l(), c.for_seconds);
+                f.threshold.push(l(), c.threshold);
+                f.hold.push(l(), c.for_seconds);
                 if c.status == CheckStatus::Unknown {
                     continue;
                 }
                 let is = |st| if c.status == st { 1.0 } else { 0.0 };
-                failing.push(l(), is(CheckStatus::Fail));
-                pending.push(l(), is(CheckStatus::Pending));
-                held.push(l(), c.held_seconds);
+                f.failing.push(l(), is(CheckStatus::Fail));
+                f.pending.push(l(), is(CheckStatus::Pending));
+                f.held.push(l(), c.held_seconds);
                 if let Some(v) = c.value {
-                    value.push(l(), v);
+                    f.value.push(l(), v);
                 }
             }
         }
+        f.encode(&mut encoder)?;
+        if !targets.is_empty() {
+            // Every configured target and its kind, from start-up on, so
+            // rules and dashboards can tell PostgreSQL from Neo4j targets
+            // even while a target is down.
+            let mut m = encoder.encode_descriptor(
+                "target",
+                "Every configured target and its kind (postgres or neo4j)",
+                None,
+                MetricType::Info,
+            )?;
+            for s in targets.iter() {
+                let labels = t(&s.target);
+                let mut fe = m.encode_family(&labels)?;
+                fe.encode_info(&vec![("kind", s.kind.to_string())])?;
+            }
+        }
+        encode_postgres(targets, &mut encoder)?;
+        encode_neo4j(targets, &mut encoder)?;
+        encode_probes(targets, &mut encoder)?;
+        Ok(())
+    }
+}
+
+impl Collector for GlobalCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut f = StateFams::new();
         let kube = self.state.kubernetes();
         // The Kubernetes checks join the same check families (no `for`: they have no hold).
         for c in kube.iter().flat_map(|k| k.checks.iter()) {
             let l = || t2(&c.target, "check", c.check.as_str());
             if let Some(th) = c.threshold {
-                threshold.push(l(), th);
+                f.threshold.push(l(), th);
             }
             if c.status == crate::kubernetes::checks::KubeCheckStatus::Unknown {
                 continue;
             }
             let fail = c.status == crate::kubernetes::checks::KubeCheckStatus::Fail;
-            failing.push(l(), if fail { 1.0 } else { 0.0 });
+            f.failing.push(l(), if fail { 1.0 } else { 0.0 });
             if let Some(v) = c.observed {
-                value.push(l(), v);
+                f.value.push(l(), v);
             }
         }
         let backups = self.state.backups();
@@ -1262,44 +1519,22 @@ impl Collector for StateCollector {
                         ("backup", b.name.clone()),
                     ]
                 };
-                threshold.push(l(), c.threshold);
-                hold.push(l(), c.for_seconds);
+                f.threshold.push(l(), c.threshold);
+                f.hold.push(l(), c.for_seconds);
                 if c.status == CheckStatus::Unknown {
                     continue;
                 }
-                failing.push(l(), f64::from(u8::from(c.status == CheckStatus::Fail)));
-                pending.push(l(), f64::from(u8::from(c.status == CheckStatus::Pending)));
-                held.push(l(), c.held_seconds);
+                f.failing
+                    .push(l(), f64::from(u8::from(c.status == CheckStatus::Fail)));
+                f.pending
+                    .push(l(), f64::from(u8::from(c.status == CheckStatus::Pending)));
+                f.held.push(l(), c.held_seconds);
                 if let Some(v) = c.value {
-                    value.push(l(), v);
+                    f.value.push(l(), v);
                 }
             }
         }
-        for f in [
-            &up, &last_ok, &last, &conns, &failing, &pending, &value, &threshold, &hold, &held,
-            &excluded, &interval, &timeout,
-        ] {
-            f.encode(&mut encoder)?;
-        }
-        if !targets.is_empty() {
-            // Every configured target and its kind, from start-up on, so
-            // rules and dashboards can tell PostgreSQL from Neo4j targets
-            // even while a target is down.
-            let mut m = encoder.encode_descriptor(
-                "target",
-                "Every configured target and its kind (postgres or neo4j)",
-                None,
-                MetricType::Info,
-            )?;
-            for s in &targets {
-                let labels = t(&s.target);
-                let mut fe = m.encode_family(&labels)?;
-                fe.encode_info(&vec![("kind", s.kind.to_string())])?;
-            }
-        }
-        encode_postgres(&targets, &mut encoder)?;
-        encode_neo4j(&targets, &mut encoder)?;
-        encode_probes(&targets, &mut encoder)?;
+        f.encode(&mut encoder)?;
         if let Some(k) = kube {
             encode_kubernetes(&k, &mut encoder)?;
         }
@@ -2559,5 +2794,143 @@ mod tests {
                 .unwrap()
                 .contains("dbwarden_up{target=\"main\"} 0")
         );
+    }
+
+    /// A PostgreSQL status as a poll publishes it: a small primary, evaluated.
+    fn pg_status(target: &str, up: bool) -> TargetStatus {
+        use crate::observe::{Archiver, ServerInfo, Session, SessionState};
+        let session = |pid, state| Session {
+            pid,
+            backend_type: "client backend".into(),
+            state,
+            user: Some("app".into()),
+            database: Some("app".into()),
+            application_name: "web \"1\"".into(),
+            client_addr: Some("10.0.0.1".into()),
+            backend_start_us: Some(1_000_000),
+            xact_start_us: None,
+            query_start_us: Some(2_000_000),
+            state_change_us: Some(2_000_000),
+            wait_event_type: None,
+            blocked_by: Vec::new(),
+            lock_wait_start_us: None,
+            query: "SELECT 1".into(),
+            is_superuser: false,
+            is_replication_role: false,
+            is_self: false,
+        };
+        let snap = PgSnapshot {
+            server_now_us: 900_000_000,
+            server: ServerInfo {
+                version_num: 150_000,
+                version: "PostgreSQL 15".into(),
+                max_connections: 100,
+                superuser_reserved_connections: 3,
+                in_recovery: false,
+                data_checksums: true,
+                database: "app".into(),
+            },
+            sessions: vec![
+                session(10, SessionState::Idle),
+                session(11, SessionState::Active),
+            ],
+            standbys: Vec::new(),
+            slots: Vec::new(),
+            recovery: None,
+            databases: Vec::new(),
+            archiver: Archiver::default(),
+            invalid_indexes: 0,
+            disks: Vec::new(),
+            statistics: None,
+        };
+        let mut s = TargetStatus::new(target, "postgres");
+        s.polls_completed = 3;
+        s.up = up;
+        s.last_poll_at = Some(std::time::SystemTime::now());
+        s.checks = crate::evaluate::evaluate_once(&snap, &crate::evaluate::Thresholds::default());
+        s.summary = Some(crate::evaluate::summarize(&snap));
+        s.snapshot = Some(Arc::new(snap));
+        s
+    }
+
+    /// The samples of an exposition, and each family's header lines, with
+    /// the number of times each header appears.
+    fn samples_and_headers(text: &str) -> (Vec<String>, std::collections::BTreeMap<String, usize>) {
+        let mut samples: Vec<String> = Vec::new();
+        let mut headers = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                *headers.entry(line.to_string()).or_insert(0) += 1;
+            } else {
+                samples.push(line.to_string());
+            }
+        }
+        samples.sort();
+        (samples, headers)
+    }
+
+    #[test]
+    fn assembled_from_each_targets_series_the_exposition_is_the_whole_rendering() {
+        let state = Arc::new(SharedState::new([
+            ("a", "postgres"),
+            ("b", "postgres"),
+            ("c", "postgres"),
+            ("n", "neo4j"),
+        ]));
+        let m = Metrics::new(state.clone());
+        m.record_poll("a", 0.004, None);
+        // a: rendered when published; b: published, then published again
+        // without telling the metrics (a scrape must not use the older
+        // series); c: down; n: never polled.
+        let a = state.publish(pg_status("a", true)).unwrap();
+        m.published(&a);
+        let b = state.publish(pg_status("b", true)).unwrap();
+        m.published(&b);
+        let mut newer = pg_status("b", true);
+        newer.polls_completed = 4;
+        newer.open_connections = 7;
+        state.publish(newer);
+        state.publish(pg_status("c", false));
+        let assembled = String::from_utf8(m.render().to_vec()).unwrap();
+        assert!(assembled.contains("dbwarden_open_connections{target=\"b\"} 7"));
+        assert!(assembled.ends_with("# EOF\n"));
+
+        // The same state rendered whole, as one collector sees it.
+        let mut whole = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut whole, &m.registry).unwrap();
+        whole.push_str(&render_collector(TargetsCollector {
+            targets: state.all(),
+        }));
+        whole.push_str(&render_collector(GlobalCollector {
+            state: state.clone(),
+        }));
+        let (got, got_headers) = samples_and_headers(&assembled);
+        let (want, want_headers) = samples_and_headers(&whole);
+        assert!(got.len() > 100, "{assembled}");
+        assert_eq!(got, want);
+        // Every family's header once, and a family's samples under it.
+        assert!(got_headers.values().all(|&n| n == 1), "{got_headers:?}");
+        let mut family = String::new();
+        for line in assembled.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(
+                    line.starts_with(&family),
+                    "{line} outside its family {family}"
+                );
+            }
+        }
+        for h in want_headers.keys() {
+            let name = h.split(' ').nth(2).unwrap();
+            let has_samples = want.iter().any(|s| s.starts_with(name));
+            assert_eq!(got_headers.contains_key(h), has_samples, "{h}");
+        }
+        // A removed target's series go with it.
+        m.forget_target("a");
+        state.remove_target("a");
+        let after = String::from_utf8(m.render().to_vec()).unwrap();
+        assert!(!after.contains("target=\"a\""));
+        assert!(after.contains("target=\"b\""));
     }
 }
