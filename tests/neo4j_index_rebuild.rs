@@ -481,6 +481,53 @@ async fn two_failed_indexes_are_rebuilt_one_at_a_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_bounds_rebuilds() {
+    let setup = Setup::new();
+    let server = BoltServer::start(Persona::neo4j_5(), ServerState::shared());
+    server.state().indexes = vec![
+        failed_email(),
+        Index::failed("movie_title", "Movie", "title", "boom"),
+    ];
+    let config = setup
+        .config(&server, "enforce", "failed_for = \"1s\"")
+        .replace("per_target = 10", "per_target = 1");
+    let daemon = Daemon::start(&config).await;
+    wait_for_schema_statements(&server, 2).await;
+    let first = server.state().schema_statements()[0].clone();
+    let rebuilt = if first.contains("person_email") {
+        "person_email"
+    } else {
+        "movie_title"
+    };
+    server.state().advance_population(rebuilt, 100.0);
+    wait_until(
+        DEADLINE,
+        "the budget to stop the second rebuild",
+        async || match metric(
+            &daemon,
+            "dbwarden_remediation_actions_total",
+            &[
+                ("policy", "neo4j_index_rebuild"),
+                ("outcome", "budget_exhausted"),
+            ],
+        )
+        .await
+        {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    more_polls(&daemon, 2).await;
+    assert_eq!(
+        server.state().schema_statements().len(),
+        2,
+        "one rebuild per window"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neo4j_4_3_is_refused_with_the_reason() {
     let setup = Setup::new();
     let server = BoltServer::start(Persona::neo4j_4_3(), ServerState::shared());
