@@ -1484,6 +1484,8 @@ fn the_api_token_is_read_from_env_or_file_and_never_printed() {
 
 #[cfg(feature = "neo4j")]
 mod neo4j {
+    use std::time::Duration;
+
     use dbwarden::config::{Config, ConfigError, ConfigIssue};
     use dbwarden::evaluate::{CheckId, CheckName, Neo4jThresholds};
 
@@ -1629,6 +1631,71 @@ mod neo4j {
         assert!(at(&i, "remediation.neo4j_policies.p.when.match_users").contains("empty"));
         assert!(at(&i, "remediation.neo4j_policies.q.when").contains("add running_for"));
         assert!(at(&i, "remediation.policies.r.targets").contains("\"graph\" is a Neo4j target"));
+    }
+
+    #[test]
+    fn the_index_rebuild_is_opt_in_and_validated() {
+        let base =
+            format!("{GRAPH}[remediation]\naudit_file = \"/tmp/a.jsonl\"\nstate_dir = \"/tmp\"\n");
+        assert_eq!(
+            load(&base)
+                .unwrap()
+                .remediation
+                .unwrap()
+                .neo4j_index_rebuild,
+            None,
+            "absent: off"
+        );
+        let c = load(&format!("{base}[remediation.neo4j_index_rebuild]\n")).unwrap();
+        let r = c
+            .remediation
+            .as_ref()
+            .unwrap()
+            .neo4j_index_rebuild
+            .clone()
+            .unwrap();
+        assert_eq!(r.failed_for, Duration::from_secs(600));
+        assert!(!r.include_constraints && r.constraints.is_empty() && r.targets.is_none());
+        let printed = c.to_redacted_toml();
+        assert_eq!(load(&printed).unwrap().to_redacted_toml(), printed);
+
+        let i = issues(&format!(
+            "{base}[postgres.db]\nurl = \"postgres://app@db/app\"\n\
+             [remediation.neo4j_index_rebuild]\ntargets = [\"db\", \"nope\"]\nfailed_for = \"0s\"\n\
+             include_constraints = true\nconstraints = [\"c\"]\n"
+        ));
+        let targets: Vec<&str> = i
+            .iter()
+            .filter(|x| x.path == "remediation.neo4j_index_rebuild.targets")
+            .map(|x| x.message.as_str())
+            .collect();
+        assert!(
+            targets
+                .iter()
+                .any(|m| m.contains("\"db\" is a PostgreSQL target")),
+            "{targets:?}"
+        );
+        assert!(
+            targets
+                .iter()
+                .any(|m| m.contains("\"nope\" is not a configured Neo4j target")),
+            "{targets:?}"
+        );
+        assert!(at(&i, "remediation.neo4j_index_rebuild.failed_for").contains("\"0s\""));
+        assert!(
+            at(&i, "remediation.neo4j_index_rebuild.constraints")
+                .contains("include_constraints = true already includes")
+        );
+        let i = issues(&format!(
+            "{base}[remediation.neo4j_index_rebuild]\nfailed_for = \"soon\"\nconstraint = [\"c\"]\n"
+        ));
+        assert!(!at(&i, "remediation.neo4j_index_rebuild.failed_for").is_empty());
+        assert!(
+            i.iter()
+                .any(|x| x.path.starts_with("remediation.neo4j_index_rebuild")
+                    && x.message.contains("constraint")),
+            "{i:?}"
+        );
     }
 }
 

@@ -859,7 +859,8 @@ fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str, kube: &KubeFak
          audit_file = {}\nstate_dir = {}\n\n\
          [remediation.policies.idle]\ntargets = [\"scratch-primary\"]\naction = \"terminate\"\n\
          [remediation.policies.idle.when]\nstate = [\"idle\"]\nidle_for = \"1s\"\n\
-         match_users = [\"{IDLE_ROLE}\"]\n",
+         match_users = [\"{IDLE_ROLE}\"]\n\
+         [remediation.neo4j_index_rebuild]\ntargets = [\"graph\"]\n",
         toml_str(&dir.join("audit.jsonl").to_string_lossy()),
         toml_str(&dir.join("state").to_string_lossy()),
     ));

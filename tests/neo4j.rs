@@ -561,6 +561,7 @@ async fn observe_persona(persona: Persona) {
         ("SHOW_TRANSACTIONS", persona::SHOW_TRANSACTIONS),
         ("DB_INDEXES", persona::DB_INDEXES),
         ("SHOW_INDEXES", persona::SHOW_INDEXES),
+        ("SHOW_INDEXES_5", persona::SHOW_INDEXES_5),
         ("SHOW_DATABASES", persona::SHOW_DATABASES),
         ("CLUSTER_OVERVIEW", persona::CLUSTER_OVERVIEW),
         ("SHOW_SERVERS", persona::SHOW_SERVERS),
@@ -572,6 +573,8 @@ async fn observe_persona(persona: Persona) {
     // on 4.x and lists itself alone on 5.x: not clustered).
     let mut expected: Vec<&str> = if v43 {
         vec!["LIST_QUERIES", "DB_INDEXES"]
+    } else if v5 {
+        vec!["SHOW_TRANSACTIONS", "SHOW_INDEXES_5", "SHOW_DATABASES"]
     } else {
         vec!["SHOW_TRANSACTIONS", "SHOW_INDEXES", "SHOW_DATABASES"]
     };
@@ -622,6 +625,7 @@ async fn observe_persona(persona: Persona) {
         }
         if [
             persona::SHOW_INDEXES,
+            persona::SHOW_INDEXES_5,
             persona::DB_INDEXES,
             persona::NODE_COUNT,
             persona::RELATIONSHIP_COUNT,
@@ -662,6 +666,9 @@ fn dbwarden_statements_are_the_ones_the_test_server_answers() {
         (statements::KILL_QUERY, persona::KILL_QUERY),
         (statements::DB_INDEXES, persona::DB_INDEXES),
         (statements::SHOW_INDEXES, persona::SHOW_INDEXES),
+        (statements::SHOW_INDEXES_5, persona::SHOW_INDEXES_5),
+        (statements::SHOW_INDEX, persona::SHOW_INDEX),
+        (statements::SHOW_INDEX_5, persona::SHOW_INDEX_5),
         (statements::NODE_COUNT, persona::NODE_COUNT),
         (statements::RELATIONSHIP_COUNT, persona::RELATIONSHIP_COUNT),
         (statements::SHOW_DATABASES, persona::SHOW_DATABASES),

@@ -5,7 +5,10 @@
 //! Accepts the output of `dbwarden check --format json` or of
 //! `GET /api/v1/status?snapshot=true`: `{"targets": [{"target", "checks",
 //! "snapshot" | "neo4j_snapshot"}]}`. PostgreSQL snapshots meet
-//! `[remediation.policies.*]`, Neo4j snapshots `[remediation.neo4j_policies.*]`.
+//! `[remediation.policies.*]`, Neo4j snapshots `[remediation.neo4j_policies.*]`
+//! and `[remediation.neo4j_index_rebuild]` (a snapshot does not say how
+//! long an index has been FAILED: replay takes each FAILED index as FAILED
+//! for `failed_for`, and no rebuild in progress).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,6 +20,7 @@ use crate::config::Config;
 use crate::evaluate::{CheckName, CheckResult, CheckStatus, fmt_secs};
 use crate::observe::PgSnapshot;
 use crate::observe::neo4j::Neo4jSnapshot;
+use crate::remediate::neo4j_index_policy::{self, IndexSelection};
 use crate::remediate::neo4j_policy::{self, Neo4jPolicyEvaluation};
 use crate::remediate::policy::{self, PolicyEvaluation};
 
@@ -56,7 +60,35 @@ enum Replayed {
     Neo4j(
         Vec<Neo4jPolicyEvaluation>,
         Vec<neo4j_policy::Neo4jCandidate>,
+        /// The index rebuild, where it applies to the target.
+        Option<IndexSelection>,
     ),
+}
+
+/// The index rebuild's decision on a recorded snapshot, taking every FAILED
+/// index as FAILED for exactly `failed_for`.
+fn replay_rebuild(
+    rem: &crate::remediate::RemediationSettings,
+    target: &str,
+    snapshot: &Neo4jSnapshot,
+) -> Option<IndexSelection> {
+    let settings = rem
+        .neo4j_index_rebuild
+        .as_ref()
+        .filter(|r| r.applies_to(target))?;
+    let since = snapshot.observed_at - settings.failed_for.as_secs_f64();
+    let failed_since = snapshot
+        .indexes
+        .iter()
+        .filter(|i| neo4j_index_policy::is_failed(i))
+        .map(|i| (neo4j_index_policy::key_of(i), since))
+        .collect();
+    Some(neo4j_index_policy::select(
+        settings,
+        snapshot,
+        &failed_since,
+        None,
+    ))
 }
 
 /// `assume_firing`: alert names to treat as firing on every target, for
@@ -119,7 +151,7 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
                     snapshot,
                     gates,
                 );
-                Replayed::Neo4j(e, c)
+                Replayed::Neo4j(e, c, replay_rebuild(rem, &t.target, snapshot))
             }
             (None, None) => {
                 eprintln!(
@@ -143,8 +175,8 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
                     Replayed::Postgres(e, c) => {
                         serde_json::json!({"target": t, "policies": e, "would_act_on": c})
                     }
-                    Replayed::Neo4j(e, c) => {
-                        serde_json::json!({"target": t, "policies": e, "would_act_on": c})
+                    Replayed::Neo4j(e, c, r) => {
+                        serde_json::json!({"target": t, "policies": e, "would_act_on": c, "index_rebuild": r})
                     }
                 })
                 .collect();
@@ -170,7 +202,7 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
                         let _ =
                             writeln!(out, "  would act on {} session(s) this cycle", chosen.len());
                     }
-                    Replayed::Neo4j(evaluations, chosen) => {
+                    Replayed::Neo4j(evaluations, chosen, rebuild) => {
                         if evaluations.is_empty() {
                             let _ = writeln!(out, "  no Neo4j policy applies to this target");
                         }
@@ -182,6 +214,9 @@ pub fn run(config: &Config, snapshot_file: &Path, format: Format, assume_firing:
                             "  would terminate {} transaction(s) this cycle",
                             chosen.len()
                         );
+                        if let Some(r) = rebuild {
+                            render_rebuild(&mut out, r);
+                        }
                     }
                 }
             }
@@ -275,4 +310,46 @@ fn render_neo4j_policy(out: &mut String, e: &Neo4jPolicyEvaluation) {
     if e.candidates.is_empty() && e.protected.is_empty() {
         let _ = writeln!(out, "    no transaction meets every condition");
     }
+}
+
+fn render_rebuild(out: &mut String, r: &IndexSelection) {
+    let _ = writeln!(
+        out,
+        "  index rebuild: {} FAILED index(es), each taken as FAILED for failed_for (a snapshot does not say how long)",
+        r.failed
+    );
+    for (n, c) in r.eligible.iter().enumerate() {
+        let i = &c.index;
+        match (&c.statements, n) {
+            (Some(s), 0) => {
+                let _ = writeln!(
+                    out,
+                    "    WOULD REBUILD {}.{} ({}): {}; then {}",
+                    i.database, i.name, c.reason, s.drop, s.create
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "    candidate, not chosen {}.{}: one index at a time, after the first is ONLINE",
+                    i.database, i.name
+                );
+            }
+        }
+    }
+    for (c, why) in &r.refused {
+        let _ = writeln!(
+            out,
+            "    REFUSED {}.{}: {why}",
+            c.index.database, c.index.name
+        );
+    }
+    for (i, held) in r.held.iter().filter(|(_, h)| !h.refuses()) {
+        let _ = writeln!(out, "    HELD {}.{}: {}", i.database, i.name, held.as_str());
+    }
+    let _ = writeln!(
+        out,
+        "  would rebuild {} index(es) this cycle",
+        usize::from(!r.eligible.is_empty())
+    );
 }

@@ -788,7 +788,12 @@ impl Running {
                 .values()
                 .filter(|p| p.applies_to(target))
                 .map(|p| p.name.clone());
-            pg.chain(neo4j).collect()
+            let rebuild = r
+                .neo4j_index_rebuild
+                .as_ref()
+                .filter(|x| x.applies_to(target))
+                .map(|_| crate::remediate::neo4j_index_policy::POLICY.to_string());
+            pg.chain(neo4j).chain(rebuild).collect()
         };
         for name in self.target_names() {
             let now = applying(&self.config, &name);

@@ -42,7 +42,10 @@ pub fn postgres(
     })
 }
 
-/// The remediation of a Neo4j target, as [`postgres`].
+/// The remediation of a Neo4j target, as [`postgres`]: two loops on the
+/// same cycles, one for the transactions (`[remediation.neo4j_policies]`),
+/// one for the index rebuild (`[remediation.neo4j_index_rebuild]`), each
+/// of which selects nothing while its settings do not apply to the target.
 #[cfg(feature = "neo4j")]
 pub fn neo4j(
     rem: &Arc<Remediation>,
@@ -51,10 +54,30 @@ pub fn neo4j(
     alerts: Arc<FiringAlerts>,
     cancel: CancellationToken,
 ) -> Option<Task> {
-    let kind = crate::remediate::neo4j::Neo4j::new(target.clone());
-    follow(kind, rem.clone(), state, alerts, cancel, |s| {
-        s.neo4j_snapshot.as_ref()
-    })
+    let transactions = crate::remediate::neo4j::Neo4j::new(target.clone());
+    let indexes = crate::remediate::neo4j_index::Neo4jIndexRebuild::new(
+        target.clone(),
+        rem.clone(),
+        transactions.actor(),
+    );
+    let snapshot_of: SnapshotOf<_> = |s| s.neo4j_snapshot.as_ref();
+    let published = state.subscribe(&target.name)?;
+    let (cycles, receiver) = watch::channel(None);
+    let feed = Feed {
+        target: target.name.clone(),
+        state,
+        alerts,
+        snapshot_of,
+    };
+    let fed = feed.run(published, cycles, cancel.clone());
+    let (rem, second) = (rem.clone(), receiver.clone());
+    Some(Box::pin(async move {
+        tokio::join!(
+            fed,
+            runner::run(rem.clone(), transactions, receiver, cancel.clone()),
+            runner::run(rem, indexes, second, cancel),
+        );
+    }))
 }
 
 /// The loop and its feed, run together in one task. Subscribed before the

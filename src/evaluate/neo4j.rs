@@ -397,6 +397,8 @@ mod tests {
             labels_or_types: vec!["Person".into()],
             properties: vec!["name".into()],
             failure_message: Some("disk full\nstack".into()),
+            create_statement: None,
+            owning_constraint: None,
         }];
         s.databases = vec![Neo4jDatabase {
             name: "movies".into(),

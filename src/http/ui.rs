@@ -353,6 +353,11 @@ fn render(view: &StatusView, decisions: &[AuditRecord], runbook: &str) -> Markup
                                     @if !x.query.is_empty() { br; code .query { (x.query) } }
                                 }
                                 @if let Some(p) = &d.pod { "pod " (p.namespace) "/" (p.name) }
+                                @if let Some(i) = &d.index {
+                                    "index " (i.database) "." (i.name) " " (i.state)
+                                    @if let Some(drop) = &i.drop_statement { br; code .query { (drop) } }
+                                    @if let Some(create) = &i.create_statement { br; code .query { (create) } }
+                                }
                             }
                         }
                     }

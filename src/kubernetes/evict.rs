@@ -141,6 +141,7 @@ impl EvictionCandidate {
             outcome: outcome.into(),
             session: None,
             transaction: None,
+            index: None,
             pod: Some(AuditPod {
                 namespace: c.namespace.clone(),
                 name: c.pod.clone(),

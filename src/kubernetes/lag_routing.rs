@@ -401,6 +401,7 @@ impl LagRouteChange {
             outcome: outcome.into(),
             session: None,
             transaction: None,
+            index: None,
             pod: Some(AuditPod {
                 namespace: self.namespace.clone(),
                 name: self.pod.clone(),

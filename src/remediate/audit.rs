@@ -131,6 +131,27 @@ pub struct AuditRecord {
     /// The Kubernetes pod evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<AuditPod>,
+    /// The Neo4j index rebuilt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<AuditIndex>,
+}
+
+/// The Neo4j index as the rebuild decision saw it, and the exact
+/// statements the rebuild runs (in the intent, before they run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditIndex {
+    pub database: String,
+    pub name: String,
+    pub state: String,
+    /// The first line of the server's failure message.
+    pub failure_message: Option<String>,
+    pub owning_constraint: Option<String>,
+    /// How long dbwarden had seen it FAILED.
+    pub failed_for_ms: u64,
+    /// `DROP INDEX `name`` (or `DROP CONSTRAINT `name``); `None` when refused.
+    pub drop_statement: Option<String>,
+    /// The server's `createStatement`, verbatim; `None` when refused.
+    pub create_statement: Option<String>,
 }
 
 /// The Kubernetes pod as the eviction decision saw it.
@@ -234,6 +255,7 @@ impl AuditRecord {
             outcome: outcome.into(),
             transaction: None,
             pod: None,
+            index: None,
             session: Some(AuditSession {
                 pid: f.pid,
                 backend_start_us: f.backend_start_us,
@@ -291,6 +313,7 @@ impl AuditRecord {
             outcome: outcome.into(),
             session: None,
             pod: None,
+            index: None,
             transaction: Some(AuditTransaction {
                 id: t.id.clone(),
                 database: t.database.clone(),
@@ -298,6 +321,57 @@ impl AuditRecord {
                 status: t.status.clone(),
                 elapsed_ms: t.elapsed_ms,
                 query,
+            }),
+        }
+    }
+}
+
+impl AuditRecord {
+    /// A record about a Neo4j index rebuild (policy `neo4j_index_rebuild`,
+    /// action `rebuild`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_index(
+        now: SystemTime,
+        action_id: &str,
+        instance: &str,
+        target: &str,
+        mode: Mode,
+        decision: Decision,
+        candidate: &crate::remediate::neo4j_index_policy::IndexCandidate,
+        outcome: impl Into<String>,
+    ) -> Self {
+        let i = &candidate.index;
+        AuditRecord {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            time_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            action_id: action_id.to_string(),
+            instance: instance.to_string(),
+            target: target.to_string(),
+            policy: crate::remediate::neo4j_index_policy::POLICY.to_string(),
+            mode,
+            action: "rebuild".to_string(),
+            decision,
+            reason: candidate.reason.clone(),
+            outcome: outcome.into(),
+            session: None,
+            transaction: None,
+            pod: None,
+            index: Some(AuditIndex {
+                database: i.database.clone(),
+                name: i.name.clone(),
+                state: i.state.clone(),
+                failure_message: i
+                    .failure_message
+                    .as_deref()
+                    .and_then(|m| m.lines().next())
+                    .map(String::from),
+                owning_constraint: i.owning_constraint.clone(),
+                failed_for_ms: candidate.failed_for_ms,
+                drop_statement: candidate.statements.as_ref().map(|s| s.drop.clone()),
+                create_statement: candidate.statements.as_ref().map(|s| s.create.clone()),
             }),
         }
     }
@@ -525,6 +599,7 @@ mod tests {
             outcome: "o".into(),
             transaction: None,
             pod: None,
+            index: None,
             session: Some(AuditSession {
                 pid: 1,
                 backend_start_us: None,

@@ -23,6 +23,8 @@ pub const ACTOR_LOCK: (i32, i32) = (0x6462_7764, 0x6163_746f);
 pub enum Signal {
     Cancel,
     Terminate,
+    /// Neo4j: drop a FAILED index and create it again (`remediate::neo4j_index`).
+    Rebuild,
 }
 
 impl Signal {
@@ -30,6 +32,7 @@ impl Signal {
         match self {
             Signal::Cancel => "cancel",
             Signal::Terminate => "terminate",
+            Signal::Rebuild => "rebuild",
         }
     }
 }
@@ -164,6 +167,9 @@ pub async fn signal(
     let sql = match signal {
         Signal::Cancel => GUARD_CANCEL,
         Signal::Terminate => GUARD_TERMINATE,
+        Signal::Rebuild => {
+            return Outcome::Failed("rebuild is not a signal to a session".into());
+        }
     };
     let row = sqlx::query(sql)
         .bind(g.pid)

@@ -13,6 +13,9 @@
 //!   kind of target ([`runner::Kind`]): [`postgres`] (the guarded signal
 //!   under the actor lock) and [`neo4j`] (the re-checked terminate).
 //! - [`neo4j_policy`]: pure selection of Neo4j transactions.
+//! - [`neo4j_index_policy`]: pure selection of the FAILED Neo4j index to
+//!   rebuild, its statements and the re-check; `neo4j_index` is its `Kind`
+//!   (re-read, DROP, CREATE, then followed until ONLINE).
 //! - [`recorder`]: the metric events remediation emits ([`Recorder`]).
 //!
 //! Remediation imports neither telemetry, the published state nor the
@@ -25,6 +28,9 @@ pub mod budget;
 pub mod executor;
 #[cfg(feature = "neo4j")]
 pub mod neo4j;
+#[cfg(feature = "neo4j")]
+pub mod neo4j_index;
+pub mod neo4j_index_policy;
 pub mod neo4j_policy;
 pub mod pause;
 pub mod policy;

@@ -16,6 +16,7 @@
 //! A second TERMINATE of the same transaction answers "Transaction not
 //! found." and is recorded as skipped, and not charged to the budget.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use neo4rs::Row;
@@ -192,11 +193,34 @@ pub async fn terminate(
     }
 }
 
+/// A Neo4j target's actor client (a pool of one connection), shared by
+/// the target's remediation loops (transactions, index rebuild), so that a
+/// target has one actor connection however many of them act: opened at
+/// the first action, rebuilt after a failure.
+#[derive(Clone, Default)]
+pub struct ActorClient(Arc<Mutex<Option<Neo4jClient>>>);
+
+impl ActorClient {
+    /// The client kept from before, or a new one.
+    pub fn get(&self, target: &Neo4jTarget) -> Result<Neo4jClient, PollError> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*kept {
+            Some(c) => Ok(c.clone()),
+            None => Neo4jClient::new(target, "remediate").inspect(|c| *kept = Some(c.clone())),
+        }
+    }
+
+    /// Forgets the client: its connection may be mid-exchange.
+    pub fn reset(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// One Neo4j target's side of the loop: the target, and the client of its
-/// actor connection, opened at the first action and rebuilt after a failure.
+/// actor connection.
 pub struct Neo4j {
     target: Neo4jTarget,
-    client: Option<Neo4jClient>,
+    client: ActorClient,
     /// Bound on each re-check and terminate, on our side.
     limit: Duration,
 }
@@ -206,18 +230,18 @@ impl Neo4j {
         let limit = target.settings.poll_timeout();
         Neo4j {
             target,
-            client: None,
+            client: ActorClient::default(),
             limit,
         }
     }
 
-    /// The actor's client: the one kept from before, or a new one.
+    /// The actor client, to share with the target's other loops.
+    pub fn actor(&self) -> ActorClient {
+        self.client.clone()
+    }
+
     fn client(&mut self) -> Result<Neo4jClient, PollError> {
-        match &self.client {
-            Some(c) => Ok(c.clone()),
-            None => Neo4jClient::new(&self.target, "remediate")
-                .inspect(|c| self.client = Some(c.clone())),
-        }
+        self.client.get(&self.target)
     }
 }
 
@@ -250,20 +274,20 @@ impl Kind for Neo4j {
     }
 
     fn select(
-        &self,
+        &mut self,
         policies: &[Neo4jPolicy],
         snapshot: &Neo4jSnapshot,
         gates: Gates<'_>,
     ) -> Selection<Neo4jCandidate> {
         let (evaluations, chosen) =
             neo4j_policy::select(policies, &self.target.name, snapshot, gates);
-        Selection {
-            candidates: evaluations
+        Selection::of(
+            evaluations
                 .into_iter()
                 .map(|e| (e.policy, e.candidates.len()))
                 .collect(),
             chosen,
-        }
+        )
     }
 
     fn key(c: &Neo4jCandidate) -> (String, String) {
@@ -364,7 +388,7 @@ impl Kind for Neo4j {
         };
         if matches!(outcome, Neo4jOutcome::Failed(_)) {
             // The connection may be mid-exchange: start over next time.
-            self.client = None;
+            self.client.reset();
         }
         (outcome.decision(), outcome.sentence())
     }

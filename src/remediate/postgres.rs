@@ -74,19 +74,19 @@ impl Kind for Postgres {
     }
 
     fn select(
-        &self,
+        &mut self,
         policies: &[Policy],
         snapshot: &PgSnapshot,
         gates: Gates<'_>,
     ) -> Selection<Candidate> {
         let (evaluations, chosen) = policy::select(policies, &self.name, snapshot, gates);
-        Selection {
-            candidates: evaluations
+        Selection::of(
+            evaluations
                 .into_iter()
                 .map(|e| (e.policy, e.candidates.len()))
                 .collect(),
             chosen,
-        }
+        )
     }
 
     fn key(c: &Candidate) -> SessionKey {

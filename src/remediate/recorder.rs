@@ -44,4 +44,12 @@ pub trait Recorder: Send + Sync {
     /// An audit record could not be written. When it was an intent,
     /// nothing was sent.
     fn audit_error(&self);
+
+    /// How many FAILED indexes of a Neo4j target the index rebuild leaves
+    /// alone in the latest cycle, for one reason (`neo4j_index_policy::Held`).
+    fn set_index_rebuild_held(&self, _target: &str, _reason: &str, _n: usize) {}
+
+    /// When the index rebuild in progress on a Neo4j target started
+    /// (seconds since the epoch), `None` while none is (exported as 0).
+    fn set_index_rebuild(&self, _target: &str, _started_at: Option<f64>) {}
 }

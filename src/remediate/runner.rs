@@ -65,6 +65,25 @@ pub struct Selection<C> {
     pub candidates: Vec<(String, usize)>,
     /// What to act on, in order, each at most once.
     pub chosen: Vec<C>,
+    /// Act on at most this many of `chosen` in this cycle (those already
+    /// settled left out first); `None`: as many as the budgets allow.
+    pub limit: Option<usize>,
+    /// Candidates refused outright, with the sentence why: never acted
+    /// on, but recorded once (audit, log, the `refused` outcome) in
+    /// dry-run and enforce mode, paused or not.
+    pub refused: Vec<(C, String)>,
+}
+
+impl<C> Selection<C> {
+    /// What the policies chose, with no limit and nothing refused.
+    pub fn of(candidates: Vec<(String, usize)>, chosen: Vec<C>) -> Self {
+        Selection {
+            candidates,
+            chosen,
+            limit: None,
+            refused: Vec::new(),
+        }
+    }
 }
 
 /// The settings and the state one cycle decides under, passed to each step.
@@ -108,8 +127,10 @@ pub trait Kind: Sized + Send + 'static {
     fn policies(&self, settings: &RemediationSettings) -> Vec<Self::Policy>;
     /// A policy's name and the signals it may send (one decision series each).
     fn series(policy: &Self::Policy) -> (&str, &'static [Signal]);
+    /// `&mut`: a kind may carry what it saw from cycle to cycle (the Neo4j
+    /// index rebuild remembers since when an index is FAILED).
     fn select(
-        &self,
+        &mut self,
         policies: &[Self::Policy],
         snapshot: &Self::Snapshot,
         gates: Gates<'_>,
@@ -307,7 +328,7 @@ impl<K: Kind> Runner<K> {
         let Some(cycle) = cycle else {
             return;
         };
-        let chosen = self.select(&cycle);
+        let (chosen, limit, refused) = self.select(&cycle);
         if self.settings.mode == Mode::Observe {
             return;
         }
@@ -325,6 +346,8 @@ impl<K: Kind> Runner<K> {
             snapshot: &*cycle.snapshot,
             policies: &policies,
         };
+        // Refusals are reports, not actions: recorded paused or not.
+        self.refuse(&cx, &refused).await;
         // Contend on every cycle, candidates or not: every replica then
         // knows and exports the holder before anything needs doing, and
         // another replica takes over on its first cycle after the holder's
@@ -337,14 +360,22 @@ impl<K: Kind> Runner<K> {
         if chosen.is_empty() || self.held_back(paused, holder, chosen.len()) {
             return;
         }
-        self.act_on(&cx, &chosen).await;
+        self.act_on(&cx, &chosen, limit).await;
         self.rem.publish_budgets(&self.target);
     }
 
     /// The candidates chosen in this cycle's snapshot; exports each
     /// policy's candidates and the budgets, and forgets the settled
     /// candidates that are gone.
-    fn select(&mut self, cycle: &Cycle<K::Snapshot>) -> Vec<K::Candidate> {
+    #[allow(clippy::type_complexity)]
+    fn select(
+        &mut self,
+        cycle: &Cycle<K::Snapshot>,
+    ) -> (
+        Vec<K::Candidate>,
+        Option<usize>,
+        Vec<(K::Candidate, String)>,
+    ) {
         self.settled.retain(|k| K::exists(&cycle.snapshot, k));
         let gates = Gates {
             failing: &cycle.failing,
@@ -355,7 +386,41 @@ impl<K: Kind> Runner<K> {
             self.rem.recorder().set_candidates(&self.target, policy, *n);
         }
         self.rem.publish_budgets(&self.target);
-        selection.chosen
+        (selection.chosen, selection.limit, selection.refused)
+    }
+
+    /// Records each refused candidate once while it exists: an audit
+    /// record (decision `refused`, the sentence why), a log line and the
+    /// `refused` outcome. Nothing is sent, nothing charged.
+    async fn refuse(&mut self, cx: &Context<'_, K>, refused: &[(K::Candidate, String)]) {
+        let fresh: Vec<&(K::Candidate, String)> = refused
+            .iter()
+            .filter(|(c, _)| !self.settled.contains(&K::key(c)))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let records = fresh
+            .iter()
+            .map(|(c, why)| {
+                let id = format!("{}-{}-{}", cx.settings.instance(), K::subject(c), now_ms());
+                K::record(
+                    cx,
+                    &id,
+                    c,
+                    K::first_signal(c),
+                    Decision::Refused,
+                    why.clone(),
+                )
+            })
+            .collect();
+        cx.rem.audit_all(records, false).await;
+        for (c, why) in fresh {
+            let signal = K::first_signal(c);
+            K::log(c, signal, Event::NotActed(why));
+            count(cx, c, signal, "refused");
+            self.settled.insert(K::key(c));
+        }
     }
 
     /// Whether the pause switch or another replica's lock keeps this
@@ -380,8 +445,9 @@ impl<K: Kind> Runner<K> {
     /// candidate charged to the budgets as its batch is formed, each batch
     /// decided on at once ([`decide`]), pacing waited between batches;
     /// then the follow-up terminates that came due.
-    async fn act_on(&mut self, cx: &Context<'_, K>, chosen: &[K::Candidate]) {
+    async fn act_on(&mut self, cx: &Context<'_, K>, chosen: &[K::Candidate], limit: Option<usize>) {
         let enforce = cx.settings.mode == Mode::Enforce;
+        let mut left = limit.unwrap_or(usize::MAX);
         let mut follow_ups: Vec<(K::Candidate, Instant)> = Vec::new();
         let mut batches = Batches::new(chosen, cx.settings.batch_size(), K::key);
         let mut first = true;
@@ -399,7 +465,14 @@ impl<K: Kind> Runner<K> {
                     K::log(c, signal, Event::Settled);
                     return None;
                 }
-                self.spend(cx, c, signal)
+                if left == 0 {
+                    return None;
+                }
+                let spent = self.spend(cx, c, signal);
+                if spent.is_some() {
+                    left -= 1;
+                }
+                spent
             });
             if batch.is_empty() {
                 break;

@@ -108,6 +108,10 @@ struct Script {
     /// `act`'s decision per item (default: acted).
     answers: HashMap<u32, Decision>,
     holder: Holder,
+    /// The selection's `limit`.
+    limit: Option<usize>,
+    /// Items the selection refuses outright instead of choosing them.
+    refuse: Vec<u32>,
 }
 
 struct Events(Arc<watch::Sender<Seen>>);
@@ -180,7 +184,7 @@ impl Kind for Fake {
     }
 
     /// Every item whose policy applies, in snapshot order.
-    fn select(&self, policies: &[Policy], items: &Items, gates: Gates<'_>) -> Selection<Item> {
+    fn select(&mut self, policies: &[Policy], items: &Items, gates: Gates<'_>) -> Selection<Item> {
         let chosen: Vec<Item> = items
             .iter()
             .filter_map(|&(id, name)| {
@@ -204,7 +208,19 @@ impl Kind for Fake {
             s.selects += 1;
             s.gates.push(gates);
         });
-        Selection { candidates, chosen }
+        let script = self.script.lock().unwrap();
+        let (refused, chosen): (Vec<Item>, Vec<Item>) = chosen
+            .into_iter()
+            .partition(|c| script.refuse.contains(&c.id));
+        Selection {
+            candidates,
+            chosen,
+            limit: script.limit,
+            refused: refused
+                .into_iter()
+                .map(|c| (c, "refused by the fake".to_string()))
+                .collect(),
+        }
     }
 
     fn key(c: &Item) -> u32 {
@@ -259,6 +275,7 @@ impl Kind for Fake {
             outcome,
             session: None,
             transaction: None,
+            index: None,
             pod: None,
         }
     }
@@ -360,6 +377,8 @@ impl Harness {
         let script = Arc::new(Mutex::new(Script {
             answers: HashMap::new(),
             holder: Holder::Us,
+            limit: None,
+            refuse: Vec::new(),
         }));
         let fake = Fake {
             seen: seen.clone(),
@@ -465,6 +484,60 @@ impl Harness {
             .expect("the loop stops when cancelled")
             .expect("the loop does not panic");
         assert!(self.seen.borrow().closed, "the kind was closed");
+    }
+}
+
+#[tokio::test]
+async fn a_limit_caps_the_actions_of_a_cycle_after_leaving_out_the_settled() {
+    let h = Harness::start(|d| settings(d, Mode::Enforce, vec![terminate("p")])).await;
+    h.script.lock().unwrap().limit = Some(1);
+    let items = [(1, "p"), (2, "p"), (3, "p")];
+    h.cycle(&items).await;
+    assert_eq!(h.acted(), [(1, Signal::Terminate)]);
+    assert_eq!(h.target_remaining(), 9, "one charged");
+    // 1 was terminated (settled while it exists): the next cycle takes 2.
+    h.cycle(&items).await;
+    assert_eq!(h.acted(), [(1, Signal::Terminate), (2, Signal::Terminate)]);
+    // A skipped one is not settled: it is tried again, and holds the place.
+    h.answer(3, Decision::Skipped);
+    h.cycle(&items).await;
+    h.cycle(&items).await;
+    assert_eq!(
+        h.acted(),
+        [1, 2, 3, 3].map(|id| (id, Signal::Terminate)),
+        "one per cycle"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_recorded_once_in_every_mode_but_observe_and_nothing_is_sent() {
+    for mode in [Mode::DryRun, Mode::Enforce, Mode::Observe] {
+        let h = Harness::start(|d| settings(d, mode, vec![terminate("p")])).await;
+        h.script.lock().unwrap().refuse = vec![7];
+        h.cycle(&[(7, "p")]).await;
+        h.cycle(&[(7, "p")]).await;
+        assert!(h.acted().is_empty(), "{mode:?}: nothing sent");
+        let m = mode.as_str();
+        if mode == Mode::Observe {
+            assert!(h.rem.audit.is_none() || h.audit().is_empty(), "{mode:?}");
+            assert_eq!(h.count(&format!("action t p terminate refused {m}")), 0);
+        } else {
+            assert_eq!(
+                h.audit(),
+                [(Decision::Refused, "7".to_string())],
+                "{mode:?}: once"
+            );
+            assert_eq!(h.count(&format!("action t p terminate refused {m}")), 1);
+            assert_eq!(h.target_remaining(), 10, "{mode:?}: not charged");
+        }
+        // Gone, then back: a new decision.
+        h.cycle(&[]).await;
+        h.cycle(&[(7, "p")]).await;
+        if mode != Mode::Observe {
+            assert_eq!(h.audit().len(), 2, "{mode:?}");
+        }
+        h.stop().await;
     }
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::Mode;
 use super::batch::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
+use super::neo4j_index_policy::IndexRebuildSettings;
 use super::neo4j_policy::Neo4jPolicy;
 use super::policy::{ActionKind, Policy};
 use crate::evaluate::{CheckId, CheckName};
@@ -60,6 +61,9 @@ pub struct RemediationSettings {
     pub budget: Budget,
     pub policies: IndexMap<String, Policy>,
     pub neo4j_policies: IndexMap<String, Neo4jPolicy>,
+    /// `[remediation.neo4j_index_rebuild]`: present, FAILED Neo4j indexes
+    /// are rebuilt (under the same mode and bounds as every action).
+    pub neo4j_index_rebuild: Option<IndexRebuildSettings>,
     #[serde(skip)]
     pub api_token: Option<Secret>,
 }
@@ -81,6 +85,7 @@ impl Default for RemediationSettings {
             budget: Budget::default(),
             policies: IndexMap::new(),
             neo4j_policies: IndexMap::new(),
+            neo4j_index_rebuild: None,
             api_token: None,
         }
     }
@@ -211,6 +216,9 @@ impl RemediationSettings {
         for (name, p) in &mut self.neo4j_policies {
             p.name = name.clone();
             p.validate(&join("remediation.neo4j_policies", name), ctx, issues);
+        }
+        if let Some(r) = &self.neo4j_index_rebuild {
+            r.validate("remediation.neo4j_index_rebuild", ctx, issues);
         }
         self.check_connection_budgets(postgres, ctx, issues);
         self.check_probe_gates(probe_checks, ctx, issues);

@@ -179,10 +179,11 @@ impl Remediation {
 
     /// Whether a Neo4j policy applies to this Neo4j target.
     pub fn applies_to_neo4j(&self, target: &str) -> bool {
-        self.settings()
-            .neo4j_policies
-            .values()
-            .any(|p| p.applies_to(target))
+        let s = self.settings();
+        s.neo4j_policies.values().any(|p| p.applies_to(target))
+            || s.neo4j_index_rebuild
+                .as_ref()
+                .is_some_and(|r| r.applies_to(target))
     }
 
     pub(crate) fn recorder(&self) -> &dyn Recorder {

@@ -259,6 +259,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabels {
+    target: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     target: String,
     kind: &'static str,
@@ -331,6 +337,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
     shards: ShardGauges,
+    index_rebuild_held: Family<HeldLabels, Gauge>,
+    index_rebuild_started: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     /// The decision and candidate series created so far, so that those of
     /// a target or a policy a reload removed can be removed too.
     created: Mutex<(HashSet<ActionLabels>, HashSet<PolicyLabels>)>,
@@ -475,6 +483,18 @@ impl Metrics {
             let _ = rejections.get_or_create(&ReasonLabels { reason });
         }
         let shards = ShardGauges::register(&mut registry);
+        let index_rebuild_held: Family<HeldLabels, Gauge> = add(
+            &mut registry,
+            "neo4j_index_rebuild_held",
+            "FAILED Neo4j indexes the index rebuild leaves alone in the latest cycle, by reason (too_recent, constraint, unsupported_version, no_definition, one_at_a_time)",
+        );
+        let index_rebuild_started = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "neo4j_index_rebuild_started_timestamp",
+            "When the Neo4j index rebuild in progress on the target started (its DROP); 0 while none is",
+            Unit::Seconds,
+            index_rebuild_started.clone(),
+        );
         let metrics = Metrics {
             registry,
             polls,
@@ -499,6 +519,8 @@ impl Metrics {
             reloads,
             rejections,
             shards,
+            index_rebuild_held,
+            index_rebuild_started,
             created: Mutex::default(),
             generation: AtomicU64::new(0),
             state,
@@ -557,6 +579,15 @@ impl Metrics {
             });
         }
         self.forget_series(|t, _| t == target);
+        for reason in crate::remediate::neo4j_index_policy::Held::ALL {
+            self.index_rebuild_held.remove(&HeldLabels {
+                target: target.to_string(),
+                reason: reason.as_str().to_string(),
+            });
+        }
+        self.index_rebuild_started.remove(&TargetLabels {
+            target: target.to_string(),
+        });
         self.series
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -922,6 +953,25 @@ fn render_collector(collector: impl Collector + 'static) -> String {
 /// Remediation's events, as the metrics above (remediation records through
 /// this trait and does not know these metrics exist).
 impl Recorder for Metrics {
+    fn set_index_rebuild_held(&self, target: &str, reason: &str, n: usize) {
+        self.touch();
+        self.index_rebuild_held
+            .get_or_create(&HeldLabels {
+                target: target.to_string(),
+                reason: reason.to_string(),
+            })
+            .set(n as i64);
+    }
+
+    fn set_index_rebuild(&self, target: &str, started_at: Option<f64>) {
+        self.touch();
+        self.index_rebuild_started
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(started_at.unwrap_or(0.0));
+    }
+
     fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
         self.touch();
         let l = ActionLabels {
@@ -1131,6 +1181,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_neo4j_longest_transaction_seconds",
     "dbwarden_neo4j_slow_transactions",
     "dbwarden_neo4j_indexes",
+    "dbwarden_neo4j_index_population_percent",
+    "dbwarden_neo4j_index_rebuild_held",
+    "dbwarden_neo4j_index_rebuild_started_timestamp_seconds",
     "dbwarden_neo4j_nodes",
     "dbwarden_neo4j_relationships",
     "dbwarden_neo4j_database_as_requested",
@@ -1945,6 +1998,9 @@ fn encode_kubernetes(
     Ok(())
 }
 
+/// At most this many indexes per target get a population series.
+const MAX_INDEX_SERIES: usize = 50;
+
 fn encode_neo4j(
     targets: &[Arc<TargetStatus>],
     encoder: &mut DescriptorEncoder,
@@ -2001,6 +2057,10 @@ fn encode_neo4j(
         "neo4j_indexes",
         "Indexes by database and state (ONLINE, POPULATING, FAILED)",
     );
+    let mut population = Fam::gauge(
+        "neo4j_index_population_percent",
+        "Population progress of each index that is not ONLINE (POPULATING, or FAILED), per database; absent once ONLINE",
+    );
     let mut nodes = Fam::gauge("neo4j_nodes", "Nodes per database (count store)");
     let mut rels = Fam::gauge(
         "neo4j_relationships",
@@ -2053,6 +2113,12 @@ fn encode_neo4j(
                 }
             }
         }
+        // Bounded: the indexes not ONLINE, at most MAX_INDEX_SERIES per target.
+        for i in n.indexes_not_online.iter().take(MAX_INDEX_SERIES) {
+            let mut l = db(target, &i.database);
+            l.push(("index", i.name.clone()));
+            population.push(l, i.population_percent);
+        }
         for (database, count) in &n.nodes {
             nodes.push(db(target, database), *count as f64);
         }
@@ -2084,6 +2150,7 @@ fn encode_neo4j(
         &longest,
         &slow,
         &indexes,
+        &population,
         &nodes,
         &rels,
         &as_requested,

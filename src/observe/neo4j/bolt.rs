@@ -287,7 +287,8 @@ pub async fn observe(
     for db in &target.databases() {
         let statement = match generation {
             Generation::Procedures => DB_INDEXES,
-            _ => SHOW_INDEXES,
+            Generation::Show44 => SHOW_INDEXES,
+            Generation::Show5 => SHOW_INDEXES_5,
         };
         for row in run(client, Some(db), statement).await? {
             indexes.push(index(db, &row)?);
@@ -482,10 +483,25 @@ fn query_status(status: &str) -> String {
     }
 }
 
-fn index(database: &str, row: &Row) -> Result<Neo4jIndex, PollError> {
+/// One row of `SHOW INDEXES` (either generation's) or `db.indexes()`.
+pub fn index(database: &str, row: &Row) -> Result<Neo4jIndex, PollError> {
+    let name: String = get(row, "name")?;
+    // 5.x names the owning constraint; 4.4 says UNIQUE, and there the
+    // constraint has the index's name; db.indexes() says neither.
+    let owning_constraint = match row.get::<Option<String>>("owningConstraint") {
+        Ok(owner) => non_empty(owner),
+        Err(_) => row
+            .get::<Option<String>>("uniqueness")
+            .ok()
+            .flatten()
+            .filter(|u| u.eq_ignore_ascii_case("UNIQUE"))
+            .map(|_| name.clone()),
+    };
     Ok(Neo4jIndex {
         database: database.to_string(),
-        name: get(row, "name")?,
+        create_statement: non_empty(row.get::<Option<String>>("createStatement").ok().flatten()),
+        owning_constraint,
+        name,
         state: get(row, "state")?,
         population_percent: get(row, "populationPercent")?,
         index_type: get(row, "type")?,

@@ -5,7 +5,10 @@
 //! transactions (`SHOW TRANSACTIONS` on 4.4+, `dbms.listQueries()` before),
 //! `SHOW DATABASES` (4.4+), the cluster members where clustered, then per
 //! configured database its indexes (`SHOW INDEXES` / `db.indexes()`) and its
-//! node and relationship counts (answered from the count store).
+//! node and relationship counts (answered from the count store). On 4.4+
+//! the indexes come with the statement that created them and the
+//! constraint that owns them, which the index rebuild
+//! (`remediate::neo4j_index`) needs.
 //!
 //! Durations are projected to milliseconds on the server. Every statement
 //! carries transaction metadata `{app: "dbwarden"}`, so dbwarden recognises
@@ -38,7 +41,14 @@ pub mod statements {
     pub const LIST_QUERIES: &str = "CALL dbms.listQueries() YIELD queryId, username, query, status, elapsedTimeMillis, metaData, database RETURN queryId, username, query, status, elapsedTimeMillis, metaData, database";
     pub const KILL_QUERY: &str = "CALL dbms.killQuery($id) YIELD queryId, username, message RETURN queryId, username, message";
     pub const DB_INDEXES: &str = "CALL db.indexes() YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties";
-    pub const SHOW_INDEXES: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage";
+    /// 4.4: `uniqueness` tells a constraint-backed index (whose name is its
+    /// constraint's); `createStatement` is what a rebuild runs again.
+    pub const SHOW_INDEXES: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement";
+    /// 5.x: `owningConstraint` names the constraint that owns the index.
+    pub const SHOW_INDEXES_5: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement";
+    /// One index by name: the index rebuild's re-check right before the DROP.
+    pub const SHOW_INDEX: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement WHERE name = $name RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement";
+    pub const SHOW_INDEX_5: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement WHERE name = $name RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement";
     pub const NODE_COUNT: &str = "MATCH (n) RETURN count(n) AS nodes";
     pub const RELATIONSHIP_COUNT: &str = "MATCH ()-[r]->() RETURN count(r) AS relationships";
     pub const SHOW_DATABASES: &str = "SHOW DATABASES YIELD name, requestedStatus, currentStatus, role RETURN name, requestedStatus, currentStatus, role";

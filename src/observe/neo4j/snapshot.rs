@@ -67,6 +67,15 @@ pub struct Neo4jIndex {
     pub labels_or_types: Vec<String>,
     pub properties: Vec<String>,
     pub failure_message: Option<String>,
+    /// The statement that creates the index (or its constraint) again, as
+    /// the server reports it (`createStatement`, 4.4+); `None` before 4.4.
+    #[serde(default)]
+    pub create_statement: Option<String>,
+    /// The constraint that owns the index: `owningConstraint` on 5.x; on
+    /// 4.4 the index's own name when its `uniqueness` is `UNIQUE` (a
+    /// constraint and its index share the name there). `None` for a plain index.
+    #[serde(default)]
+    pub owning_constraint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

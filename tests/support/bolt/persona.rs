@@ -25,7 +25,11 @@
 //! | [`KILL_QUERIES`] | `CALL dbms.killQueries($ids) YIELD queryId, username, message RETURN queryId, username, message` | ✓ | ✓ | ProcedureNotFound |
 //! | [`DB_INDEXES`] | `CALL db.indexes() YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties` | ✓ | ✓ | ProcedureNotFound |
 //! | [`DB_INDEXES_BARE`] | `CALL db.indexes()`: id, name, state, populationPercent, uniqueness, type, entityType, labelsOrTypes, properties, provider | ✓ | ✓ | ProcedureNotFound |
-//! | [`SHOW_INDEXES`] | `SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage` | SyntaxError (see below) | ✓ | ✓ |
+//! | [`SHOW_INDEXES`] | `SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement RETURN` the same | SyntaxError (see below) | ✓ | SyntaxError (no `uniqueness`) |
+//! | [`SHOW_INDEXES_5`] | the same with `owningConstraint` instead of `uniqueness` | SyntaxError | SyntaxError (no such column) | ✓ |
+//! | [`SHOW_INDEX`] / [`SHOW_INDEX_5`] | the same two with `WHERE name = $name` between the YIELD and RETURN parts | SyntaxError | as above | as above |
+//! | — | `DROP INDEX <name>` / `DROP CONSTRAINT <name>` (bare or in backticks): removes the index (an index owned by a constraint only by its constraint) | ✓ | ✓ | ✓ |
+//! | — | a `CREATE ...` equal to a dropped index's `createStatement`: the index is back, POPULATING at 0% ([`ServerState::advance_population`](super::state::ServerState::advance_population) moves it on, to ONLINE at 100) | ✓ | ✓ | ✓ |
 //! | [`NODE_COUNT`] | `MATCH (n) RETURN count(n) AS nodes` | ✓ | ✓ | ✓ |
 //! | [`RELATIONSHIP_COUNT`] | `MATCH ()-[r]->() RETURN count(r) AS relationships` | ✓ | ✓ | ✓ |
 //! | [`SHOW_DATABASES`] | `SHOW DATABASES YIELD name, requestedStatus, currentStatus, role RETURN name, requestedStatus, currentStatus, role` | ✓ | ✓ | ✓ |
@@ -84,7 +88,10 @@ pub const KILL_QUERY_BARE: &str = "CALL dbms.killQuery($id)";
 pub const KILL_QUERIES: &str = "CALL dbms.killQueries($ids) YIELD queryId, username, message RETURN queryId, username, message";
 pub const DB_INDEXES: &str = "CALL db.indexes() YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties";
 pub const DB_INDEXES_BARE: &str = "CALL db.indexes()";
-pub const SHOW_INDEXES: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage";
+pub const SHOW_INDEXES: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement";
+pub const SHOW_INDEXES_5: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement";
+pub const SHOW_INDEX: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement WHERE name = $name RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, uniqueness, createStatement";
+pub const SHOW_INDEX_5: &str = "SHOW INDEXES YIELD name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement WHERE name = $name RETURN name, state, populationPercent, type, entityType, labelsOrTypes, properties, failureMessage, owningConstraint, createStatement";
 pub const NODE_COUNT: &str = "MATCH (n) RETURN count(n) AS nodes";
 pub const RELATIONSHIP_COUNT: &str = "MATCH ()-[r]->() RETURN count(r) AS relationships";
 pub const SHOW_DATABASES: &str = "SHOW DATABASES YIELD name, requestedStatus, currentStatus, role RETURN name, requestedStatus, currentStatus, role";
@@ -426,16 +433,56 @@ impl Persona {
                 .collect();
             return Ok(Rows::new(&INDEX_FIELDS[..7], rows));
         }
-        if is(SHOW_INDEXES) {
+        if is(SHOW_INDEXES) || is(SHOW_INDEXES_5) || is(SHOW_INDEX) || is(SHOW_INDEX_5) {
             if !v44 {
                 return Err(syntax_error_at(ctx.query, "YIELD"));
             }
+            let five = is(SHOW_INDEXES_5) || is(SHOW_INDEX_5);
+            // 4.4 has no owningConstraint, 5.x no uniqueness.
+            if five != v5 {
+                let column = if five {
+                    "owningConstraint"
+                } else {
+                    "uniqueness"
+                };
+                return Err(Failure::new(
+                    SYNTAX_ERROR,
+                    format!("Variable `{column}` not defined (line 1, column 1 (offset: 0))"),
+                ));
+            }
+            let only = if is(SHOW_INDEX) || is(SHOW_INDEX_5) {
+                Some(string_param(ctx.params, "name")?)
+            } else {
+                None
+            };
             let rows = state
                 .indexes
                 .iter()
-                .map(|i| self.index_columns(i, true))
+                .filter(|i| only.as_ref().is_none_or(|n| &i.name == n))
+                .map(|i| {
+                    let mut row = self.index_columns(i, true);
+                    row.push(if five {
+                        i.owning_constraint.as_deref().into()
+                    } else if i.owning_constraint.is_some() {
+                        "UNIQUE".into()
+                    } else {
+                        "NONUNIQUE".into()
+                    });
+                    row.push(i.create_statement.as_deref().into());
+                    row
+                })
                 .collect();
-            return Ok(Rows::new(&INDEX_FIELDS, rows));
+            let mut fields = INDEX_FIELDS.to_vec();
+            fields.push(if five {
+                "owningConstraint"
+            } else {
+                "uniqueness"
+            });
+            fields.push("createStatement");
+            return Ok(Rows::new(&fields, rows));
+        }
+        if let Some(rows) = schema_change(state, ctx.query, &q) {
+            return rows;
         }
         if is(NODE_COUNT) {
             return Ok(Rows::new(&["nodes"], vec![vec![state.node_count.into()]]));
@@ -629,6 +676,76 @@ const INDEX_FIELDS: [&str; 8] = [
     "properties",
     "failureMessage",
 ];
+
+/// `DROP INDEX name`, `DROP CONSTRAINT name` (names bare or in backticks)
+/// and a CREATE equal to a dropped index's createStatement, which brings it
+/// back POPULATING at 0% (a test advances it with
+/// [`ServerState::advance_population`]); `None` for any other statement.
+fn schema_change(state: &mut ServerState, query: &str, q: &str) -> Option<Result<Rows, Failure>> {
+    let name_of = |rest: &str| -> String {
+        let rest = rest.trim();
+        match rest.strip_prefix('`').and_then(|r| r.strip_suffix('`')) {
+            Some(quoted) => quoted.replace("``", "`"),
+            None => rest.to_string(),
+        }
+    };
+    let empty = || Ok(Rows::new(&[], Vec::new()));
+    if let Some(rest) = q.strip_prefix("DROP INDEX ") {
+        let name = name_of(rest);
+        let Some(at) = state.indexes.iter().position(|i| i.name == name) else {
+            return Some(Err(Failure::new(
+                "Neo.DatabaseError.Schema.IndexDropFailed",
+                format!("Unable to drop index called `{name}`. There is no such index."),
+            )));
+        };
+        if let Some(c) = &state.indexes[at].owning_constraint {
+            return Some(Err(Failure::new(
+                "Neo.ClientError.Schema.DropIndexFailed",
+                format!("Unable to drop index: Index belongs to constraint: `{c}`"),
+            )));
+        }
+        let dropped = state.indexes.remove(at);
+        state.dropped_indexes.push(dropped);
+        return Some(empty());
+    }
+    if let Some(rest) = q.strip_prefix("DROP CONSTRAINT ") {
+        let name = name_of(rest);
+        let Some(at) = state
+            .indexes
+            .iter()
+            .position(|i| i.owning_constraint.as_deref() == Some(name.as_str()))
+        else {
+            return Some(Err(Failure::new(
+                "Neo.DatabaseError.Schema.ConstraintDropFailed",
+                format!("Unable to drop constraint `{name}`: No such constraint {name}."),
+            )));
+        };
+        let dropped = state.indexes.remove(at);
+        state.dropped_indexes.push(dropped);
+        return Some(empty());
+    }
+    if q.starts_with("CREATE ") {
+        let at = state.dropped_indexes.iter().position(|i| {
+            i.create_statement
+                .as_deref()
+                .is_some_and(|c| normalize(c) == q)
+        })?;
+        let mut back = state.dropped_indexes.remove(at);
+        if state.indexes.iter().any(|i| i.name == back.name) {
+            return Some(Err(Failure::new(
+                "Neo.ClientError.Schema.EquivalentSchemaRuleAlreadyExists",
+                format!("An equivalent index already exists: {query}"),
+            )));
+        }
+        back.state = "POPULATING".into();
+        back.population_percent = 0.0;
+        back.failure_message = None;
+        back.id += 1000;
+        state.indexes.push(back);
+        return Some(empty());
+    }
+    None
+}
 
 /// What a statement runs in: the connection, its parameters and the
 /// statement's own transaction.
@@ -919,7 +1036,12 @@ mod tests {
                 .run(&mut state, &ctx(q, &params));
             assert!(r.is_ok(), "{q}: {r:?}");
         }
-        for q in [SHOW_INDEXES, SHOW_SERVERS] {
+        let params = Value::map([("id", Value::from("x")), ("name", Value::from("x"))]);
+        for q in [SHOW_INDEXES, SHOW_INDEX] {
+            let r = Persona::neo4j_4_4().run(&mut state, &ctx(q, &params));
+            assert!(r.is_ok(), "{q}: {r:?}");
+        }
+        for q in [SHOW_INDEXES_5, SHOW_INDEX_5, SHOW_SERVERS] {
             let r = Persona::neo4j_5().run(&mut state, &ctx(q, &params));
             assert!(r.is_ok(), "{q}: {r:?}");
         }

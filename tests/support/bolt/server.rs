@@ -627,6 +627,13 @@ impl Session {
             {
                 Some(persona::procedure_not_found(procedure))
             }
+            Fault::FailMatching {
+                starts_with,
+                code,
+                message,
+            } if query.trim_start().starts_with(starts_with.as_str()) => {
+                Some(persona::Failure::new(code, message.clone()))
+            }
             _ => None,
         });
         let database = own.database.clone();

@@ -56,6 +56,9 @@ pub struct ServerState {
     pub statements: Vec<Statement>,
     /// Every transaction removed by TERMINATE TRANSACTIONS or killQuery.
     pub terminated: Vec<Termination>,
+    /// Indexes removed by DROP INDEX / DROP CONSTRAINT, in order; a CREATE
+    /// equal to one's createStatement brings it back, POPULATING at 0%.
+    pub dropped_indexes: Vec<Index>,
 
     next_transaction: u64,
     next_query: u64,
@@ -79,6 +82,7 @@ impl Default for ServerState {
             requests: Vec::new(),
             statements: Vec::new(),
             terminated: Vec::new(),
+            dropped_indexes: Vec::new(),
             next_transaction: 1000,
             next_query: 5000,
         }
@@ -125,6 +129,33 @@ impl ServerState {
             .count()
     }
 
+    /// The index called `name`, if the state holds it.
+    pub fn index(&self, name: &str) -> Option<&Index> {
+        self.indexes.iter().find(|i| i.name == name)
+    }
+
+    /// Moves a POPULATING index's progress to `percent`; at 100 it is ONLINE.
+    pub fn advance_population(&mut self, name: &str, percent: f64) {
+        let i = self
+            .indexes
+            .iter_mut()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no index {name:?}"));
+        i.population_percent = percent.min(100.0);
+        if percent >= 100.0 {
+            i.state = "ONLINE".into();
+        }
+    }
+
+    /// The statements received that change the schema (DROP ..., CREATE ...), in order.
+    pub fn schema_statements(&self) -> Vec<String> {
+        self.statements
+            .iter()
+            .map(|s| s.query.trim().to_string())
+            .filter(|q| q.starts_with("DROP ") || q.starts_with("CREATE "))
+            .collect()
+    }
+
     /// The transaction with this id, if the state still holds it.
     pub fn transaction(&self, id: &str) -> Option<&Tx> {
         self.transactions.iter().find(|t| t.id == id)
@@ -152,6 +183,13 @@ pub enum Fault {
     ProcedureNotFound { procedure: String },
     /// Every RUN waits this long before it is executed and answered.
     Slow { delay: Duration },
+    /// RUNs whose text starts with `starts_with` get FAILURE `code`,
+    /// `message`, and change nothing.
+    FailMatching {
+        starts_with: String,
+        code: String,
+        message: String,
+    },
     /// RUNs whose text contains `contains` wait this long.
     SlowMatching { contains: String, delay: Duration },
     /// A result streamed by PULL: the socket is closed after this many
@@ -288,6 +326,11 @@ pub struct Index {
     pub properties: Vec<String>,
     /// `None` shows as "".
     pub failure_message: Option<String>,
+    /// SHOW INDEXES' `createStatement` (4.4+); `None` shows as null.
+    pub create_statement: Option<String>,
+    /// The constraint that owns the index: `owningConstraint` on 5.x,
+    /// `uniqueness = "UNIQUE"` on 4.4 (where it must be the index's name).
+    pub owning_constraint: Option<String>,
 }
 
 impl Index {
@@ -302,7 +345,27 @@ impl Index {
             labels: vec![label.into()],
             properties: vec![property.into()],
             failure_message: None,
+            create_statement: Some(format!(
+                "CREATE RANGE INDEX `{name}` FOR (n:`{label}`) ON (n.`{property}`)"
+            )),
+            owning_constraint: None,
         }
+    }
+
+    /// The index of a uniqueness constraint named `constraint`; its
+    /// createStatement creates the constraint.
+    pub fn of_constraint(mut self, constraint: &str) -> Index {
+        let (label, property) = (self.labels[0].clone(), self.properties[0].clone());
+        self.owning_constraint = Some(constraint.into());
+        self.create_statement = Some(format!(
+            "CREATE CONSTRAINT `{constraint}` FOR (n:`{label}`) REQUIRE (n.`{property}`) IS UNIQUE"
+        ));
+        self
+    }
+
+    pub fn create_statement(mut self, statement: Option<&str>) -> Index {
+        self.create_statement = statement.map(String::from);
+        self
     }
 
     pub fn populating(name: &str, label: &str, property: &str, percent: f64) -> Index {
