@@ -327,6 +327,26 @@ mod tests {
         assert_eq!(t.standing_still_ms("s"), 10 * MIN);
     }
 
+    /// `stalls` lists exactly the stalled standbys, each with its own figures.
+    #[test]
+    fn stalls_lists_the_stalled_standbys_only() {
+        let mut t = ReplayTracker::default();
+        // s1 paused behind the writing primary, s2 replaying as it comes.
+        for (at, p) in [(0, 100), (MIN, 200), (5 * MIN, 900), (11 * MIN, 1500)] {
+            let r: BTreeMap<String, WalReading> = [
+                ("p".to_string(), primary(at, p)),
+                ("s1".to_string(), standby(at, p, 100)),
+                ("s2".to_string(), standby(at, p, p)),
+            ]
+            .into();
+            t.observe(&r);
+        }
+        let stalls = t.stalls(10 * MIN);
+        assert_eq!(stalls.keys().collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(stalls["s1"], t.stall("s1", 10 * MIN).unwrap());
+        assert!(t.stalls(11 * MIN).is_empty());
+    }
+
     #[test]
     fn an_older_primary_reading_does_not_restart_the_clock() {
         // The standby received more than the primary's last poll showed,

@@ -291,6 +291,39 @@ fn the_recheck_names_what_changed() {
         recheck(&before, Some(&backed), &s).as_deref(),
         Some("it is now backed by constraint \"c\", which the settings do not name")
     );
+    // A constraint the settings name: still a change, said as such.
+    let named = IndexRebuildSettings {
+        constraints: vec!["c".into()],
+        ..settings()
+    };
+    assert_eq!(
+        recheck(&before, Some(&backed), &named).as_deref(),
+        Some("its owning constraint changed")
+    );
+}
+
+/// Each part of the definition alone, with the same createStatement (as a
+/// server older than its own report could show it), refuses the rebuild.
+#[test]
+fn the_recheck_refuses_any_one_part_of_the_definition_changed() {
+    let s = settings();
+    let before = index("email", "FAILED", None);
+    let changes: [(&str, fn(&mut Neo4jIndex)); 4] = [
+        ("labels", |i| i.labels_or_types = vec!["Company".into()]),
+        ("properties", |i| i.properties = vec!["mail".into()]),
+        ("index type", |i| i.index_type = Some("TEXT".into())),
+        ("entity type", |i| i.entity_type = "RELATIONSHIP".into()),
+    ];
+    for (what, change) in changes {
+        let mut now = before.clone();
+        change(&mut now);
+        assert_ne!(now, before, "{what}");
+        assert_eq!(
+            recheck(&before, Some(&now), &s).as_deref(),
+            Some("its definition changed (labels, properties or type)"),
+            "{what}"
+        );
+    }
 }
 
 fn arb_index() -> impl Strategy<Value = (Neo4jIndex, f64)> {
