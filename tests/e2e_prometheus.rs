@@ -60,6 +60,15 @@ const EXPECTED_EMPTY: &[(&str, &str)] = &[
         "`> 0` keeps only databases with new deadlocks: nothing deadlocks here",
     ),
     (
+        "dbwarden_neo4j_index_population_percent",
+        "exported only for indexes that are not ONLINE: the Neo4j here has one \
+         index, ONLINE, so that no Neo4j alert fires",
+    ),
+    (
+        "dbwarden_neo4j_index_rebuild_started_timestamp_seconds",
+        "`> 0` only while an index rebuild runs: no index is FAILED here",
+    ),
+    (
         "outcome=~\"refused|failed|audit_failed|budget_exhausted\"",
         "`> 0` keeps only decisions held back or failed: the dry-run policy's \
          decisions are would_act until its budget runs out",
@@ -596,11 +605,14 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     );
     let graph = neo4j();
     let kube = KubeFake::start(FakeCluster::databases());
-    // Dry-run eviction of the crash-looping pod, so the eviction panel has data.
+    // Dry-run eviction of the crash-looping pod, so the eviction panel has
+    // data; `rebuild_after` follows the standby's replay (never stalled
+    // here), so the replay-stalled panel has data.
     let kubernetes = kube.config_section(
         "statefulsets = true\nvolume_stats = true\nvolume_stats_interval = \"10s\"\ninterval = \"1s\"\n\n\
          [kubernetes.lease]\nname = \"dbwarden\"\n\n\
-         [kubernetes.eviction]\ntargets = [\"primary\"]\nnot_ready_for = \"30s\"\n",
+         [kubernetes.eviction]\ntargets = [\"primary\"]\nnot_ready_for = \"30s\"\n\
+         rebuild_after = \"10m\"\n",
     );
     let neo4j_password = remediation_dir.path().join("neo4j-password");
     std::fs::write(&neo4j_password, "secret\n").expect("write the Neo4j password file");
