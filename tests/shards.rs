@@ -282,6 +282,27 @@ async fn three_replicas_share_the_targets_through_leases() {
         }
     }
 
+    // Each replica's Lease says who holds it, for how long, and since when
+    // (what other members and `kubectl get lease` read), in the group.
+    let leases = kube.leases();
+    for r in REPLICAS {
+        let lease = leases
+            .iter()
+            .find(|l| l["metadata"]["name"] == format!("dbwarden-{r}"))
+            .unwrap_or_else(|| panic!("no Lease for {r}: {leases:#?}"));
+        let spec = &lease["spec"];
+        assert_eq!(spec["holderIdentity"], *r, "{lease:#}");
+        assert_eq!(spec["leaseDurationSeconds"], LEASE.as_secs(), "{lease:#}");
+        assert_eq!(spec["leaseTransitions"], 0, "{lease:#}");
+        for field in ["acquireTime", "renewTime"] {
+            assert!(spec[field].is_string(), "{field} missing: {lease:#}");
+        }
+        assert_eq!(
+            lease["metadata"]["labels"]["dbwarden.io/shard-group"], "dbwarden",
+            "{lease:#}"
+        );
+    }
+
     // 2. kill -9 of replica-c: the others take its targets.
     let victim = "replica-c";
     replicas.get_mut(victim).unwrap().kill9();
