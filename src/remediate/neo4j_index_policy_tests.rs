@@ -308,7 +308,8 @@ fn the_recheck_names_what_changed() {
 fn the_recheck_refuses_any_one_part_of_the_definition_changed() {
     let s = settings();
     let before = index("email", "FAILED", None);
-    let changes: [(&str, fn(&mut Neo4jIndex)); 4] = [
+    type Change = fn(&mut Neo4jIndex);
+    let changes: [(&str, Change); 4] = [
         ("labels", |i| i.labels_or_types = vec!["Company".into()]),
         ("properties", |i| i.properties = vec!["mail".into()]),
         ("index type", |i| i.index_type = Some("TEXT".into())),
