@@ -28,37 +28,11 @@ use std::time::{Duration, Instant};
 use dbwarden::remediate::audit::{AuditLog, AuditRecord, Decision};
 use dbwarden::scratch::ScratchCluster;
 use serde_json::Value;
-use support::kube_fake::{FakeCluster, FakePod, KubeFake};
-use support::{Daemon, fast_target, psql, try_psql, wait_until};
+use support::kube_fake::{FakeCluster, KubeFake};
+use support::{Daemon, pod_target, psql, try_psql, wait_until};
 
 const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "lag-routing-test-token";
-
-/// Pods `pg-0` (the primary) and `pg-1` (the standby), both `app=pg` and
-/// gated, with their gate condition True.
-fn cluster() -> FakeCluster {
-    let pod = |name: &str| {
-        let mut p = FakePod::ready("pg", name, "node-a");
-        p.statefulset = Some("pg".into());
-        p.labels
-            .insert("statefulset.kubernetes.io/pod-name".into(), name.into());
-        p
-    };
-    FakeCluster {
-        namespace: "db".into(),
-        pods: vec![pod("pg-0"), pod("pg-1")],
-        statefulsets: vec![],
-    }
-}
-
-fn target(name: &str, pg: &ScratchCluster, pod: &str) -> String {
-    let lag = r#"replication_lag = { max = "1s", for = "0s" }"#;
-    fast_target(name, &pg.url("postgres"), lag).replacen(
-        "sslmode = \"disable\"\n",
-        &format!("sslmode = \"disable\"\npods = \"statefulset.kubernetes.io/pod-name={pod}\"\n"),
-        1,
-    )
-}
 
 fn config(
     primary: &ScratchCluster,
@@ -74,8 +48,8 @@ fn config(
         "{}{}\n{}\n[kubernetes.lag_routing]\nservice = \"{service}\"\ntargets = [\"standby\", \"primary\"]\nrestore_after = \"10s\"\n\n\
          [remediation]\nmode = \"{mode}\"\ninstance = \"lag-test\"\naudit_file = \"{}\"\nstate_dir = \"{}\"\n\
          api_token_file = \"{}\"\npacing = \"0s\"\n\n[remediation.budget]\nper_target = 10\nglobal = 10\nwindow = \"10m\"\n",
-        target("primary", primary, "pg-0"),
-        target("standby", standby, "pg-1"),
+        pod_target("primary", primary, "pg-0"),
+        pod_target("standby", standby, "pg-1"),
         kube.config_section("interval = \"1s\"\nstatefulsets = false"),
         dir.join("audit.jsonl").display(),
         dir.join("state").display(),
@@ -140,7 +114,7 @@ async fn lag_check(daemon: &Daemon) -> String {
 async fn a_lagging_standby_leaves_its_service_and_comes_back_after_hysteresis() {
     let primary = support::primary();
     let standby = support::standby(&primary);
-    let kube = KubeFake::start(cluster());
+    let kube = KubeFake::start(FakeCluster::primary_and_standby());
     kube.gate("pg-0", Some(true));
     kube.gate("pg-1", Some(true));
     kube.add_service("pg-read", &[("app", "pg")]);
@@ -373,7 +347,7 @@ async fn a_lagging_standby_leaves_its_service_and_comes_back_after_hysteresis() 
 async fn the_last_ready_endpoint_stays_and_dry_run_patches_nothing() {
     let primary = support::primary();
     let standby = support::standby(&primary);
-    let kube = KubeFake::start(cluster());
+    let kube = KubeFake::start(FakeCluster::primary_and_standby());
     kube.gate("pg-1", Some(true));
     // The standby is the only endpoint of pg-standby; pg-read has both.
     kube.add_service(
@@ -470,7 +444,7 @@ mod runner {
     use dbwarden::remediate::audit::Mode;
     use dbwarden::remediate::budget::Budget;
 
-    use super::cluster;
+    use super::support::kube_fake::FakeCluster;
     use super::support::kube_fake::KubeFake;
 
     /// Records intents and outcomes in order with the number of patches the
@@ -596,7 +570,7 @@ mod runner {
     /// the third; putting one back spends nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_budget_bounds_take_outs_and_the_intent_comes_first() {
-        let mut c = cluster();
+        let mut c = FakeCluster::primary_and_standby();
         let mut extra = c.pods[1].clone();
         for name in ["pg-2", "pg-3"] {
             extra.name = name.into();
@@ -681,7 +655,7 @@ mod runner {
     /// condition changed since the snapshot is re-checked and skipped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_patch_without_an_audit_record_or_after_a_change() {
-        let kube = Arc::new(KubeFake::start(cluster()));
+        let kube = Arc::new(KubeFake::start(FakeCluster::primary_and_standby()));
         kube.gate("pg-1", Some(true));
         kube.add_service("pg-read", &[("app", "pg")]);
         let client = client(&kube).await;

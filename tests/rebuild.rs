@@ -26,37 +26,12 @@ use std::time::{Duration, Instant};
 
 use dbwarden::remediate::audit::{AuditLog, AuditRecord, Decision};
 use dbwarden::scratch::ScratchCluster;
-use support::kube_fake::{FakeCluster, FakePod, KubeFake};
-use support::{Daemon, fast_target, psql, try_psql, wait_until};
+use support::kube_fake::{FakeCluster, KubeFake};
+use support::{Daemon, pod_target, psql, try_psql, wait_until};
 
 const T: Duration = Duration::from_secs(30);
 /// `rebuild_after` in these tests.
 const REBUILD_AFTER: Duration = Duration::from_secs(5);
-
-/// Pods `pg-0` (the primary) and `pg-1` (the standby) of StatefulSet `pg`.
-fn cluster() -> FakeCluster {
-    let pod = |name: &str| {
-        let mut p = FakePod::ready("pg", name, "node-a");
-        p.statefulset = Some("pg".into());
-        p.labels
-            .insert("statefulset.kubernetes.io/pod-name".into(), name.into());
-        p
-    };
-    FakeCluster {
-        namespace: "db".into(),
-        pods: vec![pod("pg-0"), pod("pg-1")],
-        statefulsets: vec![],
-    }
-}
-
-fn target(name: &str, pg: &ScratchCluster, pod: &str) -> String {
-    let lag = r#"replication_lag = { max = "1s", for = "0s" }"#;
-    fast_target(name, &pg.url("postgres"), lag).replacen(
-        "sslmode = \"disable\"\n",
-        &format!("sslmode = \"disable\"\npods = \"statefulset.kubernetes.io/pod-name={pod}\"\n"),
-        1,
-    )
-}
 
 fn config(
     primary: &ScratchCluster,
@@ -69,8 +44,8 @@ fn config(
         "{}{}\n{}\n[kubernetes.eviction]\ntargets = [\"standby\", \"primary\"]\nnot_ready_for = \"10m\"\ncooldown = \"1h\"\nrebuild_after = \"{}s\"\n\n\
          [remediation]\nmode = \"{mode}\"\ninstance = \"rebuild-test\"\naudit_file = \"{}\"\nstate_dir = \"{}\"\npacing = \"0s\"\n\n\
          [remediation.budget]\nper_target = 10\nglobal = 10\nwindow = \"10m\"\n",
-        target("primary", primary, "pg-0"),
-        target("standby", standby, "pg-1"),
+        pod_target("primary", primary, "pg-0"),
+        pod_target("standby", standby, "pg-1"),
         kube.config_section("interval = \"1s\"\nstatefulsets = false"),
         REBUILD_AFTER.as_secs(),
         dir.join("audit.jsonl").display(),
@@ -139,7 +114,7 @@ async fn follow_for(daemon: &Daemon, span: Duration, desc: &str) -> f64 {
 async fn a_stalled_standby_is_rebuilt_and_one_behind_or_idle_never() {
     let primary = support::primary();
     let standby = support::standby(&primary);
-    let kube = KubeFake::start(cluster());
+    let kube = KubeFake::start(FakeCluster::primary_and_standby());
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&config(&primary, &standby, &kube, dir.path(), "enforce")).await;
     stalled_seconds_present(&daemon).await;
@@ -345,7 +320,7 @@ mod runner {
     use dbwarden::remediate::budget::Budget;
     use tokio_util::sync::CancellationToken;
 
-    use super::cluster;
+    use super::support::kube_fake::FakeCluster;
     use super::support::kube_fake::KubeFake;
 
     const S: u64 = 1000;
@@ -483,7 +458,7 @@ mod runner {
     /// evicted, after its intent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_stall_is_rechecked_on_the_freshest_polls() {
-        let kube = Arc::new(KubeFake::start(cluster()));
+        let kube = Arc::new(KubeFake::start(FakeCluster::primary_and_standby()));
         let client = client(&kube).await;
         let queue: Queue = Arc::default();
         let (mut runner, audit) = runner(&kube, Mode::Enforce, &queue);

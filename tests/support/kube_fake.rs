@@ -234,6 +234,24 @@ pub struct FakeCluster {
 }
 
 impl FakeCluster {
+    /// A primary and its standby in namespace `db`: pods `pg-0` and `pg-1`
+    /// of StatefulSet `pg`, both ready on `node-a`, each selectable by its
+    /// `statefulset.kubernetes.io/pod-name` label (see [`super::pod_target`]).
+    pub fn primary_and_standby() -> FakeCluster {
+        let pod = |name: &str| {
+            let mut p = FakePod::ready("pg", name, "node-a");
+            p.statefulset = Some("pg".into());
+            p.labels
+                .insert("statefulset.kubernetes.io/pod-name".into(), name.into());
+            p
+        };
+        FakeCluster {
+            namespace: "db".into(),
+            pods: vec![pod("pg-0"), pod("pg-1")],
+            statefulsets: vec![],
+        }
+    }
+
     /// The interface tests' cluster in namespace `db`: a PostgreSQL
     /// StatefulSet `postgres` (`app=postgres`, 2 of 3 ready: `postgres-2` is
     /// not ready, in CrashLoopBackOff, its last termination OOMKilled two

@@ -223,6 +223,18 @@ max_connections = 2
     )
 }
 
+/// [`fast_target`] on `pg`'s `postgres` database with a `replication_lag`
+/// of 1 s and no hold, and `pods` selecting the one pod named `pod` (of
+/// [`kube_fake::FakeCluster::primary_and_standby`]).
+pub fn pod_target(name: &str, pg: &dbwarden::scratch::ScratchCluster, pod: &str) -> String {
+    let lag = r#"replication_lag = { max = "1s", for = "0s" }"#;
+    fast_target(name, &pg.url("postgres"), lag).replacen(
+        "sslmode = \"disable\"\n",
+        &format!("sslmode = \"disable\"\npods = \"statefulset.kubernetes.io/pod-name={pod}\"\n"),
+        1,
+    )
+}
+
 // ---------------------------------------------------------------- daemon
 
 /// The daemon running in-process on the test's runtime.
