@@ -2152,3 +2152,59 @@ match_applications = ["burst-.*"]"#,
         s.assert_terminated("a burst session").await;
     }
 }
+
+/// A session that will cross its policy's `idle_for` before the next poll
+/// is acted on when it crosses: the runner brings one poll forward to that
+/// moment instead of leaving it to the next poll (here a day away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_acted_on_when_it_crosses_not_at_the_next_poll() {
+    let mut fx = Fixture::new("CREATE ROLE app LOGIN").await;
+    let mut crossing = fx.session("app", "crossing").await;
+    let audit_file = fx.audit_file();
+    let toml = fx
+        .config(
+            &fx.url(),
+            "enforce",
+            &audit_file,
+            10,
+            &policy(
+                "idle",
+                "terminate",
+                r#"state = ["idle"]
+idle_for = "3s"
+match_applications = ["crossing"]"#,
+            ),
+        )
+        .replace("poll_interval = \"300ms\"", "poll_interval = \"1day\"");
+    let daemon = Daemon::start(&toml).await;
+    wait_until(T, "the session terminated", async || {
+        if fx.alive(crossing.id).await? {
+            Err("alive".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let records = audit(&audit_file);
+    assert_acted_once(
+        &records,
+        crossing.id,
+        "the crossing session",
+        "idle",
+        "terminate",
+        "idle",
+    );
+    let intent = records
+        .iter()
+        .find(|r| r.decision == Decision::Intent)
+        .expect("an intent");
+    let idle = intent.pg().idle_seconds.expect("idle seconds");
+    // Selected by the poll brought forward to the crossing, not by a later one.
+    assert!(
+        (3.0..4.5).contains(&idle),
+        "selected after {idle} s idle, idle_for 3 s"
+    );
+    // The first poll, then the one brought forward: the day's next poll is far.
+    assert_eq!(polls(&daemon).await, 2.0);
+    crossing.assert_terminated("the crossing session").await;
+}

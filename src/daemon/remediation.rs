@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -71,11 +71,12 @@ pub fn neo4j(
     };
     let fed = feed.run(published, cycles, cancel.clone());
     let (rem, second) = (rem.clone(), receiver.clone());
+    // Neither predicts a crossing yet (`Selection::next_crossing`).
     Some(Box::pin(async move {
         tokio::join!(
             fed,
-            runner::run(rem.clone(), transactions, receiver, cancel.clone()),
-            runner::run(rem, indexes, second, cancel),
+            runner::run(rem.clone(), transactions, receiver, None, cancel.clone()),
+            runner::run(rem, indexes, second, None, cancel),
         );
     }))
 }
@@ -91,6 +92,7 @@ fn follow<K: Kind>(
     snapshot_of: SnapshotOf<K::Snapshot>,
 ) -> Option<Task> {
     let published = state.subscribe(kind.target())?;
+    let poll_now = state.waker(kind.target());
     let (cycles, receiver) = watch::channel(None);
     let feed = Feed {
         target: kind.target().to_string(),
@@ -100,7 +102,7 @@ fn follow<K: Kind>(
     };
     let fed = feed.run(published, cycles, cancel.clone());
     Some(Box::pin(async move {
-        tokio::join!(fed, runner::run(rem, kind, receiver, cancel));
+        tokio::join!(fed, runner::run(rem, kind, receiver, poll_now, cancel));
     }))
 }
 
@@ -149,6 +151,8 @@ fn cycle_of<S>(
         snapshot,
         failing: failing(status),
         firing: firing(alerts, &status.target),
+        poll_interval: Duration::try_from_secs_f64(status.poll_interval_seconds)
+            .unwrap_or_default(),
     })
 }
 

@@ -279,6 +279,7 @@ impl Kind for Neo4jIndexRebuild {
             // One index per target at a time.
             limit: Some(1),
             refused: s.refused,
+            crossings: Vec::new(),
         }
     }
 

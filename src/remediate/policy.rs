@@ -250,6 +250,13 @@ pub struct PolicyEvaluation {
     pub protected: Vec<(SessionFacts, Protection)>,
     /// The candidates chosen for this cycle (victim choice and cap applied).
     pub selected: Vec<Candidate>,
+    /// Seconds after the snapshot's time at which each session that falls
+    /// short of this policy only in its durations meets them all, if it
+    /// stays as it is (the same state, query and transaction), soonest
+    /// first; empty while the gate is closed. The runner may bring the next
+    /// poll forward to them ([`crossings`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub crossings_seconds: Vec<f64>,
 }
 
 /// What the gates of a policy look at on one target.
@@ -329,9 +336,13 @@ pub fn evaluate_policy(
     let waiters = blocked_waiters(snapshot, policy.conditions.blocking().map(|b| b.waited_for));
     let mut candidates = Vec::new();
     let mut protected = Vec::new();
+    let mut crossings_seconds = Vec::new();
     for s in &snapshot.sessions {
         let facts = facts(snapshot, s, waiters.get(&s.pid).copied().unwrap_or(0));
         let Some(reason) = matches(&policy.conditions, s, &facts) else {
+            if gate_open && let Some(wait) = crossing_in(policy, s, facts) {
+                crossings_seconds.push(wait);
+            }
             continue;
         };
         if let Some(p) = protection(policy, s) {
@@ -377,7 +388,56 @@ pub fn evaluate_policy(
         candidates,
         protected,
         selected,
+        crossings_seconds: {
+            crossings_seconds.sort_by(f64::total_cmp);
+            crossings_seconds
+        },
     }
+}
+
+/// How long until `s` meets every condition of `policy`, when only its
+/// durations (idle, query running, transaction open, connected) fall short
+/// and the session stays as it is: the largest shortfall, provided the
+/// session then matches and is not protected. `f` is its facts now, which
+/// the session did not match with.
+fn crossing_in(policy: &Policy, s: &Session, mut f: SessionFacts) -> Option<f64> {
+    let c = &policy.conditions;
+    let durations = [
+        (f.idle_seconds, c.idle_for),
+        (f.query_seconds, c.query_running_for),
+        (f.transaction_seconds, c.transaction_open_for),
+        (f.connected_seconds, c.connected_for),
+    ];
+    let mut wait: f64 = 0.0;
+    for (value, min) in durations {
+        if let Some(min) = min {
+            // A duration the session does not have (idle while it runs a
+            // query) does not come by waiting.
+            wait = wait.max(min.as_secs_f64() - value?);
+        }
+    }
+    if wait <= 0.0 {
+        // Its durations are met: something else keeps it out.
+        return None;
+    }
+    // Every duration as it will be then (a microsecond on, against rounding).
+    let later = |v: Option<f64>| v.map(|v| v + wait + 1e-6);
+    f.idle_seconds = later(f.idle_seconds);
+    f.query_seconds = later(f.query_seconds);
+    f.transaction_seconds = later(f.transaction_seconds);
+    f.connected_seconds = later(f.connected_seconds);
+    (matches(c, s, &f).is_some() && protection(policy, s).is_none()).then_some(wait)
+}
+
+/// Every policy's [`PolicyEvaluation::crossings_seconds`], soonest first.
+pub fn crossings(evaluations: &[PolicyEvaluation]) -> Vec<Duration> {
+    let mut all: Vec<Duration> = evaluations
+        .iter()
+        .flat_map(|e| &e.crossings_seconds)
+        .map(|&s| Duration::from_secs_f64(s))
+        .collect();
+    all.sort();
+    all
 }
 
 /// Evaluates every policy that applies to `target`, in configuration order,

@@ -15,7 +15,7 @@ use regex::Regex;
 
 use super::{
     Action, ActionKind, Candidate, Conditions, NameSet, Policy, PolicyEvaluation, Protection,
-    Victims, evaluate_policy, is_own, select,
+    Victims, crossings, evaluate_policy, is_own, select,
 };
 use crate::evaluate::{CheckId, CheckName};
 use crate::observe::APPLICATION_NAME;
@@ -1850,4 +1850,65 @@ proptest! {
         prop_assert_eq!(r.value, Some(longest));
         prop_assert_eq!(r.status, crate::evaluate::CheckStatus::Pass);
     }
+}
+
+/// `p` evaluated on `snap` as it will be `secs` later, every session as it is.
+fn evaluate_later(p: &Policy, snap: &PgSnapshot, f: &[CheckName], secs: f64) -> PolicyEvaluation {
+    let mut later = snap.clone();
+    later.server_now_us += (secs * 1e6).round() as i64;
+    evaluate_policy(p, &later, gates(f))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The predicted crossings are exactly when sessions that are not
+    /// candidates become ones, every session staying as it is: at any
+    /// moment (just before and just after each crossing, and much later),
+    /// the candidates gained are as many as the crossings passed; none is
+    /// predicted while the gate is closed. (A lock chain's waiters are not
+    /// predicted: policies on blocking are left out.)
+    #[test]
+    fn the_predicted_crossings_are_when_new_candidates_appear(
+        snap in sessions().prop_map(snapshot_of), p in policy_strategy(), f in failing(),
+    ) {
+        prop_assume!(p.conditions.blocking().is_none());
+        let e = evaluate_policy(&p, &snap, gates(&f));
+        let now = pid_set(&e.candidates);
+        let cs = &e.crossings_seconds;
+        prop_assert!(e.gate_open || cs.is_empty(), "crossings predicted behind a closed gate");
+        prop_assert!(cs.windows(2).all(|w| w[0] <= w[1]), "soonest first: {cs:?}");
+        prop_assert!(cs.iter().all(|&c| c > 0.0));
+        // Ages are whole microseconds: two on either side of each crossing.
+        let mut moments: Vec<f64> = cs.iter().flat_map(|&c| [c - 2e-6, c + 2e-6]).filter(|&t| t > 0.0).collect();
+        moments.extend([1.0, 600.0, 864_000.0]);
+        for t in moments {
+            let later = pid_set(&evaluate_later(&p, &snap, &f, t).candidates);
+            prop_assert!(now.is_subset(&later), "a candidate lost by waiting {t} s");
+            let passed = cs.iter().filter(|&&c| c <= t).count();
+            if e.gate_open {
+                prop_assert_eq!(later.len() - now.len(), passed, "after {} s, crossings {:?}", t, cs);
+            }
+        }
+    }
+}
+
+#[test]
+fn crossings_are_every_policy_s_soonest_first() {
+    let p = |secs: &[f64]| PolicyEvaluation {
+        policy: "p".into(),
+        gate_open: true,
+        gate_reason: String::new(),
+        candidates: Vec::new(),
+        protected: Vec::new(),
+        selected: Vec::new(),
+        crossings_seconds: secs.to_vec(),
+    };
+    assert!(crossings(&[]).is_empty());
+    assert!(crossings(&[p(&[])]).is_empty());
+    let ms = Duration::from_millis;
+    assert_eq!(
+        crossings(&[p(&[0.5, 3.5]), p(&[]), p(&[0.25, 9.0])]),
+        [ms(250), ms(500), ms(3500), ms(9000)]
+    );
 }

@@ -80,13 +80,17 @@ impl Kind for Postgres {
         gates: Gates<'_>,
     ) -> Selection<Candidate> {
         let (evaluations, chosen) = policy::select(policies, &self.name, snapshot, gates);
-        Selection::of(
-            evaluations
-                .into_iter()
-                .map(|e| (e.policy, e.candidates.len()))
-                .collect(),
-            chosen,
-        )
+        let crossings = policy::crossings(&evaluations);
+        Selection {
+            crossings,
+            ..Selection::of(
+                evaluations
+                    .into_iter()
+                    .map(|e| (e.policy, e.candidates.len()))
+                    .collect(),
+                chosen,
+            )
+        }
     }
 
     fn key(c: &Candidate) -> SessionKey {

@@ -17,7 +17,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -42,6 +42,9 @@ pub struct Cycle<S> {
     pub failing: Vec<CheckName>,
     /// The alerts Alertmanager reports firing for the target (the alert gate).
     pub firing: Vec<String>,
+    /// The target's poll interval, which bounds the polls brought forward
+    /// ([`Selection::crossings`]).
+    pub poll_interval: Duration,
 }
 
 impl<S> Clone for Cycle<S> {
@@ -50,6 +53,7 @@ impl<S> Clone for Cycle<S> {
             snapshot: self.snapshot.clone(),
             failing: self.failing.clone(),
             firing: self.firing.clone(),
+            poll_interval: self.poll_interval,
         }
     }
 }
@@ -72,6 +76,12 @@ pub struct Selection<C> {
     /// on, but recorded once (audit, log, the `refused` outcome) in
     /// dry-run and enforce mode, paused or not.
     pub refused: Vec<(C, String)>,
+    /// How long after the snapshot each candidate-to-be crosses the last
+    /// of its policy's durations, if it stays as it is, soonest first.
+    /// When that falls before the next poll, the runner wakes the poller
+    /// then ([`wake_after`]), so that a session is acted on when it
+    /// crosses, not up to an interval later.
+    pub crossings: Vec<Duration>,
 }
 
 impl<C> Selection<C> {
@@ -82,6 +92,7 @@ impl<C> Selection<C> {
             chosen,
             limit: None,
             refused: Vec::new(),
+            crossings: Vec::new(),
         }
     }
 }
@@ -191,6 +202,14 @@ pub trait Kind: Sized + Send + 'static {
     fn close(self) -> impl Future<Output = ()> + Send;
 }
 
+/// Waits until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The metric outcomes a decision can have in `mode`, so every series
 /// exists from the start at 0 and `increase()` sees the first one.
 fn outcomes(mode: Mode) -> &'static [&'static str] {
@@ -209,17 +228,35 @@ fn outcomes(mode: Mode) -> &'static [&'static str] {
 }
 
 /// Runs one target's loop until `cancel` or until the cycles stop coming.
+/// `poll_now` wakes the target's poller ([`Selection::crossings`]).
 pub async fn run<K: Kind>(
     rem: Arc<Remediation>,
     kind: K,
     cycles: Cycles<K::Snapshot>,
+    poll_now: Option<Arc<Notify>>,
     cancel: CancellationToken,
 ) {
     let span = kind.span();
-    Runner::new(rem, kind, cancel)
+    Runner::new(rem, kind, poll_now, cancel)
         .run(cycles)
         .instrument(span)
         .await
+}
+
+/// How long after a predicted crossing the poll brought forward starts, so
+/// that the session has crossed by the server's clock too.
+pub const CROSSING_MARGIN: Duration = Duration::from_millis(10);
+
+/// When to poll for `crossings` (soonest first, after the cycle): at the
+/// last of those within a tenth of `interval` of the first, so that
+/// sessions crossing together (a burst) are taken by one poll.
+pub fn wake_after(crossings: &[Duration], interval: Duration) -> Option<Duration> {
+    let first = *crossings.first()?;
+    crossings
+        .iter()
+        .take_while(|&&c| c <= first + interval / 10)
+        .last()
+        .copied()
 }
 
 /// One target's loop and what it carries from cycle to cycle.
@@ -241,6 +278,12 @@ struct Runner<K: Kind> {
     was_paused: bool,
     /// A budget was exhausted at the last spend (logged once per exhaustion).
     exhausted: bool,
+    /// Wakes the target's poller.
+    poll_now: Option<Arc<Notify>>,
+    /// When to wake it: a candidate-to-be crosses its durations then.
+    wake_at: Option<Instant>,
+    /// When it was last woken: at most once per quarter of the poll interval.
+    woken_at: Option<Instant>,
 }
 
 /// How a decision ended.
@@ -255,7 +298,12 @@ enum Decided {
 }
 
 impl<K: Kind> Runner<K> {
-    fn new(rem: Arc<Remediation>, kind: K, cancel: CancellationToken) -> Self {
+    fn new(
+        rem: Arc<Remediation>,
+        kind: K,
+        poll_now: Option<Arc<Notify>>,
+        cancel: CancellationToken,
+    ) -> Self {
         let settings = rem.settings();
         let mut runner = Runner {
             target: kind.target().to_string(),
@@ -268,6 +316,9 @@ impl<K: Kind> Runner<K> {
             settled: HashSet::new(),
             was_paused: false,
             exhausted: false,
+            poll_now,
+            wake_at: None,
+            woken_at: None,
         };
         runner.init_series();
         runner
@@ -276,9 +327,14 @@ impl<K: Kind> Runner<K> {
     async fn run(mut self, mut cycles: Cycles<K::Snapshot>) {
         self.rem.publish_budgets(&self.target);
         loop {
+            let wake_at = self.wake_at;
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 changed = cycles.changed() => if changed.is_err() { break },
+                _ = sleep_until_some(wake_at) => {
+                    self.wake();
+                    continue;
+                }
             }
             // Cloned out: the channel's lock must not be held across awaits.
             let cycle = cycles.borrow_and_update().clone();
@@ -322,13 +378,16 @@ impl<K: Kind> Runner<K> {
     }
 
     async fn cycle(&mut self, cycle: Option<Cycle<K::Snapshot>>) {
+        let received = Instant::now();
+        // A wake armed by an earlier cycle is this cycle's to arm again.
+        self.wake_at = None;
         self.refresh();
         let paused = self.rem.pause.is_paused();
         self.rem.recorder().set_paused(paused);
         let Some(cycle) = cycle else {
             return;
         };
-        let (chosen, limit, refused) = self.select(&cycle);
+        let (chosen, limit, refused, crossings) = self.select(&cycle);
         if self.settings.mode == Mode::Observe {
             return;
         }
@@ -357,11 +416,41 @@ impl<K: Kind> Runner<K> {
         } else {
             Some(self.kind.contend(&cx).await)
         };
+        if holder == Some(Holder::Us) {
+            self.arm_wake(received, &crossings, cycle.poll_interval);
+        }
         if chosen.is_empty() || self.held_back(paused, holder, chosen.len()) {
             return;
         }
         self.act_on(&cx, &chosen, limit).await;
         self.rem.publish_budgets(&self.target);
+    }
+
+    /// Brings the next poll forward to predicted crossings (after the cycle
+    /// was `received`; [`wake_after`]) when that comes before the next
+    /// poll: no sooner than a quarter of `interval` after the last poll
+    /// brought forward, and only while this instance may act (the caller's).
+    fn arm_wake(&mut self, received: Instant, crossings: &[Duration], interval: Duration) {
+        let Some(after) = wake_after(crossings, interval) else {
+            return;
+        };
+        let mut at = received + after + CROSSING_MARGIN;
+        if let Some(last) = self.woken_at {
+            at = at.max(last + interval / 4);
+        }
+        if self.poll_now.is_some() && at < received + interval {
+            self.wake_at = Some(at);
+        }
+    }
+
+    /// The armed wake is due: poll now.
+    fn wake(&mut self) {
+        self.wake_at = None;
+        self.woken_at = Some(Instant::now());
+        if let Some(poll_now) = &self.poll_now {
+            tracing::debug!("a session crosses its policy's durations: polling now");
+            poll_now.notify_one();
+        }
     }
 
     /// The candidates chosen in this cycle's snapshot; exports each
@@ -375,6 +464,7 @@ impl<K: Kind> Runner<K> {
         Vec<K::Candidate>,
         Option<usize>,
         Vec<(K::Candidate, String)>,
+        Vec<Duration>,
     ) {
         self.settled.retain(|k| K::exists(&cycle.snapshot, k));
         let gates = Gates {
@@ -386,7 +476,12 @@ impl<K: Kind> Runner<K> {
             self.rem.recorder().set_candidates(&self.target, policy, *n);
         }
         self.rem.publish_budgets(&self.target);
-        (selection.chosen, selection.limit, selection.refused)
+        (
+            selection.chosen,
+            selection.limit,
+            selection.refused,
+            selection.crossings,
+        )
     }
 
     /// Records each refused candidate once while it exists: an audit

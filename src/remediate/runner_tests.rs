@@ -57,6 +57,8 @@ impl Logs {
 /// Deadline for anything the loop should do at once.
 const DEADLINE: Duration = Duration::from_secs(10);
 const TARGET: &str = "t";
+/// The poll interval every cycle of the harness carries.
+const POLL_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A snapshot of the fake kind: the items that exist, and the policy each meets.
 type Items = Vec<(u32, &'static str)>;
@@ -112,6 +114,8 @@ struct Script {
     limit: Option<usize>,
     /// Items the selection refuses outright instead of choosing them.
     refuse: Vec<u32>,
+    /// The selection's `crossings`.
+    crossings: Vec<Duration>,
 }
 
 struct Events(Arc<watch::Sender<Seen>>);
@@ -220,6 +224,7 @@ impl Kind for Fake {
                 .into_iter()
                 .map(|c| (c, "refused by the fake".to_string()))
                 .collect(),
+            crossings: script.crossings.clone(),
         }
     }
 
@@ -363,6 +368,8 @@ struct Harness {
     seen: Arc<watch::Sender<Seen>>,
     script: Arc<Mutex<Script>>,
     cycles: watch::Sender<Option<Cycle<Items>>>,
+    /// The poller's waker, as the daemon passes it.
+    poll_now: Arc<Notify>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -379,6 +386,7 @@ impl Harness {
             holder: Holder::Us,
             limit: None,
             refuse: Vec::new(),
+            crossings: Vec::new(),
         }));
         let fake = Fake {
             seen: seen.clone(),
@@ -386,12 +394,20 @@ impl Harness {
         };
         let (cycles, receiver) = watch::channel(None);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(rem.clone(), fake, receiver, cancel.clone()));
+        let poll_now = Arc::new(Notify::new());
+        let task = tokio::spawn(run(
+            rem.clone(),
+            fake,
+            receiver,
+            Some(poll_now.clone()),
+            cancel.clone(),
+        ));
         let h = Harness {
             rem,
             seen,
             script,
             cycles,
+            poll_now,
             cancel,
             task,
             _dir: dir,
@@ -448,10 +464,34 @@ impl Harness {
             snapshot: Arc::new(items.to_vec()),
             failing,
             firing,
+            poll_interval: POLL_INTERVAL,
         }));
         self.wait("the cycle's selection", |s| s.selects > selects)
             .await;
         self.failed_poll().await;
+    }
+
+    /// Sends a poll's cycle whose selection predicts a crossing `after`
+    /// (and nothing else after it, unlike [`Harness::cycle`]): returns once
+    /// its selection ran.
+    async fn cycle_crossing(&self, after: Option<Duration>, interval: Duration) {
+        self.script.lock().unwrap().crossings = after.into_iter().collect();
+        let selects = self.seen(|s| s.selects);
+        self.cycles.send_replace(Some(Cycle {
+            snapshot: Arc::new(Vec::new()),
+            failing: Vec::new(),
+            firing: Vec::new(),
+            poll_interval: interval,
+        }));
+        self.wait("the cycle's selection", |s| s.selects > selects)
+            .await;
+    }
+
+    /// Whether the loop woke the poller within `window`.
+    async fn woken_within(&self, window: Duration) -> bool {
+        tokio::time::timeout(window, self.poll_now.notified())
+            .await
+            .is_ok()
     }
 
     /// A failed poll's cycle, once the loop has taken it.
@@ -1126,5 +1166,95 @@ async fn an_exhausted_budget_is_logged_once_until_an_action_is_allowed() {
         2,
         "exhausted again after an allowed action"
     );
+    h.stop().await;
+}
+
+/// The window in which a wake that would be armed 20 ms ahead must not
+/// come: thirty times that.
+const NO_WAKE_WINDOW: Duration = Duration::from_millis(600);
+
+#[test]
+fn a_burst_crossing_together_is_taken_by_one_poll() {
+    let ms = Duration::from_millis;
+    let interval = Duration::from_secs(1);
+    assert_eq!(wake_after(&[], interval), None);
+    assert_eq!(wake_after(&[ms(50)], interval), Some(ms(50)));
+    // The last within a tenth of the interval of the first.
+    assert_eq!(
+        wake_after(&[ms(50), ms(60), ms(150), ms(151), ms(400)], interval),
+        Some(ms(150))
+    );
+    assert_eq!(
+        wake_after(&[ms(50), ms(60)], Duration::from_secs(60)),
+        Some(ms(60))
+    );
+}
+
+#[tokio::test]
+async fn a_predicted_crossing_brings_the_next_poll_forward() {
+    for mode in [Mode::Enforce, Mode::DryRun] {
+        let h = Harness::start(|d| settings(d, mode, vec![terminate("p")])).await;
+        let sent = Instant::now();
+        h.cycle_crossing(Some(Duration::from_millis(50)), POLL_INTERVAL)
+            .await;
+        assert!(
+            h.woken_within(DEADLINE).await,
+            "{mode:?}: woken at the crossing"
+        );
+        let took = sent.elapsed();
+        assert!(
+            took >= Duration::from_millis(50) + CROSSING_MARGIN,
+            "{mode:?}: woken {took:?} after the cycle, before the crossing"
+        );
+        h.stop().await;
+    }
+    // The next cycle (the poll brought forward) predicts another crossing at
+    // once: polled no sooner than a quarter of the interval after the last.
+    let h = Harness::start(|d| settings(d, Mode::Enforce, vec![terminate("p")])).await;
+    let interval = Duration::from_secs(1);
+    let crossing = Some(Duration::from_millis(10));
+    h.cycle_crossing(crossing, interval).await;
+    assert!(h.woken_within(DEADLINE).await);
+    let woken = Instant::now();
+    h.cycle_crossing(crossing, interval).await;
+    assert!(h.woken_within(DEADLINE).await, "woken again");
+    let gap = woken.elapsed();
+    assert!(gap >= interval / 4, "woken again after {gap:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn no_poll_is_brought_forward_where_nothing_could_act() {
+    let crossing = Some(Duration::from_millis(20));
+    // Observe mode acts on nothing.
+    let h = Harness::start(|d| settings(d, Mode::Observe, vec![terminate("p")])).await;
+    h.cycle_crossing(crossing, POLL_INTERVAL).await;
+    assert!(!h.woken_within(NO_WAKE_WINDOW).await, "observe");
+    h.stop().await;
+    // Paused, or another replica holds the actor lock.
+    let h = Harness::start(|d| settings(d, Mode::Enforce, vec![terminate("p")])).await;
+    h.rem.pause.pause("test", "testing").expect("pause");
+    h.cycle_crossing(crossing, POLL_INTERVAL).await;
+    assert!(!h.woken_within(NO_WAKE_WINDOW).await, "paused");
+    h.rem.pause.resume().expect("resume");
+    h.script.lock().unwrap().holder = Holder::Other("j".into());
+    h.cycle_crossing(crossing, POLL_INTERVAL).await;
+    assert!(
+        !h.woken_within(NO_WAKE_WINDOW).await,
+        "another replica acts"
+    );
+    h.script.lock().unwrap().holder = Holder::Us;
+    // The crossing comes after the next poll anyway.
+    h.cycle_crossing(Some(Duration::from_millis(200)), Duration::from_millis(200))
+        .await;
+    assert!(!h.woken_within(NO_WAKE_WINDOW).await, "after the next poll");
+    // A later cycle without a crossing disarms an armed wake.
+    h.cycle_crossing(Some(Duration::from_millis(300)), POLL_INTERVAL)
+        .await;
+    h.cycle_crossing(None, POLL_INTERVAL).await;
+    assert!(!h.woken_within(NO_WAKE_WINDOW).await, "disarmed");
+    // And then one does arm it.
+    h.cycle_crossing(crossing, POLL_INTERVAL).await;
+    assert!(h.woken_within(DEADLINE).await, "armed");
     h.stop().await;
 }
