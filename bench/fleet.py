@@ -11,16 +11,20 @@ first of them. --per-server 0 puts every target on one server: each poll
 then reads all N monitoring sessions, and the work grows as N squared
 (the worst case, kept to show it).
 
-Measured per fleet size, over a window of whole poll intervals:
+Measured per fleet size, over a window of whole poll intervals while
+/metrics is scraped as a Prometheus would (OpenMetrics, gzip, once per poll
+interval; until 2026-12 the window scraped the plain-text body every
+half second, which the CPU figure then included):
   - CPU of the dbwarden process, as a share of one core;
   - its RSS, and per target: (RSS(N) - RSS(1)) / (N - 1);
   - mean poll duration from its own histogram, against the single target's;
-  - how evenly the polls spread: the largest number of polls that started
-    in any 100 ms slot of the interval, against N / (interval / 100 ms);
+  - how evenly the polls spread: the largest number of targets whose polls
+    start in one 100 ms slot of the interval (read from each target's last
+    poll time at the window's end), against N / (interval / 100 ms);
   - a full scrape of /metrics (plain and gzip): median and largest of 20.
 
   python3 bench/fleet.py [--sizes 10 100 1000] [--interval 10] [--windows 3]
-      [--per-server 50] [--dbwarden target/release/dbwarden]
+      [--per-server 50] [--hold SECONDS] [--dbwarden target/release/dbwarden]
 
 Run as root (the server runs as the postgres OS user). Everything it starts
 is stopped and removed on exit.
@@ -93,16 +97,25 @@ def polls(port):
     return s
 
 
-def spread(port, interval, seconds):
-    """How evenly the polls spread over the interval: each target's phase
-    (its last poll's time modulo the interval, sampled over `seconds`), and
-    the largest number of targets whose polls fall in one 100 ms slot."""
-    phase = {}
+def scrape_like_prometheus(port, interval, seconds):
+    """Scrapes /metrics as a Prometheus with scrape_interval = poll_interval
+    would (OpenMetrics, gzip) for `seconds`, so that the CPU measured over
+    the window includes a realistic share of scraping, no more."""
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for target, t in polls(port)["last"]:
-            phase[target] = t % interval
-        time.sleep(0.5)
+    while True:
+        get(port, "/metrics", gz=True, accept=OPENMETRICS)
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(interval, left))  # the scrape cadence, not a wait on a condition
+
+
+def spread(port, interval):
+    """How evenly the polls spread over the interval: each target's phase
+    (its last poll's time modulo the interval: stable, each target polls on
+    its own grid), and the largest number of targets whose polls fall in one
+    100 ms slot."""
+    phase = {target: t % interval for target, t in polls(port)["last"]}
     slots = {}
     for p in phase.values():
         k = int(p * 10)
@@ -117,6 +130,8 @@ def main():
     ap.add_argument("--windows", type=int, default=3, help="poll intervals measured per size")
     ap.add_argument("--per-server", type=int, default=50,
                     help="targets per PostgreSQL server (0: every target on one server)")
+    ap.add_argument("--hold", type=int, default=0,
+                    help="seconds to keep each fleet running after it was measured (to profile it: its pid is logged)")
     ap.add_argument("--dbwarden", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target/release/dbwarden"))
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -186,8 +201,9 @@ def main():
             time.sleep(a.interval)  # a benchmark's warm-up, not a test's wait
             window = a.windows * a.interval
             before = {k: (scrape.proc_cpu_ticks(p.pid), polls(port), time.monotonic()) for k, (p, port) in runs.items()}
-            peak_slot, seen = spread(runs["fleet"][1], a.interval, window)
+            scrape_like_prometheus(runs["fleet"][1], a.interval, window)
             after = {k: (scrape.proc_cpu_ticks(p.pid), polls(port), time.monotonic()) for k, (p, port) in runs.items()}
+            peak_slot, seen = spread(runs["fleet"][1], a.interval)
             res = {}
             for k, (p, port) in runs.items():
                 t0, p0, m0 = before[k]
@@ -213,6 +229,9 @@ def main():
                 "body_kb": len(body.encode()) / 1024,
                 "peak_slot": peak_slot, "even_slot": n / (a.interval * 10), "starts": seen,
             })
+            if a.hold:
+                log(f"holding for {a.hold} s: the {n}-target dbwarden is pid {runs['fleet'][0].pid}, port {port}")
+                time.sleep(a.hold)  # the user profiles meanwhile
             for name, (p, _) in runs.items():
                 stop(p)
             log(f"{n} targets done")

@@ -43,6 +43,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::remediate::Remediation;
@@ -148,6 +149,12 @@ pub async fn serve(
 
 /// OpenMetrics when the client accepts it (Prometheus does), the text
 /// format 0.0.4 otherwise; gzip when the client accepts it.
+///
+/// The body is streamed: rendered piece by piece on a blocking thread (a
+/// large fleet's body is megabytes, tens of milliseconds of CPU, off the
+/// runtime's workers, which run the polls), gzipped as it goes, and sent in
+/// chunks of [`SCRAPE_CHUNK`] bytes, so that a scrape holds a few chunks,
+/// not the whole body and its compressed copy.
 async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let format = Format::negotiate(
         headers
@@ -159,54 +166,100 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(accepts_gzip);
-    // Rendering a large fleet's body (megabytes) and compressing it is CPU
-    // work of tens of milliseconds: off the runtime's workers, which run the
-    // polls, so that a scrape never delays a poll.
     let metrics = app.metrics.clone();
-    let rendered = tokio::task::spawn_blocking(move || {
-        let body = metrics.render_as(format);
-        let compressed = gzip.then(|| gzip_body(&body)).flatten();
-        (body, compressed)
-    })
-    .await;
-    let (body, compressed) = match rendered {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "rendering metrics failed");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let on_panic = tx.clone();
+    let rendering = tokio::task::spawn_blocking(move || {
+        let mut sink = Chunks::new(tx);
+        let written = if gzip {
+            let mut encoder = flate2::write::GzEncoder::new(&mut sink, flate2::Compression::fast());
+            metrics
+                .write_to(format, &mut encoder)
+                .and_then(|()| encoder.finish().map(drop))
+        } else {
+            metrics.write_to(format, &mut sink)
+        };
+        if let Err(e) = written.and_then(|()| sink.flush_chunk()) {
+            // The scraper hung up, or the body could not be rendered: the
+            // client sees the response cut short, never a partial one as whole.
+            tracing::debug!(error = %e, "a scrape was cut short");
         }
-    };
-    if let Some(compressed) = compressed {
-        return (
-            [
-                (header::CONTENT_TYPE, format.content_type()),
-                (header::CONTENT_ENCODING, "gzip"),
-                (header::VARY, "Accept, Accept-Encoding"),
-            ],
-            compressed,
-        )
-            .into_response();
-    }
-    (
+    });
+    tokio::spawn(async move {
+        if let Err(e) = rendering.await {
+            tracing::error!(error = %e, "rendering metrics failed");
+            let _ = on_panic
+                .send(Err(std::io::Error::other("rendering metrics failed")))
+                .await;
+        }
+    });
+    let body = axum::body::Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    let mut response = (
         [
             (header::CONTENT_TYPE, format.content_type()),
             (header::VARY, "Accept, Accept-Encoding"),
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if gzip {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
+    }
+    response
 }
 
-/// The body gzipped at the fastest level (a scrape's text compresses about
-/// tenfold at it; higher levels cost several times the CPU for a few percent).
-fn gzip_body(body: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::fast(),
-    );
-    encoder.write_all(body).ok()?;
-    encoder.finish().ok()
+/// The size of the pieces a scrape's body is sent in.
+const SCRAPE_CHUNK: usize = 64 * 1024;
+
+/// A writer that sends what it is given as chunks of [`SCRAPE_CHUNK`]
+/// bytes over a bounded channel (blocking while the client is slower than
+/// the rendering); an error once the receiving side is gone.
+struct Chunks {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Chunks {
+    fn new(tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) -> Self {
+        Chunks {
+            tx,
+            buf: Vec::with_capacity(SCRAPE_CHUNK),
+        }
+    }
+
+    /// Sends what is buffered.
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SCRAPE_CHUNK));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the scraper hung up"))
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = SCRAPE_CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == SCRAPE_CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // A chunk goes out when full or at the end: flushing the encoder
+        // (which `finish` does) must not send small pieces.
+        Ok(())
+    }
 }
 
 /// Whether an `Accept-Encoding` value allows gzip (`gzip` or `*` with a
@@ -264,6 +317,65 @@ pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
+    use super::{Chunks, SCRAPE_CHUNK};
+
+    /// A body of several chunks, gzipped through [`Chunks`] as a scrape
+    /// does: full chunks, then the rest once; together, the whole body.
+    #[test]
+    fn a_scrape_is_sent_in_full_chunks_that_make_the_whole_body() {
+        let body: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("dbwarden_sample{{target=\"t{i}\"}} {i}\n").into_bytes())
+            .collect();
+        for gzip in [false, true] {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+            let mut sink = Chunks::new(tx);
+            if gzip {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(&mut sink, flate2::Compression::fast());
+                encoder.write_all(&body).unwrap();
+                encoder.finish().unwrap();
+            } else {
+                sink.write_all(&body).unwrap();
+            }
+            sink.flush_chunk().unwrap();
+            drop(sink);
+            let mut chunks = Vec::new();
+            while let Ok(chunk) = rx.try_recv() {
+                chunks.push(chunk.expect("no error"));
+            }
+            assert!(chunks.len() > 1, "gzip {gzip}: {} chunks", chunks.len());
+            let (last, full) = chunks.split_last().unwrap();
+            assert!(full.iter().all(|c| c.len() == SCRAPE_CHUNK));
+            assert!(!last.is_empty() && last.len() <= SCRAPE_CHUNK);
+            let sent: Vec<u8> = chunks.concat();
+            let plain = if gzip {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&sent[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+                out
+            } else {
+                sent
+            };
+            assert!(plain == body, "gzip {gzip}: the body differs");
+        }
+    }
+
+    /// A scraper that hung up stops the rendering: the next full chunk
+    /// cannot be sent.
+    #[test]
+    fn a_scraper_that_hung_up_stops_the_rendering() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        drop(rx);
+        let mut sink = Chunks::new(tx);
+        let e = sink
+            .write_all(&vec![b'x'; SCRAPE_CHUNK + 1])
+            .expect_err("nobody receives");
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
     #[test]
     fn gzip_is_used_when_accepted() {
         use super::accepts_gzip;

@@ -7,7 +7,6 @@
 pub mod alerts;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -156,8 +155,6 @@ pub struct SharedState {
     /// Per target: its waker, and a channel bumped on every publish so that
     /// followers (remediation) run after each poll.
     channels: RwLock<BTreeMap<String, Channels>>,
-    /// Bumped on every publish of any target: renderers cache by it.
-    generation: AtomicU64,
     /// The latest Kubernetes status, when `[kubernetes]` is configured.
     kubernetes: RwLock<Option<Arc<KubernetesStatus>>>,
     /// The latest configuration reload, when one was tried.
@@ -190,7 +187,6 @@ impl SharedState {
         let state = SharedState {
             targets: RwLock::new(BTreeMap::new()),
             channels: RwLock::new(BTreeMap::new()),
-            generation: AtomicU64::new(0),
             kubernetes: RwLock::new(None),
             last_reload: RwLock::new(None),
             backups: RwLock::new(BTreeMap::new()),
@@ -215,7 +211,6 @@ impl SharedState {
                 waker: Arc::new(Notify::new()),
                 published: watch::channel(0).0,
             });
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Stops tracking a target: its status leaves the metrics and the API,
@@ -227,28 +222,24 @@ impl SharedState {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Publishes the Kubernetes loop's latest status.
     pub fn publish_kubernetes(&self, status: KubernetesStatus) {
         let mut k = self.kubernetes.write().unwrap_or_else(|e| e.into_inner());
         *k = Some(Arc::new(status));
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Publishes a backup location's latest status.
     pub fn publish_backup(&self, status: BackupStatus) {
         let mut b = self.backups.write().unwrap_or_else(|e| e.into_inner());
         b.insert(status.name.clone(), Arc::new(status));
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Forgets a backup location (a reload removed it).
     pub fn remove_backup(&self, name: &str) {
         let mut b = self.backups.write().unwrap_or_else(|e| e.into_inner());
         b.remove(name);
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Every backup location's latest status, by name.
@@ -292,19 +283,12 @@ impl SharedState {
             let mut map = self.targets.write().unwrap_or_else(|e| e.into_inner());
             let slot = map.get_mut(&name)?;
             *slot = published.clone();
-            // Inside the write lock: a reader that sees the new generation sees the new status.
-            self.generation.fetch_add(1, Ordering::Release);
         }
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = channels.get(&name) {
             c.published.send_replace(polls);
         }
         Some(published)
-    }
-
-    /// Changes whenever any target's status is published.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
     }
 
     /// A receiver that changes after every publish for `target`.

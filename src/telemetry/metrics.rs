@@ -17,7 +17,7 @@
 //! alert rules and dashboards against what really exists.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -103,68 +103,92 @@ impl Format {
 /// becomes `untyped`; exemplars are dropped; `\"` in help texts is a
 /// plain quote. Sample lines are otherwise the same in both formats.
 pub fn openmetrics_to_text(openmetrics: &str) -> String {
-    let mut kinds = std::collections::HashMap::new();
-    for line in openmetrics.lines() {
-        if let Some((name, kind)) = line
-            .strip_prefix("# TYPE ")
-            .and_then(|rest| rest.split_once(' '))
-        {
-            kinds.insert(name, kind);
+    let mut text = TextFormat::default();
+    text.learn(openmetrics);
+    let mut out = String::with_capacity(openmetrics.len());
+    text.convert(openmetrics, &mut out);
+    out
+}
+
+/// [`openmetrics_to_text`] piece by piece: the kind of every family is
+/// learnt first (from its `# TYPE` line), then any run of whole lines is
+/// converted on its own.
+#[derive(Debug, Default)]
+struct TextFormat<'a> {
+    kinds: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> TextFormat<'a> {
+    /// Learns the kinds the `# TYPE` lines of `openmetrics` declare.
+    fn learn(&mut self, openmetrics: &'a str) {
+        for line in openmetrics.lines() {
+            if let Some((name, kind)) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|rest| rest.split_once(' '))
+            {
+                self.kinds.insert(name, kind);
+            }
         }
     }
-    let renamed = |name: &str| -> String {
-        match kinds.get(name).copied() {
+
+    fn renamed(&self, name: &str) -> String {
+        match self.kinds.get(name).copied() {
             Some("counter") => format!("{name}_total"),
             Some("info") => format!("{name}_info"),
             _ => name.to_string(),
         }
-    };
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if let Some((name, kind)) = line
-            .strip_prefix("# TYPE ")
-            .and_then(|rest| rest.split_once(' '))
-        {
-            let kind = match kind {
-                "info" => "gauge",
-                "unknown" => "untyped",
-                k => k,
-            };
-            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
-            continue;
-        }
-        if let Some((name, help)) = line
-            .strip_prefix("# HELP ")
-            .and_then(|rest| rest.split_once(' '))
-        {
-            out.push_str(&format!(
-                "# HELP {} {}\n",
-                renamed(name),
-                help.replace("\\\"", "\"")
-            ));
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        if let Some(family) = line[..name_end].strip_suffix("_created")
-            && matches!(kinds.get(family).copied(), Some("counter" | "histogram"))
-        {
-            continue;
-        }
-        // An exemplar follows the value as ` # {...} value`.
-        let sample = match line.find(" # {") {
-            Some(at) => &line[..at],
-            None => line,
-        };
-        out.push_str(sample);
-        out.push('\n');
     }
-    out
+
+    /// Appends the text-format lines of `openmetrics` (whole lines) to `out`.
+    fn convert(&self, openmetrics: &str, out: &mut String) {
+        for line in openmetrics.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            if let Some((name, kind)) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|rest| rest.split_once(' '))
+            {
+                let kind = match kind {
+                    "info" => "gauge",
+                    "unknown" => "untyped",
+                    k => k,
+                };
+                out.push_str(&format!("# TYPE {} {kind}\n", self.renamed(name)));
+                continue;
+            }
+            if let Some((name, help)) = line
+                .strip_prefix("# HELP ")
+                .and_then(|rest| rest.split_once(' '))
+            {
+                out.push_str(&format!(
+                    "# HELP {} {}\n",
+                    self.renamed(name),
+                    help.replace("\\\"", "\"")
+                ));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            if let Some(family) = line[..name_end].strip_suffix("_created")
+                && matches!(
+                    self.kinds.get(family).copied(),
+                    Some("counter" | "histogram")
+                )
+            {
+                continue;
+            }
+            // An exemplar follows the value as ` # {...} value`.
+            let sample = match line.find(" # {") {
+                Some(at) => &line[..at],
+                None => line,
+            };
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
 }
 
 /// The `reason` label values of `dbwarden_http_rejections_total`.
@@ -342,13 +366,7 @@ pub struct Metrics {
     /// The decision and candidate series created so far, so that those of
     /// a target or a policy a reload removed can be removed too.
     created: Mutex<(HashSet<ActionLabels>, HashSet<PolicyLabels>)>,
-    /// Bumped by every recording method; with the state's generation it keys
-    /// the rendered exposition, so scrapes between changes copy nothing.
-    generation: AtomicU64,
     state: Arc<SharedState>,
-    rendered: Mutex<Option<((u64, u64), Bytes)>>,
-    /// The same, in the text format.
-    rendered_text: Mutex<Option<((u64, u64), Bytes)>>,
     /// Each target's series, rendered when its status was published.
     series: Mutex<HashMap<String, Arc<TargetSeries>>>,
     /// The state families' headers, each kept once.
@@ -522,10 +540,7 @@ impl Metrics {
             index_rebuild_held,
             index_rebuild_started,
             created: Mutex::default(),
-            generation: AtomicU64::new(0),
             state,
-            rendered: Mutex::new(None),
-            rendered_text: Mutex::new(None),
             series: Mutex::default(),
             families: Mutex::default(),
         };
@@ -533,11 +548,6 @@ impl Metrics {
             metrics.add_target(&t.target);
         }
         metrics
-    }
-
-    /// Marks the exposition as changed.
-    fn touch(&self) {
-        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn lock_created(
@@ -549,7 +559,6 @@ impl Metrics {
     /// Removes every series of a target a reload removed: its polls, its
     /// remediation decisions, candidates, budget and actor.
     pub fn forget_target(&self, target: &str) {
-        self.touch();
         let l = TargetLabels {
             target: target.to_string(),
         };
@@ -597,7 +606,6 @@ impl Metrics {
     /// Removes the decision and candidate series of a policy a reload
     /// removed (or that no longer applies to the target).
     pub fn forget_policy(&self, target: &str, policy: &str) {
-        self.touch();
         self.forget_series(|t, p| t == target && p == policy);
     }
 
@@ -623,7 +631,6 @@ impl Metrics {
     /// Starts counting a target (its counters at zero, so that `rate()`
     /// sees the first error): at start-up, and when a reload adds one.
     pub fn add_target(&self, target: &str) {
-        self.touch();
         let l = TargetLabels {
             target: target.to_string(),
         };
@@ -641,7 +648,6 @@ impl Metrics {
     /// result's series exists from the first observation on, so `increase`
     /// sees the first failure).
     pub fn record_backup_observation(&self, status: &crate::state::BackupStatus) {
-        self.touch();
         let result = status.last_error.as_ref().map_or("ok", |e| e.kind.as_str());
         for r in BACKUP_RESULTS {
             let c = self.backup_observations.get_or_create(&BackupResultLabels {
@@ -657,7 +663,6 @@ impl Metrics {
 
     /// Removes the series of a backup location a reload removed or changed.
     pub fn forget_backup(&self, name: &str, target: &str) {
-        self.touch();
         for result in BACKUP_RESULTS {
             self.backup_observations.remove(&BackupResultLabels {
                 backup: name.to_string(),
@@ -672,7 +677,6 @@ impl Metrics {
     /// The shard group as last read: live members, the targets each
     /// claims, and the configured targets nobody claims.
     pub fn record_shards(&self, members: usize, claimed: &[(String, usize)], unowned: usize) {
-        self.touch();
         let g = &self.shards;
         g.members
             .get_or_create(&Vec::new())
@@ -691,7 +695,6 @@ impl Metrics {
     }
 
     pub fn record_reload(&self, applied: bool) {
-        self.touch();
         let result = if applied { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
         self.reload_successful.set(i64::from(applied));
@@ -704,7 +707,6 @@ impl Metrics {
     /// Records one request to the Alertmanager receiver: its status code and
     /// the alerts it carried.
     pub fn record_alertmanager(&self, code: u16, firing: u64, resolved: u64, duplicates: u64) {
-        self.touch();
         let code = ALERTMANAGER_CODES
             .iter()
             .find(|c| c.parse::<u16>().ok() == Some(code))
@@ -727,7 +729,6 @@ impl Metrics {
     /// [`HTTP_REJECTION_REASONS`].
     pub fn record_rejection(&self, reason: &'static str) {
         debug_assert!(HTTP_REJECTION_REASONS.contains(&reason), "{reason}");
-        self.touch();
         self.rejections
             .get_or_create(&ReasonLabels { reason })
             .inc();
@@ -735,7 +736,6 @@ impl Metrics {
 
     /// Records one finished poll.
     pub fn record_poll(&self, target: &str, seconds: f64, error: Option<PollErrorKind>) {
-        self.touch();
         let l = TargetLabels {
             target: target.to_string(),
         };
@@ -751,47 +751,20 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text of every metric. Rendered once per change (a
-    /// poll, a decision, a received alert) and shared by the scrapes that
-    /// follow: the exposition holds no clock-derived value, so a cached copy
-    /// is exact.
+    /// The OpenMetrics text of every metric, whole (tests and small
+    /// callers; a scrape streams it with [`Metrics::write_to`]).
     pub fn render(&self) -> Bytes {
-        // Read the key before rendering: a change during the render leaves the
-        // cache keyed by the older generation, and the next scrape renders again.
-        let key = (
-            self.generation.load(Ordering::Acquire),
-            self.state.generation(),
-        );
-        if let Some((k, body)) = &*self.rendered.lock().unwrap_or_else(|e| e.into_inner())
-            && *k == key
-        {
-            return body.clone();
-        }
-        let out = self.render_now();
-        let body = Bytes::from(out);
-        *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
-        body
+        self.render_as(Format::OpenMetrics)
     }
 
-    /// Every metric in `format`; the text format is converted from the
-    /// OpenMetrics rendering, and cached the same way.
+    /// Every metric in `format`, whole.
     pub fn render_as(&self, format: Format) -> Bytes {
-        if format == Format::OpenMetrics {
-            return self.render();
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        if let Err(e) = self.write_to(format, &mut out) {
+            tracing::error!(error = %e, "rendering metrics failed");
         }
-        let key = (
-            self.generation.load(Ordering::Acquire),
-            self.state.generation(),
-        );
-        if let Some((k, body)) = &*self.rendered_text.lock().unwrap_or_else(|e| e.into_inner())
-            && *k == key
-        {
-            return body.clone();
-        }
-        let openmetrics = self.render();
-        let body = Bytes::from(openmetrics_to_text(&String::from_utf8_lossy(&openmetrics)));
-        *self.rendered_text.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, body.clone()));
-        body
+        Bytes::from(out)
     }
 }
 
@@ -832,9 +805,13 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition: the live instruments, then every state family
-    /// once, its header followed by each target's samples and the global ones.
-    fn render_now(&self) -> String {
+    /// Writes the whole exposition in `format` to `out`, piece by piece:
+    /// the live instruments, then every state family once, its header
+    /// followed by each target's samples and the global ones. The body is
+    /// never held whole (a thousand targets' is megabytes): what `out`
+    /// does with the pieces (a scrape gzips and streams them) bounds the
+    /// memory a scrape takes.
+    pub fn write_to(&self, format: Format, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let targets = self.state.all();
         let series: Vec<Arc<TargetSeries>> = targets.iter().map(|s| self.series_of(s)).collect();
         let global = self.split(&render_collector(GlobalCollector {
@@ -847,32 +824,54 @@ impl Metrics {
             .headers
             .clone();
         let mut buckets: Vec<Vec<&str>> = vec![Vec::new(); headers.len()];
-        let mut size = 0;
         for s in series.iter().map(|s| &**s).chain([&global]) {
             let mut at = 0;
             for &(family, end) in &s.spans {
                 buckets[family as usize].push(&s.samples[at..end as usize]);
                 at = end as usize;
             }
-            size += s.samples.len();
         }
-        let mut out = String::with_capacity(size + 64 * 1024);
+        let mut live = String::with_capacity(64 * 1024);
         // Writing into a String cannot fail; an error here would be a bug in a collector.
-        if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+        if let Err(e) =
+            prometheus_client::encoding::text::encode_registry(&mut live, &self.registry)
         {
             tracing::error!(error = %e, "rendering metrics failed");
         }
-        for (header, samples) in headers.iter().zip(&buckets) {
-            if samples.is_empty() {
-                continue;
+        let families = headers.iter().zip(&buckets).filter(|(_, s)| !s.is_empty());
+        match format {
+            Format::OpenMetrics => {
+                out.write_all(live.as_bytes())?;
+                for (header, samples) in families {
+                    out.write_all(header.as_bytes())?;
+                    for s in samples {
+                        out.write_all(s.as_bytes())?;
+                    }
+                }
+                out.write_all(b"# EOF\n")?;
             }
-            out.push_str(header);
-            for s in samples {
-                out.push_str(s);
+            Format::Text => {
+                let mut text = TextFormat::default();
+                text.learn(&live);
+                for header in &headers {
+                    text.learn(header);
+                }
+                let mut piece = String::with_capacity(live.len());
+                text.convert(&live, &mut piece);
+                out.write_all(piece.as_bytes())?;
+                for (header, samples) in families {
+                    piece.clear();
+                    text.convert(header, &mut piece);
+                    out.write_all(piece.as_bytes())?;
+                    for s in samples {
+                        piece.clear();
+                        text.convert(s, &mut piece);
+                        out.write_all(piece.as_bytes())?;
+                    }
+                }
             }
         }
-        out.push_str("# EOF\n");
-        out
+        Ok(())
     }
 
     /// Cuts an OpenMetrics rendering into its families' sample lines, keeping
@@ -954,7 +953,6 @@ fn render_collector(collector: impl Collector + 'static) -> String {
 /// this trait and does not know these metrics exist).
 impl Recorder for Metrics {
     fn set_index_rebuild_held(&self, target: &str, reason: &str, n: usize) {
-        self.touch();
         self.index_rebuild_held
             .get_or_create(&HeldLabels {
                 target: target.to_string(),
@@ -964,7 +962,6 @@ impl Recorder for Metrics {
     }
 
     fn set_index_rebuild(&self, target: &str, started_at: Option<f64>) {
-        self.touch();
         self.index_rebuild_started
             .get_or_create(&TargetLabels {
                 target: target.to_string(),
@@ -973,7 +970,6 @@ impl Recorder for Metrics {
     }
 
     fn init_action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
-        self.touch();
         let l = ActionLabels {
             target: target.to_string(),
             policy: policy.to_string(),
@@ -986,7 +982,6 @@ impl Recorder for Metrics {
     }
 
     fn set_mode(&self, mode: &str) {
-        self.touch();
         for m in ["observe", "dry-run", "enforce"] {
             self.mode
                 .get_or_create(&ModeLabels {
@@ -997,7 +992,6 @@ impl Recorder for Metrics {
     }
 
     fn action(&self, target: &str, policy: &str, action: &str, outcome: &str, mode: &str) {
-        self.touch();
         let l = ActionLabels {
             target: target.to_string(),
             policy: policy.to_string(),
@@ -1010,7 +1004,6 @@ impl Recorder for Metrics {
     }
 
     fn set_candidates(&self, target: &str, policy: &str, n: usize) {
-        self.touch();
         let l = PolicyLabels {
             target: target.to_string(),
             policy: policy.to_string(),
@@ -1020,7 +1013,6 @@ impl Recorder for Metrics {
     }
 
     fn set_budget(&self, scope: &str, remaining: u32, exhausted: bool) {
-        self.touch();
         let l = ScopeLabels {
             scope: scope.to_string(),
         };
@@ -1033,12 +1025,10 @@ impl Recorder for Metrics {
     }
 
     fn set_paused(&self, paused: bool) {
-        self.touch();
         self.paused.set(i64::from(paused));
     }
 
     fn set_actor(&self, target: &str, holder: &Holder, instance: &str) {
-        self.touch();
         let us = matches!(holder, Holder::Us);
         self.actor
             .get_or_create(&TargetLabels {
@@ -1070,7 +1060,6 @@ impl Recorder for Metrics {
     }
 
     fn audit_error(&self) {
-        self.touch();
         self.audit_errors.inc();
     }
 }
@@ -2836,16 +2825,11 @@ mod tests {
     }
 
     #[test]
-    fn the_exposition_is_rendered_once_per_change() {
+    fn the_exposition_follows_every_change() {
         let state = Arc::new(SharedState::new([("main", "postgres")]));
         let m = Metrics::new(state.clone());
         let a = m.render();
-        let b = m.render();
-        assert_eq!(
-            a.as_ptr(),
-            b.as_ptr(),
-            "a scrape without a change must reuse the rendering"
-        );
+        assert_eq!(a, m.render(), "no change, the same exposition");
         // A recorded poll changes it.
         m.record_poll("main", 0.004, None);
         let c = m.render();
@@ -2871,6 +2855,29 @@ mod tests {
                 .unwrap()
                 .contains("dbwarden_up{target=\"main\"} 0")
         );
+    }
+
+    /// The text format written piece by piece (the live instruments, each
+    /// family's header, each target's lines) is the whole OpenMetrics
+    /// exposition converted at once.
+    #[test]
+    fn the_text_format_written_in_pieces_is_the_whole_conversion() {
+        let state = Arc::new(SharedState::new([("a", "postgres"), ("b", "postgres")]));
+        let m = Metrics::new(state.clone());
+        for (target, up) in [("a", true), ("b", false)] {
+            m.record_poll(target, 0.004, None);
+            if let Some(p) = state.publish(pg_status(target, up)) {
+                m.published(&p);
+            }
+        }
+        let openmetrics = String::from_utf8(m.render().to_vec()).unwrap();
+        let text = String::from_utf8(m.render_as(Format::Text).to_vec()).unwrap();
+        assert_eq!(text, openmetrics_to_text(&openmetrics));
+        assert!(
+            text.contains("# TYPE dbwarden_polls_total counter"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF") && !text.contains("_created"));
     }
 
     /// A PostgreSQL status as a poll publishes it: a small primary, evaluated.
