@@ -1654,11 +1654,15 @@ async fn the_daemon_loop_publishes_pods_checks_and_the_lease_and_evicts_exactly_
     }
 
     // Later rounds do not evict again (the StatefulSet cools down).
-    let rounds_before = state.generation();
-    wait_status(&state, "two more rounds", |_| {
-        state.generation() >= rounds_before + 2
-    })
-    .await;
+    // Each round publishes a new status (the one held cannot be reused).
+    let mut seen = state.kubernetes().expect("a round's status");
+    for _ in 0..2 {
+        let before = seen.clone();
+        seen = wait_status(&state, "another round", |s| {
+            !std::ptr::eq(s, Arc::as_ptr(&before))
+        })
+        .await;
+    }
     assert_eq!(evictions.lock().unwrap().len(), 1);
 
     cancel.cancel();

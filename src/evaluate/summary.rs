@@ -2,6 +2,7 @@
 //! once per poll (never per scrape). Pure.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -12,7 +13,7 @@ pub struct PgSummary {
     /// Client backends by state (every state present, zero included).
     pub sessions_by_state: BTreeMap<&'static str, u64>,
     /// All backends by `backend_type`.
-    pub backends_by_type: BTreeMap<String, u64>,
+    pub backends_by_type: BTreeMap<Arc<str>, u64>,
     pub connections_used: u64,
     pub connections_usable: u64,
     pub longest_active_query_seconds: f64,

@@ -3,6 +3,7 @@
 //! property tests over arbitrary snapshots and thresholds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -1359,7 +1360,7 @@ fn arb_session() -> impl Strategy<Value = Session> {
                 s.query_start_us = qs;
                 s.state_change_us = sc;
                 s.is_self = is_self;
-                s.wait_event_type = wait.map(str::to_string);
+                s.wait_event_type = wait.map(Arc::from);
                 s.blocked_by = blocked_by;
                 s
             },
@@ -1899,7 +1900,7 @@ mod scoped {
     }
 
     fn who(user: &str, app: &str) -> impl FnOnce(&mut Session) {
-        let (user, app) = (user.to_string(), app.to_string());
+        let (user, app): (Arc<str>, Arc<str>) = (user.into(), app.into());
         move |s| {
             s.user = Some(user);
             s.application_name = app;

@@ -4,6 +4,7 @@
 
 pub mod backups;
 pub mod disk;
+pub mod intern;
 pub mod neo4j;
 pub mod postgres;
 pub mod probes;

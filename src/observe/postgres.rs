@@ -7,12 +7,14 @@
 //! time (see `config::validate`), so a poll can never queue behind a lock for
 //! long nor leave a transaction open.
 
+use std::sync::Arc;
+
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat};
 use sqlx::{Column, Connection, PgConnection, Postgres, Row, TypeInfo, ValueRef};
 
 use super::snapshot::*;
-use super::{PollError, PollErrorKind};
+use super::{PollError, PollErrorKind, intern};
 
 /// The newest WAL position this server knows: on a (cascading) standby
 /// `pg_current_wal_lsn()` errors, so measure against what it received.
@@ -287,7 +289,7 @@ pub async fn read_snapshot(
     }
 
     // pg_stat_replication scans every backend: skip it when no walsender runs.
-    let standbys = if sessions.iter().any(|s| s.backend_type == "walsender") {
+    let standbys = if sessions.iter().any(|s| &*s.backend_type == "walsender") {
         let rows = sqlx::query(STANDBYS_SQL)
             .fetch_all(&mut *tx)
             .await
@@ -464,22 +466,28 @@ fn check_columns(row: &PgRow, expected: &[(&str, ColumnType)]) -> Result<(), Pol
 /// One row of [`SESSIONS_SQL`], whose columns [`check_columns`] has checked.
 fn session_from_row(r: &PgRow, self_pid: i32) -> Result<Session, PollError> {
     let pid: i32 = get(r, 0)?;
+    // Every text is read in place and shared (`intern`): no allocation for
+    // a text some snapshot already holds.
+    let text = |i| -> Result<Option<Arc<str>>, PollError> {
+        Ok(get::<Option<&str>>(r, i)?.map(intern::intern))
+    };
+    let or_empty = |t: Option<Arc<str>>| t.unwrap_or_else(intern::empty);
     Ok(Session {
         pid,
-        backend_type: get::<Option<String>>(r, 1)?.unwrap_or_default(),
+        backend_type: or_empty(text(1)?),
         state: SessionState::parse(get::<Option<&str>>(r, 2)?),
-        user: get(r, 3)?,
-        database: get(r, 4)?,
-        application_name: get::<Option<String>>(r, 5)?.unwrap_or_default(),
-        client_addr: get(r, 6)?,
+        user: text(3)?,
+        database: text(4)?,
+        application_name: or_empty(text(5)?),
+        client_addr: text(6)?,
         backend_start_us: timestamp_us(r, 7)?,
         xact_start_us: timestamp_us(r, 8)?,
         query_start_us: timestamp_us(r, 9)?,
         state_change_us: timestamp_us(r, 10)?,
-        wait_event_type: get(r, 11)?,
+        wait_event_type: text(11)?,
         blocked_by: get::<Option<Vec<i32>>>(r, 12)?.unwrap_or_default(),
         lock_wait_start_us: None,
-        query: get::<Option<String>>(r, 13)?.unwrap_or_default(),
+        query: or_empty(text(13)?),
         is_superuser: get::<Option<bool>>(r, 14)?.unwrap_or(false),
         is_replication_role: get::<Option<bool>>(r, 15)?.unwrap_or(false),
         is_self: pid == self_pid,
@@ -616,7 +624,7 @@ mod tests {
                 wait_event_type: r.get(11),
                 blocked_by: r.get::<Option<Vec<i32>>, _>(12).unwrap_or_default(),
                 lock_wait_start_us: None,
-                query: r.get::<Option<String>, _>(13).unwrap_or_default(),
+                query: r.get::<Option<String>, _>(13).unwrap_or_default().into(),
                 is_superuser: r.get(14),
                 is_replication_role: r.get(15),
                 is_self: r.get(16),
@@ -710,7 +718,7 @@ mod tests {
             fast.iter()
                 .any(|s| s.state == SessionState::IdleInTransaction)
         );
-        assert!(fast.iter().any(|s| s.application_name == "oracle idle"
+        assert!(fast.iter().any(|s| &*s.application_name == "oracle idle"
             && s.query.starts_with("SET application_name")
             && s.query.ends_with('é')
             && s.client_addr.as_deref() == Some("127.0.0.1")));
@@ -720,7 +728,7 @@ mod tests {
         );
         assert!(
             fast.iter()
-                .any(|s| s.user.is_none() && s.backend_type != "client backend")
+                .any(|s| s.user.is_none() && &*s.backend_type != "client backend")
         );
         assert!(fast.iter().all(|s| s.backend_start_us.is_some()));
 

@@ -6,6 +6,8 @@
 //! next to [`PgSnapshot::server_now_us`], so ages never depend on the clock
 //! of the machine dbwarden runs on.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// One consistent picture of a PostgreSQL server, read in one read-only transaction.
@@ -134,28 +136,29 @@ impl SessionState {
 }
 
 /// One row of `pg_stat_activity`, with the facts checks and policies need.
+/// Its texts are shared (`observe::intern`): sessions and polls repeat them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     pub pid: i32,
     /// `client backend`, `walsender`, `autovacuum worker`, ...
-    pub backend_type: String,
+    pub backend_type: Arc<str>,
     pub state: SessionState,
-    pub user: Option<String>,
-    pub database: Option<String>,
-    pub application_name: String,
-    pub client_addr: Option<String>,
+    pub user: Option<Arc<str>>,
+    pub database: Option<Arc<str>>,
+    pub application_name: Arc<str>,
+    pub client_addr: Option<Arc<str>>,
     pub backend_start_us: Option<i64>,
     pub xact_start_us: Option<i64>,
     pub query_start_us: Option<i64>,
     pub state_change_us: Option<i64>,
-    pub wait_event_type: Option<String>,
+    pub wait_event_type: Option<Arc<str>>,
     /// Pids this session waits for (`pg_blocking_pids`), read only for lock waiters.
     pub blocked_by: Vec<i32>,
     /// When this session started waiting for a lock (`pg_locks.waitstart`).
     #[serde(default)]
     pub lock_wait_start_us: Option<i64>,
     /// The query text, truncated on the server.
-    pub query: String,
+    pub query: Arc<str>,
     pub is_superuser: bool,
     pub is_replication_role: bool,
     /// This is the session dbwarden polled with.
@@ -164,7 +167,7 @@ pub struct Session {
 
 impl Session {
     pub fn is_client_backend(&self) -> bool {
-        self.backend_type == "client backend"
+        &*self.backend_type == "client backend"
     }
 
     pub fn waits_on_lock(&self) -> bool {

@@ -11,6 +11,7 @@
 //! and roles with REPLICATION are protected too, unless the policy names them
 //! in `match_users`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -209,10 +210,10 @@ pub enum Protection {
 pub struct SessionFacts {
     pub pid: i32,
     pub backend_start_us: Option<i64>,
-    pub user: Option<String>,
-    pub database: Option<String>,
-    pub application_name: String,
-    pub client_addr: Option<String>,
+    pub user: Option<Arc<str>>,
+    pub database: Option<Arc<str>>,
+    pub application_name: Arc<str>,
+    pub client_addr: Option<Arc<str>>,
     pub state: SessionState,
     pub idle_seconds: Option<f64>,
     pub query_seconds: Option<f64>,
@@ -223,7 +224,7 @@ pub struct SessionFacts {
     pub query_start_us: Option<i64>,
     pub xact_start_us: Option<i64>,
     pub state_change_us: Option<i64>,
-    pub query: String,
+    pub query: Arc<str>,
 }
 
 /// A session a policy selected, and the sentence that explains why.
@@ -468,7 +469,7 @@ pub fn select(
 /// True for sessions dbwarden opened (its application_name, or any name it derives from it).
 pub fn is_own(s: &Session) -> bool {
     s.is_self
-        || s.application_name == APPLICATION_NAME
+        || &*s.application_name == APPLICATION_NAME
         || s.application_name.starts_with("dbwarden-")
 }
 
@@ -482,7 +483,7 @@ fn protection(policy: &Policy, s: &Session) -> Option<Protection> {
     let named = s
         .user
         .as_ref()
-        .is_some_and(|u| policy.conditions.match_users.contains(u));
+        .is_some_and(|u| policy.conditions.match_users.iter().any(|m| **m == **u));
     if s.is_superuser && !named {
         return Some(Protection::Superuser);
     }

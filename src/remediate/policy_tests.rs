@@ -7,6 +7,7 @@
 use crate::remediate::policy::Gates;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -364,7 +365,7 @@ fn runbook_active_queries_over_five_minutes() {
     let c = &e.selected[1];
     assert_eq!(c.facts.query_seconds, Some(400.0));
     assert_eq!(c.age_seconds, 400.0);
-    assert_eq!(c.facts.query, "SELECT * FROM big");
+    assert_eq!(&*c.facts.query, "SELECT * FROM big");
 
     // query_running_for alone already means "active": idle sessions have no running query.
     let loose = policy(
@@ -1130,12 +1131,12 @@ pub(crate) fn sessions() -> impl Strategy<Value = Vec<Session>> {
                             Some((to, since)) => (
                                 to.into_iter().map(|j| 100 + perm[j % n]).collect(),
                                 since,
-                                Some("Lock".to_string()),
+                                Some(Arc::from("Lock")),
                             ),
                             None => (
                                 Vec::new(),
                                 None,
-                                Some("ClientRead".to_string())
+                                Some(Arc::from("ClientRead"))
                                     .filter(|_| state != SessionState::Active),
                             ),
                         };
@@ -1143,10 +1144,10 @@ pub(crate) fn sessions() -> impl Strategy<Value = Vec<Session>> {
                             pid: 100 + perm[i],
                             backend_type: bt.into(),
                             state,
-                            user: user.map(String::from),
-                            database: db.map(String::from),
+                            user: user.map(Arc::from),
+                            database: db.map(Arc::from),
                             application_name: app.into(),
-                            client_addr: addr.map(String::from),
+                            client_addr: addr.map(Arc::from),
                             backend_start_us: bs,
                             xact_start_us: xs,
                             query_start_us: qs,
@@ -1335,7 +1336,7 @@ fn waiters_behind(snap: &PgSnapshot, min: Duration) -> HashMap<i32, usize> {
     behind.into_iter().map(|(p, ws)| (p, ws.len())).collect()
 }
 
-fn in_nets(addr: &Option<String>, nets: &[IpNet]) -> bool {
+fn in_nets(addr: &Option<Arc<str>>, nets: &[IpNet]) -> bool {
     addr.as_deref()
         .and_then(|a| a.parse::<IpAddr>().ok())
         .is_some_and(|a| nets.iter().any(|n| n.contains(&a)))
@@ -1345,8 +1346,8 @@ fn named(set: &NameSet, v: &str) -> bool {
     set.exact.iter().any(|e| e == v) || set.patterns.iter().any(|p| p.is_match(v))
 }
 
-fn listed(list: &[String], v: &Option<String>) -> bool {
-    v.as_ref().is_some_and(|v| list.contains(v))
+fn listed(list: &[String], v: &Option<Arc<str>>) -> bool {
+    v.as_deref().is_some_and(|v| list.iter().any(|l| l == v))
 }
 
 /// Every condition the policy sets holds for `s`.
@@ -1386,14 +1387,14 @@ fn meets(c: &Conditions, s: &Session, snap: &PgSnapshot) -> bool {
 fn must_not_touch(p: &Policy, s: &Session) -> bool {
     let c = &p.conditions;
     let own = s.is_self
-        || s.application_name == "dbwarden"
+        || &*s.application_name == "dbwarden"
         || s.application_name.starts_with("dbwarden-");
     let named_user = listed(&c.match_users, &s.user);
-    own || s.backend_type != "client backend"
+    own || &*s.backend_type != "client backend"
         || (s.is_superuser && !named_user)
         || (s.is_replication_role && !named_user)
         || ((c.match_query.is_some() || c.ignore_query.is_some())
-            && s.query == "<insufficient privilege>")
+            && &*s.query == "<insufficient privilege>")
 }
 
 /// The policy's own measure of age.

@@ -905,6 +905,9 @@ impl Metrics {
         if let Some(f) = current {
             out.spans.push((f, out.samples.len() as u32));
         }
+        // Kept until the target's next poll: not the headers' room too.
+        out.samples.shrink_to_fit();
+        out.spans.shrink_to_fit();
         out
     }
 }
