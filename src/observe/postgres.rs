@@ -392,10 +392,9 @@ async fn read_sessions(
         .await
         .map_err(poll_error)?;
     // A snapshot lives for a poll interval (two while the next replaces it):
-    // do not keep much slack when the number of sessions fell.
-    if sessions.capacity() > sessions.len() + sessions.len() / 8 + 64 {
-        sessions.shrink_to_fit();
-    }
+    // it keeps no room (one copy of the list per poll, cheaper than the
+    // room kept by a thousand targets).
+    sessions.shrink_to_fit();
 
     Ok(sessions)
 }
