@@ -249,7 +249,7 @@ async fn run_inner<O: Observer>(
             observer.update(new.target);
             hold.keep_unchanged(&O::limits(&thresholds), &O::limits(&new.thresholds));
             hold.restart(&O::rescoped(&thresholds, &new.thresholds));
-            thresholds = Box::new(new.thresholds);
+            *thresholds = new.thresholds;
             // Probes a reload removed disappear at once; changed ones apply at their next run.
             probe_book.retain(observer.active_probes());
             status
