@@ -2206,5 +2206,14 @@ match_applications = ["crossing"]"#,
     );
     // The first poll, then the one brought forward: the day's next poll is far.
     assert_eq!(polls(&daemon).await, 2.0);
+    assert_eq!(
+        metric_or_zero(
+            &daemon,
+            "dbwarden_remediation_polls_brought_forward_total",
+            &[("target", TARGET)]
+        )
+        .await,
+        1.0
+    );
     crossing.assert_terminated("the crossing session").await;
 }

@@ -45,6 +45,10 @@ pub trait Recorder: Send + Sync {
     /// nothing was sent.
     fn audit_error(&self);
 
+    /// Counts `n` polls of `target` brought forward to a predicted
+    /// crossing (`n = 0` when the loop starts: the series exists from then).
+    fn polls_brought_forward(&self, _target: &str, _n: u64) {}
+
     /// How many FAILED indexes of a Neo4j target the index rebuild leaves
     /// alone in the latest cycle, for one reason (`neo4j_index_policy::Held`).
     fn set_index_rebuild_held(&self, _target: &str, _reason: &str, _n: usize) {}

@@ -326,6 +326,9 @@ impl<K: Kind> Runner<K> {
 
     async fn run(mut self, mut cycles: Cycles<K::Snapshot>) {
         self.rem.publish_budgets(&self.target);
+        if self.poll_now.is_some() {
+            self.rem.recorder().polls_brought_forward(&self.target, 0);
+        }
         loop {
             let wake_at = self.wake_at;
             tokio::select! {
@@ -450,6 +453,7 @@ impl<K: Kind> Runner<K> {
         if let Some(poll_now) = &self.poll_now {
             tracing::debug!("a session crosses its policy's durations: polling now");
             poll_now.notify_one();
+            self.rem.recorder().polls_brought_forward(&self.target, 1);
         }
     }
 

@@ -153,6 +153,9 @@ impl Recorder for Events {
     fn audit_error(&self) {
         self.push("audit_error".into());
     }
+    fn polls_brought_forward(&self, target: &str, n: u64) {
+        self.push(format!("brought_forward {target} {n}"));
+    }
 }
 
 struct Fake {
@@ -1206,6 +1209,12 @@ async fn a_predicted_crossing_brings_the_next_poll_forward() {
             took >= Duration::from_millis(50) + CROSSING_MARGIN,
             "{mode:?}: woken {took:?} after the cycle, before the crossing"
         );
+        // Counted: the series exists from the start, then one.
+        assert_eq!(h.count("brought_forward t 0"), 1);
+        h.wait("the poll brought forward counted", |s| {
+            s.count("brought_forward t 1") == 1
+        })
+        .await;
         h.stop().await;
     }
     // The next cycle (the poll brought forward) predicts another crossing at
@@ -1220,6 +1229,8 @@ async fn a_predicted_crossing_brings_the_next_poll_forward() {
     assert!(h.woken_within(DEADLINE).await, "woken again");
     let gap = woken.elapsed();
     assert!(gap >= interval / 4, "woken again after {gap:?}");
+    h.wait("both counted", |s| s.count("brought_forward t 1") == 2)
+        .await;
     h.stop().await;
 }
 
@@ -1253,8 +1264,11 @@ async fn no_poll_is_brought_forward_where_nothing_could_act() {
         .await;
     h.cycle_crossing(None, POLL_INTERVAL).await;
     assert!(!h.woken_within(NO_WAKE_WINDOW).await, "disarmed");
+    assert_eq!(h.count("brought_forward t 1"), 0, "none counted");
     // And then one does arm it.
     h.cycle_crossing(crossing, POLL_INTERVAL).await;
     assert!(h.woken_within(DEADLINE).await, "armed");
+    h.wait("counted", |s| s.count("brought_forward t 1") == 1)
+        .await;
     h.stop().await;
 }

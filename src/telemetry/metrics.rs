@@ -349,6 +349,7 @@ pub struct Metrics {
     paused: Gauge,
     mode: Family<ModeLabels, Gauge>,
     actor: Family<TargetLabels, Gauge>,
+    polls_brought_forward: Family<TargetLabels, Counter>,
     actor_holder: Family<HolderLabels, Gauge>,
     /// The holder last exported per target, so its series can be removed on change.
     last_holder: std::sync::Mutex<std::collections::HashMap<String, String>>,
@@ -441,6 +442,11 @@ impl Metrics {
             "remediation_actor",
             "1 when this instance holds the actor lock of the target and may act on it",
         );
+        let polls_brought_forward: Family<TargetLabels, Counter> = add(
+            &mut registry,
+            "remediation_polls_brought_forward",
+            "Polls remediation brought forward to the moment sessions cross a policy's durations",
+        );
         let actor_holder: Family<HolderLabels, Gauge> = add(
             &mut registry,
             "remediation_actor_holder",
@@ -526,6 +532,7 @@ impl Metrics {
             paused,
             mode,
             actor,
+            polls_brought_forward,
             actor_holder,
             last_holder: Default::default(),
             audit_errors,
@@ -565,6 +572,7 @@ impl Metrics {
         self.polls.remove(&l);
         self.poll_duration.remove(&l);
         self.actor.remove(&l);
+        self.polls_brought_forward.remove(&l);
         for kind in PollErrorKind::ALL {
             self.poll_errors.remove(&ErrorLabels {
                 target: target.to_string(),
@@ -1031,6 +1039,14 @@ impl Recorder for Metrics {
         self.paused.set(i64::from(paused));
     }
 
+    fn polls_brought_forward(&self, target: &str, n: u64) {
+        self.polls_brought_forward
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .inc_by(n);
+    }
+
     fn set_actor(&self, target: &str, holder: &Holder, instance: &str) {
         let us = matches!(holder, Holder::Us);
         self.actor
@@ -1191,6 +1207,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "dbwarden_remediation_mode",
     "dbwarden_remediation_actor",
     "dbwarden_remediation_actor_holder",
+    "dbwarden_remediation_polls_brought_forward_total",
     "dbwarden_remediation_audit_errors_total",
     "dbwarden_alertmanager_alerts_received_total",
     "dbwarden_alertmanager_duplicates_total",
