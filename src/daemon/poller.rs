@@ -234,9 +234,7 @@ async fn run_inner<O: Observer>(
     let name = observer.name().to_string();
     let waker = state.waker(&name).unwrap_or_default();
     let mut status = TargetStatus::new(&name, O::KIND);
-    // Boxed: the loop's future lives as long as the target (a thousand
-    // targets hold a thousand of them); the limits are kilobytes.
-    let mut thresholds = Box::new(updates.borrow_and_update().thresholds.clone());
+    let mut thresholds = updates.borrow_and_update().thresholds.clone();
     let mut hold = HoldState::default();
     let mut probe_book = evaluate::probes::ProbeBook::default();
     let clock = Instant::now();
@@ -249,7 +247,7 @@ async fn run_inner<O: Observer>(
             observer.update(new.target);
             hold.keep_unchanged(&O::limits(&thresholds), &O::limits(&new.thresholds));
             hold.restart(&O::rescoped(&thresholds, &new.thresholds));
-            *thresholds = new.thresholds;
+            thresholds = new.thresholds;
             // Probes a reload removed disappear at once; changed ones apply at their next run.
             probe_book.retain(observer.active_probes());
             status
