@@ -268,6 +268,16 @@ max_per_cycle = 10
     )
 }
 
+/// Policy `idle`: terminate the idle sessions of application `app` (a
+/// regex) once idle for `idle_for`.
+fn idle_policy(idle_for: &str, app: &str) -> String {
+    policy(
+        "idle",
+        "terminate",
+        &format!("state = [\"idle\"]\nidle_for = \"{idle_for}\"\nmatch_applications = [\"{app}\"]"),
+    )
+}
+
 /// The labels of one `dbwarden_remediation_actions_total` series.
 fn actions<'a>(
     policy: &'a str,
@@ -889,13 +899,7 @@ async fn the_guarded_signal_rechecks_the_session_when_acting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_and_dry_run_signal_nothing() {
     let mut fx = Fixture::new("CREATE ROLE app LOGIN").await;
-    let policies = policy(
-        "idle",
-        "terminate",
-        r#"state = ["idle"]
-idle_for = "1s"
-match_applications = ["webapp"]"#,
-    );
+    let policies = idle_policy("1s", "webapp");
     let mut victim = fx.session("app", "webapp").await;
     let audit_file = fx.audit_file();
 
@@ -994,13 +998,7 @@ async fn pause_holds_across_restarts_until_resumed() {
         "enforce",
         &audit_file,
         10,
-        &policy(
-            "idle",
-            "terminate",
-            r#"state = ["idle"]
-idle_for = "1s"
-match_applications = ["webapp"]"#,
-        ),
+        &idle_policy("1s", "webapp"),
     );
     let daemon = Daemon::start(&toml).await;
     for token in [None, Some("wrong-token")] {
@@ -1324,13 +1322,7 @@ async fn the_budget_caps_actions_and_survives_a_restart() {
         "enforce",
         &audit_file,
         2,
-        &policy(
-            "idle",
-            "terminate",
-            r#"state = ["idle"]
-idle_for = "1s"
-match_applications = ["webapp"]"#,
-        ),
+        &idle_policy("1s", "webapp"),
     );
     let main = [("scope", TARGET)];
     let global = [("scope", "global")];
@@ -1496,13 +1488,7 @@ async fn no_signal_without_an_audit_record() {
         "enforce",
         Path::new("/dev/full"),
         10,
-        &policy(
-            "idle",
-            "terminate",
-            r#"state = ["idle"]
-idle_for = "1s"
-match_applications = ["webapp"]"#,
-        ),
+        &idle_policy("1s", "webapp"),
     );
     let daemon = Daemon::start(&toml).await;
     wait_until(T, "a failed audit write", async || {
@@ -1571,20 +1557,15 @@ async fn a_least_privilege_role_acts_on_ordinary_sessions_only() {
     let mut superuser = fx.session("postgres", "su-victim").await;
     let audit_file = fx.audit_file();
     let warden_url = format!("postgres://warden@127.0.0.1:{}/postgres", fx.pg.port());
-    let policies = policy(
-        "idle",
-        "terminate",
-        r#"state = ["idle"]
-idle_for = "1s"
-match_applications = ["webapp"]"#,
-    ) + &policy(
-        "superusers",
-        "terminate",
-        r#"state = ["idle"]
+    let policies = idle_policy("1s", "webapp")
+        + &policy(
+            "superusers",
+            "terminate",
+            r#"state = ["idle"]
 idle_for = "1s"
 match_users = ["postgres"]
 match_applications = ["su-victim"]"#,
-    );
+        );
     let daemon =
         Daemon::start(&fx.config(&warden_url, "enforce", &audit_file, 100, &policies)).await;
     wait_until(
@@ -2043,14 +2024,7 @@ async fn a_burst_of_idle_sessions_is_terminated_in_batches() {
             "enforce",
             &audit_file,
             1000,
-            &policy(
-                "idle",
-                "terminate",
-                r#"state = ["idle"]
-idle_for = "1s"
-match_applications = ["burst-.*"]"#,
-            )
-            .replace("max_per_cycle = 10", "max_per_cycle = 1000"),
+            &idle_policy("1s", "burst-.*").replace("max_per_cycle = 10", "max_per_cycle = 1000"),
         )
         .replace("global = 100", "global = 1000")
         .replace(
@@ -2167,13 +2141,7 @@ async fn a_session_is_acted_on_when_it_crosses_not_at_the_next_poll() {
             "enforce",
             &audit_file,
             10,
-            &policy(
-                "idle",
-                "terminate",
-                r#"state = ["idle"]
-idle_for = "3s"
-match_applications = ["crossing"]"#,
-            ),
+            &idle_policy("3s", "crossing"),
         )
         .replace("poll_interval = \"300ms\"", "poll_interval = \"1day\"");
     let daemon = Daemon::start(&toml).await;
