@@ -71,7 +71,7 @@ pub fn neo4j(
     };
     let fed = feed.run(published, cycles, cancel.clone());
     let (rem, second) = (rem.clone(), receiver.clone());
-    // Neither predicts a crossing yet (`Selection::next_crossing`).
+    // Neither predicts a crossing yet (`Selection::crossings`).
     Some(Box::pin(async move {
         tokio::join!(
             fed,

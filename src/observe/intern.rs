@@ -14,7 +14,7 @@
 //! (SipHash, keyed per process): query texts come from database users.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 /// A pool of shared texts.
 #[derive(Debug, Default)]
@@ -56,22 +56,19 @@ impl Pool {
     }
 }
 
-static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+static POOL: LazyLock<Mutex<Pool>> = LazyLock::new(Mutex::default);
 
 /// The process's shared copy of `text`.
 pub fn intern(text: &str) -> Arc<str> {
     if text.is_empty() {
         return empty();
     }
-    POOL.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(Pool::default)
-        .intern(text)
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).intern(text)
 }
 
 /// The empty text (no allocation per use).
 pub fn empty() -> Arc<str> {
-    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    static EMPTY: OnceLock<Arc<str>> = OnceLock::new();
     EMPTY.get_or_init(|| Arc::from("")).clone()
 }
 

@@ -245,12 +245,12 @@ pub async fn run<K: Kind>(
 
 /// How long after a predicted crossing the poll brought forward starts, so
 /// that the session has crossed by the server's clock too.
-pub const CROSSING_MARGIN: Duration = Duration::from_millis(10);
+const CROSSING_MARGIN: Duration = Duration::from_millis(10);
 
 /// When to poll for `crossings` (soonest first, after the cycle): at the
 /// last of those within a tenth of `interval` of the first, so that
 /// sessions crossing together (a burst) are taken by one poll.
-pub fn wake_after(crossings: &[Duration], interval: Duration) -> Option<Duration> {
+fn wake_after(crossings: &[Duration], interval: Duration) -> Option<Duration> {
     let first = *crossings.first()?;
     crossings
         .iter()
@@ -390,7 +390,7 @@ impl<K: Kind> Runner<K> {
         let Some(cycle) = cycle else {
             return;
         };
-        let (chosen, limit, refused, crossings) = self.select(&cycle);
+        let selection = self.select(&cycle);
         if self.settings.mode == Mode::Observe {
             return;
         }
@@ -409,7 +409,7 @@ impl<K: Kind> Runner<K> {
             policies: &policies,
         };
         // Refusals are reports, not actions: recorded paused or not.
-        self.refuse(&cx, &refused).await;
+        self.refuse(&cx, &selection.refused).await;
         // Contend on every cycle, candidates or not: every replica then
         // knows and exports the holder before anything needs doing, and
         // another replica takes over on its first cycle after the holder's
@@ -420,12 +420,13 @@ impl<K: Kind> Runner<K> {
             Some(self.kind.contend(&cx).await)
         };
         if holder == Some(Holder::Us) {
-            self.arm_wake(received, &crossings, cycle.poll_interval);
+            self.arm_wake(received, &selection.crossings, cycle.poll_interval);
         }
+        let chosen = &selection.chosen;
         if chosen.is_empty() || self.held_back(paused, holder, chosen.len()) {
             return;
         }
-        self.act_on(&cx, &chosen, limit).await;
+        self.act_on(&cx, chosen, selection.limit).await;
         self.rem.publish_budgets(&self.target);
     }
 
@@ -460,16 +461,7 @@ impl<K: Kind> Runner<K> {
     /// The candidates chosen in this cycle's snapshot; exports each
     /// policy's candidates and the budgets, and forgets the settled
     /// candidates that are gone.
-    #[allow(clippy::type_complexity)]
-    fn select(
-        &mut self,
-        cycle: &Cycle<K::Snapshot>,
-    ) -> (
-        Vec<K::Candidate>,
-        Option<usize>,
-        Vec<(K::Candidate, String)>,
-        Vec<Duration>,
-    ) {
+    fn select(&mut self, cycle: &Cycle<K::Snapshot>) -> Selection<K::Candidate> {
         self.settled.retain(|k| K::exists(&cycle.snapshot, k));
         let gates = Gates {
             failing: &cycle.failing,
@@ -480,12 +472,7 @@ impl<K: Kind> Runner<K> {
             self.rem.recorder().set_candidates(&self.target, policy, *n);
         }
         self.rem.publish_budgets(&self.target);
-        (
-            selection.chosen,
-            selection.limit,
-            selection.refused,
-            selection.crossings,
-        )
+        selection
     }
 
     /// Records each refused candidate once while it exists: an audit
