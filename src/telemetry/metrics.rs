@@ -788,7 +788,7 @@ impl Metrics {
         let text = render_collector(TargetsCollector {
             targets: vec![status.clone()],
         });
-        let mut series = self.split(&text);
+        let mut series = self.split(&text, Some(&status.target));
         series.status = Arc::downgrade(status);
         let series = Arc::new(series);
         self.series
@@ -822,20 +822,23 @@ impl Metrics {
     pub fn write_to(&self, format: Format, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let targets = self.state.all();
         let series: Vec<Arc<TargetSeries>> = targets.iter().map(|s| self.series_of(s)).collect();
-        let global = self.split(&render_collector(GlobalCollector {
-            state: self.state.clone(),
-        }));
-        let headers = self
-            .families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .headers
-            .clone();
-        let mut buckets: Vec<Vec<&str>> = vec![Vec::new(); headers.len()];
-        for s in series.iter().map(|s| &**s).chain([&global]) {
+        let global = self.split(
+            &render_collector(GlobalCollector {
+                state: self.state.clone(),
+            }),
+            None,
+        );
+        let (headers, names) = {
+            let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+            (families.headers.clone(), families.names.clone())
+        };
+        // Each family's pieces: a target's stored lines, and its name.
+        let mut buckets: Vec<Vec<(&str, &str)>> = vec![Vec::new(); headers.len()];
+        let own = targets.iter().map(|s| s.target.as_str());
+        for (s, target) in series.iter().map(|s| &**s).zip(own).chain([(&global, "")]) {
             let mut at = 0;
             for &(family, end) in &s.spans {
-                buckets[family as usize].push(&s.samples[at..end as usize]);
+                buckets[family as usize].push((&s.samples[at..end as usize], target));
                 at = end as usize;
             }
         }
@@ -846,14 +849,21 @@ impl Metrics {
         {
             tracing::error!(error = %e, "rendering metrics failed");
         }
-        let families = headers.iter().zip(&buckets).filter(|(_, s)| !s.is_empty());
+        let families = headers
+            .iter()
+            .zip(&names)
+            .zip(&buckets)
+            .filter(|(_, s)| !s.is_empty());
+        let mut lines = String::with_capacity(16 * 1024);
         match format {
             Format::OpenMetrics => {
                 out.write_all(live.as_bytes())?;
-                for (header, samples) in families {
+                for ((header, name), samples) in families {
                     out.write_all(header.as_bytes())?;
-                    for s in samples {
-                        out.write_all(s.as_bytes())?;
+                    for &(stored, target) in samples {
+                        lines.clear();
+                        expand(stored, name, target, &mut lines);
+                        out.write_all(lines.as_bytes())?;
                     }
                 }
                 out.write_all(b"# EOF\n")?;
@@ -867,13 +877,15 @@ impl Metrics {
                 let mut piece = String::with_capacity(live.len());
                 text.convert(&live, &mut piece);
                 out.write_all(piece.as_bytes())?;
-                for (header, samples) in families {
+                for ((header, name), samples) in families {
                     piece.clear();
                     text.convert(header, &mut piece);
                     out.write_all(piece.as_bytes())?;
-                    for s in samples {
+                    for &(stored, target) in samples {
+                        lines.clear();
+                        expand(stored, name, target, &mut lines);
                         piece.clear();
-                        text.convert(s, &mut piece);
+                        text.convert(&lines, &mut piece);
                         out.write_all(piece.as_bytes())?;
                     }
                 }
@@ -883,8 +895,9 @@ impl Metrics {
     }
 
     /// Cuts an OpenMetrics rendering into its families' sample lines, keeping
-    /// each family's header once in [`Families`].
-    fn split(&self, text: &str) -> TargetSeries {
+    /// each family's header once in [`Families`] and the lines of `target`
+    /// without what [`compact`] leaves out.
+    fn split(&self, text: &str, target: Option<&str>) -> TargetSeries {
         let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = TargetSeries {
             samples: String::with_capacity(text.len()),
@@ -907,7 +920,7 @@ impl Metrics {
                 if current.is_none() {
                     current = Some(families.intern(name, &header));
                 }
-                out.samples.push_str(line);
+                compact(line, name, target, &mut out.samples);
             }
         }
         if let Some(f) = current {
@@ -920,7 +933,54 @@ impl Metrics {
     }
 }
 
-/// One target's sample lines, family after family.
+/// Stores a sample line of family `name` without what every line of a
+/// target's family repeats: the family's name and the target's label,
+/// `name<suffix>{target="<target>"<rest>` kept as `<suffix><rest>` (a
+/// thousand targets' lines are the largest part of their memory). A line
+/// of another shape (no target, or not first) is kept whole after a `#`.
+fn compact(line: &str, name: &str, target: Option<&str>, out: &mut String) {
+    let short = target.and_then(|target| {
+        let rest = line.strip_prefix(name)?;
+        let at = rest.find(['{', ' '])?;
+        let (suffix, rest) = rest.split_at(at);
+        let rest = rest
+            .strip_prefix("{target=\"")?
+            .strip_prefix(target)?
+            .strip_prefix('"')?;
+        rest.starts_with([',', '}']).then_some((suffix, rest))
+    });
+    match short {
+        Some((suffix, rest)) => {
+            out.push_str(suffix);
+            out.push_str(rest);
+        }
+        None => {
+            out.push('#');
+            out.push_str(line);
+        }
+    }
+}
+
+/// The lines [`compact`] stored, whole again.
+fn expand(stored: &str, name: &str, target: &str, out: &mut String) {
+    for line in stored.split_inclusive('\n') {
+        if let Some(whole) = line.strip_prefix('#') {
+            out.push_str(whole);
+            continue;
+        }
+        // A suffix is a name's characters: the rest starts at `,` or `}`.
+        let at = line.find([',', '}']).unwrap_or(line.len());
+        let (suffix, rest) = line.split_at(at);
+        out.push_str(name);
+        out.push_str(suffix);
+        out.push_str("{target=\"");
+        out.push_str(target);
+        out.push('"');
+        out.push_str(rest);
+    }
+}
+
+/// One target's sample lines, family after family, as [`compact`] keeps them.
 #[derive(Debug, Default)]
 struct TargetSeries {
     /// The status they were rendered from.
@@ -935,6 +995,8 @@ struct TargetSeries {
 struct Families {
     index: HashMap<String, u32>,
     headers: Vec<String>,
+    /// Each family's name, as its `# HELP` line gives it.
+    names: Vec<String>,
 }
 
 impl Families {
@@ -944,6 +1006,7 @@ impl Families {
         }
         let i = self.headers.len() as u32;
         self.headers.push(header.to_string());
+        self.names.push(name.to_string());
         self.index.insert(name.to_string(), i);
         i
     }
@@ -2898,6 +2961,41 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("# EOF") && !text.contains("_created"));
+    }
+
+    /// What a target's lines are kept as gives back every line as it was:
+    /// the target's own label left out where it comes first, any other
+    /// line whole.
+    #[test]
+    fn a_kept_line_is_given_back_as_it_was() {
+        let lines = [
+            "dbwarden_up{target=\"t-1\"} 1\n",
+            "dbwarden_up_total{target=\"t-1\",check=\"a,}\\\"b\"} 0.0\n",
+            "dbwarden_up_bucket{le=\"0.1\",target=\"t-1\"} 3\n",
+            "dbwarden_up{target=\"t-10\"} 1\n",
+            "dbwarden_up{target=\"t\"} 1\n",
+            "dbwarden_upper{target=\"t-1\"} 2\n",
+            "dbwarden_up 7\n",
+            "dbwarden_other{target=\"t-1\"} 1\n",
+            "#dbwarden_up{target=\"t-1\"} 1\n",
+        ];
+        for target in [Some("t-1"), None] {
+            let mut kept = String::new();
+            for line in lines {
+                compact(line, "dbwarden_up", target, &mut kept);
+            }
+            let mut back = String::new();
+            expand(&kept, "dbwarden_up", target.unwrap_or(""), &mut back);
+            assert_eq!(back, lines.concat(), "{target:?}");
+            if target.is_some() {
+                assert!(kept.starts_with("} 1\n_total,check="), "{kept}");
+                assert_eq!(
+                    kept.lines().filter(|l| l.starts_with('#')).count(),
+                    6,
+                    "{kept}"
+                );
+            }
+        }
     }
 
     /// A PostgreSQL status as a poll publishes it: a small primary, evaluated.
