@@ -180,6 +180,13 @@ const SIZES_SQL: &str = "SELECT datname::text, pg_database_size(oid)
 /// session list up front. `statistics` also reads the performance
 /// statistics (three or four more round trips, last, so that a refusal
 /// there cannot spoil the rest), into [`PgSnapshot::statistics`].
+///
+/// The statements are not kept prepared on the connection (`persistent
+/// (false)`): each is parsed again per poll, one more round trip each, as
+/// postgres_exporter's are per scrape. Kept, sqlx holds per connection a
+/// copy of each statement's text and its column descriptions, about 20 KiB
+/// per target, the largest part of a thousand targets' memory (measured in
+/// `docs/benchmarks.md`), for a saving of well under a millisecond per poll.
 pub async fn read_snapshot(
     conn: &mut PgConnection,
     with_sizes: bool,
@@ -192,6 +199,7 @@ pub async fn read_snapshot(
         .map_err(PollError::from_sqlx)?;
 
     let r = sqlx::query(SERVER_SQL)
+        .persistent(false)
         .fetch_one(&mut *tx)
         .await
         .map_err(PollError::from_sqlx)?;
@@ -273,6 +281,7 @@ pub async fn read_snapshot(
     // pg_locks is read only when someone waits on a lock: one scan, then matched by pid.
     if sessions.iter().any(|s| s.waits_on_lock()) {
         let waits = sqlx::query(LOCK_WAITS_SQL)
+            .persistent(false)
             .fetch_all(&mut *tx)
             .await
             .map_err(PollError::from_sqlx)?;
@@ -291,6 +300,7 @@ pub async fn read_snapshot(
     // pg_stat_replication scans every backend: skip it when no walsender runs.
     let standbys = if sessions.iter().any(|s| &*s.backend_type == "walsender") {
         let rows = sqlx::query(STANDBYS_SQL)
+            .persistent(false)
             .fetch_all(&mut *tx)
             .await
             .map_err(PollError::from_sqlx)?;
@@ -313,6 +323,7 @@ pub async fn read_snapshot(
     };
 
     let rows = sqlx::query(DATABASES_SQL)
+        .persistent(false)
         .fetch_all(&mut *tx)
         .await
         .map_err(PollError::from_sqlx)?;
@@ -329,6 +340,7 @@ pub async fn read_snapshot(
 
     let sizes = if with_sizes {
         let rows = sqlx::query(SIZES_SQL)
+            .persistent(false)
             .fetch_all(&mut *tx)
             .await
             .map_err(PollError::from_sqlx)?;
@@ -379,6 +391,7 @@ async fn read_sessions(
     let mut sessions: Vec<Session> = Vec::with_capacity(sessions_hint + sessions_hint / 16 + 8);
     let mut columns_checked = false;
     sqlx::query(SESSIONS_SQL)
+        .persistent(false)
         .bind(QUERY_TEXT_MAX_CHARS)
         .try_map(|row: PgRow| {
             if !columns_checked {
@@ -629,6 +642,30 @@ mod tests {
                 is_self: r.get(16),
             })
             .collect()
+    }
+
+    /// A poll keeps no statement prepared on its connection (each would
+    /// hold its text and column descriptions there for as long as the
+    /// connection lives): after whole reads, sizes and statistics too, the
+    /// connection's statement cache is empty.
+    #[tokio::test]
+    async fn a_poll_leaves_no_statement_prepared_on_its_connection() {
+        let mut conn = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .expect("the local PostgreSQL at 127.0.0.1:5432");
+        let plan = super::super::statistics::Plan {
+            statements_top: Some(5),
+            known: None,
+        };
+        for _ in 0..2 {
+            let (snapshot, sizes) = read_snapshot(&mut conn, true, 0, Some(plan.clone()))
+                .await
+                .expect("a whole read");
+            assert!(snapshot.sessions.iter().any(|s| s.is_self));
+            assert!(snapshot.statistics.is_some());
+            assert!(sizes.is_some_and(|s| s.iter().any(|(db, _)| db == "postgres")));
+            assert_eq!(conn.cached_statements_size(), 0);
+        }
     }
 
     /// On a real server holding every kind of session the checks and

@@ -322,7 +322,11 @@ pub async fn read(
 
     let answer = match plan.known {
         Some(known) => Ok(known),
-        None => match sqlx::query(AVAILABILITY_SQL).fetch_one(&mut *conn).await {
+        None => match sqlx::query(AVAILABILITY_SQL)
+            .persistent(false)
+            .fetch_one(&mut *conn)
+            .await
+        {
             Ok(r) => Ok(availability(&r).map_err(PollError::from_sqlx)?),
             Err(e) => Err(e),
         },
@@ -389,6 +393,7 @@ pub async fn read(
 
     if avail.database == Some(true) {
         match sqlx::query(sqlx::AssertSqlSafe(database_sql(version_num)))
+            .persistent(false)
             .fetch_all(&mut *conn)
             .await
             .and_then(|rows| rows.iter().map(|r| database_row(r, version_num)).collect())
@@ -420,6 +425,7 @@ pub async fn read(
         if failed {
             stats.errors.extend(sources.iter().map(|s| skipped(*s)));
         } else if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
             .fetch_one(&mut *conn)
             .await
             .and_then(|r| cluster_row(&r, &mut stats, &sources))
@@ -446,6 +452,7 @@ pub async fn read(
             (Some(_), true) if failed => stats.errors.push(skipped(source)),
             (Some((schema, version)), true) => {
                 match sqlx::query(sqlx::AssertSqlSafe(statements_sql(schema, version)))
+                    .persistent(false)
                     .bind(i64::from(top))
                     .fetch_all(&mut *conn)
                     .await
