@@ -24,6 +24,9 @@
 //!
 //! 7. Two processes given one identity: one acts, the other says so and
 //!    polls nothing.
+//! 8. A Lease is deleted only at the version read: not by a member leaving
+//!    after a twin wrote it, not by a sweep after its member renewed it
+//!    (`ShardLeases` directly against the fake).
 //!
 //! Needs Linux and the Debian package `postgresql-15`; about 30 s.
 
@@ -501,4 +504,104 @@ async fn two_processes_with_one_identity_never_both_act() {
         longest <= INTERVAL,
         "{db} was polled by both twins for {longest:?}"
     );
+}
+
+/// A member deletes a Lease only as it read it (a DELETE with the read
+/// `resourceVersion` as its precondition), so that it never removes a Lease
+/// someone wrote since: leaving, not the Lease a twin (a second process
+/// given its identity) wrote after it; sweeping, not the Lease of a member
+/// that came back after it read it long expired.
+#[tokio::test]
+async fn a_lease_is_deleted_only_as_it_was_read() {
+    use dbwarden::kubernetes::now_ms;
+    use dbwarden::kubernetes::shards::{SWEEP_AFTER, ShardLeases, ShardSettings};
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+
+    // What the daemon's client builder does first (rustls has two providers compiled in).
+    dbwarden::observe::tls::ensure_provider();
+    let kube = KubeFake::start(FakeCluster::databases());
+    let member = async |client: &str, identity: &str| {
+        let config = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(kube.kubeconfig_for(client)).expect("the fake's kubeconfig"),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .expect("a client configuration");
+        let settings = ShardSettings {
+            identity: identity.to_string(),
+            ..ShardSettings::default()
+        };
+        ShardLeases::new(
+            kube::Client::try_from(config).expect("a client"),
+            kube.namespace(),
+            settings,
+        )
+    };
+    let holders = || -> BTreeMap<String, String> {
+        kube.leases()
+            .iter()
+            .map(|l| {
+                let name = l["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let holder = l["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                (name, holder)
+            })
+            .collect()
+    };
+    let renew = async |m: &ShardLeases, at: u64| {
+        let reading = m.members(at).await.expect("a reading");
+        m.renew(at, &["a".to_string(), "b".to_string()], reading.own)
+            .await
+            .expect("a renewal");
+    };
+    let (a, b, twin) = (
+        member("a", "a").await,
+        member("b", "b").await,
+        member("twin", "a").await,
+    );
+    let lease = ShardSettings::default().duration.as_millis() as u64;
+    let t = now_ms();
+    renew(&a, t).await;
+    renew(&b, t).await;
+    let both = BTreeMap::from([
+        ("dbwarden-a".to_string(), "a".to_string()),
+        ("dbwarden-b".to_string(), "b".to_string()),
+    ]);
+    assert_eq!(holders(), both);
+
+    // Leaving: the twin wrote a's Lease after a did; a's delete is refused
+    // and the Lease stays; the twin, its last writer, deletes it.
+    renew(&twin, t + 1_000).await;
+    assert!(
+        a.release().await.is_err(),
+        "a deleted a Lease the twin wrote"
+    );
+    assert_eq!(holders(), both);
+    twin.release().await.expect("the last writer leaves");
+    assert_eq!(holders().keys().collect::<Vec<_>>(), ["dbwarden-b"]);
+
+    // Sweeping: a sees b's Lease unchanged for SWEEP_AFTER Lease durations,
+    // but b renews before a deletes it: the delete is refused.
+    let gone_for = SWEEP_AFTER * lease + 1_000;
+    a.members(t).await.expect("a reading");
+    a.members(t + gone_for).await.expect("a reading");
+    renew(&b, t).await;
+    a.sweep().await;
+    assert_eq!(holders().get("dbwarden-b").map(String::as_str), Some("b"));
+    // Read again and still unchanged that long later: deleted.
+    a.members(t + gone_for).await.expect("a reading");
+    a.sweep().await;
+    assert!(
+        holders().contains_key("dbwarden-b"),
+        "swept on its first sighting"
+    );
+    a.members(t + 2 * gone_for).await.expect("a reading");
+    a.sweep().await;
+    assert!(holders().is_empty(), "{:?}", holders());
+    assert_eq!(kube.unexpected(), Vec::<String>::new());
 }
