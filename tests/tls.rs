@@ -11,11 +11,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbwarden::config::Config;
 use rcgen::{
@@ -23,6 +21,7 @@ use rcgen::{
     KeyPair,
 };
 use serde_json::Value;
+use support::child::{ChildGuard, wait_ready};
 use support::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -99,84 +98,6 @@ fn write(dir: &Path, name: &str, content: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, content).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
     p.display().to_string()
-}
-
-// ------------------------------------------------------------------ children
-
-/// A child process killed and reaped on drop, its output in a log file
-/// shown when something goes wrong.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildGuard {
-    fn spawn(
-        name: &'static str,
-        program: &str,
-        package: &str,
-        args: &[String],
-        log: PathBuf,
-    ) -> Self {
-        assert!(
-            Path::new(program).is_file(),
-            "{program} is missing: install the Debian package `{package}` (apt-get install {package})"
-        );
-        let out = File::create(&log).expect("create the log file");
-        let err = out.try_clone().expect("clone the log file handle");
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        ChildGuard { name, child, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(30);
-        format!("--- {} log ---\n{}", self.name, lines[from..].join("\n"))
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited early ({status})\n{}", self.name, self.log_tail());
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_tail());
-        }
-    }
-}
-
-async fn wait_ready(child: &mut ChildGuard, url: &str) {
-    let c = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        child.assert_running();
-        if let Ok(r) = c.get(url).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{} not ready at {url}\n{}",
-            child.name,
-            child.log_tail()
-        );
-        tokio::time::sleep(POLL_EVERY).await;
-    }
 }
 
 // ------------------------------------------------------------------ daemon

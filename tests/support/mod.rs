@@ -12,6 +12,9 @@
 //!   runtime's other worker; sessions as any role ([`connect_as`]), their
 //!   backend identity ([`backend_of`]) and whether it still exists
 //!   ([`backend_alive`]).
+//! - [`child::ChildGuard`]: a program a test starts (Prometheus,
+//!   Alertmanager), killed and reaped on drop, its log shown on failure;
+//!   [`child::wait_ready`] waits for its readiness endpoint.
 //! - [`DaemonProcess`]: the `dbwarden` binary as a child process, killed
 //!   (SIGKILL) and reaped on drop; [`tcp_ports_of`] maps a
 //!   `pg_stat_activity.client_port` to the process holding that socket.
@@ -23,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod bolt;
+pub mod child;
 pub mod kube_fake;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -774,15 +778,7 @@ impl DaemonProcess {
 
     /// The last 60 lines of the process's output.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(60);
-        format!(
-            "--- dbwarden {} log ({}) ---\n{}",
-            self.name,
-            self.log.display(),
-            lines[from..].join("\n")
-        )
+        log_tail(&format!("dbwarden {}", self.name), &self.log, 60)
     }
 
     /// GET `path`: status code and body.
@@ -904,4 +900,17 @@ mod parser_tests {
         assert!(s[3].value.is_nan());
         assert_eq!(metric_value(text, "a_total", &[("kind", "io")]), None);
     }
+}
+
+/// The last `lines` lines of the log file `log` of the process `name`,
+/// under a heading naming both (what a failing test shows of a child).
+pub fn log_tail(name: &str, log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    format!(
+        "--- {name} log ({}) ---\n{}",
+        log.display(),
+        all[from..].join("\n")
+    )
 }
