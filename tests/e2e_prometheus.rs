@@ -26,7 +26,6 @@ mod support;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dbwarden::config::Config;
@@ -34,6 +33,7 @@ use dbwarden::scratch::{ClusterOptions, ScratchCluster};
 use dbwarden::secret::Secret;
 use serde_json::Value;
 use support::bolt::{BoltServer, ClusterMember, Db, Index, Persona, ServerState, Tx};
+use support::child::{ChildGuard, wait_ready};
 use support::kube_fake::{FakeCluster, KubeFake};
 use support::*;
 use tokio::sync::oneshot;
@@ -89,91 +89,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("reqwest client")
-}
-
-// ------------------------------------------------------------------ children
-
-/// A child process killed and reaped on drop (also while a test panics),
-/// its output in a log file shown when something goes wrong.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildGuard {
-    fn spawn(
-        name: &'static str,
-        program: &str,
-        package: &str,
-        args: &[String],
-        log: PathBuf,
-    ) -> ChildGuard {
-        assert!(
-            Path::new(program).is_file(),
-            "{program} is missing: install the Debian package `{package}` (apt-get install {package})"
-        );
-        let out = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let err = out.try_clone().expect("clone the log file handle");
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {program} ({e}): is the Debian package `{package}` installed?")
-            });
-        ChildGuard { name, child, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(40);
-        format!(
-            "--- {} log ({}) ---\n{}",
-            self.name,
-            self.log.display(),
-            lines[from..].join("\n")
-        )
-    }
-
-    /// Panics with the log when the process already exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited early ({status})\n{}", self.name, self.log_tail());
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_tail());
-        }
-    }
-}
-
-/// Waits until `GET url` answers 200, checking that the child still runs.
-async fn wait_ready(child: &mut ChildGuard, url: &str) {
-    let c = client();
-    let started = Instant::now();
-    loop {
-        child.assert_running();
-        match c.get(url).send().await {
-            Ok(r) if r.status() == 200 => return,
-            other => assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{} not ready at {url} within 20s: {other:?}\n{}",
-                child.name,
-                child.log_tail()
-            ),
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
 }
 
 // ------------------------------------------------------------------ daemon
@@ -438,16 +353,19 @@ fn alert_names(rules: &str) -> Vec<String> {
 
 // ------------------------------------------------------------------ tests
 
-/// A primary with data checksums, WAL archiving (to nowhere) and a physical
-/// replication slot, and its streaming standby: every family shows up.
+/// A primary with data checksums, WAL archiving (to nowhere), a physical
+/// replication slot and `pg_stat_statements`, and its streaming standby:
+/// every family shows up.
 fn replicated() -> (ScratchCluster, ScratchCluster) {
     let primary = primary_with(ClusterOptions {
         extra_conf: vec![
             "archive_mode = on".into(),
             "archive_command = 'true'".into(),
+            "shared_preload_libraries = 'pg_stat_statements'".into(),
         ],
         ..ClusterOptions::default()
     });
+    psql(&primary, "CREATE EXTENSION pg_stat_statements");
     psql(
         &primary,
         "SELECT pg_create_physical_replication_slot('dbwarden_e2e', true)",
@@ -621,8 +539,10 @@ async fn prometheus_evaluates_every_rule_and_dashboard_query() {
     let backups = backup_locations(remediation_dir.path());
     let daemon = Daemon::start(
         &format!(
-            "{scoped}{}{}{}{remediation}\n{kubernetes}\n{backups}",
+            "{scoped}{}{}{}{}{remediation}\n{kubernetes}\n{backups}",
             with_pods(&watched("primary", &primary, "1s"), "app=postgres"),
+            // The top statements (here dbwarden's own), for their panels.
+            "[postgres.primary.statistics.statements]\ntop = 10\n\n",
             watched("standby", &standby, "1s"),
             with_pods(
                 &watched_neo4j("graph", &graph, &neo4j_password, "1s"),

@@ -701,8 +701,8 @@ fn dashboards_follow_the_conventions() {
 
 /// Scratch servers that make every family dbwarden can export appear: a
 /// primary with data checksums, WAL archiving (to nowhere), a physical
-/// replication slot and the role of the session remediation selects, and its
-/// streaming standby.
+/// replication slot, `pg_stat_statements` and the role of the session
+/// remediation selects, and its streaming standby.
 struct Replicated {
     primary: ScratchCluster,
     standby: ScratchCluster,
@@ -713,6 +713,7 @@ fn start_replicated() -> Replicated {
         extra_conf: vec![
             "archive_mode = on".into(),
             "archive_command = 'true'".into(),
+            "shared_preload_libraries = 'pg_stat_statements'".into(),
         ],
         ..ClusterOptions::default()
     })
@@ -722,6 +723,7 @@ fn start_replicated() -> Replicated {
             .psql("postgres", sql)
             .unwrap_or_else(|e| panic!("psql {sql:?}: {e}"))
     };
+    psql("CREATE EXTENSION pg_stat_statements");
     psql("SELECT pg_create_physical_replication_slot('dbwarden_interface_test', true)");
     psql(&format!("CREATE ROLE {IDLE_ROLE} LOGIN"));
     // Write something and switch segments, so one is archived.
@@ -814,14 +816,18 @@ rebuild_after = \"10m\"
 
 fn config(port: u16, r: &Replicated, dir: &Path, neo4j_uri: &str, kube: &KubeFake) -> Config {
     let target = |name: &str, url: &str, data: &Path| {
-        // The scratch primary's pods are the fake cluster's `app=postgres`.
-        let pods = if name == "scratch-primary" {
-            "pods = \"app=postgres\"\n"
+        // The scratch primary's pods are the fake cluster's `app=postgres`;
+        // its top statements are read (`pg_stat_statements` is there).
+        let (pods, statements) = if name == "scratch-primary" {
+            (
+                "pods = \"app=postgres\"\n",
+                format!("[postgres.{name}.statistics.statements]\ntop = 10\n"),
+            )
         } else {
-            ""
+            ("", String::new())
         };
         format!(
-            "[postgres.{name}]\nurl = {}\nsslmode = \"disable\"\n{pods}[postgres.{name}.paths]\ndata = {}\n\n",
+            "[postgres.{name}]\nurl = {}\nsslmode = \"disable\"\n{pods}[postgres.{name}.paths]\ndata = {}\n{statements}\n",
             toml_str(url),
             toml_str(&data.to_string_lossy())
         )
