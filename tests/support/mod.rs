@@ -873,6 +873,19 @@ pub fn tcp_ports_of(pid: u32) -> std::collections::BTreeSet<u16> {
     ports
 }
 
+/// The last `lines` lines of the log file `log` of the process `name`,
+/// under a heading naming both (what a failing test shows of a child).
+pub fn log_tail(name: &str, log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    format!(
+        "--- {name} log ({}) ---\n{}",
+        log.display(),
+        all[from..].join("\n")
+    )
+}
+
 #[cfg(test)]
 mod parser_tests {
     use super::*;
@@ -900,17 +913,4 @@ mod parser_tests {
         assert!(s[3].value.is_nan());
         assert_eq!(metric_value(text, "a_total", &[("kind", "io")]), None);
     }
-}
-
-/// The last `lines` lines of the log file `log` of the process `name`,
-/// under a heading naming both (what a failing test shows of a child).
-pub fn log_tail(name: &str, log: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    let from = all.len().saturating_sub(lines);
-    format!(
-        "--- {name} log ({}) ---\n{}",
-        log.display(),
-        all[from..].join("\n")
-    )
 }
