@@ -419,7 +419,7 @@ impl<K: Kind> Runner<K> {
         } else {
             Some(self.kind.contend(&cx).await)
         };
-        if holder == Some(Holder::Us) {
+        if holder == Some(Holder::Us) && settings.poll_at_crossing {
             self.arm_wake(received, &selection.crossings, cycle.poll_interval);
         }
         let chosen = &selection.chosen;

@@ -1255,6 +1255,15 @@ async fn no_poll_is_brought_forward_where_nothing_could_act() {
         "another replica acts"
     );
     h.script.lock().unwrap().holder = Holder::Us;
+    // Switched off (a reload applies at the next cycle).
+    let mut off = (*h.rem.settings()).clone();
+    off.poll_at_crossing = false;
+    h.rem.reconfigure(off).expect("in place");
+    h.cycle_crossing(crossing, POLL_INTERVAL).await;
+    assert!(!h.woken_within(NO_WAKE_WINDOW).await, "switched off");
+    let mut on = (*h.rem.settings()).clone();
+    on.poll_at_crossing = true;
+    h.rem.reconfigure(on).expect("in place");
     // The crossing comes after the next poll anyway.
     h.cycle_crossing(Some(Duration::from_millis(200)), Duration::from_millis(200))
         .await;

@@ -58,6 +58,9 @@ pub struct RemediationSettings {
     /// At most this many actions per batch: one audit `fsync` for their
     /// intents, one guarded statement (PostgreSQL) for their signals.
     pub batch_size: u32,
+    /// Bring a target's next poll forward to the moment sessions will have
+    /// crossed a policy's durations (`false`: polls strictly on the interval).
+    pub poll_at_crossing: bool,
     pub budget: Budget,
     pub policies: IndexMap<String, Policy>,
     pub neo4j_policies: IndexMap<String, Neo4jPolicy>,
@@ -82,6 +85,7 @@ impl Default for RemediationSettings {
             redact_queries: false,
             pacing: Duration::from_secs(1),
             batch_size: DEFAULT_BATCH_SIZE,
+            poll_at_crossing: true,
             budget: Budget::default(),
             policies: IndexMap::new(),
             neo4j_policies: IndexMap::new(),
