@@ -16,6 +16,7 @@
 //! [`METRIC_NAMES`] lists every exported family, for the tests that check
 //! alert rules and dashboards against what really exists.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
@@ -31,6 +32,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+use smallvec::{SmallVec, smallvec};
 
 use crate::evaluate::CheckStatus;
 use crate::observe::{PgSnapshot, PollErrorKind};
@@ -1366,11 +1368,15 @@ struct Fam<'a> {
     help: &'static str,
     unit: Option<Unit>,
     kind: MetricType,
-    samples: Vec<(Vec<(&'static str, String)>, f64)>,
-    _p: std::marker::PhantomData<&'a ()>,
+    samples: Vec<(Labels<'a>, f64)>,
 }
 
-impl Fam<'_> {
+/// A sample's labels, borrowed from the status it is rendered from where
+/// they can be: a publish renders a target's 250-odd series, and a `String`
+/// per label per series was most of its allocations.
+type Labels<'a> = SmallVec<[(&'static str, Cow<'a, str>); 3]>;
+
+impl<'a> Fam<'a> {
     fn new(name: &'static str, help: &'static str, unit: Option<Unit>, kind: MetricType) -> Self {
         Fam {
             name,
@@ -1378,7 +1384,6 @@ impl Fam<'_> {
             unit,
             kind,
             samples: Vec::new(),
-            _p: std::marker::PhantomData,
         }
     }
 
@@ -1394,7 +1399,7 @@ impl Fam<'_> {
         Self::new(name, help, None, MetricType::Counter)
     }
 
-    fn push(&mut self, labels: Vec<(&'static str, String)>, v: f64) {
+    fn push(&mut self, labels: Labels<'a>, v: f64) {
         self.samples.push((labels, v));
     }
 
@@ -1405,7 +1410,8 @@ impl Fam<'_> {
         let mut m =
             encoder.encode_descriptor(self.name, self.help, self.unit.as_ref(), self.kind)?;
         for (labels, v) in &self.samples {
-            let fe = m.encode_family(labels)?;
+            let labels = labels.as_slice();
+            let fe = m.encode_family(&labels)?;
             match self.kind {
                 MetricType::Counter => ConstCounter::new(v.max(0.0)).encode(fe)?,
                 _ => ConstGauge::new(*v).encode(fe)?,
@@ -1415,33 +1421,37 @@ impl Fam<'_> {
     }
 }
 
-fn t(target: &str) -> Vec<(&'static str, String)> {
-    vec![("target", target.to_string())]
+fn t(target: &str) -> Labels<'_> {
+    smallvec![("target", Cow::Borrowed(target))]
 }
 
-fn t2(target: &str, k: &'static str, v: &str) -> Vec<(&'static str, String)> {
-    vec![("target", target.to_string()), (k, v.to_string())]
+fn t2<'a>(target: &'a str, k: &'static str, v: &'a str) -> Labels<'a> {
+    smallvec![("target", Cow::Borrowed(target)), (k, Cow::Borrowed(v))]
+}
+
+fn t2_owned<'a>(target: &'a str, k: &'static str, v: String) -> Labels<'a> {
+    smallvec![("target", Cow::Borrowed(target)), (k, Cow::Owned(v))]
 }
 
 /// The families every kind of status joins: a target's own, and the
 /// Kubernetes loop's and the backup locations' rows of the check families.
-struct StateFams {
-    up: Fam<'static>,
-    last_ok: Fam<'static>,
-    last: Fam<'static>,
-    conns: Fam<'static>,
-    failing: Fam<'static>,
-    pending: Fam<'static>,
-    value: Fam<'static>,
-    threshold: Fam<'static>,
-    hold: Fam<'static>,
-    held: Fam<'static>,
-    excluded: Fam<'static>,
-    interval: Fam<'static>,
-    timeout: Fam<'static>,
+struct StateFams<'a> {
+    up: Fam<'a>,
+    last_ok: Fam<'a>,
+    last: Fam<'a>,
+    conns: Fam<'a>,
+    failing: Fam<'a>,
+    pending: Fam<'a>,
+    value: Fam<'a>,
+    threshold: Fam<'a>,
+    hold: Fam<'a>,
+    held: Fam<'a>,
+    excluded: Fam<'a>,
+    interval: Fam<'a>,
+    timeout: Fam<'a>,
 }
 
-impl StateFams {
+impl StateFams<'_> {
     fn new() -> Self {
         let up = Fam::gauge(
             "up",
@@ -1584,7 +1594,7 @@ impl Collector for TargetsCollector {
                 }
                 for (reason, n) in c.excluded.iter().flatten() {
                     let mut labels = l();
-                    labels.push(("reason", reason.as_str().to_string()));
+                    labels.push(("reason", Cow::from(reason.as_str())));
                     f.excluded.push(labels, *n as f64);
                 }
             }
@@ -1618,6 +1628,7 @@ impl Collector for TargetsCollector {
             )?;
             for s in targets.iter() {
                 let labels = t(&s.target);
+                let labels = labels.as_slice();
                 let mut fe = m.encode_family(&labels)?;
                 fe.encode_info(&vec![("kind", s.kind.to_string())])?;
             }
@@ -1631,8 +1642,9 @@ impl Collector for TargetsCollector {
 
 impl Collector for GlobalCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut f = StateFams::new();
         let kube = self.state.kubernetes();
+        let backups = self.state.backups();
+        let mut f = StateFams::new();
         // The Kubernetes checks join the same check families (no `for`: they have no hold).
         for c in kube.iter().flat_map(|k| k.checks.iter()) {
             let l = || t2(&c.target, "check", c.check.as_str());
@@ -1648,15 +1660,14 @@ impl Collector for GlobalCollector {
                 f.value.push(l(), v);
             }
         }
-        let backups = self.state.backups();
         // The backup checks too, with the location as a `backup` label.
         for b in &backups {
             for c in &b.checks {
                 let l = || {
-                    vec![
-                        ("target", b.target.clone()),
-                        ("check", c.check.as_str().to_string()),
-                        ("backup", b.name.clone()),
+                    smallvec![
+                        ("target", Cow::from(b.target.as_str())),
+                        ("check", Cow::from(c.check.as_str())),
+                        ("backup", Cow::from(b.name.as_str())),
                     ]
                 };
                 f.threshold.push(l(), c.threshold);
@@ -1675,8 +1686,8 @@ impl Collector for GlobalCollector {
             }
         }
         f.encode(&mut encoder)?;
-        if let Some(k) = kube {
-            encode_kubernetes(&k, &mut encoder)?;
+        if let Some(k) = &kube {
+            encode_kubernetes(k, &mut encoder)?;
         }
         encode_backups(&backups, &mut encoder)?;
         Ok(())
@@ -1734,12 +1745,17 @@ fn encode_backups(
         Unit::Seconds,
     );
     for b in backups {
-        let l = || vec![("backup", b.name.clone()), ("target", b.target.clone())];
+        let l = || {
+            smallvec![
+                ("backup", Cow::from(b.name.as_str())),
+                ("target", Cow::from(b.target.as_str()))
+            ]
+        };
         up.push(l(), f64::from(u8::from(b.up)));
         interval.push(l(), b.interval_seconds);
         if let Some(e) = &b.last_error {
             let mut k = l();
-            k.push(("kind", e.kind.as_str().to_string()));
+            k.push(("kind", Cow::from(e.kind.as_str())));
             error.push(k, 1.0);
         }
         if let Some(at) = b.last_success_at {
@@ -1821,7 +1837,7 @@ fn encode_probes(
             for kind in crate::observe::probes::ProbeErrorKind::ALL {
                 let n = p.failures.get(kind.as_str()).copied().unwrap_or(0);
                 let mut labels = l();
-                labels.push(("kind", kind.as_str().to_string()));
+                labels.push(("kind", Cow::from(kind.as_str())));
                 failures.push(labels, n as f64);
             }
             let Some(rows) = &p.rows else { continue };
@@ -1856,7 +1872,8 @@ fn encode_probes(
         }
         let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
         for (labels, v) in samples {
-            let fe = m.encode_family(labels)?;
+            let labels = labels.as_slice();
+            let fe = m.encode_family(&labels)?;
             ConstGauge::new(*v).encode(fe)?;
         }
     }
@@ -1873,7 +1890,7 @@ fn encode_kubernetes(
         "kubernetes_api_reachable",
         "1 when every pod watch reaches the API server, 0 when one fails (the pod facts are then the last ones seen)",
     );
-    reachable.push(Vec::new(), b(snap.api_reachable));
+    reachable.push(Labels::new(), b(snap.api_reachable));
     let mut synced = Fam::gauge(
         "kubernetes_target_synced",
         "1 once the target's pods were listed completely and its watch has no current error",
@@ -1881,9 +1898,12 @@ fn encode_kubernetes(
     for w in &snap.targets {
         synced.push(t(&w.target), b(w.synced && w.error.is_none()));
     }
-    let pod = |p: &crate::kubernetes::snapshot::PodFacts| {
-        vec![("target", p.target.clone()), ("pod", p.name.clone())]
-    };
+    fn pod(p: &crate::kubernetes::snapshot::PodFacts) -> Labels<'_> {
+        smallvec![
+            ("target", Cow::from(p.target.as_str())),
+            ("pod", Cow::from(p.name.as_str()))
+        ]
+    }
     let mut phase = Fam::gauge(
         "kubernetes_pod_phase",
         "1 for the pod's current phase, 0 for the others",
@@ -1934,7 +1954,7 @@ fn encode_kubernetes(
     for p in &snap.pods {
         for ph in POD_PHASES {
             let mut l = pod(p);
-            l.push(("phase", ph.to_string()));
+            l.push(("phase", Cow::from(ph)));
             phase.push(l, b(p.phase == ph));
         }
         ready.push(pod(p), b(p.ready));
@@ -1949,7 +1969,10 @@ fn encode_kubernetes(
         if let Some(term) = &p.last_termination {
             let mut l = pod(p);
             let reason = term.reason.as_deref().unwrap_or("other");
-            l.push(("reason", bounded(reason, &TERMINATION_REASONS).to_string()));
+            l.push((
+                "reason",
+                bounded(reason, &TERMINATION_REASONS).to_string().into(),
+            ));
             termination.push(l, 1.0);
             if let Some(ms) = term.finished_at_ms {
                 termination_at.push(pod(p), ms as f64 / 1000.0);
@@ -1957,13 +1980,16 @@ fn encode_kubernetes(
         }
         if let Some(reason) = &p.waiting_reason {
             let mut l = pod(p);
-            l.push(("reason", bounded(reason, &WAITING_REASONS).to_string()));
+            l.push((
+                "reason",
+                bounded(reason, &WAITING_REASONS).to_string().into(),
+            ));
             waiting.push(l, 1.0);
         }
         for c in &p.containers {
             let l = || {
                 let mut l = pod(p);
-                l.push(("container", c.name.clone()));
+                l.push(("container", Cow::from(c.name.as_str())));
                 l
             };
             if let Some(m) = c.memory_limit_bytes {
@@ -2008,10 +2034,10 @@ fn encode_kubernetes(
     );
     for v in &snap.volumes {
         let l = || {
-            vec![
-                ("target", v.target.clone()),
-                ("pod", v.pod.clone()),
-                ("pvc", v.pvc.clone()),
+            smallvec![
+                ("target", Cow::from(v.target.as_str())),
+                ("pod", Cow::from(v.pod.as_str())),
+                ("pvc", Cow::from(v.pvc.as_str())),
             ]
         };
         capacity.push(l(), v.capacity_bytes as f64);
@@ -2030,9 +2056,9 @@ fn encode_kubernetes(
     );
     if let Some(l) = &k.lease {
         if let Some(h) = &l.holder {
-            holder.push(vec![("holder", h.clone())], 1.0);
+            holder.push(smallvec![("holder", Cow::from(h.as_str()))], 1.0);
         }
-        leader.push(Vec::new(), b(l.is_leader));
+        leader.push(Labels::new(), b(l.is_leader));
     }
     let mut replay_stalled = Fam::gauge_unit(
         "kubernetes_replay_stalled",
@@ -2094,6 +2120,7 @@ fn encode_neo4j(
         )?;
         for (target, n) in &live {
             let labels = t(target);
+            let labels = labels.as_slice();
             let mut fe = m.encode_family(&labels)?;
             fe.encode_info(&vec![
                 ("version", n.version.clone()),
@@ -2101,12 +2128,7 @@ fn encode_neo4j(
             ])?;
         }
     }
-    let db = |target: &str, database: &str| {
-        vec![
-            ("target", target.to_string()),
-            ("database", database.to_string()),
-        ]
-    };
+    let db = |target, database| t2(target, "database", database);
     let mut ping = Fam::gauge_unit(
         "neo4j_ping",
         "Round trip of RETURN 1 in the latest poll",
@@ -2151,7 +2173,7 @@ fn encode_neo4j(
         for (database, by_status) in &n.transactions {
             for status in ["Running", "Blocked", "Closing", "Terminated"] {
                 let mut l = db(target, database);
-                l.push(("status", status.to_string()));
+                l.push(("status", Cow::from(status)));
                 txs.push(l, by_status.get(status).copied().unwrap_or(0) as f64);
             }
             for (status, count) in by_status {
@@ -2160,7 +2182,7 @@ fn encode_neo4j(
                     "Running" | "Blocked" | "Closing" | "Terminated"
                 ) {
                     let mut l = db(target, database);
-                    l.push(("status", status.clone()));
+                    l.push(("status", Cow::from(status.as_str())));
                     txs.push(l, *count as f64);
                 }
             }
@@ -2174,13 +2196,13 @@ fn encode_neo4j(
         for (database, by_state) in &n.indexes {
             for state in ["ONLINE", "POPULATING", "FAILED"] {
                 let mut l = db(target, database);
-                l.push(("state", state.to_string()));
+                l.push(("state", Cow::from(state)));
                 indexes.push(l, by_state.get(state).copied().unwrap_or(0) as f64);
             }
             for (state, count) in by_state {
                 if !matches!(state.as_str(), "ONLINE" | "POPULATING" | "FAILED") {
                     let mut l = db(target, database);
-                    l.push(("state", state.clone()));
+                    l.push(("state", Cow::from(state.as_str())));
                     indexes.push(l, *count as f64);
                 }
             }
@@ -2188,7 +2210,7 @@ fn encode_neo4j(
         // Bounded: the indexes not ONLINE, at most MAX_INDEX_SERIES per target.
         for i in n.indexes_not_online.iter().take(MAX_INDEX_SERIES) {
             let mut l = db(target, &i.database);
-            l.push(("index", i.name.clone()));
+            l.push(("index", Cow::from(i.name.as_str())));
             population.push(l, i.population_percent);
         }
         for (database, count) in &n.nodes {
@@ -2254,6 +2276,7 @@ fn encode_postgres(
         )?;
         for (s, snap) in &live {
             let target = t(&s.target);
+            let target = target.as_slice();
             let fe = m.encode_family(&target)?;
             let info = vec![
                 ("version", snap.server.version_num.to_string()),
@@ -2455,7 +2478,7 @@ fn encode_postgres(
                 ("replay", sb.replay_lag_seconds),
             ] {
                 let mut l = t2(n, "standby", &sb.name);
-                l.push(("stage", stage.to_string()));
+                l.push(("stage", Cow::from(stage)));
                 // NULL lag means the standby is caught up with an idle primary.
                 sb_lag.push(l, v.unwrap_or(0.0));
             }
@@ -2718,7 +2741,7 @@ fn encode_postgres_statistics(
             if let Some(status) = &slot.wal_status {
                 for known in SLOT_WAL_STATUSES {
                     let mut l = t2(n, "slot", &slot.name);
-                    l.push(("status", known.to_string()));
+                    l.push(("status", Cow::from(known)));
                     slot_status.push(l, if status == known { 1.0 } else { 0.0 });
                 }
             }
@@ -2732,7 +2755,7 @@ fn encode_postgres_statistics(
         read_at.push(t(n), st.read_at_us as f64 / 1e6);
         for e in &st.errors {
             let mut l = t2(n, "source", e.source.as_str());
-            l.push(("reason", e.reason.as_str().to_string()));
+            l.push(("reason", Cow::from(e.reason.as_str())));
             error.push(l, 1.0);
         }
         for db in &st.databases {
@@ -2752,7 +2775,7 @@ fn encode_postgres_statistics(
                     ("killed", x.killed),
                 ] {
                     let mut l = l();
-                    l.push(("reason", reason.to_string()));
+                    l.push(("reason", Cow::from(reason)));
                     abnormal.push(l, v as f64);
                 }
                 session_time.push(l(), x.session_time_ms / 1e3);
@@ -2785,7 +2808,7 @@ fn encode_postgres_statistics(
             alloc.push(t(n), b.buffers_alloc as f64);
         }
         for x in st.statements.iter().flatten() {
-            let l = || t2(n, "queryid", &x.queryid.to_string());
+            let l = || t2_owned(n, "queryid", x.queryid.to_string());
             st_calls.push(l(), x.calls as f64);
             st_time.push(l(), x.total_time_ms / 1e3);
             st_rows.push(l(), x.rows as f64);
