@@ -511,6 +511,7 @@ async fn two_processes_with_one_identity_never_both_act() {
 /// someone wrote since: leaving, not the Lease a twin (a second process
 /// given its identity) wrote after it; sweeping, not the Lease of a member
 /// that came back after it read it long expired.
+#[cfg(feature = "kubernetes")]
 #[tokio::test]
 async fn a_lease_is_deleted_only_as_it_was_read() {
     use dbwarden::kubernetes::now_ms;
