@@ -467,6 +467,7 @@ impl PostgresObserver {
             let all: Vec<String> = sqlx::query_scalar(
                 "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
             )
+            .persistent(false)
             .fetch_all(conn)
             .await
             .map_err(lost)?;

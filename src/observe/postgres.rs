@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat};
+use sqlx::postgres::{PgArguments, PgRow, PgTypeInfo, PgValueFormat};
+use sqlx::query::Query;
 use sqlx::{Column, Connection, PgConnection, Postgres, Row, TypeInfo, ValueRef};
 
 use super::snapshot::*;
@@ -171,6 +172,16 @@ const SIZES_SQL: &str = "SELECT datname::text, pg_database_size(oid)
      FROM pg_database
      WHERE datallowconn AND has_database_privilege(oid, 'CONNECT')";
 
+/// A poll's statement, not kept prepared on the connection: it is parsed
+/// again at each poll, one more round trip, as postgres_exporter's are at
+/// each scrape. Kept, sqlx holds per connection a copy of each statement's
+/// text and its column descriptions, about 20 KiB per target, the largest
+/// part of a thousand targets' memory (measured in `docs/benchmarks.md`),
+/// for a saving of well under a millisecond per poll.
+pub(super) fn unprepared<'q>(sql: impl sqlx::SqlSafeStr) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
 /// Reads a snapshot over `conn`, in one read-only transaction and as few
 /// round trips as the answers allow (typically five: BEGIN, server,
 /// sessions, databases, ROLLBACK; standbys and lock waits only when the
@@ -179,14 +190,8 @@ const SIZES_SQL: &str = "SELECT datname::text, pg_database_size(oid)
 /// `sessions_hint` (the number of sessions the previous poll saw) sizes the
 /// session list up front. `statistics` also reads the performance
 /// statistics (three or four more round trips, last, so that a refusal
-/// there cannot spoil the rest), into [`PgSnapshot::statistics`].
-///
-/// The statements are not kept prepared on the connection (`persistent
-/// (false)`): each is parsed again per poll, one more round trip each, as
-/// postgres_exporter's are per scrape. Kept, sqlx holds per connection a
-/// copy of each statement's text and its column descriptions, about 20 KiB
-/// per target, the largest part of a thousand targets' memory (measured in
-/// `docs/benchmarks.md`), for a saving of well under a millisecond per poll.
+/// there cannot spoil the rest), into [`PgSnapshot::statistics`]. Every
+/// statement goes through [`unprepared`].
 pub async fn read_snapshot(
     conn: &mut PgConnection,
     with_sizes: bool,
@@ -198,8 +203,7 @@ pub async fn read_snapshot(
         .await
         .map_err(PollError::from_sqlx)?;
 
-    let r = sqlx::query(SERVER_SQL)
-        .persistent(false)
+    let r = unprepared(SERVER_SQL)
         .fetch_one(&mut *tx)
         .await
         .map_err(PollError::from_sqlx)?;
@@ -280,8 +284,7 @@ pub async fn read_snapshot(
 
     // pg_locks is read only when someone waits on a lock: one scan, then matched by pid.
     if sessions.iter().any(|s| s.waits_on_lock()) {
-        let waits = sqlx::query(LOCK_WAITS_SQL)
-            .persistent(false)
+        let waits = unprepared(LOCK_WAITS_SQL)
             .fetch_all(&mut *tx)
             .await
             .map_err(PollError::from_sqlx)?;
@@ -299,8 +302,7 @@ pub async fn read_snapshot(
 
     // pg_stat_replication scans every backend: skip it when no walsender runs.
     let standbys = if sessions.iter().any(|s| &*s.backend_type == "walsender") {
-        let rows = sqlx::query(STANDBYS_SQL)
-            .persistent(false)
+        let rows = unprepared(STANDBYS_SQL)
             .fetch_all(&mut *tx)
             .await
             .map_err(PollError::from_sqlx)?;
@@ -322,8 +324,7 @@ pub async fn read_snapshot(
         Vec::new()
     };
 
-    let rows = sqlx::query(DATABASES_SQL)
-        .persistent(false)
+    let rows = unprepared(DATABASES_SQL)
         .fetch_all(&mut *tx)
         .await
         .map_err(PollError::from_sqlx)?;
@@ -339,8 +340,7 @@ pub async fn read_snapshot(
     }
 
     let sizes = if with_sizes {
-        let rows = sqlx::query(SIZES_SQL)
-            .persistent(false)
+        let rows = unprepared(SIZES_SQL)
             .fetch_all(&mut *tx)
             .await
             .map_err(PollError::from_sqlx)?;
@@ -390,8 +390,7 @@ async fn read_sessions(
     // previous poll (the mapper returns `()`, so sqlx collects nothing).
     let mut sessions: Vec<Session> = Vec::with_capacity(sessions_hint + sessions_hint / 16 + 8);
     let mut columns_checked = false;
-    sqlx::query(SESSIONS_SQL)
-        .persistent(false)
+    unprepared(SESSIONS_SQL)
         .bind(QUERY_TEXT_MAX_CHARS)
         .try_map(|row: PgRow| {
             if !columns_checked {

@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
+use super::postgres::unprepared;
+
 use super::snapshot::*;
 use super::{PollError, PollErrorKind};
 use crate::settings::{Context, Issues, duration, join, q};
@@ -322,11 +324,7 @@ pub async fn read(
 
     let answer = match plan.known {
         Some(known) => Ok(known),
-        None => match sqlx::query(AVAILABILITY_SQL)
-            .persistent(false)
-            .fetch_one(&mut *conn)
-            .await
-        {
+        None => match unprepared(AVAILABILITY_SQL).fetch_one(&mut *conn).await {
             Ok(r) => Ok(availability(&r).map_err(PollError::from_sqlx)?),
             Err(e) => Err(e),
         },
@@ -392,8 +390,7 @@ pub async fn read(
     }
 
     if avail.database == Some(true) {
-        match sqlx::query(sqlx::AssertSqlSafe(database_sql(version_num)))
-            .persistent(false)
+        match unprepared(sqlx::AssertSqlSafe(database_sql(version_num)))
             .fetch_all(&mut *conn)
             .await
             .and_then(|rows| rows.iter().map(|r| database_row(r, version_num)).collect())
@@ -424,8 +421,7 @@ pub async fn read(
         .collect();
         if failed {
             stats.errors.extend(sources.iter().map(|s| skipped(*s)));
-        } else if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
+        } else if let Err(e) = unprepared(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut *conn)
             .await
             .and_then(|r| cluster_row(&r, &mut stats, &sources))
@@ -451,8 +447,7 @@ pub async fn read(
             }),
             (Some(_), true) if failed => stats.errors.push(skipped(source)),
             (Some((schema, version)), true) => {
-                match sqlx::query(sqlx::AssertSqlSafe(statements_sql(schema, version)))
-                    .persistent(false)
+                match unprepared(sqlx::AssertSqlSafe(statements_sql(schema, version)))
                     .bind(i64::from(top))
                     .fetch_all(&mut *conn)
                     .await

@@ -396,11 +396,13 @@ async fn run_inner(
 ) -> Result<ProbeRows, ProbeError> {
     let err = |e| ProbeError::from_sqlx(e, timeout);
     let mut tx = conn.begin_with("BEGIN READ ONLY").await.map_err(err)?;
+    // Nothing kept prepared on the poll's connection (`postgres::unprepared`).
     let server_now: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM now())::float8
          FROM (SELECT set_config('statement_timeout', $1, true),
                       set_config('lock_timeout', $2, true)) s",
     )
+    .persistent(false)
     .bind(timeout.as_millis().to_string())
     .bind(lock_timeout.as_millis().to_string())
     .fetch_one(&mut *tx)
@@ -410,8 +412,7 @@ async fn run_inner(
     let mut shape: Option<Shape> = None;
     let mut rows = Vec::new();
     {
-        let mut stream = sqlx::query(sqlx::AssertSqlSafe(probe.sql().to_owned()))
-            .persistent(false)
+        let mut stream = super::postgres::unprepared(sqlx::AssertSqlSafe(probe.sql().to_owned()))
             .fetch(&mut *tx);
         while let Some(row) = stream.try_next().await.map_err(err)? {
             let shape = match &mut shape {
