@@ -830,10 +830,12 @@ impl Metrics {
             }),
             None,
         );
-        let (headers, names) = {
-            let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
-            (families.headers.clone(), families.names.clone())
-        };
+        let headers = self
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .headers
+            .clone();
         // Each family's pieces: a target's stored lines, and its name.
         let mut buckets: Vec<Vec<(&str, &str)>> = vec![Vec::new(); headers.len()];
         let own = targets.iter().map(|s| s.target.as_str());
@@ -853,7 +855,7 @@ impl Metrics {
         }
         let families = headers
             .iter()
-            .zip(&names)
+            .map(|h| (h, family_name(h)))
             .zip(&buckets)
             .filter(|(_, s)| !s.is_empty());
         let mut lines = String::with_capacity(16 * 1024);
@@ -907,11 +909,11 @@ impl Metrics {
         };
         let (mut header, mut name, mut current) = (String::new(), "", None);
         for line in text.split_inclusive('\n') {
-            if let Some(rest) = line.strip_prefix("# HELP ") {
+            if line.starts_with("# HELP ") {
                 if let Some(f) = current.take() {
                     out.spans.push((f, out.samples.len() as u32));
                 }
-                name = rest.split(' ').next().unwrap_or_default();
+                name = family_name(line);
                 header.clear();
                 header.push_str(line);
             } else if line.starts_with("# EOF") {
@@ -997,8 +999,14 @@ struct TargetSeries {
 struct Families {
     index: HashMap<String, u32>,
     headers: Vec<String>,
-    /// Each family's name, as its `# HELP` line gives it.
-    names: Vec<String>,
+}
+
+/// The family a header (or its `# HELP` line) is of.
+fn family_name(header: &str) -> &str {
+    header
+        .strip_prefix("# HELP ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_default()
 }
 
 impl Families {
@@ -1008,7 +1016,6 @@ impl Families {
         }
         let i = self.headers.len() as u32;
         self.headers.push(header.to_string());
-        self.names.push(name.to_string());
         self.index.insert(name.to_string(), i);
         i
     }
@@ -1969,10 +1976,7 @@ fn encode_kubernetes(
         if let Some(term) = &p.last_termination {
             let mut l = pod(p);
             let reason = term.reason.as_deref().unwrap_or("other");
-            l.push((
-                "reason",
-                bounded(reason, &TERMINATION_REASONS).to_string().into(),
-            ));
+            l.push(("reason", Cow::from(bounded(reason, &TERMINATION_REASONS))));
             termination.push(l, 1.0);
             if let Some(ms) = term.finished_at_ms {
                 termination_at.push(pod(p), ms as f64 / 1000.0);
@@ -1980,10 +1984,7 @@ fn encode_kubernetes(
         }
         if let Some(reason) = &p.waiting_reason {
             let mut l = pod(p);
-            l.push((
-                "reason",
-                bounded(reason, &WAITING_REASONS).to_string().into(),
-            ));
+            l.push(("reason", Cow::from(bounded(reason, &WAITING_REASONS))));
             waiting.push(l, 1.0);
         }
         for c in &p.containers {
